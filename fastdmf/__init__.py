@@ -1,0 +1,32 @@
+"""fastdmf: deep matrix factorization, fast and exact.
+
+Train W = W_N ... W_1 by gradient descent on observed entries with fused Numba kernels, and
+record how its singular values move (Arora, Cohen, Hu & Luo, NeurIPS 2019).
+
+>>> import fastdmf
+>>> problem = fastdmf.synthetic_completion(shape=(100, 100), rank=5, n_observed=2000, seed=0)
+>>> result = fastdmf.fit(problem, depth=3)          # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import FitResult, fit, loss_and_grad, warmup
+from .factors import INITS
+from .optim import OPTIMIZERS
+from .problem import CompletionProblem, completion, synthetic_completion
+from .trajectory import Trajectory, load_trajectory
+
+__all__ = [
+    "__version__",
+    "fit",
+    "FitResult",
+    "loss_and_grad",
+    "warmup",
+    "completion",
+    "synthetic_completion",
+    "CompletionProblem",
+    "Trajectory",
+    "load_trajectory",
+    "INITS",
+    "OPTIMIZERS",
+]

@@ -1,0 +1,380 @@
+"""``fastdmf.fit`` and the building blocks other solvers call.
+
+``fit`` validates, prepares an :class:`~fastdmf.engine.Engine`, runs the compiled loop chunk
+by chunk up to each record point, and packs a :class:`FitResult`. It has no arithmetic loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time as _time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import scipy
+
+from . import __version__, config
+from .engine import Engine
+from .factors import FactorLayout, end_to_end, initialize, predict_entries
+from .kernels import cpu
+from .optim import get_optimizer
+from .problem import CompletionProblem, check_index, completion
+from .trajectory import Trajectory, measure, record_schedule
+
+__all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "warmup"]
+
+log = logging.getLogger("fastdmf")
+
+_DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+@dataclass
+class FitResult:
+    """The outcome of a fit (one type for every solver).
+
+    Attributes
+    ----------
+    factors : list of ndarray
+        ``[W_1, ..., W_N]``; ``W_j`` is ``d_j x d_{j-1}``.
+    trajectory : Trajectory
+        Records taken during the fit (see :mod:`fastdmf.trajectory`).
+    status : str
+        ``"converged"`` (train loss <= tol), ``"max_steps"``, ``"diverged"`` (factors and
+        trajectory are those of the last good record) or ``"stopped"`` (by the callback).
+    settings : dict
+        Everything needed to rerun the fit: arguments, seed, library versions.
+    n_steps : int
+        Optimiser steps taken (for a diverged fit: up to the last good record).
+    """
+
+    factors: list
+    trajectory: Trajectory
+    status: str
+    settings: dict = field(repr=False)
+    n_steps: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.factors[-1].shape[0], self.factors[0].shape[1])
+
+    @property
+    def train_loss(self) -> float:
+        """Train loss at the final state."""
+        return float(self.trajectory.train_loss[-1])
+
+    def matrix(self) -> np.ndarray:
+        """The dense end-to-end matrix W = W_N ... W_1 (m x n)."""
+        return end_to_end(self.factors)
+
+    def predict(self, rows, cols) -> np.ndarray:
+        """Entries ``W[rows[k], cols[k]]``, computed from the factors without forming W."""
+        m, n = self.shape
+        rows = check_index(rows, "rows", m)
+        cols = check_index(cols, "cols", n)
+        if rows.shape != cols.shape:
+            raise ValueError(f"rows and cols differ in length: {rows.size} and {cols.size}")
+        return predict_entries(self.factors, rows, cols, config.PREDICT_BLOCK)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.shape))
+        return (
+            f"FitResult(depth={len(self.factors)}, shape={shape}, status={self.status!r}, "
+            f"steps={self.n_steps}, train_loss={self.train_loss:.3g})"
+        )
+
+
+def as_problem(observed, shape=None) -> CompletionProblem:
+    """A validated problem from a problem, a matrix (dense with NaN, or sparse), or a
+    ``(rows, cols, values)`` tuple (with ``shape``)."""
+    if isinstance(observed, CompletionProblem):
+        return observed
+    if isinstance(observed, tuple):
+        if len(observed) != 3:
+            raise TypeError(
+                f"a tuple of observations must be (rows, cols, values), got {len(observed)} items"
+            )
+        return completion(*observed, shape=shape)
+    return completion(observed, shape=shape)
+
+
+def fit(
+    observed,
+    depth: int = 3,
+    *,
+    shape=None,
+    widths=None,
+    init="gaussian",
+    init_scale: float = 1e-3,
+    optimizer: str = "grouprmsprop",
+    lr: float = 1e-3,
+    optimizer_options: dict | None = None,
+    max_steps: int = 1_000_000,
+    tol: float = 1e-6,
+    record=1000,
+    top_k: int | None = None,
+    test=None,
+    seed=None,
+    dtype: str = "float64",
+    n_threads: int | None = None,
+    parallel: bool | None = None,
+    callback=None,
+    progress: bool = False,
+) -> FitResult:
+    """Train a depth-N linear network W = W_N ... W_1 on observed entries by gradient descent.
+
+    Minimises the completion loss (Arora, Cohen, Hu & Luo 2019, eq. 1; a mean, no 1/2)::
+
+        L(W_1, ..., W_N) = (1/|Omega|) sum_{(i,j,y) in Omega} ((W_N ... W_1)[i, j] - y)^2
+
+    The defaults are the paper's setup: full-dimensional widths, gaussian init of scale 1e-3,
+    GroupRMSprop with lr 1e-3, stop at train loss 1e-6 or 10^6 steps, a record every 1000.
+
+    Parameters
+    ----------
+    observed : CompletionProblem, array with NaN for missing, scipy.sparse, or (rows, cols, values)
+        The observed entries (see :func:`fastdmf.completion`); triplets need ``shape``.
+    depth : int
+        Number of factors N >= 1.
+    shape : (int, int), optional
+        Matrix shape for ``(rows, cols, values)`` input.
+    widths : int or list of int, optional
+        Hidden widths d_1..d_{N-1}; default min(m, n) each.
+    init : str or list of arrays
+        ``"gaussian"``, ``"identity"``, ``"orthogonal"``, ``"balanced"`` (see
+        :mod:`fastdmf.factors`), or the initial factors ``[W_1, ..., W_N]``.
+    init_scale : float
+        Scale of the initial end-to-end matrix (``||W(0)||_F ~ init_scale sqrt(m)``).
+    optimizer : str
+        ``"gd"``, ``"grouprmsprop"`` or ``"adam"`` (see :mod:`fastdmf.optim`).
+    lr : float
+        Learning rate.
+    optimizer_options : dict, optional
+        E.g. ``{"alpha": 0.99, "eps": 1e-4}`` for grouprmsprop.
+    max_steps : int
+        Most optimiser steps.
+    tol : float
+        Stop once the train loss is <= tol (0 disables).
+    record : int, list of int, "log", ("log", count) or None
+        When to record (see :func:`fastdmf.trajectory.record_schedule`).
+    top_k : int, optional
+        Keep only the top-k singular values per record (all by default).
+    test : CompletionProblem or (rows, cols, values), optional
+        Held-out entries; the trajectory's test error is their MSE when the problem has no
+        ground truth.
+    seed : int or None
+        Seed of the initialisation; None draws one, which is kept in ``settings``.
+    dtype : {"float64", "float32"}
+    n_threads : int, optional
+        Numba threads for the parallel kernels (restored afterwards).
+    parallel : bool, optional
+        Force the parallel or serial kernels; by default chosen by problem size.
+    callback : callable, optional
+        ``callback(record) -> bool`` after each record (a dict of the record's values); a
+        true return stops the fit with status ``"stopped"``.
+    progress : bool
+        Log progress at INFO level on the ``fastdmf`` logger, one line per record.
+
+    Returns
+    -------
+    FitResult
+
+    Example
+    -------
+    >>> import fastdmf
+    >>> problem = fastdmf.synthetic_completion(shape=(30, 30), rank=2, n_observed=400, seed=0)
+    >>> result = fastdmf.fit(problem, depth=2, lr=1e-2, max_steps=3000, seed=0)
+    >>> result.status in ("converged", "max_steps")
+    True
+    """
+    args = {k: v for k, v in locals().items() if k not in ("observed", "callback", "test")}
+    problem = as_problem(observed, shape)
+    test = None if test is None else as_problem(test, problem.shape)
+    if test is not None and test.shape != problem.shape:
+        raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 0):
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    if not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    spec = get_optimizer(optimizer)
+    hyper = spec.hyper(lr, optimizer_options or {})
+    if widths is None and not isinstance(init, str):
+        widths = [np.shape(w)[0] for w in list(init)[:-1]]
+    layout = FactorLayout.build(problem.shape, depth, widths)
+    seed = _resolve_seed(seed)
+    args["seed"] = seed
+    factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
+    theta = layout.pack(factors0, dtype=_DTYPES[dtype])
+    schedule = record_schedule(record, max_steps)
+    with _threads(n_threads):
+        engine = Engine(problem, layout, theta, spec, hyper, parallel)
+        traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
+        status, n_steps = _drive(engine, problem, test, traj, schedule, max_steps, tol,
+                                 top_k, callback, progress)
+    settings = {
+        "arguments": _jsonable(args),
+        "seed": seed,
+        "problem": repr(problem),
+        "problem_meta": dict(problem.meta),
+        "kernels": "parallel" if engine.kernels.parallel else "serial",
+        "versions": versions(),
+    }
+    factors = [np.array(w) for w in engine.factors()]
+    return FitResult(factors, traj, status, settings, n_steps)
+
+
+def _drive(engine, problem, test, traj, schedule, max_steps, tol, top_k, callback, progress):
+    """Alternate compiled chunks and records; returns ``(status, steps)``."""
+    step = 0
+    loss = _record(engine, problem, test, traj, 0, top_k)
+    cap = config.DIVERGENCE_FACTOR * max(loss, np.finfo(np.float64).tiny)
+    good_theta, good_step, good_scalars = engine.theta.copy(), 0, engine.scalars.copy()
+    if not np.isfinite(loss):
+        raise ValueError("the initial loss is not finite; check the initial factors")
+    if loss <= tol:
+        return "converged", 0
+    nxt = 1
+    start = _time.perf_counter()
+    while True:
+        while nxt < len(schedule) and schedule[nxt] <= step:
+            nxt += 1
+        target = schedule[nxt] if nxt < len(schedule) else max_steps
+        chunk = min(target - step, config.MAX_CHUNK_STEPS)
+        done, code, _ = engine.run(chunk, tol, cap)
+        step += done
+        at_record = step == target or code == cpu.CONVERGED or step >= max_steps
+        if code != cpu.DIVERGED and at_record:
+            loss = _record(engine, problem, test, traj, step, top_k)
+            if not loss <= cap:
+                traj.truncate(len(traj) - 1)
+                code = cpu.DIVERGED
+        if code == cpu.DIVERGED:
+            _warn_diverged(step, engine, good_step)
+            engine.theta[:] = good_theta
+            engine.scalars[:] = good_scalars
+            return "diverged", good_step
+        if code == cpu.CONVERGED or (at_record and loss <= tol):
+            return "converged", step
+        if at_record:
+            good_theta[:], good_step, good_scalars[:] = engine.theta, step, engine.scalars
+            if progress:
+                rate = step / max(_time.perf_counter() - start, 1e-9)
+                log.info("step %d  loss %.3e  (%.0f steps/s)", step, loss, rate)
+            if callback is not None and callback(_last_record(traj)):
+                return "stopped", step
+        if step >= max_steps:
+            return "max_steps", step
+
+
+def _record(engine, problem, test, traj, step, top_k):
+    loss = engine.evaluate()
+    if np.isfinite(loss):
+        traj.append(measure(engine.factors(), engine.grads(), loss, step, engine.time,
+                            problem, test, top_k))
+    return loss
+
+
+def _last_record(traj):
+    return {name: values[-1] for name, values in traj.as_dict().items()}
+
+
+def _warn_diverged(step, engine, good_step):
+    warnings.warn(
+        f"fit diverged near step {step} (loss not finite or above "
+        f"{config.DIVERGENCE_FACTOR:g} x its initial value); returning the state of the last "
+        f"good record (step {good_step}). Try a smaller learning rate than "
+        f"lr={engine.hyper[0]:g}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def loss_and_grad(factors, problem, dtype=None):
+    """``(loss, [dL/dW_1, ..., dL/dW_N])`` of the completion loss, through the fit kernels.
+
+    Parameters
+    ----------
+    factors : list of arrays
+        ``[W_1, ..., W_N]`` with chained shapes.
+    problem : CompletionProblem
+        From :func:`fastdmf.completion`.
+    dtype : {"float64", "float32"}, optional
+        Compute dtype; by default that of the factors (float64 unless all are float32).
+    """
+    problem = as_problem(problem)
+    factors = list(factors)
+    if not factors:
+        raise ValueError("factors must hold at least one matrix")
+    widths = [np.shape(w)[0] for w in factors[:-1]]
+    layout = FactorLayout.build(problem.shape, len(factors), widths)
+    if dtype is None:
+        dtype = "float32" if all(np.asarray(w).dtype == np.float32 for w in factors) else "float64"
+    theta = layout.pack(factors, dtype=_DTYPES[dtype])
+    engine = Engine(problem, layout, theta)
+    loss = engine.evaluate()
+    return float(loss), [np.array(g) for g in engine.grads()]
+
+
+def warmup(dtypes=("float64",), parallel=(False, True)) -> None:
+    """Compile the kernels now (a few seconds each) instead of at the first fit."""
+    from .problem import synthetic_completion
+
+    problem = synthetic_completion(shape=(4, 3), rank=1, n_observed=6, seed=0)
+    for dt in dtypes:
+        for par in parallel:
+            fit(problem, depth=3, max_steps=2, record=None, dtype=dt, parallel=par, seed=0)
+
+
+def versions() -> dict:
+    return {
+        "fastdmf": __version__,
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "scipy": scipy.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def _resolve_seed(seed):
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(seed, (int, np.integer)) and seed >= 0:
+        return int(seed)
+    raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
+
+
+def _jsonable(args):
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, (list, tuple)) and v and isinstance(v[0], np.ndarray):
+            v = "<arrays>"
+        out[k] = v
+    return out
+
+
+@contextmanager
+def _threads(n):
+    if n is None:
+        yield
+        return
+    if not (isinstance(n, (int, np.integer)) and 1 <= n <= numba.config.NUMBA_NUM_THREADS):
+        raise ValueError(
+            f"n_threads must be an integer in [1, {numba.config.NUMBA_NUM_THREADS}], got {n!r}"
+        )
+    old = numba.get_num_threads()
+    numba.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)

@@ -1,0 +1,32 @@
+"""Library-wide knobs, read at call time so tests and users can patch them.
+
+Example
+-------
+>>> from fastdmf import config
+>>> config.PARALLEL_MIN_WORK = 0      # force the parallel kernels
+>>> config.reset()                    # back to the defaults
+"""
+
+from __future__ import annotations
+
+_DEFAULTS = {
+    # Use the parallel (prange) sparse kernels when |Omega| * width reaches this; below it
+    # the threading overhead costs more than it saves.
+    "PARALLEL_MIN_WORK": 2_000_000,
+    # Longest compiled call between two returns to Python (progress, callbacks, Ctrl-C).
+    "MAX_CHUNK_STEPS": 20_000,
+    # A loss larger than this factor times the initial loss counts as divergence.
+    "DIVERGENCE_FACTOR": 1e8,
+    # Rows of entries evaluated at once by FitResult.predict (bounds its memory).
+    "PREDICT_BLOCK": 65_536,
+}
+
+PARALLEL_MIN_WORK: int = _DEFAULTS["PARALLEL_MIN_WORK"]
+MAX_CHUNK_STEPS: int = _DEFAULTS["MAX_CHUNK_STEPS"]
+DIVERGENCE_FACTOR: float = _DEFAULTS["DIVERGENCE_FACTOR"]
+PREDICT_BLOCK: int = _DEFAULTS["PREDICT_BLOCK"]
+
+
+def reset() -> None:
+    """Restore every knob to its default value."""
+    globals().update(_DEFAULTS)

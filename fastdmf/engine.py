@@ -1,0 +1,105 @@
+"""Buffers and kernel calls for one factorization: the only place that touches the kernels.
+
+An :class:`Engine` owns the flat parameters, gradient, workspace and optimiser state of one
+fit, allocated once; ``evaluate`` and ``run`` hand them to the compiled kernels. Nothing here
+has size m x n (except depth 1, whose single factor is W itself).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import config
+from .factors import FactorLayout
+from .kernels import cpu
+from .optim import OptimizerSpec, get_optimizer
+
+__all__ = ["Engine", "select_kernels"]
+
+
+def select_kernels(n_observed: int, layout: FactorLayout, parallel=None):
+    """The kernel family to use: ``parallel`` True/False, or None to decide by problem size
+    (``config.PARALLEL_MIN_WORK``) and thread count."""
+    if parallel is None:
+        work = n_observed * max(layout.dims[1:-1], default=1)
+        parallel = numba.get_num_threads() > 1 and work >= config.PARALLEL_MIN_WORK
+    return cpu.PARALLEL if parallel else cpu.SERIAL
+
+
+class Engine:
+    """Flat state of one factorization and the compiled calls on it.
+
+    Parameters
+    ----------
+    problem : CompletionProblem
+    layout : FactorLayout
+    theta : ndarray, shape (layout.size,)
+        Initial parameters (factor 1 first, C order); its dtype is the compute dtype.
+    optimizer : str or OptimizerSpec
+    hyper : ndarray, shape (4,)
+        ``[lr, a, b, eps]`` from :meth:`OptimizerSpec.hyper`.
+    parallel : bool or None
+    """
+
+    def __init__(self, problem, layout, theta, optimizer="gd", hyper=None, parallel=None):
+        spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
+        dtype = theta.dtype
+        self.layout = layout
+        self.theta = theta
+        self.grad = np.zeros_like(theta)
+        self.dims = np.asarray(layout.dims, dtype=np.int64)
+        self.offs = layout.offsets
+        rowptr, colptr, order = problem.index
+        values = problem.values.astype(dtype)
+        self.obs = (problem.rows, problem.cols, values, rowptr, colptr, order)
+        size = cpu.work_layout(self.dims, problem.n_observed)[-1]
+        self.work = np.zeros(size, dtype=dtype)
+        self.rowloss = np.zeros(problem.shape[0])
+        self.spec = spec
+        self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
+        self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
+        self.scalars = np.zeros(3)  # optimiser steps, running average v, time
+        self.kernels = select_kernels(problem.n_observed, layout, parallel)
+
+    @property
+    def time(self) -> float:
+        """t = sum of the step sizes taken so far."""
+        return float(self.scalars[2])
+
+    def factors(self) -> list[np.ndarray]:
+        """Views W_1..W_N into the parameters."""
+        return self.layout.unpack(self.theta)
+
+    def grads(self) -> list[np.ndarray]:
+        """Views dL/dW_1..dL/dW_N into the gradient of the last evaluation."""
+        return self.layout.unpack(self.grad)
+
+    def evaluate(self) -> float:
+        """Loss at the current parameters; fills the gradient."""
+        scale = 2.0 / self.obs[0].shape[0]
+        return self.kernels.loss_and_grad(
+            self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss, scale
+        )
+
+    def run(self, n_steps: int, tol: float, loss_cap: float):
+        """Up to ``n_steps`` optimiser steps in one compiled call.
+
+        Returns ``(steps_done, status, last_loss)`` with status one of ``cpu.RUNNING``,
+        ``cpu.CONVERGED`` (loss <= tol before an update), ``cpu.DIVERGED``.
+        """
+        opt = (self.spec.code, self.hyper, self.ostate, self.scalars)
+        done, status, loss = self.kernels.run(
+            self.theta,
+            self.grad,
+            self.work,
+            self.dims,
+            self.offs,
+            self.obs,
+            self.rowloss,
+            opt,
+            int(n_steps),
+            float(tol),
+            float(loss_cap),
+        )
+        return int(done), int(status), float(loss)

@@ -1,0 +1,282 @@
+"""Fused completion loss + factor gradients, and the many-step training loop, in Numba.
+
+Notation (docs/math.md): ``dims = (d_0 = n, d_1, ..., d_N = m)``, factor ``W_j`` is
+``d_j x d_{j-1}`` and lives in the flat vector ``theta`` at ``offs[j-1]:offs[j]``.
+
+One evaluation at ``theta``, for depth N >= 2 (never forming the m x n product):
+
+1. transposed prefixes ``Q_j = (W_j ... W_1)^T`` (n x d_j): ``Q_1 = W_1^T``,
+   ``Q_j = Q_{j-1} W_j^T`` (BLAS);
+2. suffixes ``S_j = W_N ... W_j`` (m x d_{j-1}): ``S_N = W_N``, ``S_j = S_{j+1} W_j`` (BLAS);
+3. row pass, one fused sweep over the observed entries row by row:
+   ``r_k = S_2[i_k] . Q_1[j_k] - y_k``, ``g_k = 2 r_k / |Omega|``, the loss, and for every row i
+   ``dW_N[i] = sum_k g_k Q_{N-1}[j_k]`` and ``H_j[i] = sum_k g_k Q_{j-1}[j_k]``
+   (``H_j = G Q_{j-1}``, j = 2..N-1);
+4. column pass: ``dW_1^T[c] = sum_k g_k S_2[i_k]`` over the entries of column c;
+5. middle factors: ``dW_j = S_{j+1}^T H_j`` (BLAS).
+
+Cost: O(N |Omega| d) sparse work plus 3(N-2) dense products of O((m+n) d^2).  Depth 2 needs
+no dense product at all; depth 1 works on W itself.
+
+Parallelism and determinism: each thread owns whole rows (row pass) or whole columns (column
+pass) of the outputs, so there are no shared accumulators and no atomics; scalar sums (loss,
+squared gradient norm) go through per-block buffers of a fixed block size summed serially.
+The floating-point result is therefore the same for any thread count. Serial and parallel
+variants are compiled from the same Python functions (``SERIAL`` / ``PARALLEL``).
+
+JIT policy: ``fastmath`` only on the two arithmetic leaves ``_dot``/``_axpy`` (reassociation
+and contraction, so they vectorise; no finite-math flags, so NaN checks stay exact);
+``cache=True`` only on the serial build.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numba
+import numpy as np
+from numba import prange
+
+__all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES", "STATUS_NAMES"]
+
+# Statuses returned by ``run``.
+RUNNING, CONVERGED, DIVERGED = 0, 1, 2
+STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", DIVERGED: "diverged"}
+# Optimisers known to ``run``; hyper = (lr, a, b, eps).
+OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
+# Block size of the deterministic reductions (independent of the thread count).
+_BLOCK = 4096
+
+_leaf = numba.njit(inline="always", fastmath={"reassoc", "contract"}, cache=True)
+
+
+@_leaf
+def _dot(a, b):
+    acc = a[0] * b[0]
+    for t in range(1, a.shape[0]):
+        acc += a[t] * b[t]
+    return acc
+
+
+@_leaf
+def _axpy(alpha, x, y):
+    for t in range(y.shape[0]):
+        y[t] += alpha * x[t]
+
+
+@numba.njit(cache=True)
+def work_layout(dims, n_obs):
+    """Offsets of the workspace blocks for ``dims`` (see module docstring).
+
+    ``lay[j]``: Q_j (n x d_j), ``lay[N+1+j]``: S_j (m x d_{j-1}), ``lay[2N+2+j]``: H_j
+    (m x d_{j-1}), ``lay[3N+3]``: T = dW_1^T (n x d_1), ``lay[3N+4]``: g (|Omega|),
+    ``lay[3N+5]``: total size.
+    """
+    N = dims.shape[0] - 1
+    n, m = dims[0], dims[N]
+    lay = np.zeros(3 * N + 6, dtype=np.int64)
+    pos = 0
+    if N >= 2:
+        for j in range(1, N):
+            lay[j] = pos
+            pos += n * dims[j]
+        for j in range(2, N):
+            lay[N + 1 + j] = pos
+            pos += m * dims[j - 1]
+        for j in range(2, N):
+            lay[2 * N + 2 + j] = pos
+            pos += m * dims[j - 1]
+        lay[3 * N + 3] = pos
+        pos += n * dims[1]
+    lay[3 * N + 4] = pos
+    pos += n_obs
+    lay[3 * N + 5] = pos
+    return lay
+
+
+def _block(buf, off, rows, cols):
+    return buf[off : off + rows * cols].reshape((rows, cols))
+
+
+def _build(parallel):
+    """Compile the kernel family; ``parallel`` selects prange or plain loops."""
+    jit = numba.njit(parallel=parallel, cache=not parallel)
+    block = numba.njit(inline="always")(_block)
+
+    @jit
+    def blocked_sum(x):
+        nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+        part = np.zeros(nb)
+        for b in prange(nb):
+            acc = 0.0
+            for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
+                acc += x[t]
+            part[b] = acc
+        total = 0.0
+        for b in range(nb):
+            total += part[b]
+        return total
+
+    @jit
+    def blocked_sumsq(x):
+        nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+        part = np.zeros(nb)
+        for b in prange(nb):
+            acc = 0.0
+            for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
+                acc += np.float64(x[t]) * np.float64(x[t])
+            part[b] = acc
+        total = 0.0
+        for b in range(nb):
+            total += part[b]
+        return total
+
+    @jit
+    def depth1(theta, grad, obs, rowloss, scale):
+        rows, cols, vals, rowptr = obs[0], obs[1], obs[2], obs[3]
+        n = theta.shape[0] // (rowptr.shape[0] - 1)
+        grad[:] = 0.0
+        for i in prange(rowptr.shape[0] - 1):
+            acc = 0.0
+            for k in range(rowptr[i], rowptr[i + 1]):
+                r = theta[i * n + cols[k]] - vals[k]
+                acc += np.float64(r) * np.float64(r)
+                grad[i * n + cols[k]] = scale * r
+            rowloss[i] = acc
+        return blocked_sum(rowloss) / vals.shape[0]
+
+    @jit
+    def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
+        """Residuals, loss, dW_N and the H_j, one row of outputs per iteration."""
+        N = dims.shape[0] - 1
+        n, m = dims[0], dims[N]
+        cols, vals, rowptr = obs[1], obs[2], obs[3]
+        g = work[lay[3 * N + 4] : lay[3 * N + 4] + vals.shape[0]]
+        q1 = block(work, lay[1], n, dims[1])
+        s2 = block(theta, offs[N - 1], m, dims[N - 1]) if N == 2 else block(
+            work, lay[N + 3], m, dims[1]
+        )
+        for i in prange(m):
+            acc = 0.0
+            si = s2[i]
+            for k in range(rowptr[i], rowptr[i + 1]):
+                r = _dot(si, q1[cols[k]]) - vals[k]
+                acc += np.float64(r) * np.float64(r)
+                g[k] = scale * r
+            rowloss[i] = acc
+            for q in range(1, N):
+                if q == N - 1:
+                    dest = block(grad, offs[N - 1], m, dims[N - 1])[i]
+                else:
+                    dest = block(work, lay[2 * N + 3 + q], m, dims[q])[i]
+                src = block(work, lay[q], n, dims[q])
+                dest[:] = 0.0
+                for k in range(rowptr[i], rowptr[i + 1]):
+                    _axpy(g[k], src[cols[k]], dest)
+        return blocked_sum(rowloss) / vals.shape[0]
+
+    @jit
+    def col_pass(theta, grad, work, dims, offs, lay, obs):
+        """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries, then transpose."""
+        N = dims.shape[0] - 1
+        n, m, d1 = dims[0], dims[N], dims[1]
+        rows, colptr, order = obs[0], obs[4], obs[5]
+        g = work[lay[3 * N + 4] : lay[3 * N + 4] + rows.shape[0]]
+        s2 = block(theta, offs[N - 1], m, d1) if N == 2 else block(work, lay[N + 3], m, d1)
+        t = block(work, lay[3 * N + 3], n, d1)
+        dw1 = block(grad, 0, d1, n)
+        for c in prange(n):
+            tc = t[c]
+            tc[:] = 0.0
+            for p in range(colptr[c], colptr[c + 1]):
+                k = order[p]
+                _axpy(g[k], s2[rows[k]], tc)
+            for a in range(d1):
+                dw1[a, c] = tc[a]
+
+    @jit
+    def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
+        """Loss at ``theta``; all factor gradients written into ``grad``."""
+        N = dims.shape[0] - 1
+        if N == 1:
+            return depth1(theta, grad, obs, rowloss, scale)
+        n, m = dims[0], dims[N]
+        lay = work_layout(dims, obs[0].shape[0])
+        q1 = block(work, lay[1], n, dims[1])
+        q1[:, :] = block(theta, 0, dims[1], n).T
+        for j in range(2, N):
+            w = block(theta, offs[j - 1], dims[j], dims[j - 1])
+            np.dot(block(work, lay[j - 1], n, dims[j - 1]), w.T, block(work, lay[j], n, dims[j]))
+        for j in range(N - 1, 1, -1):
+            w = block(theta, offs[j - 1], dims[j], dims[j - 1])
+            if j == N - 1:
+                nxt = block(theta, offs[N - 1], m, dims[N - 1])
+            else:
+                nxt = block(work, lay[N + 2 + j], m, dims[j])
+            np.dot(nxt, w, block(work, lay[N + 1 + j], m, dims[j - 1]))
+        loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
+        col_pass(theta, grad, work, dims, offs, lay, obs)
+        for j in range(2, N):
+            if j == N - 1:
+                s_next = block(theta, offs[N - 1], m, dims[N - 1])
+            else:
+                s_next = block(work, lay[N + 2 + j], m, dims[j])
+            h = block(work, lay[2 * N + 2 + j], m, dims[j - 1])
+            np.dot(s_next.T, h, block(grad, offs[j - 1], dims[j], dims[j - 1]))
+        return loss
+
+    @jit
+    def update(theta, grad, code, hyper, ostate, sc):
+        """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES)."""
+        lr, a, b, eps = hyper[0], hyper[1], hyper[2], hyper[3]
+        sc[0] += 1.0
+        t = sc[0]
+        size = theta.shape[0]
+        if code == 0:
+            for p in prange(size):
+                theta[p] -= lr * grad[p]
+            sc[2] += lr
+        elif code == 1:
+            sc[1] = a * sc[1] + (1.0 - a) * blocked_sumsq(grad)
+            step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
+            for p in prange(size):
+                theta[p] -= step * grad[p]
+            sc[2] += step
+        else:
+            c1 = 1.0 - a**t
+            c2 = 1.0 - b**t
+            for p in prange(size):
+                mom = a * ostate[p] + (1.0 - a) * grad[p]
+                vel = b * ostate[size + p] + (1.0 - b) * grad[p] * grad[p]
+                ostate[p] = mom
+                ostate[size + p] = vel
+                theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
+            sc[2] += lr
+
+    @jit
+    def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap):
+        """Up to ``n_steps`` optimiser steps in one compiled call.
+
+        ``opt = (code, hyper, ostate, sc)``. Each step evaluates the loss at the current
+        ``theta``: at or below ``tol`` the run stops before updating (CONVERGED); NaN, inf or
+        above ``loss_cap`` it stops (DIVERGED). Returns ``(steps_done, status, last_loss)``.
+        """
+        code, hyper, ostate, sc = opt
+        scale = 2.0 / obs[0].shape[0]
+        loss = np.nan
+        for s in range(n_steps):
+            loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale)
+            if not (loss <= loss_cap):
+                return s, DIVERGED, loss
+            if loss <= tol:
+                return s, CONVERGED, loss
+            update(theta, grad, code, hyper, ostate, sc)
+        return n_steps, RUNNING, loss
+
+    return SimpleNamespace(
+        loss_and_grad=loss_and_grad, run=run, update=update, parallel=parallel
+    )
+
+
+SERIAL = _build(False)
+PARALLEL = _build(True)

@@ -1,0 +1,97 @@
+"""Optimiser registry: names, defaults and state of the update rules run by the kernels.
+
+Each optimiser updates the flat parameter vector ``theta`` from its gradient ``g``:
+
+``"gd"``
+    ``theta <- theta - lr g``.
+``"grouprmsprop"`` (the paper's, Arora et al. 2019, appendix)
+    one global step for all factors: ``v <- alpha v + (1 - alpha) ||g||^2``,
+    ``theta <- theta - lr / (sqrt(v / (1 - alpha^t)) + eps) g``.
+``"adam"``
+    Kingma & Ba (2015), per entry, bias-corrected.
+
+The update itself runs inside the compiled loop (``fastdmf.kernels.cpu``); the NumPy oracle is
+in ``fastdmf.reference``. "Time" ``t = sum of step sizes``: ``lr`` for gd and adam, the
+adapted global step for grouprmsprop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels.cpu import OPTIMIZER_CODES
+
+__all__ = ["OptimizerSpec", "OPTIMIZERS", "register_optimizer", "get_optimizer"]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An update rule: kernel code, default hyper-parameters, per-entry state slots.
+
+    ``slots`` names the options passed in the kernel's ``hyper[1:4] = (a, b, eps)``.
+    """
+
+    name: str
+    code: int
+    defaults: dict
+    slots: tuple
+    state_slots: int  # arrays of len(theta) the rule keeps (Adam: 2)
+
+    def hyper(self, lr, options) -> np.ndarray:
+        """``[lr, a, b, eps]`` for the kernel, with option names checked."""
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise TypeError(
+                f"optimizer {self.name!r} has no option(s) {sorted(unknown)}; its options are "
+                f"{sorted(self.defaults) or 'none'}"
+            )
+        opts = {**self.defaults, **options}
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        for key, val in opts.items():
+            if not np.isfinite(val) or val < 0:
+                raise ValueError(f"optimizer option {key} must be finite and >= 0, got {val!r}")
+        vals = [float(lr)] + [float(opts[k]) if k else 0.0 for k in self.slots]
+        return np.array(vals, dtype=np.float64)
+
+
+OPTIMIZERS: dict = {}
+
+
+def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
+    """Make ``spec`` available to ``fit(optimizer=spec.name)``."""
+    OPTIMIZERS[spec.name] = spec
+    return spec
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    """Look an optimiser up by name; the error lists the valid names."""
+    try:
+        return OPTIMIZERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown optimizer {name!r}; valid names: {sorted(OPTIMIZERS)}"
+        ) from None
+
+
+register_optimizer(OptimizerSpec("gd", OPTIMIZER_CODES["gd"], {}, (None, None, None), 0))
+register_optimizer(
+    OptimizerSpec(
+        "grouprmsprop",
+        OPTIMIZER_CODES["grouprmsprop"],
+        {"alpha": 0.99, "eps": 1e-4},
+        ("alpha", None, "eps"),
+        0,
+    )
+)
+register_optimizer(
+    OptimizerSpec(
+        "adam",
+        OPTIMIZER_CODES["adam"],
+        {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+        ("beta1", "beta2", "eps"),
+        2,
+    )
+)

@@ -1,0 +1,286 @@
+"""Observed entries of a matrix: validated, canonical, ready for the kernels.
+
+A completion problem is the set Omega = {(i_k, j_k, y_k)} of observed entries of an m x n
+matrix. :func:`completion` builds one from a dense array with NaN for missing entries, from a
+scipy.sparse array (every stored entry is observed, a stored zero is a real zero) or from
+``(rows, cols, values)`` triplets with an explicit shape. :func:`synthetic_completion` draws
+the paper's problem (Arora, Cohen, Hu & Luo 2019, section 5).
+
+Entries are stored sorted by (row, col); that order is the order of every sum in the kernels,
+so a problem always gives the same floating-point results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["CompletionProblem", "completion", "synthetic_completion"]
+
+
+@dataclass(frozen=True, eq=False)
+class CompletionProblem:
+    """Observed entries ``values[k] = M[rows[k], cols[k]]`` of an m x n matrix ``M``.
+
+    Build it with :func:`completion` or :func:`synthetic_completion`, which validate their
+    input; the constructor trusts its arguments.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        ``(m, n)``.
+    rows, cols : ndarray of int64, shape (|Omega|,)
+        Observed positions, sorted by row then column, no duplicates.
+    values : ndarray of float64, shape (|Omega|,)
+        Observed values, finite.
+    ground_truth : ndarray, shape (m, n), or None
+        The full matrix when known (synthetic problems); used for the reconstruction error.
+    """
+
+    shape: tuple[int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    ground_truth: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_observed(self) -> int:
+        """Number of observed entries |Omega|."""
+        return int(self.rows.shape[0])
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        gt = ", with ground truth" if self.ground_truth is not None else ""
+        return f"CompletionProblem({m}x{n}, {self.n_observed} observed{gt})"
+
+    @cached_property
+    def index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rowptr, colptr, col_order)``: CSR row pointers, CSC column pointers, and the
+        permutation that lists the entries column by column."""
+        m, n = self.shape
+        rowptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.rows, minlength=m), out=rowptr[1:])
+        col_order = np.lexsort((self.rows, self.cols)).astype(np.int64)
+        colptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.cols, minlength=n), out=colptr[1:])
+        return rowptr, colptr, col_order
+
+    def split(self, test_fraction: float = 0.1, seed=None):
+        """Split the observed entries at random into ``(train, test)`` problems.
+
+        Both keep the ground truth. ``seed`` is anything :func:`numpy.random.default_rng`
+        accepts.
+        """
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+        k = self.n_observed
+        n_test = int(round(test_fraction * k))
+        if n_test == 0 or n_test == k:
+            raise ValueError(
+                f"test_fraction={test_fraction} of {k} entries leaves an empty split; "
+                "choose a fraction that keeps at least one entry on each side"
+            )
+        pick = np.zeros(k, dtype=bool)
+        pick[np.random.default_rng(seed).choice(k, n_test, replace=False)] = True
+        return self._subset(~pick), self._subset(pick)
+
+    def _subset(self, mask):
+        return CompletionProblem(
+            self.shape,
+            self.rows[mask],
+            self.cols[mask],
+            self.values[mask],
+            self.ground_truth,
+            dict(self.meta),
+        )
+
+
+def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:
+    """Build a validated completion problem.
+
+    Accepted forms::
+
+        completion(M)                              # dense array, NaN = missing
+        completion(S)                              # scipy.sparse: stored entries observed
+        completion(rows, cols, values, shape=(m, n))
+        completion(problem)                        # returned as it is
+
+    Parameters
+    ----------
+    *args
+        One of the forms above.
+    shape : (int, int), optional
+        Required with triplets; checked against the array's shape otherwise.
+    ground_truth : array_like, shape (m, n), optional
+        The full matrix, when known; enables the reconstruction error in trajectories.
+
+    Raises
+    ------
+    ValueError, TypeError
+        With a message naming the offending input: indices out of range or negative,
+        duplicate positions, NaN or inf values, no observations, shape mismatches,
+        non-numeric data.
+    """
+    if len(args) == 1 and isinstance(args[0], CompletionProblem):
+        if ground_truth is not None or shape is not None:
+            raise TypeError("completion(problem) takes no shape= or ground_truth=")
+        return args[0]
+    if len(args) == 1:
+        rows, cols, values, shape = _from_matrix(args[0], shape)
+    elif len(args) == 3:
+        if shape is None:
+            raise TypeError(
+                "completion(rows, cols, values) needs shape=(m, n): the matrix size cannot be "
+                "inferred from the observed positions"
+            )
+        rows, cols, values = args
+    else:
+        raise TypeError(
+            f"completion() takes a matrix or (rows, cols, values); got {len(args)} positional "
+            "arguments"
+        )
+    shape = _check_shape(shape)
+    rows = check_index(rows, "rows", shape[0])
+    cols = check_index(cols, "cols", shape[1])
+    values = _check_values(values, "values")
+    if not rows.shape == cols.shape == values.shape:
+        raise ValueError(
+            f"rows, cols and values must have the same length; got {rows.shape[0]}, "
+            f"{cols.shape[0]} and {values.shape[0]}"
+        )
+    if rows.shape[0] == 0:
+        raise ValueError("no observed entries: a completion problem needs at least one")
+    order = np.lexsort((cols, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    dup = np.flatnonzero((rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1]))
+    if dup.size:
+        i, j = int(rows[dup[0]]), int(cols[dup[0]])
+        raise ValueError(
+            f"{dup.size} duplicate position(s), first at (row {i}, col {j}); each entry may "
+            "be observed once (average or drop the repeats first)"
+        )
+    if ground_truth is not None:
+        ground_truth = _check_values(ground_truth, "ground_truth", ndim=2)
+        if ground_truth.shape != shape:
+            raise ValueError(
+                f"ground_truth has shape {ground_truth.shape}, the problem has shape {shape}"
+            )
+    return CompletionProblem(shape, rows, cols, values, ground_truth)
+
+
+def synthetic_completion(
+    shape=(100, 100), rank: int = 5, n_observed: int = 2000, seed=0
+) -> CompletionProblem:
+    """The paper's synthetic completion problem (Arora et al. 2019, section 5).
+
+    ``W* = U V^T`` with ``U`` (m x rank) and ``V`` (n x rank) of i.i.d. N(0, 1) entries,
+    rescaled so that ``||W*||_F = sqrt(m n)`` (RMS entry 1); ``n_observed`` positions drawn
+    uniformly without replacement.
+
+    Example
+    -------
+    >>> p = synthetic_completion(shape=(100, 100), rank=5, n_observed=2000, seed=0)
+    >>> p.n_observed, round(float(np.linalg.norm(p.ground_truth)), 6)
+    (2000, 100.0)
+    """
+    m, n = _check_shape(shape)
+    if not (isinstance(rank, (int, np.integer)) and 1 <= rank <= min(m, n)):
+        raise ValueError(f"rank must be an integer in [1, {min(m, n)}], got {rank!r}")
+    if not (isinstance(n_observed, (int, np.integer)) and 1 <= n_observed <= m * n):
+        raise ValueError(f"n_observed must be an integer in [1, {m * n}], got {n_observed!r}")
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((m, rank))
+    v = rng.standard_normal((n, rank))
+    truth = u @ v.T
+    truth *= np.sqrt(m * n) / np.linalg.norm(truth)
+    flat = rng.choice(m * n, size=int(n_observed), replace=False)
+    rows, cols = np.divmod(flat, n)
+    p = completion(rows, cols, truth[rows, cols], shape=(m, n), ground_truth=truth)
+    p.meta.update(kind="synthetic_completion", rank=int(rank), seed=_seed_repr(seed))
+    return p
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _seed_repr(seed):
+    return seed if seed is None or isinstance(seed, (int, np.integer)) else repr(seed)
+
+
+def _check_shape(shape):
+    try:
+        m, n = (int(s) for s in shape)
+        ok = all(int(s) == s for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be a pair of integers (m, n), got {shape!r}") from None
+    if not ok or m < 1 or n < 1:
+        raise ValueError(f"shape must be two positive integers, got {shape!r}")
+    return (m, n)
+
+
+def check_index(idx, name, bound):
+    arr = np.asarray(idx)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise TypeError(f"{name} must hold integers; it holds non-integral floats")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0:
+            raise ValueError(f"{name} has a negative index ({lo}); indices start at 0")
+        if hi >= bound:
+            raise ValueError(
+                f"{name} has index {hi} out of range for a dimension of size {bound}"
+            )
+    return arr
+
+
+def _check_values(values, name, ndim=1):
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        where = np.argwhere(bad)[0].tolist()
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} NaN or infinite value(s), first at index {where}; "
+            "mark missing entries by leaving them out (or NaN in a dense matrix)"
+        )
+    return arr
+
+
+def _from_matrix(mat, shape):
+    if sp.issparse(mat):
+        coo = sp.coo_matrix(mat)
+        rows, cols, values = coo.row, coo.col, coo.data
+        mshape = coo.shape
+    else:
+        arr = np.asarray(mat)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(
+                f"the matrix must hold real numbers (NaN for missing), got dtype {arr.dtype}"
+            )
+        if arr.ndim != 2:
+            raise ValueError(f"the matrix must be two-dimensional, got shape {arr.shape}")
+        arr = arr.astype(np.float64)
+        if np.isinf(arr).any():
+            raise ValueError(
+                "the matrix holds infinite values; mark missing entries with NaN, not inf"
+            )
+        rows, cols = np.nonzero(~np.isnan(arr))
+        values = arr[rows, cols]
+        mshape = arr.shape
+    if shape is not None and tuple(shape) != tuple(mshape):
+        raise ValueError(f"shape={tuple(shape)} disagrees with the matrix's shape {mshape}")
+    return rows, cols, values, mshape

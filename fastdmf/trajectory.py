@@ -1,0 +1,185 @@
+"""What happened during a fit: the record schedule and the Trajectory arrays.
+
+A record is taken at the steps of the schedule (always step 0 and the final step). Each holds
+
+==================  ==========================================================================
+``step``            optimiser steps taken
+``time``            t = sum of step sizes (gradient-flow time; see fastdmf.optim)
+``train_loss``      (1/|Omega|) sum_k (W[i_k, j_k] - y_k)^2
+``test_error``      ||W - W*||_F^2 / ||W*||_F^2 with a known ground truth W*, else the MSE on
+                    held-out entries, else NaN
+``singular_values`` top-k singular values of W (records x k)
+``nuclear_norm``    sum sigma
+``effective_rank``  exp(entropy of sigma / sum sigma) (Roy & Vetterli 2007)
+``schatten``        sum sigma^(2/N), the quantity the end-to-end dynamics tie to depth
+``grad_norm``       ||(dL/dW_1, ..., dL/dW_N)||_2
+``param_norm``      ||(W_1, ..., W_N)||_2
+``balancedness``    ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F, j = 1..N-1 (records x (N-1))
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .factors import balancedness, end_to_end, predict_entries, singular_values
+from .reference import effective_rank
+
+__all__ = ["Trajectory", "record_schedule", "load_trajectory"]
+
+SCALARS = (
+    "step",
+    "time",
+    "train_loss",
+    "test_error",
+    "nuclear_norm",
+    "effective_rank",
+    "schatten",
+    "grad_norm",
+    "param_norm",
+)
+MATRICES = ("singular_values", "balancedness")
+
+
+def record_schedule(record, max_steps: int) -> np.ndarray:
+    """Sorted steps (within [0, max_steps]) at which to record; always includes 0.
+
+    ``record`` is an int k (every k steps), a sequence of steps, ``"log"`` (about 20 log-spaced
+    steps per decade), ``("log", count)``, or None (first and last state only; the last is
+    always added by the fit).
+    """
+    if record is None:
+        steps = np.array([0])
+    elif isinstance(record, str) or (isinstance(record, tuple) and record and record[0] == "log"):
+        if record != "log" and not isinstance(record, tuple):
+            raise ValueError(f"record={record!r}: use an int, a list of steps, 'log' or None")
+        top = max(max_steps, 1)
+        count = record[1] if isinstance(record, tuple) else int(20 * np.log10(top) + 1)
+        steps = np.unique(np.round(np.logspace(0, np.log10(top), int(count))).astype(np.int64))
+    elif isinstance(record, (int, np.integer)):
+        if record < 1:
+            raise ValueError(f"record={record}: the interval must be a positive number of steps")
+        steps = np.arange(0, max_steps + 1, int(record), dtype=np.int64)
+    else:
+        steps = np.asarray(record)
+        if steps.ndim != 1 or steps.dtype.kind not in "iu" or (steps.size and steps.min() < 0):
+            raise ValueError("record= as a list must hold non-negative integer steps")
+    steps = np.unique(np.concatenate([[0], steps.astype(np.int64)]))
+    return steps[steps <= max_steps]
+
+
+@dataclass
+class Trajectory:
+    """Records of a fit, as arrays (one row per record). See the module docstring."""
+
+    depth: int
+    top_k: int | None = None
+    meta: dict = field(default_factory=dict)
+    _rows: list = field(default_factory=list, repr=False)
+    _arrays: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self._rows) if self._rows else len(self._arrays.get("step", ()))
+
+    def __getattr__(self, name):
+        if name in SCALARS or name in MATRICES:
+            return self._array(name)
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        n = len(self)
+        last = f", last step {int(self.step[-1])}, loss {self.train_loss[-1]:.3g}" if n else ""
+        return f"Trajectory(depth={self.depth}, {n} records{last})"
+
+    def _array(self, name):
+        if self._rows:
+            self._freeze()
+        if name not in self._arrays:
+            return np.empty(0)
+        return self._arrays[name]
+
+    def _freeze(self):
+        rows, self._rows = self._rows, []
+        old = self._arrays
+        for name in SCALARS:
+            new = np.array([r[name] for r in rows])
+            self._arrays[name] = np.concatenate([old[name], new]) if name in old else new
+        for name in MATRICES:
+            new = np.array([r[name] for r in rows])
+            if name in old and old[name].size:
+                new = np.concatenate([old[name], new])
+            self._arrays[name] = new
+
+    def append(self, row: dict) -> None:
+        self._rows.append(row)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` records."""
+        self._freeze()
+        for name in self._arrays:
+            self._arrays[name] = self._arrays[name][:n]
+
+    def as_dict(self) -> dict:
+        """Every field as an array."""
+        return {name: self._array(name) for name in SCALARS + MATRICES}
+
+    def save(self, path) -> None:
+        """Write the arrays and metadata to an ``.npz`` file."""
+        meta = json.dumps({"depth": self.depth, "top_k": self.top_k, "meta": self.meta})
+        np.savez(path, __meta__=np.array(meta), **self.as_dict())
+
+    def plot(self, ax=None, k: int = 10, x: str = "step"):
+        """Top-``k`` singular values against ``x`` ("step" or "time"). Needs matplotlib."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ImportError("Trajectory.plot needs matplotlib: pip install 'fastdmf[plot]'")
+        if ax is None:
+            _, ax = plt.subplots()
+        sv = self.singular_values
+        ax.plot(self._array(x), sv[:, :k])
+        ax.set_xlabel(x)
+        ax.set_ylabel("singular values of W")
+        ax.set_title(f"top {min(k, sv.shape[1] if sv.ndim == 2 else 0)} singular values, "
+                     f"depth {self.depth}")
+        return ax
+
+
+def load_trajectory(path) -> Trajectory:
+    """Read a trajectory written by :meth:`Trajectory.save`."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["__meta__"]))
+        traj = Trajectory(meta["depth"], meta["top_k"], meta["meta"])
+        traj._arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    return traj
+
+
+def measure(factors, grad_factors, loss, step, time, problem, test, top_k):
+    """One record's values at the current state (called between compiled chunks)."""
+    depth = len(factors)
+    sv = singular_values(factors)
+    total = float(sv.sum())
+    if problem.ground_truth is not None:
+        truth = problem.ground_truth
+        test_error = float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
+    elif test is not None:
+        pred = predict_entries(factors, test.rows, test.cols)
+        test_error = float(np.mean((pred - test.values) ** 2))
+    else:
+        test_error = np.nan
+    return {
+        "step": int(step),
+        "time": float(time),
+        "train_loss": float(loss),
+        "test_error": test_error,
+        "nuclear_norm": total,
+        "effective_rank": effective_rank(sv),
+        "schatten": float(np.sum(sv ** (2.0 / depth))),
+        "grad_norm": float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grad_factors))),
+        "param_norm": float(np.sqrt(sum(np.sum(w.astype(np.float64) ** 2) for w in factors))),
+        "singular_values": sv[:top_k] if top_k else sv,
+        "balancedness": balancedness(factors),
+    }
