@@ -7,12 +7,15 @@ has size m x n (except depth 1, whose single factor is W itself).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numba
 import numpy as np
 
 from . import config
 from .factors import FactorLayout
 from .kernels import cpu
+from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
 __all__ = ["Engine", "select_kernels"]
@@ -52,7 +55,8 @@ class Engine:
         self.offs = layout.offsets
         rowptr, colptr, order = problem.index
         values = problem.values.astype(dtype)
-        self.obs = (problem.rows, problem.cols, values, rowptr, colptr, order)
+        col_rows = problem.rows[order]
+        self.obs = (problem.rows, problem.cols, values, rowptr, colptr, col_rows, order)
         size = cpu.work_layout(self.dims, problem.n_observed)[-1]
         self.work = np.zeros(size, dtype=dtype)
         self.rowloss = np.zeros(problem.shape[0])
@@ -78,9 +82,15 @@ class Engine:
     def evaluate(self) -> float:
         """Loss at the current parameters; fills the gradient."""
         scale = 2.0 / self.obs[0].shape[0]
-        return self.kernels.loss_and_grad(
-            self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss, scale
-        )
+        with self._blas():
+            return self.kernels.loss_and_grad(
+                self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
+                scale,
+            )
+
+    def _blas(self):
+        """One BLAS thread under the parallel kernels (see fastdmf.kernels.blas)."""
+        return blas_threads(1) if self.kernels.parallel else nullcontext()
 
     def run(self, n_steps: int, tol: float, loss_cap: float):
         """Up to ``n_steps`` optimiser steps in one compiled call.
@@ -89,17 +99,18 @@ class Engine:
         ``cpu.CONVERGED`` (loss <= tol before an update), ``cpu.DIVERGED``.
         """
         opt = (self.spec.code, self.hyper, self.ostate, self.scalars)
-        done, status, loss = self.kernels.run(
-            self.theta,
-            self.grad,
-            self.work,
-            self.dims,
-            self.offs,
-            self.obs,
-            self.rowloss,
-            opt,
-            int(n_steps),
-            float(tol),
-            float(loss_cap),
-        )
+        with self._blas():
+            done, status, loss = self.kernels.run(
+                self.theta,
+                self.grad,
+                self.work,
+                self.dims,
+                self.offs,
+                self.obs,
+                self.rowloss,
+                opt,
+                int(n_steps),
+                float(tol),
+                float(loss_cap),
+            )
         return int(done), int(status), float(loss)

@@ -24,9 +24,10 @@ squared gradient norm) go through per-block buffers of a fixed block size summed
 The floating-point result is therefore the same for any thread count. Serial and parallel
 variants are compiled from the same Python functions (``SERIAL`` / ``PARALLEL``).
 
-JIT policy: ``fastmath`` only on the two arithmetic leaves ``_dot``/``_axpy`` (reassociation
-and contraction, so they vectorise; no finite-math flags, so NaN checks stay exact);
-``cache=True`` only on the serial build.
+JIT policy: ``fastmath`` (reassociation and contraction only, so the inner loops vectorise;
+no finite-math flags, so NaN and inf propagate) only on the two sparse passes, which are pure
+arithmetic; the loop that checks losses for NaN is compiled without it. ``cache=True`` only on
+the serial build.
 """
 
 from __future__ import annotations
@@ -47,21 +48,62 @@ OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
 # Block size of the deterministic reductions (independent of the thread count).
 _BLOCK = 4096
 
-_leaf = numba.njit(inline="always", fastmath={"reassoc", "contract"}, cache=True)
+_inline = numba.njit(inline="always")
+# Reassociation and contraction only: the loops vectorise, NaN and inf still propagate.
+_FASTMATH = {"reassoc", "contract"}
 
 
-@_leaf
-def _dot(a, b):
-    acc = a[0] * b[0]
-    for t in range(1, a.shape[0]):
-        acc += a[t] * b[t]
-    return acc
+@_inline
+def _seg_resid(s, table, idx, vals, lo, hi, scale, g):
+    """For p in [lo, hi): r = s . table[idx[p]] - vals[p], g[p] = scale r; returns sum r^2.
+
+    Four entries per sweep over s, so each element of s is loaded once for four dots."""
+    zero = s.dtype.type(0)
+    loss = 0.0
+    p = lo
+    while p + 4 <= hi:
+        qa, qb, qc, qd = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
+        a, b, c, e = zero, zero, zero, zero
+        for t in range(s.shape[0]):
+            st = s[t]
+            a += st * qa[t]
+            b += st * qb[t]
+            c += st * qc[t]
+            e += st * qd[t]
+        for u, x in enumerate((a, b, c, e)):
+            r = x - vals[p + u]
+            loss += np.float64(r) * np.float64(r)
+            g[p + u] = scale * r
+        p += 4
+    while p < hi:
+        qa = table[idx[p]]
+        a = zero
+        for t in range(s.shape[0]):
+            a += s[t] * qa[t]
+        r = a - vals[p]
+        loss += np.float64(r) * np.float64(r)
+        g[p] = scale * r
+        p += 1
+    return loss
 
 
-@_leaf
-def _axpy(alpha, x, y):
-    for t in range(y.shape[0]):
-        y[t] += alpha * x[t]
+@_inline
+def _seg_accum(dest, table, idx, w, lo, hi):
+    """dest = sum_{p in [lo, hi)} w[p] table[idx[p]], four rows per sweep over dest."""
+    dest[:] = 0
+    p = lo
+    while p + 4 <= hi:
+        ra, rb, rc, rd = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
+        wa, wb, wc, wd = w[p], w[p + 1], w[p + 2], w[p + 3]
+        for t in range(dest.shape[0]):
+            dest[t] += wa * ra[t] + wb * rb[t] + wc * rc[t] + wd * rd[t]
+        p += 4
+    while p < hi:
+        ra = table[idx[p]]
+        wa = w[p]
+        for t in range(dest.shape[0]):
+            dest[t] += wa * ra[t]
+        p += 1
 
 
 @numba.njit(cache=True)
@@ -74,7 +116,7 @@ def work_layout(dims, n_obs):
     """
     N = dims.shape[0] - 1
     n, m = dims[0], dims[N]
-    lay = np.zeros(3 * N + 6, dtype=np.int64)
+    lay = np.zeros(3 * N + 7, dtype=np.int64)
     pos = 0
     if N >= 2:
         for j in range(1, N):
@@ -91,6 +133,8 @@ def work_layout(dims, n_obs):
     lay[3 * N + 4] = pos
     pos += n_obs
     lay[3 * N + 5] = pos
+    pos += n_obs
+    lay[3 * N + 6] = pos
     return lay
 
 
@@ -101,6 +145,7 @@ def _block(buf, off, rows, cols):
 def _build(parallel):
     """Compile the kernel family; ``parallel`` selects prange or plain loops."""
     jit = numba.njit(parallel=parallel, cache=not parallel)
+    fjit = numba.njit(parallel=parallel, cache=not parallel, fastmath=_FASTMATH)
     block = numba.njit(inline="always")(_block)
 
     @jit
@@ -133,7 +178,7 @@ def _build(parallel):
 
     @jit
     def depth1(theta, grad, obs, rowloss, scale):
-        rows, cols, vals, rowptr = obs[0], obs[1], obs[2], obs[3]
+        cols, vals, rowptr = obs[1], obs[2], obs[3]
         n = theta.shape[0] // (rowptr.shape[0] - 1)
         grad[:] = 0.0
         for i in prange(rowptr.shape[0] - 1):
@@ -145,9 +190,9 @@ def _build(parallel):
             rowloss[i] = acc
         return blocked_sum(rowloss) / vals.shape[0]
 
-    @jit
+    @fjit
     def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
-        """Residuals, loss, dW_N and the H_j, one row of outputs per iteration."""
+        """Residuals, loss, dW_N and the H_j; iteration i owns row i of every output."""
         N = dims.shape[0] - 1
         n, m = dims[0], dims[N]
         cols, vals, rowptr = obs[1], obs[2], obs[3]
@@ -157,42 +202,35 @@ def _build(parallel):
             work, lay[N + 3], m, dims[1]
         )
         for i in prange(m):
-            acc = 0.0
-            si = s2[i]
-            for k in range(rowptr[i], rowptr[i + 1]):
-                r = _dot(si, q1[cols[k]]) - vals[k]
-                acc += np.float64(r) * np.float64(r)
-                g[k] = scale * r
-            rowloss[i] = acc
+            lo, hi = rowptr[i], rowptr[i + 1]
+            rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
             for q in range(1, N):
                 if q == N - 1:
                     dest = block(grad, offs[N - 1], m, dims[N - 1])[i]
                 else:
                     dest = block(work, lay[2 * N + 3 + q], m, dims[q])[i]
-                src = block(work, lay[q], n, dims[q])
-                dest[:] = 0.0
-                for k in range(rowptr[i], rowptr[i + 1]):
-                    _axpy(g[k], src[cols[k]], dest)
+                _seg_accum(dest, block(work, lay[q], n, dims[q]), cols, g, lo, hi)
         return blocked_sum(rowloss) / vals.shape[0]
 
-    @jit
+    @fjit
     def col_pass(theta, grad, work, dims, offs, lay, obs):
-        """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries, then transpose."""
+        """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries (iteration c owns column
+        c), then transposed into dW_1."""
         N = dims.shape[0] - 1
         n, m, d1 = dims[0], dims[N], dims[1]
-        rows, colptr, order = obs[0], obs[4], obs[5]
-        g = work[lay[3 * N + 4] : lay[3 * N + 4] + rows.shape[0]]
+        colptr, col_rows, order = obs[4], obs[5], obs[6]
+        nobs = order.shape[0]
+        g = work[lay[3 * N + 4] : lay[3 * N + 4] + nobs]
+        gcol = work[lay[3 * N + 5] : lay[3 * N + 5] + nobs]
+        for p in range(nobs):
+            gcol[p] = g[order[p]]
         s2 = block(theta, offs[N - 1], m, d1) if N == 2 else block(work, lay[N + 3], m, d1)
         t = block(work, lay[3 * N + 3], n, d1)
         dw1 = block(grad, 0, d1, n)
         for c in prange(n):
-            tc = t[c]
-            tc[:] = 0.0
-            for p in range(colptr[c], colptr[c + 1]):
-                k = order[p]
-                _axpy(g[k], s2[rows[k]], tc)
+            _seg_accum(t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
             for a in range(d1):
-                dw1[a, c] = tc[a]
+                dw1[a, c] = t[c, a]
 
     @jit
     def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
@@ -274,7 +312,8 @@ def _build(parallel):
         return n_steps, RUNNING, loss
 
     return SimpleNamespace(
-        loss_and_grad=loss_and_grad, run=run, update=update, parallel=parallel
+        loss_and_grad=loss_and_grad, run=run, update=update, parallel=parallel,
+        row_pass=row_pass, col_pass=col_pass,
     )
 
 
