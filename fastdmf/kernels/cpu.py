@@ -146,6 +146,8 @@ def _build(parallel):
     """Compile the kernel family; ``parallel`` selects prange or plain loops."""
     jit = numba.njit(parallel=parallel, cache=not parallel)
     fjit = numba.njit(parallel=parallel, cache=not parallel, fastmath=_FASTMATH)
+    # Drivers hold no prange loops themselves; they call the parallel kernels.
+    djit = numba.njit(cache=not parallel)
     block = numba.njit(inline="always")(_block)
 
     @jit
@@ -232,7 +234,7 @@ def _build(parallel):
             for a in range(d1):
                 dw1[a, c] = t[c, a]
 
-    @jit
+    @djit
     def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
         """Loss at ``theta``; all factor gradients written into ``grad``."""
         N = dims.shape[0] - 1
@@ -291,7 +293,7 @@ def _build(parallel):
                 theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
             sc[2] += lr
 
-    @jit
+    @djit
     def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap):
         """Up to ``n_steps`` optimiser steps in one compiled call.
 

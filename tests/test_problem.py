@@ -1,0 +1,145 @@
+"""Problems: every input form gives the same validated problem; every bad input a clear error."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastdmf
+
+
+def triplets():
+    rows = np.array([2, 0, 1, 2])
+    cols = np.array([1, 0, 3, 0])
+    vals = np.array([1.5, -2.0, 0.0, 4.0])
+    return rows, cols, vals
+
+
+def test_triplets_sorted_by_row_then_col():
+    p = fastdmf.completion(*triplets(), shape=(3, 4))
+    np.testing.assert_array_equal(p.rows, [0, 1, 2, 2])
+    np.testing.assert_array_equal(p.cols, [0, 3, 0, 1])
+    np.testing.assert_array_equal(p.values, [-2.0, 0.0, 4.0, 1.5])
+    assert p.shape == (3, 4) and p.n_observed == 4 and p.ground_truth is None
+
+
+def test_dense_sparse_and_triplets_agree():
+    rows, cols, vals = triplets()
+    dense = np.full((3, 4), np.nan)
+    dense[rows, cols] = vals
+    sparse = sp.coo_array((vals, (rows, cols)), shape=(3, 4))
+    ref = fastdmf.completion(rows, cols, vals, shape=(3, 4))
+    for form in (dense, sparse, sparse.tocsr(), sp.csc_matrix(sparse)):
+        p = fastdmf.completion(form)
+        assert p.shape == ref.shape
+        np.testing.assert_array_equal(p.rows, ref.rows)
+        np.testing.assert_array_equal(p.cols, ref.cols)
+        np.testing.assert_array_equal(p.values, ref.values)
+
+
+def test_sparse_stored_zero_is_observed():
+    s = sp.csr_array((np.array([0.0, 2.0]), (np.array([0, 1]), np.array([1, 0]))), shape=(2, 2))
+    p = fastdmf.completion(s)
+    assert p.n_observed == 2
+    np.testing.assert_array_equal(p.values, [0.0, 2.0])
+
+
+def test_index_structures_match_entries(tall):
+    rowptr, colptr, order = tall.index
+    m, n = tall.shape
+    np.testing.assert_array_equal(np.diff(rowptr), np.bincount(tall.rows, minlength=m))
+    np.testing.assert_array_equal(np.diff(colptr), np.bincount(tall.cols, minlength=n))
+    assert np.all(np.diff(tall.cols[order]) >= 0)
+    assert sorted(order.tolist()) == list(range(tall.n_observed))
+
+
+@pytest.mark.parametrize(
+    "rows, cols, vals, shape, err, match",
+    [
+        ([0, 3], [0, 1], [1.0, 2.0], (3, 2), ValueError, "rows has index 3 out of range"),
+        ([0, 1], [0, 2], [1.0, 2.0], (3, 2), ValueError, "cols has index 2 out of range"),
+        ([0, -1], [0, 1], [1.0, 2.0], (3, 2), ValueError, "negative index"),
+        ([0, 0], [1, 1], [1.0, 2.0], (3, 2), ValueError, "duplicate position.*row 0, col 1"),
+        ([0, 1], [0, 1], [1.0, np.nan], (3, 2), ValueError, "NaN or infinite"),
+        ([0, 1], [0, 1], [np.inf, 1.0], (3, 2), ValueError, "NaN or infinite"),
+        ([], [], [], (3, 2), ValueError, "no observed entries"),
+        ([0, 1], [0], [1.0, 2.0], (3, 2), ValueError, "same length"),
+        ([0, 1], [0, 1], ["a", "b"], (3, 2), TypeError, "real numbers"),
+        ([0.5, 1], [0, 1], [1.0, 2.0], (3, 2), TypeError, "integers"),
+        ([True, False], [0, 1], [1.0, 2.0], (3, 2), TypeError, "integers"),
+        ([0, 1], [0, 1], [1.0, 2.0], (0, 2), ValueError, "positive integers"),
+        ([0, 1], [0, 1], [1.0, 2.0], "ab", TypeError, "pair of integers"),
+    ],
+)
+def test_bad_triplets_raise_clear_errors(rows, cols, vals, shape, err, match):
+    with pytest.raises(err, match=match):
+        fastdmf.completion(np.array(rows), np.array(cols), np.array(vals), shape=shape)
+
+
+def test_integral_float_indices_are_accepted():
+    p = fastdmf.completion(np.array([0.0, 1.0]), np.array([1.0, 0.0]), [3.0, 4.0], shape=(2, 2))
+    np.testing.assert_array_equal(p.rows, [0, 1])
+
+
+def test_triplets_need_shape():
+    with pytest.raises(TypeError, match="needs shape"):
+        fastdmf.completion(*triplets())
+
+
+def test_matrix_errors():
+    with pytest.raises(ValueError, match="infinite values"):
+        fastdmf.completion(np.array([[1.0, np.inf]]))
+    with pytest.raises(ValueError, match="no observed entries"):
+        fastdmf.completion(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="disagrees"):
+        fastdmf.completion(np.ones((2, 3)), shape=(3, 2))
+    with pytest.raises(TypeError, match="real numbers"):
+        fastdmf.completion(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="two-dimensional"):
+        fastdmf.completion(np.ones(3))
+    dup = sp.coo_matrix((np.ones(2), (np.array([0, 0]), np.array([1, 1]))), shape=(2, 2))
+    with pytest.raises(ValueError, match="duplicate"):
+        fastdmf.completion(dup)
+    with pytest.raises(ValueError, match="ground_truth has shape"):
+        fastdmf.completion(*triplets(), shape=(3, 4), ground_truth=np.zeros((4, 3)))
+
+
+def test_synthetic_follows_the_papers_recipe():
+    p = fastdmf.synthetic_completion(shape=(100, 100), rank=5, n_observed=2000, seed=0)
+    truth = p.ground_truth
+    assert np.isclose(np.linalg.norm(truth), 100.0, rtol=1e-12)
+    sv = np.linalg.svd(truth, compute_uv=False)
+    assert sv[4] > 1e-6 * sv[0] and sv[5] < 1e-10 * sv[0]
+    assert p.n_observed == 2000
+    assert len(set(zip(p.rows.tolist(), p.cols.tolist()))) == 2000
+    np.testing.assert_array_equal(p.values, truth[p.rows, p.cols])
+    again = fastdmf.synthetic_completion(shape=(100, 100), rank=5, n_observed=2000, seed=0)
+    np.testing.assert_array_equal(again.ground_truth, truth)
+    other = fastdmf.synthetic_completion(seed=1)
+    assert not np.array_equal(other.rows, p.rows)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rank": 0}, "rank must be"),
+        ({"rank": 11, "shape": (10, 20)}, "rank must be"),
+        ({"n_observed": 0}, "n_observed must be"),
+        ({"n_observed": 101, "shape": (10, 10)}, "n_observed must be"),
+    ],
+)
+def test_synthetic_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fastdmf.synthetic_completion(**kwargs)
+
+
+def test_split_partitions_entries(square):
+    train, test = square.split(0.25, seed=0)
+    assert train.n_observed + test.n_observed == square.n_observed
+    assert test.n_observed == 15
+    both = set(zip(train.rows.tolist(), train.cols.tolist())) | set(
+        zip(test.rows.tolist(), test.cols.tolist())
+    )
+    assert len(both) == square.n_observed
+    assert train.ground_truth is square.ground_truth
+    with pytest.raises(ValueError, match="test_fraction"):
+        square.split(1.5)

@@ -1,0 +1,122 @@
+"""Record schedules, trajectory fields against the reference, save/load; initialisations."""
+
+import numpy as np
+import pytest
+
+import fastdmf
+from fastdmf import reference
+from fastdmf.factors import FactorLayout, balancedness, end_to_end, initialize, singular_values
+from fastdmf.trajectory import record_schedule
+
+
+def test_record_schedules():
+    np.testing.assert_array_equal(record_schedule(25, 100), [0, 25, 50, 75, 100])
+    np.testing.assert_array_equal(record_schedule([5, 3, 500], 100), [0, 3, 5])
+    np.testing.assert_array_equal(record_schedule(None, 100), [0])
+    log = record_schedule("log", 10_000)
+    assert log[0] == 0 and log[1] == 1 and log[-1] == 10_000
+    assert np.all(np.diff(log) > 0) and 60 <= len(log) <= 90
+    assert len(record_schedule(("log", 5), 10_000)) == 6
+    with pytest.raises(ValueError):
+        record_schedule("every", 10)
+    with pytest.raises(ValueError):
+        record_schedule([-1, 2], 10)
+
+
+def test_fields_match_reference(tall):
+    res = fastdmf.fit(tall, depth=3, widths=[4, 6], max_steps=40, record=20, seed=0,
+                      lr=1e-2, init_scale=0.5)
+    traj = res.trajectory
+    assert len(traj) == 3
+    factors = res.factors
+    sv = reference.singular_values(factors)[:4]
+    np.testing.assert_allclose(traj.singular_values[-1], sv, rtol=1e-10, atol=1e-13)
+    assert traj.nuclear_norm[-1] == pytest.approx(sv.sum(), rel=1e-10)
+    assert traj.effective_rank[-1] == pytest.approx(reference.effective_rank(sv), rel=1e-10)
+    assert traj.schatten[-1] == pytest.approx(np.sum(sv ** (2 / 3)), rel=1e-10)
+    loss, grads = reference.loss_and_grad(factors, tall.rows, tall.cols, tall.values)
+    assert traj.train_loss[-1] == pytest.approx(loss, rel=1e-12)
+    gnorm = np.sqrt(sum(np.sum(g**2) for g in grads))
+    assert traj.grad_norm[-1] == pytest.approx(gnorm, rel=1e-10)
+    assert traj.param_norm[-1] == pytest.approx(
+        np.sqrt(sum(np.sum(w**2) for w in factors)), rel=1e-12)
+    np.testing.assert_allclose(traj.balancedness[-1], balancedness(factors), rtol=1e-10)
+    assert traj.balancedness.shape == (3, 2)
+    assert np.all(np.isnan(traj.test_error))  # no ground truth, no held-out entries
+    assert np.all(np.diff(traj.time) > 0)
+
+
+def test_reconstruction_error_and_held_out_mse(square):
+    res = fastdmf.fit(square, depth=2, max_steps=30, record=30, seed=0, lr=1e-2)
+    w = res.matrix()
+    truth = square.ground_truth
+    err = np.sum((w - truth) ** 2) / np.sum(truth**2)
+    assert res.trajectory.test_error[-1] == pytest.approx(err, rel=1e-10)
+
+    plain = fastdmf.completion(square.rows, square.cols, square.values, shape=square.shape)
+    train, test = plain.split(0.2, seed=1)
+    res = fastdmf.fit(train, depth=2, max_steps=30, record=30, seed=0, lr=1e-2, test=test)
+    mse = np.mean((res.matrix()[test.rows, test.cols] - test.values) ** 2)
+    assert res.trajectory.test_error[-1] == pytest.approx(mse, rel=1e-10)
+
+
+def test_top_k_and_factored_singular_values():
+    """Width 3 < min(m, n): singular values come from QR of the two sides, equal to the SVD
+    of the dense product."""
+    rng = np.random.default_rng(0)
+    factors = [rng.standard_normal((3, 40)), rng.standard_normal((5, 3)),
+               rng.standard_normal((30, 5))]
+    dense = np.linalg.svd(end_to_end(factors), compute_uv=False)[:3]
+    np.testing.assert_allclose(singular_values(factors), dense, rtol=1e-10)
+    p = fastdmf.synthetic_completion(shape=(30, 40), rank=2, n_observed=300, seed=0)
+    res = fastdmf.fit(p, depth=3, widths=[3, 5], top_k=2, max_steps=10, record=5, seed=0)
+    assert res.trajectory.singular_values.shape == (3, 2)
+
+
+def test_save_and_load_roundtrip(tmp_path, square):
+    res = fastdmf.fit(square, depth=3, max_steps=30, record=10, seed=0)
+    path = tmp_path / "traj.npz"
+    res.trajectory.save(path)
+    back = fastdmf.load_trajectory(path)
+    assert back.depth == 3 and len(back) == len(res.trajectory)
+    for name, arr in res.trajectory.as_dict().items():
+        np.testing.assert_array_equal(getattr(back, name), arr)
+    assert "4 records" in repr(back)
+
+
+def test_plot_needs_matplotlib_or_draws(square):
+    res = fastdmf.fit(square, depth=2, max_steps=20, record=5, seed=0)
+    try:
+        import matplotlib
+    except ImportError:
+        with pytest.raises(ImportError, match="fastdmf\\[plot\\]"):
+            res.trajectory.plot()
+        return
+    matplotlib.use("Agg")
+    ax = res.trajectory.plot(k=3)
+    assert len(ax.lines) == 3
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), res.trajectory.step)
+
+
+@pytest.mark.parametrize("shape, depth", [((40, 40), 3), ((30, 50), 2), ((50, 30), 4)])
+def test_gaussian_init_scale_convention(shape, depth):
+    """E||W(0)||_F^2 = init_scale^2 m: averaged over seeds, within 15%."""
+    layout = FactorLayout.build(shape, depth)
+    norms = [np.linalg.norm(end_to_end(initialize(layout, "gaussian", 1e-2,
+                                                  np.random.default_rng(s)))) ** 2
+             for s in range(40)]
+    assert np.mean(norms) == pytest.approx(1e-4 * shape[0], rel=0.15)
+
+
+@pytest.mark.parametrize("widths", [None, [5, 7]])
+def test_balanced_and_identity_inits(widths):
+    layout = FactorLayout.build((9, 6), 3, widths)
+    rng = np.random.default_rng(0)
+    bal = initialize(layout, "balanced", 0.3, rng)
+    assert np.all(balancedness(bal) < 1e-12)
+    assert np.linalg.norm(end_to_end(bal)) == pytest.approx(0.3 * 3, rel=0.5)
+    ident = initialize(layout, "identity", 0.125, rng)
+    assert np.allclose(ident[0], 0.5 * np.eye(*layout.factor_shape(1)))
+    orth = initialize(FactorLayout.build((8, 8), 3), "orthogonal", 0.125, rng)
+    assert np.all(balancedness(orth) < 1e-12)
+    np.testing.assert_allclose(orth[1].T @ orth[1], 0.25 * np.eye(8), atol=1e-12)
