@@ -32,6 +32,7 @@ the serial build.
 
 from __future__ import annotations
 
+import types
 from types import SimpleNamespace
 
 import numba
@@ -142,181 +143,202 @@ def _block(buf, off, rows, cols):
     return buf[off : off + rows * cols].reshape((rows, cols))
 
 
-def _build(parallel):
-    """Compile the kernel family; ``parallel`` selects prange or plain loops."""
-    jit = numba.njit(parallel=parallel, cache=not parallel)
-    fjit = numba.njit(parallel=parallel, cache=not parallel, fastmath=_FASTMATH)
-    # Drivers hold no prange loops themselves; they call the parallel kernels.
-    djit = numba.njit(cache=not parallel)
-    block = numba.njit(inline="always")(_block)
+_blk = numba.njit(inline="always")(_block)
 
-    @jit
-    def blocked_sum(x):
-        nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
-        part = np.zeros(nb)
-        for b in prange(nb):
-            acc = 0.0
-            for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
-                acc += x[t]
-            part[b] = acc
-        total = 0.0
-        for b in range(nb):
-            total += part[b]
-        return total
+# The kernel family, written once as plain Python (prange marks the parallel loops) and
+# compiled twice by _build: serial (cached) and parallel. "kernel": prange loops;
+# "fast": prange loops with _FASTMATH (the pure-arithmetic sparse passes); "driver": no
+# prange of its own, calls the others. Callees come before their callers.
 
-    @jit
-    def blocked_sumsq(x):
-        nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
-        part = np.zeros(nb)
-        for b in prange(nb):
-            acc = 0.0
-            for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
-                acc += np.float64(x[t]) * np.float64(x[t])
-            part[b] = acc
-        total = 0.0
-        for b in range(nb):
-            total += part[b]
-        return total
 
-    @jit
-    def depth1(theta, grad, obs, rowloss, scale):
-        cols, vals, rowptr = obs[1], obs[2], obs[3]
-        n = theta.shape[0] // (rowptr.shape[0] - 1)
-        grad[:] = 0.0
-        for i in prange(rowptr.shape[0] - 1):
-            acc = 0.0
-            for k in range(rowptr[i], rowptr[i + 1]):
-                r = theta[i * n + cols[k]] - vals[k]
-                acc += np.float64(r) * np.float64(r)
-                grad[i * n + cols[k]] = scale * r
-            rowloss[i] = acc
-        return blocked_sum(rowloss) / vals.shape[0]
+def blocked_sum(x):
+    nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    part = np.zeros(nb)
+    for b in prange(nb):
+        acc = 0.0
+        for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
+            acc += x[t]
+        part[b] = acc
+    total = 0.0
+    for b in range(nb):
+        total += part[b]
+    return total
 
-    @fjit
-    def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
-        """Residuals, loss, dW_N and the H_j; iteration i owns row i of every output."""
-        N = dims.shape[0] - 1
-        n, m = dims[0], dims[N]
-        cols, vals, rowptr = obs[1], obs[2], obs[3]
-        g = work[lay[3 * N + 4] : lay[3 * N + 4] + vals.shape[0]]
-        q1 = block(work, lay[1], n, dims[1])
-        s2 = block(theta, offs[N - 1], m, dims[N - 1]) if N == 2 else block(
-            work, lay[N + 3], m, dims[1]
-        )
-        for i in prange(m):
-            lo, hi = rowptr[i], rowptr[i + 1]
-            rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
-            for q in range(1, N):
-                if q == N - 1:
-                    dest = block(grad, offs[N - 1], m, dims[N - 1])[i]
-                else:
-                    dest = block(work, lay[2 * N + 3 + q], m, dims[q])[i]
-                _seg_accum(dest, block(work, lay[q], n, dims[q]), cols, g, lo, hi)
-        return blocked_sum(rowloss) / vals.shape[0]
+def blocked_sumsq(x):
+    nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    part = np.zeros(nb)
+    for b in prange(nb):
+        acc = 0.0
+        for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
+            acc += np.float64(x[t]) * np.float64(x[t])
+        part[b] = acc
+    total = 0.0
+    for b in range(nb):
+        total += part[b]
+    return total
 
-    @fjit
-    def col_pass(theta, grad, work, dims, offs, lay, obs):
-        """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries (iteration c owns column
-        c), then transposed into dW_1."""
-        N = dims.shape[0] - 1
-        n, m, d1 = dims[0], dims[N], dims[1]
-        colptr, col_rows, order = obs[4], obs[5], obs[6]
-        nobs = order.shape[0]
-        g = work[lay[3 * N + 4] : lay[3 * N + 4] + nobs]
-        gcol = work[lay[3 * N + 5] : lay[3 * N + 5] + nobs]
-        for p in range(nobs):
-            gcol[p] = g[order[p]]
-        s2 = block(theta, offs[N - 1], m, d1) if N == 2 else block(work, lay[N + 3], m, d1)
-        t = block(work, lay[3 * N + 3], n, d1)
-        dw1 = block(grad, 0, d1, n)
-        for c in prange(n):
-            _seg_accum(t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
-            for a in range(d1):
-                dw1[a, c] = t[c, a]
+def depth1(theta, grad, obs, rowloss, scale):
+    cols, vals, rowptr = obs[1], obs[2], obs[3]
+    n = theta.shape[0] // (rowptr.shape[0] - 1)
+    grad[:] = 0.0
+    for i in prange(rowptr.shape[0] - 1):
+        acc = 0.0
+        for k in range(rowptr[i], rowptr[i + 1]):
+            r = theta[i * n + cols[k]] - vals[k]
+            acc += np.float64(r) * np.float64(r)
+            grad[i * n + cols[k]] = scale * r
+        rowloss[i] = acc
+    return blocked_sum(rowloss) / vals.shape[0]
 
-    @djit
-    def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
-        """Loss at ``theta``; all factor gradients written into ``grad``."""
-        N = dims.shape[0] - 1
-        if N == 1:
-            return depth1(theta, grad, obs, rowloss, scale)
-        n, m = dims[0], dims[N]
-        lay = work_layout(dims, obs[0].shape[0])
-        q1 = block(work, lay[1], n, dims[1])
-        q1[:, :] = block(theta, 0, dims[1], n).T
-        for j in range(2, N):
-            w = block(theta, offs[j - 1], dims[j], dims[j - 1])
-            np.dot(block(work, lay[j - 1], n, dims[j - 1]), w.T, block(work, lay[j], n, dims[j]))
-        for j in range(N - 1, 1, -1):
-            w = block(theta, offs[j - 1], dims[j], dims[j - 1])
-            if j == N - 1:
-                nxt = block(theta, offs[N - 1], m, dims[N - 1])
-            else:
-                nxt = block(work, lay[N + 2 + j], m, dims[j])
-            np.dot(nxt, w, block(work, lay[N + 1 + j], m, dims[j - 1]))
-        loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
-        col_pass(theta, grad, work, dims, offs, lay, obs)
-        for j in range(2, N):
-            if j == N - 1:
-                s_next = block(theta, offs[N - 1], m, dims[N - 1])
-            else:
-                s_next = block(work, lay[N + 2 + j], m, dims[j])
-            h = block(work, lay[2 * N + 2 + j], m, dims[j - 1])
-            np.dot(s_next.T, h, block(grad, offs[j - 1], dims[j], dims[j - 1]))
-        return loss
-
-    @jit
-    def update(theta, grad, code, hyper, ostate, sc):
-        """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES)."""
-        lr, a, b, eps = hyper[0], hyper[1], hyper[2], hyper[3]
-        sc[0] += 1.0
-        t = sc[0]
-        size = theta.shape[0]
-        if code == 0:
-            for p in prange(size):
-                theta[p] -= lr * grad[p]
-            sc[2] += lr
-        elif code == 1:
-            sc[1] = a * sc[1] + (1.0 - a) * blocked_sumsq(grad)
-            step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
-            for p in prange(size):
-                theta[p] -= step * grad[p]
-            sc[2] += step
-        else:
-            c1 = 1.0 - a**t
-            c2 = 1.0 - b**t
-            for p in prange(size):
-                mom = a * ostate[p] + (1.0 - a) * grad[p]
-                vel = b * ostate[size + p] + (1.0 - b) * grad[p] * grad[p]
-                ostate[p] = mom
-                ostate[size + p] = vel
-                theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
-            sc[2] += lr
-
-    @djit
-    def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap):
-        """Up to ``n_steps`` optimiser steps in one compiled call.
-
-        ``opt = (code, hyper, ostate, sc)``. Each step evaluates the loss at the current
-        ``theta``: at or below ``tol`` the run stops before updating (CONVERGED); NaN, inf or
-        above ``loss_cap`` it stops (DIVERGED). Returns ``(steps_done, status, last_loss)``.
-        """
-        code, hyper, ostate, sc = opt
-        scale = 2.0 / obs[0].shape[0]
-        loss = np.nan
-        for s in range(n_steps):
-            loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale)
-            if not (loss <= loss_cap):
-                return s, DIVERGED, loss
-            if loss <= tol:
-                return s, CONVERGED, loss
-            update(theta, grad, code, hyper, ostate, sc)
-        return n_steps, RUNNING, loss
-
-    return SimpleNamespace(
-        loss_and_grad=loss_and_grad, run=run, update=update, parallel=parallel,
-        row_pass=row_pass, col_pass=col_pass,
+def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
+    """Residuals, loss, dW_N and the H_j; iteration i owns row i of every output."""
+    N = dims.shape[0] - 1
+    n, m = dims[0], dims[N]
+    cols, vals, rowptr = obs[1], obs[2], obs[3]
+    g = work[lay[3 * N + 4] : lay[3 * N + 4] + vals.shape[0]]
+    q1 = _blk(work, lay[1], n, dims[1])
+    s2 = _blk(theta, offs[N - 1], m, dims[N - 1]) if N == 2 else _blk(
+        work, lay[N + 3], m, dims[1]
     )
+    for i in prange(m):
+        lo, hi = rowptr[i], rowptr[i + 1]
+        rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
+        for q in range(1, N):
+            if q == N - 1:
+                dest = _blk(grad, offs[N - 1], m, dims[N - 1])[i]
+            else:
+                dest = _blk(work, lay[2 * N + 3 + q], m, dims[q])[i]
+            _seg_accum(dest, _blk(work, lay[q], n, dims[q]), cols, g, lo, hi)
+    return blocked_sum(rowloss) / vals.shape[0]
+
+def col_pass(theta, grad, work, dims, offs, lay, obs):
+    """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries (iteration c owns column
+    c), then transposed into dW_1."""
+    N = dims.shape[0] - 1
+    n, m, d1 = dims[0], dims[N], dims[1]
+    colptr, col_rows, order = obs[4], obs[5], obs[6]
+    nobs = order.shape[0]
+    g = work[lay[3 * N + 4] : lay[3 * N + 4] + nobs]
+    gcol = work[lay[3 * N + 5] : lay[3 * N + 5] + nobs]
+    for p in range(nobs):
+        gcol[p] = g[order[p]]
+    s2 = _blk(theta, offs[N - 1], m, d1) if N == 2 else _blk(work, lay[N + 3], m, d1)
+    t = _blk(work, lay[3 * N + 3], n, d1)
+    dw1 = _blk(grad, 0, d1, n)
+    for c in prange(n):
+        _seg_accum(t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
+        for a in range(d1):
+            dw1[a, c] = t[c, a]
+
+def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
+    """Loss at ``theta``; all factor gradients written into ``grad``."""
+    N = dims.shape[0] - 1
+    if N == 1:
+        return depth1(theta, grad, obs, rowloss, scale)
+    n, m = dims[0], dims[N]
+    lay = work_layout(dims, obs[0].shape[0])
+    q1 = _blk(work, lay[1], n, dims[1])
+    q1[:, :] = _blk(theta, 0, dims[1], n).T
+    for j in range(2, N):
+        w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
+        np.dot(_blk(work, lay[j - 1], n, dims[j - 1]), w.T, _blk(work, lay[j], n, dims[j]))
+    for j in range(N - 1, 1, -1):
+        w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
+        if j == N - 1:
+            nxt = _blk(theta, offs[N - 1], m, dims[N - 1])
+        else:
+            nxt = _blk(work, lay[N + 2 + j], m, dims[j])
+        np.dot(nxt, w, _blk(work, lay[N + 1 + j], m, dims[j - 1]))
+    loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
+    col_pass(theta, grad, work, dims, offs, lay, obs)
+    for j in range(2, N):
+        if j == N - 1:
+            s_next = _blk(theta, offs[N - 1], m, dims[N - 1])
+        else:
+            s_next = _blk(work, lay[N + 2 + j], m, dims[j])
+        h = _blk(work, lay[2 * N + 2 + j], m, dims[j - 1])
+        np.dot(s_next.T, h, _blk(grad, offs[j - 1], dims[j], dims[j - 1]))
+    return loss
+
+def update(theta, grad, code, hyper, ostate, sc):
+    """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES)."""
+    lr, a, b, eps = hyper[0], hyper[1], hyper[2], hyper[3]
+    sc[0] += 1.0
+    t = sc[0]
+    size = theta.shape[0]
+    if code == 0:
+        for p in prange(size):
+            theta[p] -= lr * grad[p]
+        sc[2] += lr
+    elif code == 1:
+        sc[1] = a * sc[1] + (1.0 - a) * blocked_sumsq(grad)
+        step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
+        for p in prange(size):
+            theta[p] -= step * grad[p]
+        sc[2] += step
+    else:
+        c1 = 1.0 - a**t
+        c2 = 1.0 - b**t
+        for p in prange(size):
+            mom = a * ostate[p] + (1.0 - a) * grad[p]
+            vel = b * ostate[size + p] + (1.0 - b) * grad[p] * grad[p]
+            ostate[p] = mom
+            ostate[size + p] = vel
+            theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
+        sc[2] += lr
+
+def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap):
+    """Up to ``n_steps`` optimiser steps in one compiled call.
+
+    ``opt = (code, hyper, ostate, sc)``. Each step evaluates the loss at the current
+    ``theta``: at or below ``tol`` the run stops before updating (CONVERGED); NaN, inf or
+    above ``loss_cap`` it stops (DIVERGED). Returns ``(steps_done, status, last_loss)``.
+    """
+    code, hyper, ostate, sc = opt
+    scale = 2.0 / obs[0].shape[0]
+    loss = np.nan
+    for s in range(n_steps):
+        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale)
+        if not (loss <= loss_cap):
+            return s, DIVERGED, loss
+        if loss <= tol:
+            return s, CONVERGED, loss
+        update(theta, grad, code, hyper, ostate, sc)
+    return n_steps, RUNNING, loss
+
+
+_FAMILY = (
+    ("blocked_sum", "kernel"),
+    ("blocked_sumsq", "kernel"),
+    ("depth1", "kernel"),
+    ("row_pass", "fast"),
+    ("col_pass", "fast"),
+    ("loss_and_grad", "driver"),
+    ("update", "kernel"),
+    ("run", "driver"),
+)
+
+
+def _build(parallel):
+    """Compile the family with ``parallel`` (prange) or as plain loops.
+
+    Each function is re-bound to a namespace in which its callees' names resolve to this
+    build's dispatchers, so the two builds share one source. Only the serial build is cached
+    (caching parallel functions is unsafe when the thread count changes)."""
+    ns = dict(globals())
+    options = {
+        "kernel": dict(parallel=parallel),
+        "fast": dict(parallel=parallel, fastmath=_FASTMATH),
+        "driver": dict(),
+    }
+    built = {}
+    for name, kind in _FAMILY:
+        py = globals()[name]
+        fn = types.FunctionType(py.__code__, ns, name, py.__defaults__, py.__closure__)
+        fn.__qualname__ = name
+        disp = numba.njit(cache=not parallel, **options[kind])(fn)
+        ns[name] = built[name] = disp
+    return SimpleNamespace(parallel=parallel, **built)
 
 
 SERIAL = _build(False)
