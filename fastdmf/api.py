@@ -163,9 +163,9 @@ def fit(
         When to record (see :func:`fastdmf.trajectory.record_schedule`).
     top_k : int, optional
         Keep only the top-k singular values per record (all by default).
-    test : CompletionProblem or (rows, cols, values), optional
-        Held-out entries; the trajectory's test error is their MSE when the problem has no
-        ground truth.
+    test : any input form of ``observed``, optional
+        Held-out entries of the same shape; the trajectory's test error is their MSE when the
+        problem has no ground truth (with a ground truth, the reconstruction error is used).
     seed : int or None
         Seed of the initialisation; None draws one, which is kept in ``settings``.
     dtype : {"float64", "float32"}
@@ -239,6 +239,8 @@ def _drive(engine, problem, test, traj, schedule, max_steps, tol, top_k, callbac
         raise ValueError("the initial loss is not finite; check the initial factors")
     if loss <= tol:
         return "converged", 0
+    if max_steps == 0:
+        return "max_steps", 0
     nxt = 1
     start = _time.perf_counter()
     while True:
@@ -252,7 +254,8 @@ def _drive(engine, problem, test, traj, schedule, max_steps, tol, top_k, callbac
         if code != cpu.DIVERGED and at_record:
             loss = _record(engine, problem, test, traj, step, top_k)
             if not loss <= cap:
-                traj.truncate(len(traj) - 1)
+                if np.isfinite(loss):  # _record keeps only finite losses
+                    traj.truncate(len(traj) - 1)
                 code = cpu.DIVERGED
         if code == cpu.DIVERGED:
             _warn_diverged(step, engine, good_step)
@@ -295,19 +298,19 @@ def _warn_diverged(step, engine, good_step):
     )
 
 
-def loss_and_grad(factors, problem, dtype=None):
+def loss_and_grad(factors, problem, dtype=None, shape=None):
     """``(loss, [dL/dW_1, ..., dL/dW_N])`` of the completion loss, through the fit kernels.
 
     Parameters
     ----------
     factors : list of arrays
         ``[W_1, ..., W_N]`` with chained shapes.
-    problem : CompletionProblem
-        From :func:`fastdmf.completion`.
+    problem : CompletionProblem or any input form of :func:`fit`
+        The observed entries; ``(rows, cols, values)`` needs ``shape``.
     dtype : {"float64", "float32"}, optional
         Compute dtype; by default that of the factors (float64 unless all are float32).
     """
-    problem = as_problem(problem)
+    problem = as_problem(problem, shape)
     factors = list(factors)
     if not factors:
         raise ValueError("factors must hold at least one matrix")

@@ -4,7 +4,7 @@
     Fit depths 1, 2, 3 on the paper's problem (100 x 100, rank 5, 2000 observed entries) with
     the paper's settings and print reconstruction error, effective rank and time per step.
 ``fastdmf info``
-    Versions, threads and the kernels' build options.
+    Library versions and the Numba thread count.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ _DEFAULTS = {
     # Use the parallel (prange) sparse kernels when |Omega| * width reaches this; below it
     # the threading overhead costs more than it saves.
     "PARALLEL_MIN_WORK": 2_000_000,
-    # Longest compiled call between two returns to Python (progress, callbacks, Ctrl-C).
+    # Longest compiled call between two returns to Python (Ctrl-C is seen between calls;
+    # progress and callbacks run at record points).
     "MAX_CHUNK_STEPS": 20_000,
     # A loss larger than this factor times the initial loss counts as divergence.
     "DIVERGENCE_FACTOR": 1e8,
-    # Rows of entries evaluated at once by FitResult.predict (bounds its memory).
+    # Entries evaluated at once by FitResult.predict and held-out errors (bounds memory).
     "PREDICT_BLOCK": 65_536,
 }
 

@@ -2,7 +2,9 @@
 
 Shapes: ``dims = (d_0, d_1, ..., d_N)`` with ``d_0 = n`` and ``d_N = m``; factor ``W_j``
 (1-based) is ``d_j x d_{j-1}``. The factors live in one flat parameter vector ``theta``
-(factor 1 first, each in C order), so optimisers and kernels see a single array.
+(factor 1 first), so optimisers and kernels see a single array. ``W_2 .. W_N`` are stored in
+C order; ``W_1`` is stored transposed (``W_1^T``, n x d_1, C order), because the kernels read
+its columns as contiguous rows (:meth:`FactorLayout.unpack` returns the ``d_1 x n`` view).
 """
 
 from __future__ import annotations
@@ -93,16 +95,18 @@ class FactorLayout:
                 )
             if w.dtype.kind not in "iuf" or not np.all(np.isfinite(w)):
                 raise ValueError(f"factor W_{j} must hold finite real numbers")
-            theta[off[j - 1] : off[j]] = w.ravel()
+            theta[off[j - 1] : off[j]] = (w.T if j == 1 else w).ravel()
         return theta
 
     def unpack(self, theta) -> list[np.ndarray]:
-        """Views ``[W_1, ..., W_N]`` into ``theta``."""
+        """Views ``[W_1, ..., W_N]`` into ``theta`` (``W_1`` is Fortran-ordered)."""
         off = self.offsets
-        return [
+        views = [theta[off[0] : off[1]].reshape(self.factor_shape(1)[::-1]).T]
+        views += [
             theta[off[j - 1] : off[j]].reshape(self.factor_shape(j))
-            for j in range(1, self.depth + 1)
+            for j in range(2, self.depth + 1)
         ]
+        return views
 
 
 # --------------------------------------------------------------------------- initialisations

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import config
 from .factors import balancedness, end_to_end, predict_entries, singular_values
 from .reference import effective_rank
 
@@ -51,13 +52,20 @@ def record_schedule(record, max_steps: int) -> np.ndarray:
     steps per decade), ``("log", count)``, or None (first and last state only; the last is
     always added by the fit).
     """
+    if isinstance(record, bool):
+        raise TypeError("record= takes an int, a list of steps, 'log', ('log', count) or None")
     if record is None:
         steps = np.array([0])
     elif isinstance(record, str) or (isinstance(record, tuple) and record and record[0] == "log"):
         if record != "log" and not isinstance(record, tuple):
             raise ValueError(f"record={record!r}: use an int, a list of steps, 'log' or None")
         top = max(max_steps, 1)
-        count = record[1] if isinstance(record, tuple) else int(20 * np.log10(top) + 1)
+        if isinstance(record, tuple):
+            if len(record) != 2 or not isinstance(record[1], (int, np.integer)) or record[1] < 1:
+                raise ValueError(f"record={record!r}: use ('log', count) with a positive count")
+            count = record[1]
+        else:
+            count = int(20 * np.log10(top) + 1)
         steps = np.unique(np.round(np.logspace(0, np.log10(top), int(count))).astype(np.int64))
     elif isinstance(record, (int, np.integer)):
         if record < 1:
@@ -166,7 +174,7 @@ def measure(factors, grad_factors, loss, step, time, problem, test, top_k):
         truth = problem.ground_truth
         test_error = float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
     elif test is not None:
-        pred = predict_entries(factors, test.rows, test.cols)
+        pred = predict_entries(factors, test.rows, test.cols, config.PREDICT_BLOCK)
         test_error = float(np.mean((pred - test.values) ** 2))
     else:
         test_error = np.nan

@@ -44,7 +44,7 @@ def test_compiled_loop_matches_reference_optimizer(square, name):
     for _ in range(10):
         _, grads = reference.loss_and_grad(layout.unpack(theta), square.rows, square.cols,
                                            square.values)
-        g = np.concatenate([x.ravel() for x in grads])
+        g = layout.pack(grads)
         new, state = step_fn(theta, g, state, lr)
         if name == "grouprmsprop":
             time += np.linalg.norm(new - theta) / np.linalg.norm(g)
@@ -198,3 +198,41 @@ def test_no_warnings_on_a_normal_fit(square):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastdmf.fit(square, max_steps=100, **SMALL)
+
+
+def test_nan_at_a_record_keeps_earlier_records(square):
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        res = fastdmf.fit(square, depth=2, optimizer="gd", lr=1e300, record=1, max_steps=5,
+                          seed=0)
+    assert res.status == "diverged" and res.n_steps == 0
+    np.testing.assert_array_equal(res.trajectory.step, [0])
+    assert "diverged" in repr(res)
+
+
+def test_zero_steps_records_once(square):
+    res = fastdmf.fit(square, depth=2, max_steps=0, seed=0)
+    np.testing.assert_array_equal(res.trajectory.step, [0])
+    assert res.status == "max_steps"
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"optimizer": "adam", "optimizer_options": {"beta1": 1.0}}, ValueError),
+        ({"optimizer_options": {"alpha": 1.5}}, ValueError),
+        ({"record": ("log",)}, ValueError),
+        ({"record": ("log", 0)}, ValueError),
+        ({"record": True}, TypeError),
+    ],
+)
+def test_more_bad_arguments(square, kwargs, err):
+    with pytest.raises(err):
+        fastdmf.fit(square, max_steps=1, **kwargs)
+
+
+def test_loss_and_grad_takes_triplets(tall):
+    rng = np.random.default_rng(2)
+    factors = [rng.standard_normal((3, 9)), rng.standard_normal((17, 3))]
+    a = fastdmf.loss_and_grad(factors, tall)
+    b = fastdmf.loss_and_grad(factors, (tall.rows, tall.cols, tall.values), shape=tall.shape)
+    assert a[0] == b[0]

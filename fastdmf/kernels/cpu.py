@@ -111,31 +111,31 @@ def _seg_accum(dest, table, idx, w, lo, hi):
 def work_layout(dims, n_obs):
     """Offsets of the workspace blocks for ``dims`` (see module docstring).
 
-    ``lay[j]``: Q_j (n x d_j), ``lay[N+1+j]``: S_j (m x d_{j-1}), ``lay[2N+2+j]``: H_j
-    (m x d_{j-1}), ``lay[3N+3]``: T = dW_1^T (n x d_1), ``lay[3N+4]``: g (|Omega|),
-    ``lay[3N+5]``: total size.
+    ``lay[j]``: Q_j (n x d_j) for j = 2..N-1 (Q_1 = W_1^T is factor 1 itself),
+    ``lay[N+1+j]``: S_j (m x d_{j-1}) for j = 2..N-1, ``lay[2N+2+j]``: H_j (m x d_{j-1}) for
+    j = 2..N-1, ``lay[3N+3]``: g in row order, ``lay[3N+4]``: g in column order (|Omega| each,
+    depth >= 2), ``lay[3N+5]``: total size.
     """
     N = dims.shape[0] - 1
     n, m = dims[0], dims[N]
-    lay = np.zeros(3 * N + 7, dtype=np.int64)
+    lay = np.zeros(3 * N + 6, dtype=np.int64)
     pos = 0
+    for j in range(2, N):
+        lay[j] = pos
+        pos += n * dims[j]
+    for j in range(2, N):
+        lay[N + 1 + j] = pos
+        pos += m * dims[j - 1]
+    for j in range(2, N):
+        lay[2 * N + 2 + j] = pos
+        pos += m * dims[j - 1]
+    lay[3 * N + 3] = pos
     if N >= 2:
-        for j in range(1, N):
-            lay[j] = pos
-            pos += n * dims[j]
-        for j in range(2, N):
-            lay[N + 1 + j] = pos
-            pos += m * dims[j - 1]
-        for j in range(2, N):
-            lay[2 * N + 2 + j] = pos
-            pos += m * dims[j - 1]
-        lay[3 * N + 3] = pos
-        pos += n * dims[1]
+        pos += n_obs
     lay[3 * N + 4] = pos
-    pos += n_obs
+    if N >= 2:
+        pos += n_obs
     lay[3 * N + 5] = pos
-    pos += n_obs
-    lay[3 * N + 6] = pos
     return lay
 
 
@@ -144,6 +144,23 @@ def _block(buf, off, rows, cols):
 
 
 _blk = numba.njit(inline="always")(_block)
+
+
+@_inline
+def _prefix_t(theta, work, dims, lay, j):
+    """Q_j = (W_j ... W_1)^T, n x d_j; Q_1 is factor 1 itself (stored transposed)."""
+    if j == 1:
+        return _blk(theta, 0, dims[0], dims[1])
+    return _blk(work, lay[j], dims[0], dims[j])
+
+
+@_inline
+def _suffix(theta, work, dims, offs, lay, j):
+    """S_j = W_N ... W_j, m x d_{j-1}; S_N is factor N itself."""
+    N = dims.shape[0] - 1
+    if j == N:
+        return _blk(theta, offs[N - 1], dims[N], dims[N - 1])
+    return _blk(work, lay[N + 1 + j], dims[N], dims[j - 1])
 
 # The kernel family, written once as plain Python (prange marks the parallel loops) and
 # compiled twice by _build: serial (cached) and parallel. "kernel": prange loops;
@@ -179,27 +196,25 @@ def blocked_sumsq(x):
 
 def depth1(theta, grad, obs, rowloss, scale):
     cols, vals, rowptr = obs[1], obs[2], obs[3]
-    n = theta.shape[0] // (rowptr.shape[0] - 1)
+    m = rowptr.shape[0] - 1
     grad[:] = 0.0
-    for i in prange(rowptr.shape[0] - 1):
+    for i in prange(m):
         acc = 0.0
         for k in range(rowptr[i], rowptr[i + 1]):
-            r = theta[i * n + cols[k]] - vals[k]
+            r = theta[cols[k] * m + i] - vals[k]
             acc += np.float64(r) * np.float64(r)
-            grad[i * n + cols[k]] = scale * r
+            grad[cols[k] * m + i] = scale * r
         rowloss[i] = acc
     return blocked_sum(rowloss) / vals.shape[0]
 
 def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
     """Residuals, loss, dW_N and the H_j; iteration i owns row i of every output."""
     N = dims.shape[0] - 1
-    n, m = dims[0], dims[N]
+    m = dims[N]
     cols, vals, rowptr = obs[1], obs[2], obs[3]
-    g = work[lay[3 * N + 4] : lay[3 * N + 4] + vals.shape[0]]
-    q1 = _blk(work, lay[1], n, dims[1])
-    s2 = _blk(theta, offs[N - 1], m, dims[N - 1]) if N == 2 else _blk(
-        work, lay[N + 3], m, dims[1]
-    )
+    g = work[lay[3 * N + 3] : lay[3 * N + 3] + vals.shape[0]]
+    q1 = _prefix_t(theta, work, dims, lay, 1)
+    s2 = _suffix(theta, work, dims, offs, lay, 2)
     for i in prange(m):
         lo, hi = rowptr[i], rowptr[i + 1]
         rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
@@ -208,57 +223,47 @@ def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
                 dest = _blk(grad, offs[N - 1], m, dims[N - 1])[i]
             else:
                 dest = _blk(work, lay[2 * N + 3 + q], m, dims[q])[i]
-            _seg_accum(dest, _blk(work, lay[q], n, dims[q]), cols, g, lo, hi)
+            _seg_accum(dest, _prefix_t(theta, work, dims, lay, q), cols, g, lo, hi)
     return blocked_sum(rowloss) / vals.shape[0]
 
+
 def col_pass(theta, grad, work, dims, offs, lay, obs):
-    """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries (iteration c owns column
-    c), then transposed into dW_1."""
+    """dW_1^T[c] = sum_k g_k S_2[i_k] over column c's entries; iteration c owns column c
+    (dW_1 is stored transposed, like W_1)."""
     N = dims.shape[0] - 1
-    n, m, d1 = dims[0], dims[N], dims[1]
     colptr, col_rows, order = obs[4], obs[5], obs[6]
     nobs = order.shape[0]
-    g = work[lay[3 * N + 4] : lay[3 * N + 4] + nobs]
-    gcol = work[lay[3 * N + 5] : lay[3 * N + 5] + nobs]
+    g = work[lay[3 * N + 3] : lay[3 * N + 3] + nobs]
+    gcol = work[lay[3 * N + 4] : lay[3 * N + 4] + nobs]
     for p in range(nobs):
         gcol[p] = g[order[p]]
-    s2 = _blk(theta, offs[N - 1], m, d1) if N == 2 else _blk(work, lay[N + 3], m, d1)
-    t = _blk(work, lay[3 * N + 3], n, d1)
-    dw1 = _blk(grad, 0, d1, n)
-    for c in prange(n):
-        _seg_accum(t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
-        for a in range(d1):
-            dw1[a, c] = t[c, a]
+    s2 = _suffix(theta, work, dims, offs, lay, 2)
+    dw1t = _blk(grad, 0, dims[0], dims[1])
+    for c in prange(dims[0]):
+        _seg_accum(dw1t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
+
 
 def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
     """Loss at ``theta``; all factor gradients written into ``grad``."""
     N = dims.shape[0] - 1
     if N == 1:
         return depth1(theta, grad, obs, rowloss, scale)
-    n, m = dims[0], dims[N]
     lay = work_layout(dims, obs[0].shape[0])
-    q1 = _blk(work, lay[1], n, dims[1])
-    q1[:, :] = _blk(theta, 0, dims[1], n).T
     for j in range(2, N):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        np.dot(_blk(work, lay[j - 1], n, dims[j - 1]), w.T, _blk(work, lay[j], n, dims[j]))
+        np.dot(_prefix_t(theta, work, dims, lay, j - 1), w.T, _prefix_t(theta, work, dims, lay, j))
     for j in range(N - 1, 1, -1):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        if j == N - 1:
-            nxt = _blk(theta, offs[N - 1], m, dims[N - 1])
-        else:
-            nxt = _blk(work, lay[N + 2 + j], m, dims[j])
-        np.dot(nxt, w, _blk(work, lay[N + 1 + j], m, dims[j - 1]))
+        np.dot(_suffix(theta, work, dims, offs, lay, j + 1), w,
+               _suffix(theta, work, dims, offs, lay, j))
     loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
     col_pass(theta, grad, work, dims, offs, lay, obs)
     for j in range(2, N):
-        if j == N - 1:
-            s_next = _blk(theta, offs[N - 1], m, dims[N - 1])
-        else:
-            s_next = _blk(work, lay[N + 2 + j], m, dims[j])
-        h = _blk(work, lay[2 * N + 2 + j], m, dims[j - 1])
-        np.dot(s_next.T, h, _blk(grad, offs[j - 1], dims[j], dims[j - 1]))
+        h = _blk(work, lay[2 * N + 2 + j], dims[N], dims[j - 1])
+        np.dot(_suffix(theta, work, dims, offs, lay, j + 1).T, h,
+               _blk(grad, offs[j - 1], dims[j], dims[j - 1]))
     return loss
+
 
 def update(theta, grad, code, hyper, ostate, sc):
     """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES)."""

@@ -38,6 +38,7 @@ class OptimizerSpec:
     defaults: dict
     slots: tuple
     state_slots: int  # arrays of len(theta) the rule keeps (Adam: 2)
+    rates: tuple = ()  # options that are decay rates, in [0, 1)
 
     def hyper(self, lr, options) -> np.ndarray:
         """``[lr, a, b, eps]`` for the kernel, with option names checked."""
@@ -51,8 +52,11 @@ class OptimizerSpec:
         if not (np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         for key, val in opts.items():
-            if not np.isfinite(val) or val < 0:
-                raise ValueError(f"optimizer option {key} must be finite and >= 0, got {val!r}")
+            hi = 1.0 if key in self.rates else np.inf
+            if not (0 <= val < hi):
+                raise ValueError(
+                    f"optimizer option {key} must lie in [0, {hi:g}), got {val!r}"
+                )
         vals = [float(lr)] + [float(opts[k]) if k else 0.0 for k in self.slots]
         return np.array(vals, dtype=np.float64)
 
@@ -84,6 +88,7 @@ register_optimizer(
         {"alpha": 0.99, "eps": 1e-4},
         ("alpha", None, "eps"),
         0,
+        ("alpha",),
     )
 )
 register_optimizer(
@@ -93,5 +98,6 @@ register_optimizer(
         {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
         ("beta1", "beta2", "eps"),
         2,
+        ("beta1", "beta2"),
     )
 )
