@@ -61,16 +61,12 @@ from fastdmf.engine import Engine  # noqa: E402
 from fastdmf.factors import FactorLayout, initialize  # noqa: E402
 from fastdmf.optim import get_optimizer  # noqa: E402
 
-try:
-    import torch
-except ImportError:  # the torch rows are skipped
-    torch = None
-
 LR = 1e-3
 INIT_SCALE = 1e-3
 SEED = 0
 TORCH_THREADS = 2
 AGREE_RTOL = 1e-10
+CONTENTION_WARN = 10.0  # percent of all cores used by others before the report warns
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class Config:
     @property
     def name(self) -> str:
         m, n = self.shape
-        return f"({self.label}) {m}x{n} d={self.width} |Ω|={self.n_observed} N={self.depth}"
+        return f"({self.label}) {m}x{n}, d={self.width}, {self.n_observed} obs, N={self.depth}"
 
 
 CONFIGS = [
@@ -93,6 +89,16 @@ CONFIGS = [
     Config("b", (2000, 2000), 100, 200_000, 2),
     Config("b", (2000, 2000), 100, 200_000, 3),
 ]
+
+
+def torch_or_none():
+    """The torch module, or None when it does not import (its rows are then skipped). Imported
+    on demand, so processes that do not time torch do not carry it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 # --------------------------------------------------------------------------- FLOP counts
@@ -106,8 +112,9 @@ def minimal_flops(layout: FactorLayout, n_observed: int) -> int:
     n, m = dims[0], dims[-1]
     if N == 1:
         return 2 * n_observed + 2 * layout.size
-    sparse = sum(2 * n_observed * dims[q] for q in (1, N - 1)) + 2 * n_observed * dims[1]
-    sparse += sum(2 * n_observed * dims[j - 1] for j in range(2, N))
+    passes = dims[1] + dims[N - 1] + dims[1]  # residual (S_2 . Q_1), dW_N, dW_1
+    passes += sum(dims[j - 1] for j in range(2, N))  # H_j = G Q_{j-1}, middle factors
+    sparse = 2 * n_observed * passes
     dense = sum(2 * n * dims[j - 1] * dims[j] for j in range(2, N))  # prefixes
     dense += sum(4 * m * dims[j - 1] * dims[j] for j in range(2, N))  # suffixes, middle grads
     return sparse + dense + 2 * layout.size
@@ -202,12 +209,16 @@ class TorchDense:
     name = "torch dense"
 
     def __init__(self, problem, layout):
+        import torch
+
+        self.torch = torch
         torch.set_num_threads(TORCH_THREADS)
         self.rows = torch.from_numpy(problem.rows)
         self.cols = torch.from_numpy(problem.cols)
         self.y = torch.from_numpy(problem.values)
 
     def load(self, factors):
+        torch = self.torch
         self.params = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float64)) for w in factors]
         self.opt = torch.optim.SGD(self.params, lr=LR)
 
@@ -234,7 +245,7 @@ class TorchDense:
 def make_impls(problem, layout):
     impls = [FastdmfImpl(problem, layout, False), FastdmfImpl(problem, layout, True)]
     impls.append(NumpyDense(problem, layout))
-    if torch is not None:
+    if torch_or_none() is not None:
         impls.append(TorchDense(problem, layout))
     return impls
 
@@ -331,6 +342,25 @@ def matmul_rate(threads=None, repeats=10):
     return 2e9 / min(ts) / 1e9, 2e9 / float(np.median(ts)) / 1e9
 
 
+def cpu_snapshot():
+    """(machine busy s, steal s, this process's CPU s, wall s) from /proc/stat and os.times."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy, steal = (f[0] + f[1] + f[2] + f[5] + f[6]) / tick, f[7] / tick
+    except (OSError, IndexError, ValueError):
+        busy = steal = float("nan")
+    t = os.times()
+    return busy, steal, t.user + t.system, time.perf_counter()
+
+
+def contention(before, after) -> tuple[float, float]:
+    """Percent of all cores that other processes used, and the hypervisor stole, in between."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    cap = d[3] * (os.cpu_count() or 1)
+    return max(0.0, 100 * (d[0] - d[2]) / cap), 100 * d[1] / cap
+
+
 def cpu_model() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -352,6 +382,7 @@ def git_commit() -> str:
 
 def stamp() -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    torch = torch_or_none()
     tv = torch.__version__ if torch is not None else "not installed"
     try:
         layer = numba.threading_layer()
@@ -488,10 +519,12 @@ def build_report(args):
     repeats, target_s = (3, 0.05) if args.quick else (9, 0.3)
     rates = [matmul_rate()]
     rate_one = matmul_rate(threads=1)
-    results = []
+    results, busy = [], []
     for cfg in CONFIGS:
         print(f"timing {cfg.name} ...", file=sys.stderr, flush=True)
+        before = cpu_snapshot()
         results.append(run_config(cfg, repeats, target_s))
+        busy.append((f"{cfg.label} N={cfg.depth}", *contention(before, cpu_snapshot())))
         rates.append(matmul_rate())
     rate = max(r[0] for r in rates)
     rows, agree_rows = [], []
@@ -509,6 +542,19 @@ def build_report(args):
         f"between and after the configs: {bests} GFLOP/s"
         + (f"; 1 thread: {rate_one[0]:.0f} best, {rate_one[1]:.0f} median" if rate_one else ""),
         f"- t_min = fastdmf's minimal step FLOPs / {rate:.1f} GFLOP/s (the best rate above)",
+        "- CPU taken by other processes while each config ran (/proc/stat less this "
+        "process, share of all cores): "
+        + "; ".join(f"{n}: {o:.0f}% others, {st:.0f}% steal" for n, o, st in busy),
+    ]
+    worst = max(o + st for _, o, st in busy)
+    if worst > CONTENTION_WARN:
+        lines.append(
+            f"- **warning**: other processes or the hypervisor took up to {worst:.0f}% of the "
+            "cores during the timings; rows that run several threads (BLAS, the parallel "
+            "kernels, torch) slow down far more than serial ones under such contention, so "
+            "this run does not characterise them. Rerun on a quiet machine."
+        )
+    lines += [
         "",
         "## Time per step",
         "",
@@ -528,7 +574,8 @@ def build_report(args):
         ),
         "",
         "MFLOP/step: fastdmf rows, the minimal count of DESIGN.md §2; dense rows, the matmul "
-        "FLOPs they execute. GFLOP/s: that count over the median time. × fastdmf: median over "
+        "FLOPs they execute. k: steps per timed call (one compiled call for fastdmf). "
+        "GFLOP/s: that count over the median time. × fastdmf: median over "
         "the faster fastdmf kernel's median. × t_min: median time over fastdmf's minimal FLOPs "
         "at the best matmul rate (the same t_min for every row of a config).",
         "",
@@ -552,7 +599,7 @@ def memory_section(quick) -> list[str]:
     # --quick skips the parallel kernels' child (its compilation alone takes ~20 s); the
     # Engine allocates the same buffers for both kernel families.
     names = ["fastdmf serial"] + ([] if quick else ["fastdmf parallel"]) + ["numpy dense"]
-    names += ["torch dense"] if torch is not None else []
+    names += ["torch dense"] if torch_or_none() is not None else []
     mem = measure_memory(cfg_b, depths, names)
     rows = []
     for (depth, name), val in mem.items():
@@ -563,14 +610,22 @@ def memory_section(quick) -> list[str]:
     m, n = cfg_b.shape
     return [
         "",
-        f"## Peak memory, config (b) {m}x{n} d={cfg_b.width} |Ω|={cfg_b.n_observed}",
+        f"## Peak memory, config (b) {m}x{n}, d={cfg_b.width}, {cfg_b.n_observed} obs",
         "",
         "Fresh subprocess per row; peak resident set (VmHWM, reset after imports and JIT "
         "warm-up) above the resident set at that point, while building the problem "
         "structures, the factors and 3 steps. One dense m x n float64 array is "
         f"{m * n * 8 / 2**20:.1f} MiB.",
         "",
-        md_table(["N", "implementation", "peak above baseline (MiB)", "baseline RSS (MiB)"], rows),
+        md_table(
+            [
+                "N",
+                "implementation",
+                "peak above baseline (MiB)",
+                "baseline RSS after imports and warm-up (MiB)",
+            ],
+            rows,
+        ),
     ]
 
 

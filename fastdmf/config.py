@@ -13,6 +13,9 @@ _DEFAULTS = {
     # Use the parallel (prange) sparse kernels when |Omega| * width reaches this; below it
     # the threading overhead costs more than it saves.
     "PARALLEL_MIN_WORK": 2_000_000,
+    # Blocks the parallel kernels split each dense product into (fixed, so results do not
+    # depend on the thread count; the middle gradients keep one partial product per block).
+    "DENSE_BLOCKS": 8,
     # Longest compiled call between two returns to Python (Ctrl-C is seen between calls;
     # progress and callbacks run at record points).
     "MAX_CHUNK_STEPS": 20_000,
@@ -23,6 +26,7 @@ _DEFAULTS = {
 }
 
 PARALLEL_MIN_WORK: int = _DEFAULTS["PARALLEL_MIN_WORK"]
+DENSE_BLOCKS: int = _DEFAULTS["DENSE_BLOCKS"]
 MAX_CHUNK_STEPS: int = _DEFAULTS["MAX_CHUNK_STEPS"]
 DIVERGENCE_FACTOR: float = _DEFAULTS["DIVERGENCE_FACTOR"]
 PREDICT_BLOCK: int = _DEFAULTS["PREDICT_BLOCK"]

@@ -7,8 +7,6 @@ has size m x n (except depth 1, whose single factor is W itself).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numba
 import numpy as np
 
@@ -57,14 +55,16 @@ class Engine:
         values = problem.values.astype(dtype)
         col_rows = problem.rows[order]
         self.obs = (problem.rows, problem.cols, values, rowptr, colptr, col_rows, order)
-        size = cpu.work_layout(self.dims, problem.n_observed)[-1]
+        self.kernels = select_kernels(problem.n_observed, layout, parallel)
+        # dense products: one BLAS call (serial build) or fixed blocks, one per task
+        self.nblk = config.DENSE_BLOCKS if self.kernels.parallel else 1
+        size = cpu.work_layout(self.dims, problem.n_observed, self.nblk)[-1]
         self.work = np.zeros(size, dtype=dtype)
         self.rowloss = np.zeros(problem.shape[0])
         self.spec = spec
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
         self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
         self.scalars = np.zeros(3)  # optimiser steps, running average v, time
-        self.kernels = select_kernels(problem.n_observed, layout, parallel)
 
     @property
     def time(self) -> float:
@@ -85,12 +85,13 @@ class Engine:
         with self._blas():
             return self.kernels.loss_and_grad(
                 self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
-                scale,
+                scale, self.nblk,
             )
 
     def _blas(self):
-        """One BLAS thread under the parallel kernels (see fastdmf.kernels.blas)."""
-        return blas_threads(1) if self.kernels.parallel else nullcontext()
+        """One BLAS thread under the kernels (see fastdmf.kernels.blas): the serial build then
+        runs on exactly one core, the parallel build runs its own threads over blocks."""
+        return blas_threads(1)
 
     def run(self, n_steps: int, tol: float, loss_cap: float):
         """Up to ``n_steps`` optimiser steps in one compiled call.
@@ -112,5 +113,6 @@ class Engine:
                 int(n_steps),
                 float(tol),
                 float(loss_cap),
+                self.nblk,
             )
         return int(done), int(status), float(loss)

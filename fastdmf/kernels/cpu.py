@@ -46,8 +46,9 @@ RUNNING, CONVERGED, DIVERGED = 0, 1, 2
 STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", DIVERGED: "diverged"}
 # Optimisers known to ``run``; hyper = (lr, a, b, eps).
 OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
-# Block size of the deterministic reductions (independent of the thread count).
-_BLOCK = 4096
+# Block size of the deterministic reductions and of the parallel update (independent of the
+# thread count; a problem smaller than one block runs inline, without a parallel region).
+_BLOCK = 16384
 
 _inline = numba.njit(inline="always")
 # Reassociation and contraction only: the loops vectorise, NaN and inf still propagate.
@@ -107,18 +108,39 @@ def _seg_accum(dest, table, idx, w, lo, hi):
         p += 1
 
 
+@_inline
+def _update_range(theta, grad, code, hyper, ostate, step, t, lo, hi):
+    """Entries [lo, hi) of one optimiser step: gd and grouprmsprop move by ``step * grad``;
+    adam (code 2) by its bias-corrected moments (``ostate = [m, v]``)."""
+    if code != 2:
+        for p in range(lo, hi):
+            theta[p] -= step * grad[p]
+        return
+    lr, b1, b2, eps = hyper[0], hyper[1], hyper[2], hyper[3]
+    c1 = 1.0 - b1**t
+    c2 = 1.0 - b2**t
+    size = theta.shape[0]
+    for p in range(lo, hi):
+        mom = b1 * ostate[p] + (1.0 - b1) * grad[p]
+        vel = b2 * ostate[size + p] + (1.0 - b2) * grad[p] * grad[p]
+        ostate[p] = mom
+        ostate[size + p] = vel
+        theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
+
+
 @numba.njit(cache=True)
-def work_layout(dims, n_obs):
+def work_layout(dims, n_obs, nblk):
     """Offsets of the workspace blocks for ``dims`` (see module docstring).
 
     ``lay[j]``: Q_j (n x d_j) for j = 2..N-1 (Q_1 = W_1^T is factor 1 itself),
     ``lay[N+1+j]``: S_j (m x d_{j-1}) for j = 2..N-1, ``lay[2N+2+j]``: H_j (m x d_{j-1}) for
     j = 2..N-1, ``lay[3N+3]``: g in row order, ``lay[3N+4]``: g in column order (|Omega| each,
-    depth >= 2), ``lay[3N+5]``: total size.
+    depth >= 2), ``lay[3N+5]``: ``nblk`` partial products of the middle gradients (when the
+    dense products are split in ``nblk > 1`` blocks), ``lay[3N+6]``: total size.
     """
     N = dims.shape[0] - 1
     n, m = dims[0], dims[N]
-    lay = np.zeros(3 * N + 6, dtype=np.int64)
+    lay = np.zeros(3 * N + 7, dtype=np.int64)
     pos = 0
     for j in range(2, N):
         lay[j] = pos
@@ -136,6 +158,10 @@ def work_layout(dims, n_obs):
     if N >= 2:
         pos += n_obs
     lay[3 * N + 5] = pos
+    if nblk > 1:
+        for j in range(2, N):
+            pos = max(pos, lay[3 * N + 5] + nblk * dims[j] * dims[j - 1])
+    lay[3 * N + 6] = pos
     return lay
 
 
@@ -144,6 +170,15 @@ def _block(buf, off, rows, cols):
 
 
 _blk = numba.njit(inline="always")(_block)
+
+
+@_inline
+def _plain_sum(x, lo, hi, square):
+    acc = 0.0
+    for t in range(lo, hi):
+        v = np.float64(x[t])
+        acc += v * v if square else v
+    return acc
 
 
 @_inline
@@ -169,30 +204,58 @@ def _suffix(theta, work, dims, offs, lay, j):
 
 
 def blocked_sum(x):
+    """sum(x) over fixed blocks of _BLOCK entries (one task each), then the partial sums in
+    block order: the same result for any thread count."""
     nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    if nb <= 1:
+        return _plain_sum(x, 0, x.shape[0], False)
     part = np.zeros(nb)
     for b in prange(nb):
-        acc = 0.0
-        for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
-            acc += x[t]
-        part[b] = acc
-    total = 0.0
-    for b in range(nb):
-        total += part[b]
-    return total
+        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), False)
+    return _plain_sum(part, 0, nb, False)
+
 
 def blocked_sumsq(x):
+    """sum(x**2) in float64, blocked like blocked_sum."""
     nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    if nb <= 1:
+        return _plain_sum(x, 0, x.shape[0], True)
     part = np.zeros(nb)
     for b in prange(nb):
-        acc = 0.0
-        for t in range(b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0])):
-            acc += np.float64(x[t]) * np.float64(x[t])
-        part[b] = acc
-    total = 0.0
-    for b in range(nb):
-        total += part[b]
-    return total
+        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), True)
+    return _plain_sum(part, 0, nb, False)
+
+
+def dense_ab(a, b, out, nblk):
+    """out = a @ b (BLAS), the rows of a and out split in ``nblk`` blocks, one per task."""
+    if nblk == 1:
+        np.dot(a, b, out)
+        return
+    rows = a.shape[0]
+    for k in prange(nblk):
+        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
+        if hi > lo:
+            np.dot(a[lo:hi], b, out[lo:hi])
+
+
+def dense_atb(a, b, out, part, nblk):
+    """out = a^T @ b (BLAS), the shared dimension split in ``nblk`` blocks whose partial
+    products go to their own slice of ``part`` and are then summed in block order."""
+    if nblk == 1:
+        np.dot(a.T, b, out)
+        return
+    rows, size = a.shape[0], out.shape[0] * out.shape[1]
+    for k in prange(nblk):
+        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
+        pk = part[k * size : (k + 1) * size].reshape(out.shape)
+        if hi > lo:
+            np.dot(a[lo:hi].T, b[lo:hi], pk)
+        else:
+            pk[:, :] = 0
+    out[:, :] = part[:size].reshape(out.shape)
+    for k in range(1, nblk):
+        out += part[k * size : (k + 1) * size].reshape(out.shape)
+
 
 def depth1(theta, grad, obs, rowloss, scale):
     cols, vals, rowptr = obs[1], obs[2], obs[3]
@@ -243,56 +306,53 @@ def col_pass(theta, grad, work, dims, offs, lay, obs):
         _seg_accum(dw1t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
 
 
-def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale):
-    """Loss at ``theta``; all factor gradients written into ``grad``."""
+def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
+    """Loss at ``theta``; all factor gradients written into ``grad``. Dense products run in
+    ``nblk`` blocks (1: one BLAS call each)."""
     N = dims.shape[0] - 1
     if N == 1:
         return depth1(theta, grad, obs, rowloss, scale)
-    lay = work_layout(dims, obs[0].shape[0])
+    lay = work_layout(dims, obs[0].shape[0], nblk)
     for j in range(2, N):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        np.dot(_prefix_t(theta, work, dims, lay, j - 1), w.T, _prefix_t(theta, work, dims, lay, j))
+        dense_ab(_prefix_t(theta, work, dims, lay, j - 1), w.T,
+                 _prefix_t(theta, work, dims, lay, j), nblk)
     for j in range(N - 1, 1, -1):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        np.dot(_suffix(theta, work, dims, offs, lay, j + 1), w,
-               _suffix(theta, work, dims, offs, lay, j))
+        dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), w,
+                 _suffix(theta, work, dims, offs, lay, j), nblk)
     loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
     col_pass(theta, grad, work, dims, offs, lay, obs)
+    part = work[lay[3 * N + 5] : lay[3 * N + 6]]
     for j in range(2, N):
         h = _blk(work, lay[2 * N + 2 + j], dims[N], dims[j - 1])
-        np.dot(_suffix(theta, work, dims, offs, lay, j + 1).T, h,
-               _blk(grad, offs[j - 1], dims[j], dims[j - 1]))
+        dense_atb(_suffix(theta, work, dims, offs, lay, j + 1), h,
+                  _blk(grad, offs[j - 1], dims[j], dims[j - 1]), part, nblk)
     return loss
 
 
 def update(theta, grad, code, hyper, ostate, sc):
-    """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES)."""
+    """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES). Entries are
+    updated in fixed blocks of _BLOCK, one task each (a single block runs inline)."""
     lr, a, b, eps = hyper[0], hyper[1], hyper[2], hyper[3]
     sc[0] += 1.0
     t = sc[0]
-    size = theta.shape[0]
-    if code == 0:
-        for p in prange(size):
-            theta[p] -= lr * grad[p]
-        sc[2] += lr
-    elif code == 1:
+    step = lr
+    if code == 1:
         sc[1] = a * sc[1] + (1.0 - a) * blocked_sumsq(grad)
         step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
-        for p in prange(size):
-            theta[p] -= step * grad[p]
-        sc[2] += step
+    size = theta.shape[0]
+    nb = (size + _BLOCK - 1) // _BLOCK
+    if nb <= 1:
+        _update_range(theta, grad, code, hyper, ostate, step, t, 0, size)
     else:
-        c1 = 1.0 - a**t
-        c2 = 1.0 - b**t
-        for p in prange(size):
-            mom = a * ostate[p] + (1.0 - a) * grad[p]
-            vel = b * ostate[size + p] + (1.0 - b) * grad[p] * grad[p]
-            ostate[p] = mom
-            ostate[size + p] = vel
-            theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
-        sc[2] += lr
+        for k in prange(nb):
+            _update_range(theta, grad, code, hyper, ostate, step, t, k * _BLOCK,
+                          min((k + 1) * _BLOCK, size))
+    sc[2] += step
 
-def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap):
+
+def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk):
     """Up to ``n_steps`` optimiser steps in one compiled call.
 
     ``opt = (code, hyper, ostate, sc)``. Each step evaluates the loss at the current
@@ -303,7 +363,7 @@ def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap
     scale = 2.0 / obs[0].shape[0]
     loss = np.nan
     for s in range(n_steps):
-        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale)
+        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk)
         if not (loss <= loss_cap):
             return s, DIVERGED, loss
         if loss <= tol:
@@ -315,6 +375,8 @@ def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap
 _FAMILY = (
     ("blocked_sum", "kernel"),
     ("blocked_sumsq", "kernel"),
+    ("dense_ab", "kernel"),
+    ("dense_atb", "kernel"),
     ("depth1", "kernel"),
     ("row_pass", "fast"),
     ("col_pass", "fast"),
