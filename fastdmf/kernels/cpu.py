@@ -3,20 +3,20 @@
 Notation (docs/math.md): ``dims = (d_0 = n, d_1, ..., d_N = m)``, factor ``W_j`` is
 ``d_j x d_{j-1}`` and lives in the flat vector ``theta`` at ``offs[j-1]:offs[j]``.
 
-One evaluation at ``theta``, for depth N >= 2 (never forming the m x n product):
+One evaluation at ``theta``, for depth N >= 2 (never forming the m x n product). Write
+``Q_1 = W_1^T`` (n x d_1, factor 1's own storage), ``S_j = W_N ... W_j`` (m x d_{j-1}) and
+``H_j = G (W_{j-1} ... W_1)^T`` (m x d_{j-1}), G the sparse gradient of L in W:
 
-1. transposed prefixes ``Q_j = (W_j ... W_1)^T`` (n x d_j): ``Q_1 = W_1^T``,
-   ``Q_j = Q_{j-1} W_j^T`` (BLAS);
-2. suffixes ``S_j = W_N ... W_j`` (m x d_{j-1}): ``S_N = W_N``, ``S_j = S_{j+1} W_j`` (BLAS);
-3. row pass, one fused sweep over the observed entries row by row:
-   ``r_k = S_2[i_k] . Q_1[j_k] - y_k``, ``g_k = 2 r_k / |Omega|``, the loss, and for every row i
-   ``dW_N[i] = sum_k g_k Q_{N-1}[j_k]`` and ``H_j[i] = sum_k g_k Q_{j-1}[j_k]``
-   (``H_j = G Q_{j-1}``, j = 2..N-1);
-4. column pass: ``dW_1^T[c] = sum_k g_k S_2[i_k]`` over the entries of column c;
-5. middle factors: ``dW_j = S_{j+1}^T H_j`` (BLAS).
+1. suffixes ``S_N = W_N``, ``S_j = S_{j+1} W_j`` for j = N-1..2 (BLAS);
+2. row pass, one fused sweep over the observed entries row by row:
+   ``r_k = S_2[i_k] . Q_1[j_k] - y_k``, ``g_k = 2 r_k / |Omega|``, the loss, and
+   ``H_2[i] = sum_k g_k Q_1[j_k]`` (at depth 2, H_2 is dW_2 itself);
+3. column pass: ``dW_1^T[c] = sum_k g_k S_2[i_k]`` over the entries of column c;
+4. ``H_{j+1} = H_j W_j^T`` for j = 2..N-1 (BLAS), ending with ``dW_N = H_N``;
+5. middle factors ``dW_j = S_{j+1}^T H_j`` for j = 2..N-1 (BLAS).
 
-Cost: O(N |Omega| d) sparse work plus 3(N-2) dense products of O((m+n) d^2).  Depth 2 needs
-no dense product at all; depth 1 works on W itself.
+Cost: three sparse passes of O(|Omega| d) whatever the depth, plus 3(N-2) dense products of
+O(m d^2) (O(d^3) when square). Depth 2 needs no dense product at all; depth 1 works on W.
 
 Parallelism and determinism: each thread owns whole rows (row pass) or whole columns (column
 pass) of the outputs, so there are no shared accumulators and no atomics; scalar sums (loss,
@@ -132,36 +132,32 @@ def _update_range(theta, grad, code, hyper, ostate, step, t, lo, hi):
 def work_layout(dims, n_obs, nblk):
     """Offsets of the workspace blocks for ``dims`` (see module docstring).
 
-    ``lay[j]``: Q_j (n x d_j) for j = 2..N-1 (Q_1 = W_1^T is factor 1 itself),
-    ``lay[N+1+j]``: S_j (m x d_{j-1}) for j = 2..N-1, ``lay[2N+2+j]``: H_j (m x d_{j-1}) for
-    j = 2..N-1, ``lay[3N+3]``: g in row order, ``lay[3N+4]``: g in column order (|Omega| each,
-    depth >= 2), ``lay[3N+5]``: ``nblk`` partial products of the middle gradients (when the
-    dense products are split in ``nblk > 1`` blocks), ``lay[3N+6]``: total size.
+    ``lay[j]``: S_j (m x d_{j-1}) and ``lay[N+j]``: H_j (m x d_{j-1}), for j = 2..N-1;
+    ``lay[2N+1]``: g in row order and ``lay[2N+2]``: g in column order (|Omega| each, depth
+    >= 2); ``lay[2N+3]``: ``nblk`` partial products of the middle gradients (when the dense
+    products are split in ``nblk > 1`` blocks); ``lay[2N+4]``: total size.
     """
     N = dims.shape[0] - 1
-    n, m = dims[0], dims[N]
-    lay = np.zeros(3 * N + 7, dtype=np.int64)
+    m = dims[N]
+    lay = np.zeros(2 * N + 5, dtype=np.int64)
     pos = 0
     for j in range(2, N):
         lay[j] = pos
-        pos += n * dims[j]
-    for j in range(2, N):
-        lay[N + 1 + j] = pos
         pos += m * dims[j - 1]
     for j in range(2, N):
-        lay[2 * N + 2 + j] = pos
+        lay[N + j] = pos
         pos += m * dims[j - 1]
-    lay[3 * N + 3] = pos
+    lay[2 * N + 1] = pos
     if N >= 2:
         pos += n_obs
-    lay[3 * N + 4] = pos
+    lay[2 * N + 2] = pos
     if N >= 2:
         pos += n_obs
-    lay[3 * N + 5] = pos
+    lay[2 * N + 3] = pos
     if nblk > 1:
         for j in range(2, N):
-            pos = max(pos, lay[3 * N + 5] + nblk * dims[j] * dims[j - 1])
-    lay[3 * N + 6] = pos
+            pos = max(pos, lay[2 * N + 3] + nblk * dims[j] * dims[j - 1])
+    lay[2 * N + 4] = pos
     return lay
 
 
@@ -182,25 +178,21 @@ def _plain_sum(x, lo, hi, square):
 
 
 @_inline
-def _prefix_t(theta, work, dims, lay, j):
-    """Q_j = (W_j ... W_1)^T, n x d_j; Q_1 is factor 1 itself (stored transposed)."""
-    if j == 1:
-        return _blk(theta, 0, dims[0], dims[1])
-    return _blk(work, lay[j], dims[0], dims[j])
-
-
-@_inline
 def _suffix(theta, work, dims, offs, lay, j):
     """S_j = W_N ... W_j, m x d_{j-1}; S_N is factor N itself."""
     N = dims.shape[0] - 1
     if j == N:
         return _blk(theta, offs[N - 1], dims[N], dims[N - 1])
-    return _blk(work, lay[N + 1 + j], dims[N], dims[j - 1])
+    return _blk(work, lay[j], dims[N], dims[j - 1])
 
-# The kernel family, written once as plain Python (prange marks the parallel loops) and
-# compiled twice by _build: serial (cached) and parallel. "kernel": prange loops;
-# "fast": prange loops with _FASTMATH (the pure-arithmetic sparse passes); "driver": no
-# prange of its own, calls the others. Callees come before their callers.
+
+@_inline
+def _hblock(grad, work, dims, offs, lay, j):
+    """H_j = G (W_{j-1} ... W_1)^T, m x d_{j-1}; H_N is dW_N itself (in ``grad``)."""
+    N = dims.shape[0] - 1
+    if j == N:
+        return _blk(grad, offs[N - 1], dims[N], dims[N - 1])
+    return _blk(work, lay[N + j], dims[N], dims[j - 1])
 
 
 def blocked_sum(x):
@@ -271,22 +263,17 @@ def depth1(theta, grad, obs, rowloss, scale):
     return blocked_sum(rowloss) / vals.shape[0]
 
 def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
-    """Residuals, loss, dW_N and the H_j; iteration i owns row i of every output."""
+    """Residuals, loss and H_2 = G W_1^T; iteration i owns row i of every output."""
     N = dims.shape[0] - 1
-    m = dims[N]
     cols, vals, rowptr = obs[1], obs[2], obs[3]
-    g = work[lay[3 * N + 3] : lay[3 * N + 3] + vals.shape[0]]
-    q1 = _prefix_t(theta, work, dims, lay, 1)
+    g = work[lay[2 * N + 1] : lay[2 * N + 1] + vals.shape[0]]
+    q1 = _blk(theta, 0, dims[0], dims[1])
     s2 = _suffix(theta, work, dims, offs, lay, 2)
-    for i in prange(m):
+    h2 = _hblock(grad, work, dims, offs, lay, 2)
+    for i in prange(dims[N]):
         lo, hi = rowptr[i], rowptr[i + 1]
         rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
-        for q in range(1, N):
-            if q == N - 1:
-                dest = _blk(grad, offs[N - 1], m, dims[N - 1])[i]
-            else:
-                dest = _blk(work, lay[2 * N + 3 + q], m, dims[q])[i]
-            _seg_accum(dest, _prefix_t(theta, work, dims, lay, q), cols, g, lo, hi)
+        _seg_accum(h2[i], q1, cols, g, lo, hi)
     return blocked_sum(rowloss) / vals.shape[0]
 
 
@@ -296,8 +283,8 @@ def col_pass(theta, grad, work, dims, offs, lay, obs):
     N = dims.shape[0] - 1
     colptr, col_rows, order = obs[4], obs[5], obs[6]
     nobs = order.shape[0]
-    g = work[lay[3 * N + 3] : lay[3 * N + 3] + nobs]
-    gcol = work[lay[3 * N + 4] : lay[3 * N + 4] + nobs]
+    g = work[lay[2 * N + 1] : lay[2 * N + 1] + nobs]
+    gcol = work[lay[2 * N + 2] : lay[2 * N + 2] + nobs]
     for p in range(nobs):
         gcol[p] = g[order[p]]
     s2 = _suffix(theta, work, dims, offs, lay, 2)
@@ -313,20 +300,20 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
     if N == 1:
         return depth1(theta, grad, obs, rowloss, scale)
     lay = work_layout(dims, obs[0].shape[0], nblk)
-    for j in range(2, N):
-        w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        dense_ab(_prefix_t(theta, work, dims, lay, j - 1), w.T,
-                 _prefix_t(theta, work, dims, lay, j), nblk)
     for j in range(N - 1, 1, -1):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
         dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), w,
                  _suffix(theta, work, dims, offs, lay, j), nblk)
     loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
     col_pass(theta, grad, work, dims, offs, lay, obs)
-    part = work[lay[3 * N + 5] : lay[3 * N + 6]]
     for j in range(2, N):
-        h = _blk(work, lay[2 * N + 2 + j], dims[N], dims[j - 1])
-        dense_atb(_suffix(theta, work, dims, offs, lay, j + 1), h,
+        w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
+        dense_ab(_hblock(grad, work, dims, offs, lay, j), w.T,
+                 _hblock(grad, work, dims, offs, lay, j + 1), nblk)
+    part = work[lay[2 * N + 3] : lay[2 * N + 4]]
+    for j in range(2, N):
+        dense_atb(_suffix(theta, work, dims, offs, lay, j + 1),
+                  _hblock(grad, work, dims, offs, lay, j),
                   _blk(grad, offs[j - 1], dims[j], dims[j - 1]), part, nblk)
     return loss
 
