@@ -1,7 +1,7 @@
 """Time one full plain-GD training step of fastdmf against the dense peers, in one run.
 
 One step = completion loss + the gradients of all N factors + the update
-``W_j <- W_j - lr dL/dW_j``, float64, from the paper's gaussian init (DESIGN.md sections 2, 5).
+``W_j <- W_j - lr dL/dW_j``, float64, from the paper's gaussian init (docs/math.md).
 
 Implementations
 ---------------
@@ -21,7 +21,7 @@ Repeats are interleaved across implementations (round robin), so a slow phase of
 machine hits every row alike. JIT compilation and first calls are excluded.
 
 Reported per row: time per step (median and best over repeats), the ratio to the faster
-fastdmf kernel, FLOPs per step (fastdmf rows: the minimal count of DESIGN.md section 2; dense
+fastdmf kernel, FLOPs per step (fastdmf rows: the count of docs/math.md's cost model; dense
 rows: the matmul FLOPs they execute), the achieved GFLOP/s on those FLOPs, and the time over
 t_min = (fastdmf's minimal FLOPs) / (measured 1000^3 numpy matmul rate). Peak memory of
 config (b) is measured in a fresh subprocess per implementation: the peak resident set
@@ -105,18 +105,15 @@ def torch_or_none():
 
 
 def minimal_flops(layout: FactorLayout, n_observed: int) -> int:
-    """FLOPs of one fastdmf step (DESIGN.md section 2): N+1 sparse passes of 2 |Omega| d
-    (residual, dW_N, dW_1, one per middle factor), 3 (N-2) dense products of 2 (m or n) d^2
-    (prefixes, suffixes, middle gradients), and 2 per parameter for the update."""
+    """FLOPs of one fastdmf step (docs/math.md, cost model): three sparse passes of
+    2 |Omega| d_1 (residual, H_2 = G W_1^T, dW_1), 3 (N-2) dense products of 2 m d_j d_{j-1}
+    (suffixes, the H_j chain, middle gradients), and 2 per parameter for the update."""
     dims, N = layout.dims, layout.depth
-    n, m = dims[0], dims[-1]
+    m = dims[-1]
     if N == 1:
         return 2 * n_observed + 2 * layout.size
-    passes = dims[1] + dims[N - 1] + dims[1]  # residual (S_2 . Q_1), dW_N, dW_1
-    passes += sum(dims[j - 1] for j in range(2, N))  # H_j = G Q_{j-1}, middle factors
-    sparse = 2 * n_observed * passes
-    dense = sum(2 * n * dims[j - 1] * dims[j] for j in range(2, N))  # prefixes
-    dense += sum(4 * m * dims[j - 1] * dims[j] for j in range(2, N))  # suffixes, middle grads
+    sparse = 3 * 2 * n_observed * dims[1]
+    dense = sum(3 * 2 * m * dims[j - 1] * dims[j] for j in range(2, N))
     return sparse + dense + 2 * layout.size
 
 
@@ -573,7 +570,7 @@ def build_report(args):
             rows,
         ),
         "",
-        "MFLOP/step: fastdmf rows, the minimal count of DESIGN.md §2; dense rows, the matmul "
+        "MFLOP/step: fastdmf rows, the count of docs/math.md's cost model; dense rows, the matmul "
         "FLOPs they execute. k: steps per timed call (one compiled call for fastdmf). "
         "GFLOP/s: that count over the median time. × fastdmf: median over "
         "the faster fastdmf kernel's median. × t_min: median time over fastdmf's minimal FLOPs "

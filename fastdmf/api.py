@@ -177,7 +177,8 @@ def fit(
         ``callback(record) -> bool`` after each record (a dict of the record's values); a
         true return stops the fit with status ``"stopped"``.
     progress : bool
-        Log progress at INFO level on the ``fastdmf`` logger, one line per record.
+        Show a status line (step, train loss, steps/s) on stderr, updated twice a second.
+        Records are also logged at DEBUG level on the ``fastdmf`` logger.
 
     Returns
     -------
@@ -215,8 +216,13 @@ def fit(
     with _threads(n_threads):
         engine = Engine(problem, layout, theta, spec, hyper, parallel)
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
-        status, n_steps = _drive(engine, problem, test, traj, schedule, max_steps, tol,
-                                 top_k, callback, progress)
+        bar = _Progress(max_steps) if progress else None
+        try:
+            status, n_steps = _drive(engine, problem, test, traj, schedule, max_steps, tol,
+                                     top_k, callback, bar)
+        finally:
+            if bar is not None:
+                bar.close()
     settings = {
         "arguments": _jsonable(args),
         "seed": seed,
@@ -242,7 +248,6 @@ def _drive(engine, problem, test, traj, schedule, max_steps, tol, top_k, callbac
     if max_steps == 0:
         return "max_steps", 0
     nxt = 1
-    start = _time.perf_counter()
     while True:
         while nxt < len(schedule) and schedule[nxt] <= step:
             nxt += 1
@@ -264,12 +269,12 @@ def _drive(engine, problem, test, traj, schedule, max_steps, tol, top_k, callbac
             return "diverged", good_step
         if code == cpu.CONVERGED or (at_record and loss <= tol):
             return "converged", step
+        if progress is not None:
+            progress.update(step, loss if at_record else None)
         if at_record:
             good_theta[:], good_step, good_scalars[:] = engine.theta, step, engine.scalars
-            if progress:
-                rate = step / max(_time.perf_counter() - start, 1e-9)
-                log.info("step %d  loss %.3e  (%.0f steps/s)", step, loss, rate)
-            if callback is not None and callback(_last_record(traj)):
+            log.debug("step %d  train loss %.3e", step, loss)
+            if callback is not None and callback(traj.last()):
                 return "stopped", step
         if step >= max_steps:
             return "max_steps", step
@@ -283,8 +288,30 @@ def _record(engine, problem, test, traj, step, top_k):
     return loss
 
 
-def _last_record(traj):
-    return {name: values[-1] for name, values in traj.as_dict().items()}
+class _Progress:
+    """One status line on stderr, rewritten at most every ``every`` seconds."""
+
+    def __init__(self, max_steps, every=0.5, stream=None):
+        self.max_steps, self.every = max_steps, every
+        self.stream = stream or sys.stderr
+        self.start = self.last = _time.perf_counter()
+        self.loss = np.nan
+
+    def update(self, step, loss=None):
+        if loss is not None:
+            self.loss = loss
+        now = _time.perf_counter()
+        if now - self.last < self.every and step < self.max_steps:
+            return
+        self.last = now
+        rate = step / max(now - self.start, 1e-9)
+        self.stream.write(f"\rfastdmf: step {step:,}/{self.max_steps:,}  train loss "
+                          f"{self.loss:.3e}  {rate:,.0f} steps/s ")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
 
 
 def _warn_diverged(step, engine, good_step):

@@ -121,6 +121,12 @@ class Trajectory:
                 new = np.concatenate([old[name], new])
             self._arrays[name] = new
 
+    def last(self) -> dict:
+        """The latest record, as a dict of its values."""
+        if self._rows:
+            return dict(self._rows[-1])
+        return {name: values[-1] for name, values in self.as_dict().items()}
+
     def append(self, row: dict) -> None:
         self._rows.append(row)
 

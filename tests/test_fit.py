@@ -236,3 +236,10 @@ def test_loss_and_grad_takes_triplets(tall):
     a = fastdmf.loss_and_grad(factors, tall)
     b = fastdmf.loss_and_grad(factors, (tall.rows, tall.cols, tall.values), shape=tall.shape)
     assert a[0] == b[0]
+
+
+def test_progress_line(square, capsys):
+    res = fastdmf.fit(square, depth=2, max_steps=300, record=100, seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert f"step {res.n_steps:,}/300" in err and "train loss" in err
+    assert err.endswith("\n")

@@ -1,10 +1,12 @@
 """Thread control for the BLAS that Numba's ``np.dot`` calls (SciPy's OpenBLAS).
 
-The parallel kernels run their own threads (Numba's threading layer); if SciPy's OpenBLAS
-also starts its threads for the dense products inside them, the two pools spin against each
-other on the same cores and a step becomes many times slower. While the parallel kernels
-run, :func:`blas_threads` pins that BLAS to one thread, then restores it. Where SciPy's
-bundled OpenBLAS cannot be found (another BLAS vendor), it does nothing.
+The parallel kernels run their own threads (Numba's threading layer) and split each dense
+product into blocks, one BLAS call per task; if SciPy's OpenBLAS also starts its threads, the
+two pools spin against each other on the same cores and a step becomes many times slower
+(and multithreaded BLAS on 100 x 100 products collapses whenever another process is busy).
+Around every kernel call :func:`blas_threads` pins that BLAS to one thread, then restores it:
+the serial build runs on exactly one core. Where SciPy's bundled OpenBLAS cannot be found
+(another BLAS vendor), it does nothing.
 """
 
 from __future__ import annotations

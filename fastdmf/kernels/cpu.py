@@ -18,10 +18,12 @@ One evaluation at ``theta``, for depth N >= 2 (never forming the m x n product).
 Cost: three sparse passes of O(|Omega| d) whatever the depth, plus 3(N-2) dense products of
 O(m d^2) (O(d^3) when square). Depth 2 needs no dense product at all; depth 1 works on W.
 
-Parallelism and determinism: each thread owns whole rows (row pass) or whole columns (column
+Parallelism and determinism: each task owns whole rows (row pass) or whole columns (column
 pass) of the outputs, so there are no shared accumulators and no atomics; scalar sums (loss,
-squared gradient norm) go through per-block buffers of a fixed block size summed serially.
-The floating-point result is therefore the same for any thread count. Serial and parallel
+squared gradient norm) go through per-block buffers of a fixed block size summed serially;
+dense products run in ``config.DENSE_BLOCKS`` fixed row blocks, one BLAS call per task, and
+the middle gradients (a sum over the m rows) keep one partial product per block, summed in
+block order. The floating-point result is therefore the same for any thread count. Serial and parallel
 variants are compiled from the same Python functions (``SERIAL`` / ``PARALLEL``).
 
 JIT policy: ``fastmath`` (reassociation and contraction only, so the inner loops vectorise;
@@ -130,7 +132,7 @@ def _update_range(theta, grad, code, hyper, ostate, step, t, lo, hi):
 
 @numba.njit(cache=True)
 def work_layout(dims, n_obs, nblk):
-    """Offsets of the workspace blocks for ``dims`` (see module docstring).
+    """Offsets of the workspace blocks for ``dims`` (S_j, H_j: see module docstring).
 
     ``lay[j]``: S_j (m x d_{j-1}) and ``lay[N+j]``: H_j (m x d_{j-1}), for j = 2..N-1;
     ``lay[2N+1]``: g in row order and ``lay[2N+2]``: g in column order (|Omega| each, depth
