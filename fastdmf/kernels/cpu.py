@@ -197,26 +197,15 @@ def _hblock(grad, work, dims, offs, lay, j):
     return _blk(work, lay[N + j], dims[N], dims[j - 1])
 
 
-def blocked_sum(x):
-    """sum(x) over fixed blocks of _BLOCK entries (one task each), then the partial sums in
-    block order: the same result for any thread count."""
+def blocked_sum(x, square):
+    """sum(x) (or sum(x**2)) in float64 over fixed blocks of _BLOCK entries, one task each,
+    then the partial sums in block order: the same result for any thread count."""
     nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
     if nb <= 1:
-        return _plain_sum(x, 0, x.shape[0], False)
+        return _plain_sum(x, 0, x.shape[0], square)
     part = np.zeros(nb)
     for b in prange(nb):
-        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), False)
-    return _plain_sum(part, 0, nb, False)
-
-
-def blocked_sumsq(x):
-    """sum(x**2) in float64, blocked like blocked_sum."""
-    nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
-    if nb <= 1:
-        return _plain_sum(x, 0, x.shape[0], True)
-    part = np.zeros(nb)
-    for b in prange(nb):
-        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), True)
+        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), square)
     return _plain_sum(part, 0, nb, False)
 
 
@@ -262,7 +251,7 @@ def depth1(theta, grad, obs, rowloss, scale):
             acc += np.float64(r) * np.float64(r)
             grad[cols[k] * m + i] = scale * r
         rowloss[i] = acc
-    return blocked_sum(rowloss) / vals.shape[0]
+    return blocked_sum(rowloss, False) / vals.shape[0]
 
 def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
     """Residuals, loss and H_2 = G W_1^T; iteration i owns row i of every output."""
@@ -276,7 +265,7 @@ def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
         lo, hi = rowptr[i], rowptr[i + 1]
         rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
         _seg_accum(h2[i], q1, cols, g, lo, hi)
-    return blocked_sum(rowloss) / vals.shape[0]
+    return blocked_sum(rowloss, False) / vals.shape[0]
 
 
 def col_pass(theta, grad, work, dims, offs, lay, obs):
@@ -328,7 +317,7 @@ def update(theta, grad, code, hyper, ostate, sc):
     t = sc[0]
     step = lr
     if code == 1:
-        sc[1] = a * sc[1] + (1.0 - a) * blocked_sumsq(grad)
+        sc[1] = a * sc[1] + (1.0 - a) * blocked_sum(grad, True)
         step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
     size = theta.shape[0]
     nb = (size + _BLOCK - 1) // _BLOCK
@@ -363,7 +352,6 @@ def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap
 
 _FAMILY = (
     ("blocked_sum", "kernel"),
-    ("blocked_sumsq", "kernel"),
     ("dense_ab", "kernel"),
     ("dense_atb", "kernel"),
     ("depth1", "kernel"),
