@@ -10,6 +10,7 @@ record how its singular values move (Arora, Cohen, Hu & Luo, NeurIPS 2019).
 
 __version__ = "0.1.0"
 
+from . import theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .factors import INITS
 from .optim import OPTIMIZERS
@@ -29,4 +30,5 @@ __all__ = [
     "load_trajectory",
     "INITS",
     "OPTIMIZERS",
+    "theory",
 ]

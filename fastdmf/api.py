@@ -24,7 +24,7 @@ from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .kernels import cpu
 from .optim import get_optimizer
 from .problem import CompletionProblem, check_index, completion
-from .trajectory import Trajectory, measure, record_schedule
+from .trajectory import Trajectory, measure, record_schedule, time_schedule
 
 __all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "warmup"]
 
@@ -44,7 +44,8 @@ class FitResult:
     trajectory : Trajectory
         Records taken during the fit (see :mod:`fastdmf.trajectory`).
     status : str
-        ``"converged"`` (train loss <= tol), ``"max_steps"``, ``"diverged"`` (factors and
+        ``"converged"`` (train loss <= tol), ``"max_steps"``, ``"max_time"`` (the flow
+        reached ``max_time``), ``"diverged"`` (factors and
         trajectory are those of the last good record) or ``"stopped"`` (by the callback).
     settings : dict
         Everything needed to rerun the fit: arguments, seed, library versions.
@@ -114,6 +115,7 @@ def fit(
     lr: float = 1e-3,
     optimizer_options: dict | None = None,
     max_steps: int = 1_000_000,
+    max_time: float | None = None,
     tol: float = 1e-6,
     record=1000,
     top_k: int | None = None,
@@ -150,17 +152,21 @@ def fit(
     init_scale : float
         Scale of the initial end-to-end matrix (``||W(0)||_F ~ init_scale sqrt(m)``).
     optimizer : str
-        ``"gd"``, ``"grouprmsprop"`` or ``"adam"`` (see :mod:`fastdmf.optim`).
+        ``"gd"``, ``"grouprmsprop"``, ``"adam"`` or ``"flow"`` (see :mod:`fastdmf.optim`).
     lr : float
-        Learning rate.
+        Learning rate (for ``"flow"``: the first trial step of the integrator).
     optimizer_options : dict, optional
         E.g. ``{"alpha": 0.99, "eps": 1e-4}`` for grouprmsprop.
     max_steps : int
-        Most optimiser steps.
+        Most optimiser steps (for ``"flow"``: most gradient evaluations).
+    max_time : float, optional
+        ``"flow"`` only (and required there): the flow time to integrate to.
     tol : float
         Stop once the train loss is <= tol (0 disables).
     record : int, list of int, "log", ("log", count) or None
-        When to record (see :func:`fastdmf.trajectory.record_schedule`).
+        When to record (see :func:`fastdmf.trajectory.record_schedule`); for ``"flow"``,
+        flow times: a float interval, a list of times, "log", ("log", count) or None (see
+        :func:`fastdmf.trajectory.time_schedule`).
     top_k : int, optional
         Keep only the top-k singular values per record (all by default).
     test : any input form of ``observed``, optional
@@ -212,17 +218,28 @@ def fit(
     args["seed"] = seed
     factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
     theta = layout.pack(factors0, dtype=_DTYPES[dtype])
-    schedule = record_schedule(record, max_steps)
+    if spec.name == "flow":
+        if max_time is None or not (np.isfinite(max_time) and max_time >= 0):
+            raise ValueError(
+                "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
+                f"number >= 0), got {max_time!r}"
+            )
+        schedule, end = time_schedule(record, max_time), float(max_time)
+    else:
+        if max_time is not None:
+            raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
+        schedule, end = record_schedule(record, max_steps), max_steps
     with _threads(n_threads):
         engine = Engine(problem, layout, theta, spec, hyper, parallel)
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
-        bar = _Progress(max_steps) if progress else None
+        bar = _Progress(end, "time" if engine.is_flow else "step") if progress else None
         try:
-            status, n_steps = _drive(engine, problem, test, traj, schedule, max_steps, tol,
-                                     top_k, callback, bar)
+            status = _drive(engine, problem, test, traj, schedule, end, max_steps, tol,
+                            top_k, callback, bar)
         finally:
             if bar is not None:
                 bar.close()
+    n_steps = engine.n_steps
     settings = {
         "arguments": _jsonable(args),
         "seed": seed,
@@ -235,64 +252,65 @@ def fit(
     return FitResult(factors, traj, status, settings, n_steps)
 
 
-def _drive(engine, problem, test, traj, schedule, max_steps, tol, top_k, callback, progress):
-    """Alternate compiled chunks and records; returns ``(status, steps)``."""
-    step = 0
-    loss = _record(engine, problem, test, traj, 0, top_k)
+def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
+           progress):
+    """Alternate compiled chunks and records; returns the status.
+
+    Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
+    position, ``budget`` the most steps (gradient evaluations for the flow)."""
+    loss = _record(engine, problem, test, traj, top_k)
     cap = config.DIVERGENCE_FACTOR * max(loss, np.finfo(np.float64).tiny)
-    good_theta, good_step, good_scalars = engine.theta.copy(), 0, engine.scalars.copy()
+    good, good_step = engine.snapshot(), 0
     if not np.isfinite(loss):
         raise ValueError("the initial loss is not finite; check the initial factors")
     if loss <= tol:
-        return "converged", 0
-    if max_steps == 0:
-        return "max_steps", 0
+        return "converged"
+    if end <= 0 or engine.out_of_budget(budget):
+        return "max_steps"
     nxt = 1
     while True:
-        while nxt < len(schedule) and schedule[nxt] <= step:
+        while nxt < len(schedule) and schedule[nxt] <= engine.position:
             nxt += 1
-        target = schedule[nxt] if nxt < len(schedule) else max_steps
-        chunk = min(target - step, config.MAX_CHUNK_STEPS)
-        done, code, _ = engine.run(chunk, tol, cap)
-        step += done
-        at_record = step == target or code == cpu.CONVERGED or step >= max_steps
+        target = schedule[nxt] if nxt < len(schedule) else end
+        code = engine.advance(target, tol, cap, budget)
+        done = engine.position >= end or engine.out_of_budget(budget)
+        at_record = engine.position >= target or code == cpu.CONVERGED or done
         if code != cpu.DIVERGED and at_record:
-            loss = _record(engine, problem, test, traj, step, top_k)
+            loss = _record(engine, problem, test, traj, top_k)
             if not loss <= cap:
                 if np.isfinite(loss):  # _record keeps only finite losses
                     traj.truncate(len(traj) - 1)
                 code = cpu.DIVERGED
         if code == cpu.DIVERGED:
-            _warn_diverged(step, engine, good_step)
-            engine.theta[:] = good_theta
-            engine.scalars[:] = good_scalars
-            return "diverged", good_step
+            _warn_diverged(engine.n_steps, engine, good_step)
+            engine.restore(good)
+            return "diverged"
         if code == cpu.CONVERGED or (at_record and loss <= tol):
-            return "converged", step
+            return "converged"
         if progress is not None:
-            progress.update(step, loss if at_record else None)
+            progress.update(engine.position, loss if at_record else None)
         if at_record:
-            good_theta[:], good_step, good_scalars[:] = engine.theta, step, engine.scalars
-            log.debug("step %d  train loss %.3e", step, loss)
+            good, good_step = engine.snapshot(), engine.n_steps
+            log.debug("step %d  time %.4g  train loss %.3e", good_step, engine.time, loss)
             if callback is not None and callback(traj.last()):
-                return "stopped", step
-        if step >= max_steps:
-            return "max_steps", step
+                return "stopped"
+        if done:
+            return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
 
 
-def _record(engine, problem, test, traj, step, top_k):
+def _record(engine, problem, test, traj, top_k):
     loss = engine.evaluate()
     if np.isfinite(loss):
-        traj.append(measure(engine.factors(), engine.grads(), loss, step, engine.time,
-                            problem, test, top_k))
+        traj.append(measure(engine.factors(), engine.grads(), loss, engine.n_steps,
+                            engine.time, engine.n_evals, problem, test, top_k))
     return loss
 
 
 class _Progress:
     """One status line on stderr, rewritten at most every ``every`` seconds."""
 
-    def __init__(self, max_steps, every=0.5, stream=None):
-        self.max_steps, self.every = max_steps, every
+    def __init__(self, end, label="step", every=0.5, stream=None):
+        self.end, self.label, self.every = end, label, every
         self.stream = stream or sys.stderr
         self.start = self.last = _time.perf_counter()
         self.loss = np.nan
@@ -301,12 +319,12 @@ class _Progress:
         if loss is not None:
             self.loss = loss
         now = _time.perf_counter()
-        if now - self.last < self.every and step < self.max_steps:
+        if now - self.last < self.every and step < self.end:
             return
         self.last = now
         rate = step / max(now - self.start, 1e-9)
-        self.stream.write(f"\rfastdmf: step {step:,}/{self.max_steps:,}  train loss "
-                          f"{self.loss:.3e}  {rate:,.0f} steps/s ")
+        self.stream.write(f"\rfastdmf: {self.label} {step:,.6g}/{self.end:,.6g}  train loss "
+                          f"{self.loss:.3e}  {rate:,.0f} {self.label}s/s ")
         self.stream.flush()
 
     def close(self):

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import config
 from .factors import FactorLayout
-from .kernels import cpu
+from .kernels import cpu, flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
@@ -65,11 +65,65 @@ class Engine:
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
         self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
         self.scalars = np.zeros(3)  # optimiser steps, running average v, time
+        if spec.name == "flow":
+            fs = np.zeros(flow.FLOW_STATE_SIZE)
+            fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
+            self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=dtype), fs)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.spec.name == "flow"
 
     @property
     def time(self) -> float:
-        """t = sum of the step sizes taken so far."""
-        return float(self.scalars[2])
+        """t = sum of the step sizes taken so far (flow time)."""
+        return float(self.flow[2][flow.T] if self.is_flow else self.scalars[2])
+
+    @property
+    def n_evals(self) -> int:
+        """Gradient evaluations spent by the optimiser (records not counted)."""
+        return int(self.flow[2][flow.EVALS] if self.is_flow else self.scalars[0])
+
+    @property
+    def n_steps(self) -> int:
+        """Optimiser steps taken (accepted steps for the flow)."""
+        return int(self.flow[2][flow.ACCEPTED] if self.is_flow else self.scalars[0])
+
+    @property
+    def position(self):
+        """Where the fit stands: the flow time, or the number of steps."""
+        return self.time if self.is_flow else self.n_steps
+
+    def out_of_budget(self, budget: int) -> bool:
+        """No further step fits in ``budget`` steps (gradient evaluations for the flow; one
+        Dormand-Prince step costs six)."""
+        if self.is_flow:
+            return self.n_evals + 6 > budget
+        return self.n_steps >= budget
+
+    def advance(self, target, tol: float, loss_cap: float, budget: int) -> int:
+        """Run towards position ``target`` (one compiled call, at most
+        ``config.MAX_CHUNK_STEPS`` steps or ``budget`` in all); returns the kernel status."""
+        if self.is_flow:
+            return self.run_flow(target, budget, tol, loss_cap)[1]
+        chunk = min(target - self.n_steps, budget - self.n_steps, config.MAX_CHUNK_STEPS)
+        return self.run(chunk, tol, loss_cap)[1]
+
+    def snapshot(self):
+        """Copies of the state a diverged run returns to (see :meth:`restore`)."""
+        if self.is_flow:
+            return self.flow[0].copy(), self.flow[2].copy()
+        return self.theta.copy(), self.scalars.copy()
+
+    def restore(self, snap) -> None:
+        params, scalars = snap
+        self.theta[:] = params
+        if self.is_flow:
+            self.flow[0][:] = params
+            self.flow[2][:] = scalars
+            self.flow[2][flow.FSAL] = 0.0
+        else:
+            self.scalars[:] = scalars
 
     def factors(self) -> list[np.ndarray]:
         """Views W_1..W_N into the parameters."""
@@ -113,6 +167,20 @@ class Engine:
                 int(n_steps),
                 float(tol),
                 float(loss_cap),
+                self.nblk,
+            )
+        return int(done), int(status), float(loss)
+
+    def run_flow(self, t_end: float, max_evals: int, tol: float, loss_cap: float):
+        """Integrate the gradient flow up to time ``t_end`` (see fastdmf.kernels.flow).
+
+        Returns ``(accepted_steps, status, loss)`` like :meth:`run`; status RUNNING with
+        ``time < t_end`` means the evaluation budget ran out.
+        """
+        with self._blas():
+            done, status, loss = self.kernels.run_flow(
+                self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
+                self.flow, float(t_end), int(max_evals), float(tol), float(loss_cap),
                 self.nblk,
             )
         return int(done), int(status), float(loss)

@@ -5,6 +5,7 @@ A record is taken at the steps of the schedule (always step 0 and the final step
 ==================  ==========================================================================
 ``step``            optimiser steps taken
 ``time``            t = sum of step sizes (gradient-flow time; see fastdmf.optim)
+``n_evals``         gradient evaluations spent by the optimiser (= steps, except for "flow")
 ``train_loss``      (1/|Omega|) sum_k (W[i_k, j_k] - y_k)^2
 ``test_error``      ||W - W*||_F^2 / ||W*||_F^2 with a known ground truth W*, else the MSE on
                     held-out entries, else NaN
@@ -29,11 +30,12 @@ from . import config
 from .factors import balancedness, end_to_end, predict_entries, singular_values
 from .reference import effective_rank
 
-__all__ = ["Trajectory", "record_schedule", "load_trajectory"]
+__all__ = ["Trajectory", "record_schedule", "time_schedule", "load_trajectory"]
 
 SCALARS = (
     "step",
     "time",
+    "n_evals",
     "train_loss",
     "test_error",
     "nuclear_norm",
@@ -77,6 +79,37 @@ def record_schedule(record, max_steps: int) -> np.ndarray:
             raise ValueError("record= as a list must hold non-negative integer steps")
     steps = np.unique(np.concatenate([[0], steps.astype(np.int64)]))
     return steps[steps <= max_steps]
+
+
+def time_schedule(record, max_time: float) -> np.ndarray:
+    """Sorted flow times (within [0, max_time]) at which to record; always includes 0.
+
+    ``record`` is a float dt (every dt), a sequence of times, ``"log"`` (60 times spaced
+    geometrically from max_time * 1e-6 to max_time), ``("log", count)``, or None.
+    """
+    if isinstance(record, bool):
+        raise TypeError("record= takes a time interval, a list of times, 'log' or None")
+    if record is None:
+        times = np.array([0.0])
+    elif isinstance(record, str) or isinstance(record, tuple):
+        if record != "log" and not (
+            isinstance(record, tuple) and len(record) == 2 and record[0] == "log"
+            and isinstance(record[1], (int, np.integer)) and record[1] >= 1
+        ):
+            raise ValueError(f"record={record!r}: use a time interval, times, 'log' or "
+                             "('log', count)")
+        count = record[1] if isinstance(record, tuple) else 60
+        times = np.geomspace(max_time * 1e-6, max_time, int(count)) if max_time > 0 else []
+    elif np.isscalar(record):
+        if not (np.isfinite(record) and record > 0):
+            raise ValueError(f"record={record!r}: the time interval must be positive")
+        times = np.arange(0.0, max_time * (1 + 1e-12), float(record))
+    else:
+        times = np.asarray(record, dtype=np.float64)
+        if times.ndim != 1 or not np.all(np.isfinite(times)) or np.any(times < 0):
+            raise ValueError("record= as a list must hold finite times >= 0")
+    times = np.unique(np.concatenate([[0.0], np.asarray(times, dtype=np.float64)]))
+    return times[times <= max_time]
 
 
 @dataclass
@@ -150,7 +183,9 @@ class Trajectory:
         try:
             import matplotlib.pyplot as plt
         except ImportError:  # pragma: no cover - depends on the environment
-            raise ImportError("Trajectory.plot needs matplotlib: pip install 'fastdmf[plot]'")
+            raise ImportError(
+                "Trajectory.plot needs matplotlib: pip install 'fastdmf[plot]'"
+            ) from None
         if ax is None:
             _, ax = plt.subplots()
         sv = self.singular_values
@@ -171,7 +206,7 @@ def load_trajectory(path) -> Trajectory:
     return traj
 
 
-def measure(factors, grad_factors, loss, step, time, problem, test, top_k):
+def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k):
     """One record's values at the current state (called between compiled chunks)."""
     depth = len(factors)
     sv = singular_values(factors)
@@ -187,6 +222,7 @@ def measure(factors, grad_factors, loss, step, time, problem, test, top_k):
     return {
         "step": int(step),
         "time": float(time),
+        "n_evals": int(n_evals),
         "train_loss": float(loss),
         "test_error": test_error,
         "nuclear_norm": total,

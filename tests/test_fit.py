@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 import fastdmf
 from fastdmf import reference
-from fastdmf.factors import balancedness, end_to_end
+from fastdmf.factors import end_to_end
 
 SMALL = dict(depth=3, lr=1e-2, seed=0, record=None)
 
@@ -144,7 +144,8 @@ def test_float32_tracks_float64(square):
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        ({"optimizer": "sgd"}, ValueError, r"valid names: \['adam', 'gd', 'grouprmsprop'\]"),
+        ({"optimizer": "sgd"}, ValueError,
+         r"valid names: \['adam', 'flow', 'gd', 'grouprmsprop'\]"),
         ({"init": "zeros"}, ValueError, "valid names"),
         ({"optimizer_options": {"beta": 1}}, TypeError, "has no option"),
         ({"lr": -1.0}, ValueError, "lr must be"),

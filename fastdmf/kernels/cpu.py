@@ -23,8 +23,8 @@ pass) of the outputs, so there are no shared accumulators and no atomics; scalar
 squared gradient norm) go through per-block buffers of a fixed block size summed serially;
 dense products run in ``config.DENSE_BLOCKS`` fixed row blocks, one BLAS call per task, and
 the middle gradients (a sum over the m rows) keep one partial product per block, summed in
-block order. The floating-point result is therefore the same for any thread count. Serial and parallel
-variants are compiled from the same Python functions (``SERIAL`` / ``PARALLEL``).
+block order. The floating-point result is therefore the same for any thread count. Serial
+and parallel variants are compiled from the same Python functions (``SERIAL`` / ``PARALLEL``).
 
 JIT policy: ``fastmath`` (reassociation and contraction only, so the inner loops vectorise;
 no finite-math flags, so NaN and inf propagate) only on the two sparse passes, which are pure
@@ -40,6 +40,9 @@ from types import SimpleNamespace
 import numba
 import numpy as np
 from numba import prange
+
+from . import flow as _flow
+from .flow import run_flow  # noqa: F401  (compiled into each build by _build)
 
 __all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES", "STATUS_NAMES"]
 
@@ -312,7 +315,7 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
 def update(theta, grad, code, hyper, ostate, sc):
     """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES). Entries are
     updated in fixed blocks of _BLOCK, one task each (a single block runs inline)."""
-    lr, a, b, eps = hyper[0], hyper[1], hyper[2], hyper[3]
+    lr, a, eps = hyper[0], hyper[1], hyper[3]
     sc[0] += 1.0
     t = sc[0]
     step = lr
@@ -360,6 +363,7 @@ _FAMILY = (
     ("loss_and_grad", "driver"),
     ("update", "kernel"),
     ("run", "driver"),
+    ("run_flow", "driver"),
 )
 
 
@@ -370,6 +374,7 @@ def _build(parallel):
     build's dispatchers, so the two builds share one source. Only the serial build is cached
     (caching parallel functions is unsafe when the thread count changes)."""
     ns = dict(globals())
+    ns.update({k: v for k, v in vars(_flow).items() if k not in ns})
     options = {
         "kernel": dict(parallel=parallel),
         "fast": dict(parallel=parallel, fastmath=_FASTMATH),

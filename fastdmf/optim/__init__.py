@@ -9,6 +9,10 @@ Each optimiser updates the flat parameter vector ``theta`` from its gradient ``g
     ``theta <- theta - lr / (sqrt(v / (1 - alpha^t)) + eps) g``.
 ``"adam"``
     Kingma & Ba (2015), per entry, bias-corrected.
+``"flow"``
+    gradient flow d(theta)/dt = -g itself, integrated by an adaptive Dormand-Prince 5(4)
+    pair with error control ``rtol``/``atol`` (``fastdmf.kernels.flow``); ``lr`` is the first
+    trial step. Records are taken at flow times.
 
 The update itself runs inside the compiled loop (``fastdmf.kernels.cpu``); the NumPy oracle is
 in ``fastdmf.reference``. "Time" ``t = sum of step sizes``: ``lr`` for gd and adam, the
@@ -39,6 +43,7 @@ class OptimizerSpec:
     slots: tuple
     state_slots: int  # arrays of len(theta) the rule keeps (Adam: 2)
     rates: tuple = ()  # options that are decay rates, in [0, 1)
+    positive: tuple = ()  # options that must be > 0
 
     def hyper(self, lr, options) -> np.ndarray:
         """``[lr, a, b, eps]`` for the kernel, with option names checked."""
@@ -53,7 +58,7 @@ class OptimizerSpec:
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         for key, val in opts.items():
             hi = 1.0 if key in self.rates else np.inf
-            if not (0 <= val < hi):
+            if not (0 <= val < hi) or (key in self.positive and val == 0):
                 raise ValueError(
                     f"optimizer option {key} must lie in [0, {hi:g}), got {val!r}"
                 )
@@ -90,6 +95,10 @@ register_optimizer(
         0,
         ("alpha",),
     )
+)
+register_optimizer(
+    OptimizerSpec("flow", -1, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
+                  positive=("rtol", "atol"))
 )
 register_optimizer(
     OptimizerSpec(

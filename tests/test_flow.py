@@ -1,0 +1,85 @@
+"""optimizer="flow": adaptive Dormand-Prince integration of the gradient flow."""
+
+import numpy as np
+import pytest
+
+import fastdmf
+from fastdmf.trajectory import time_schedule
+
+FLOW = dict(depth=3, init_scale=0.5, seed=0, tol=0)
+
+
+def test_flow_is_the_small_step_limit_of_gd(square):
+    """GD with step h is forward Euler: its error is O(h), so the Richardson extrapolation
+    2 GD(h) - GD(2h) is O(h^2) from the flow. The integrated flow must match it."""
+    T, h = 20.0, 1e-3
+    gd = [fastdmf.fit(square, optimizer="gd", lr=lr, max_steps=round(T / lr), record=None,
+                      **FLOW) for lr in (h, 2 * h)]
+    extrap = 2 * gd[0].matrix() - gd[1].matrix()
+    flow = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=T, record=None,
+                       optimizer_options={"rtol": 1e-9, "atol": 1e-12}, **FLOW)
+    assert flow.status == "max_time"
+    assert flow.trajectory.time[-1] == T
+    rel = np.linalg.norm(flow.matrix() - extrap) / np.linalg.norm(extrap)
+    gd_rel = np.linalg.norm(gd[0].matrix() - extrap) / np.linalg.norm(extrap)
+    assert rel < 1e-6 < gd_rel
+    assert flow.trajectory.n_evals[-1] < 0.05 * round(T / h)
+
+
+def test_records_land_on_the_requested_times(square):
+    res = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=8.0, record=[0.5, 2.0, 3.0],
+                      **FLOW)
+    np.testing.assert_array_equal(res.trajectory.time, [0.0, 0.5, 2.0, 3.0, 8.0])
+    steps, evals = res.trajectory.step, res.trajectory.n_evals
+    assert np.all(np.diff(steps) > 0) and np.all(np.diff(evals) >= 6)
+    # one evaluation to start, six per attempted step (accepted or rejected)
+    assert (evals[-1] - 1) % 6 == 0 and evals[-1] >= 1 + 6 * steps[-1]
+
+
+def test_tolerance_controls_the_error(square):
+    ref = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=10.0, record=None,
+                      optimizer_options={"rtol": 1e-11, "atol": 1e-14}, **FLOW)
+    errs, evals = [], []
+    for rtol in (1e-4, 1e-7):
+        res = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=10.0, record=None,
+                          optimizer_options={"rtol": rtol, "atol": rtol * 1e-3}, **FLOW)
+        errs.append(np.linalg.norm(res.matrix() - ref.matrix()) / np.linalg.norm(ref.matrix()))
+        evals.append(res.trajectory.n_evals[-1])
+    assert errs[1] < errs[0] and errs[1] < 1e-6
+    assert evals[1] > evals[0]
+
+
+def test_flow_converges_to_tol_and_counts_budget(square):
+    res = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=1e6, record=None, depth=2,
+                      init_scale=0.5, seed=0, tol=1e-8)
+    assert res.status == "converged" and res.train_loss <= 1e-8
+    short = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=1e6, record=None,
+                        depth=2, init_scale=0.5, seed=0, tol=1e-8, max_steps=61)
+    assert short.status == "max_steps" and short.trajectory.n_evals[-1] <= 61
+
+
+def test_flow_parallel_matches_serial(square):
+    kw = dict(optimizer="flow", lr=1e-3, max_time=5.0, record=None, **FLOW)
+    a = fastdmf.fit(square, parallel=False, **kw)
+    b = fastdmf.fit(square, parallel=True, **kw)
+    np.testing.assert_allclose(a.matrix(), b.matrix(), rtol=1e-9, atol=1e-12)
+
+
+def test_flow_argument_errors(square):
+    with pytest.raises(ValueError, match="give max_time"):
+        fastdmf.fit(square, optimizer="flow", max_steps=10)
+    with pytest.raises(ValueError, match="applies to optimizer='flow'"):
+        fastdmf.fit(square, optimizer="gd", max_time=1.0)
+    with pytest.raises(ValueError, match="interval must be positive"):
+        fastdmf.fit(square, optimizer="flow", max_time=1.0, record=-0.5)
+    with pytest.raises(ValueError, match="rtol"):
+        fastdmf.fit(square, optimizer="flow", max_time=1.0, optimizer_options={"rtol": 0.0})
+
+
+def test_time_schedules():
+    np.testing.assert_allclose(time_schedule(0.25, 1.0), [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(time_schedule([3.0, 0.5, 9.0], 5.0), [0.0, 0.5, 3.0])
+    log = time_schedule("log", 100.0)
+    assert log[0] == 0 and log[1] == pytest.approx(1e-4) and log[-1] == pytest.approx(100.0)
+    assert len(time_schedule(("log", 5), 1.0)) == 6
+    np.testing.assert_array_equal(time_schedule(None, 3.0), [0.0])
