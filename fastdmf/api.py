@@ -180,8 +180,9 @@ def fit(
     parallel : bool, optional
         Force the parallel or serial kernels; by default chosen by problem size.
     callback : callable, optional
-        ``callback(record) -> bool`` after each record (a dict of the record's values); a
-        true return stops the fit with status ``"stopped"``.
+        ``callback(record) -> bool`` after each record but the first and a converged last
+        one: a dict of the record's values plus ``"factors"`` (copies of W_1..W_N); a true
+        return stops the fit with status ``"stopped"``.
     progress : bool
         Show a status line (step, train loss, steps/s) on stderr, updated twice a second.
         Records are also logged at DEBUG level on the ``fastdmf`` logger.
@@ -218,7 +219,7 @@ def fit(
     args["seed"] = seed
     factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
     theta = layout.pack(factors0, dtype=_DTYPES[dtype])
-    if spec.name == "flow":
+    if spec.name.startswith("flow"):
         if max_time is None or not (np.isfinite(max_time) and max_time >= 0):
             raise ValueError(
                 "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
@@ -292,7 +293,9 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
         if at_record:
             good, good_step = engine.snapshot(), engine.n_steps
             log.debug("step %d  time %.4g  train loss %.3e", good_step, engine.time, loss)
-            if callback is not None and callback(traj.last()):
+            if callback is not None and callback(
+                {**traj.last(), "factors": [np.array(w) for w in engine.factors()]}
+            ):
                 return "stopped"
         if done:
             return "max_time" if engine.is_flow and engine.position >= end else "max_steps"

@@ -3,6 +3,9 @@
 ``fastdmf demo``
     Fit depths 1, 2, 3 on the paper's problem (100 x 100, rank 5, 2000 observed entries) with
     the paper's settings and print reconstruction error, effective rank and time per step.
+``fastdmf reproduce theory``
+    Factorized gradient flow, end-to-end flow and small-step GD from a balanced init, side by
+    side, with the singular-value rates of Arora et al. (2019) checked along the way.
 ``fastdmf info``
     Library versions and the Numba thread count.
 """
@@ -60,6 +63,13 @@ def _demo(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from .experiments import theory as theory_experiment
+
+    theory_experiment.run(args.out, full=args.full, seed=args.seed)
+    return 0
+
+
 def _info(args) -> int:
     for name, version in versions().items():
         print(f"{name:>10}: {version}")
@@ -79,6 +89,12 @@ def main(argv=None) -> int:
     demo.add_argument("--max-steps", type=int, default=1_000_000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    rep = sub.add_parser("reproduce", help="re-run an experiment of the theory")
+    rep.add_argument("experiment", choices=["theory"])
+    rep.add_argument("--out", default="fastdmf-theory", help="output folder")
+    rep.add_argument("--full", action="store_true", help="the 100x100 problem (minutes)")
+    rep.add_argument("--seed", type=int, default=0)
+    rep.set_defaults(func=_reproduce)
     info = sub.add_parser("info", help="versions and threads")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)

@@ -65,14 +65,15 @@ class Engine:
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
         self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
         self.scalars = np.zeros(3)  # optimiser steps, running average v, time
-        if spec.name == "flow":
+        if spec.name.startswith("flow"):
             fs = np.zeros(flow.FLOW_STATE_SIZE)
             fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
+            fs[flow.METHOD] = flow.DOPRI5 if spec.name == "flow_dopri5" else flow.RKC2
             self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=dtype), fs)
 
     @property
     def is_flow(self) -> bool:
-        return self.spec.name == "flow"
+        return self.spec.name.startswith("flow")
 
     @property
     def time(self) -> float:

@@ -145,7 +145,7 @@ def test_float32_tracks_float64(square):
     "kwargs, err, match",
     [
         ({"optimizer": "sgd"}, ValueError,
-         r"valid names: \['adam', 'flow', 'gd', 'grouprmsprop'\]"),
+         r"valid names: \['adam', 'flow', 'flow_dopri5', 'gd', 'grouprmsprop'\]"),
         ({"init": "zeros"}, ValueError, "valid names"),
         ({"optimizer_options": {"beta": 1}}, TypeError, "has no option"),
         ({"lr": -1.0}, ValueError, "lr must be"),

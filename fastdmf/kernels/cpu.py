@@ -42,7 +42,7 @@ import numpy as np
 from numba import prange
 
 from . import flow as _flow
-from .flow import run_flow  # noqa: F401  (compiled into each build by _build)
+from .flow import run_flow, run_rkc, spectral_radius  # noqa: F401  (compiled per build)
 
 __all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES", "STATUS_NAMES"]
 
@@ -363,6 +363,8 @@ _FAMILY = (
     ("loss_and_grad", "driver"),
     ("update", "kernel"),
     ("run", "driver"),
+    ("spectral_radius", "driver"),
+    ("run_rkc", "driver"),
     ("run_flow", "driver"),
 )
 

@@ -10,9 +10,14 @@ Each optimiser updates the flat parameter vector ``theta`` from its gradient ``g
 ``"adam"``
     Kingma & Ba (2015), per entry, bias-corrected.
 ``"flow"``
-    gradient flow d(theta)/dt = -g itself, integrated by an adaptive Dormand-Prince 5(4)
-    pair with error control ``rtol``/``atol`` (``fastdmf.kernels.flow``); ``lr`` is the first
-    trial step. Records are taken at flow times.
+    gradient flow d(theta)/dt = -g itself, integrated to the error tolerance ``rtol``/``atol``
+    by the stabilised Runge-Kutta-Chebyshev method RKC (second order, stage count adapted to
+    the Hessian's largest eigenvalue, so the stiff end of a fit does not cap the step);
+    ``lr`` is the first trial step. Records are taken at flow times. See
+    ``fastdmf.kernels.flow``.
+``"flow_dopri5"``
+    the same flow by the Dormand-Prince 5(4) pair: fifth order, but its step is capped by
+    stability (h lambda_max <= 3.3) near a minimum.
 
 The update itself runs inside the compiled loop (``fastdmf.kernels.cpu``); the NumPy oracle is
 in ``fastdmf.reference``. "Time" ``t = sum of step sizes``: ``lr`` for gd and adam, the
@@ -98,6 +103,10 @@ register_optimizer(
 )
 register_optimizer(
     OptimizerSpec("flow", -1, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
+                  positive=("rtol", "atol"))
+)
+register_optimizer(
+    OptimizerSpec("flow_dopri5", -1, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
                   positive=("rtol", "atol"))
 )
 register_optimizer(

@@ -1,0 +1,1 @@
+"""Experiments that reproduce and check the theory: ``fastdmf reproduce ...``."""
