@@ -16,9 +16,10 @@ Gradient descent with step eta is forward Euler on the same flow, "time" t = sum
 :func:`integrate_end_to_end` integrates the first equation ("depth without factors"), so a
 fitted trajectory, the factorized flow and the end-to-end flow can be compared point by point.
 
-Depth is an integer N >= 1 throughout. The paper's sum has no meaning for non-integer N as
-written; an extension (e.g. by the divided difference of its spectral form, see
-:func:`end_to_end_rhs`) is not part of either paper's theorems and is not offered here.
+Depth is a real number N >= 1. For integer N the equations are the theorems; for other N the
+end-to-end field is extended through the closed form of its spectral kernel (see
+:func:`end_to_end_rhs`), which agrees with the sum at every integer N: a "depth without
+factors" that interpolates between depths, a definition rather than a theorem.
 
 References
 ----------
@@ -110,7 +111,7 @@ def _clipped_power(lam, p, k):
     return np.power(lam, p)  # numpy: 0.0 ** 0.0 == 1.0
 
 
-def end_to_end_rhs(w, grad_w, depth: int) -> np.ndarray:
+def end_to_end_rhs(w, grad_w, depth: float) -> np.ndarray:
     """The end-to-end gradient-flow vector field of a balanced depth-N factorization.
 
     Arora, Cohen & Hazan (2018), Theorem 1: under gradient flow on ``W_1..W_N`` from a
@@ -141,11 +142,13 @@ def end_to_end_rhs(w, grad_w, depth: int) -> np.ndarray:
         The end-to-end matrix W.
     grad_w : array_like, shape (m, n)
         ``grad L(W)``, e.g. from :func:`completion_grad`.
-    depth : int
-        N >= 1. Only integer depths: Theorem 1 is stated for integer N, and a real-N version
-        (e.g. replacing ``K`` by the divided difference ``(lam_a - mu_b) /
-        (lam_a^{1/N} - mu_b^{1/N})``, which equals the sum for integer N) is not established
-        in the paper.
+    depth : int or float
+        N >= 1, any real number. For integer N the sum above, which is Theorem 1; for other N
+        its closed form in the singular basis, ``K[a, b] = (lam_a - mu_b) / (lam_a^{1/N} -
+        mu_b^{1/N})`` (``N lam_a^{(N-1)/N}`` where they are equal), which equals the sum at
+        every integer N and extends the field to real depth ("depth without factors"). For
+        non-integer N that field is a definition, not a theorem of the papers: there are no
+        factors whose flow it describes.
 
     Returns
     -------
@@ -167,11 +170,30 @@ def end_to_end_rhs(w, grad_w, depth: int) -> np.ndarray:
     lam[: s.size] = s**2
     mu = np.zeros(n)
     mu[: s.size] = s**2
-    j = np.arange(n_layers)  # j - 1 for j = 1..N
-    left = np.power(lam[None, :], (j / n_layers)[:, None])  # N x m, row j-1: lam^{(j-1)/N}
-    right = np.power(mu[None, :], ((n_layers - 1 - j) / n_layers)[:, None])  # mu^{(N-j)/N}
-    kernel = left.T @ right  # m x n
+    if float(n_layers).is_integer():
+        n_int = int(n_layers)
+        j = np.arange(n_int)  # j - 1 for j = 1..N
+        left = np.power(lam[None, :], (j / n_int)[:, None])  # N x m, row j-1: lam^{(j-1)/N}
+        right = np.power(mu[None, :], ((n_int - 1 - j) / n_int)[:, None])  # mu^{(N-j)/N}
+        kernel = left.T @ right  # m x n
+    else:
+        kernel = _divided_power(lam[:, None] ** (1 / n_layers), mu[None, :] ** (1 / n_layers),
+                                n_layers)
     return -(u @ (kernel * (u.T @ g @ vt.T)) @ vt)
+
+
+def _divided_power(x, y, n_layers):
+    """(x^N - y^N) / (x - y) for x, y >= 0 (N x^{N-1} where x = y, 0 where both are 0),
+    evaluated as hi^{N-1} expm1(N log r) / expm1(log r), r = lo / hi, stable as r -> 1."""
+    hi, lo = np.maximum(x, y), np.minimum(x, y)
+    out = np.zeros(np.broadcast(x, y).shape)
+    pos = hi > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logr = np.log(np.where(pos, lo, 1.0) / np.where(pos, hi, 1.0))
+        ratio = np.where(np.abs(logr) < 1e-12, float(n_layers),
+                         np.expm1(n_layers * logr) / np.expm1(logr))
+    out[pos] = (np.power(hi, n_layers - 1) * ratio)[pos]
+    return out
 
 
 def completion_grad(w, problem: CompletionProblem) -> np.ndarray:
@@ -277,7 +299,7 @@ def integrate_end_to_end(
     return sol.y.T.reshape(t_eval.size, *shape), int(sol.nfev)
 
 
-def singular_value_rates(w, grad_w, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def singular_value_rates(w, grad_w, depth: float) -> tuple[np.ndarray, np.ndarray]:
     """Predicted speed of each singular value of W under the end-to-end flow.
 
     Arora, Cohen, Hu & Luo (2019), Theorem 3, for a balanced initialisation::
@@ -362,9 +384,8 @@ def _check_pair(w, grad_w):
 
 
 def _check_depth(depth):
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(
-            f"depth must be an integer N >= 1, got {depth!r} (the end-to-end dynamics are "
-            "stated for integer depths only)"
-        )
-    return int(depth)
+    if isinstance(depth, (bool, np.bool_)) or not isinstance(
+        depth, (int, float, np.integer, np.floating)
+    ) or not (np.isfinite(depth) and depth >= 1):
+        raise ValueError(f"depth must be a real number N >= 1, got {depth!r}")
+    return int(depth) if float(depth).is_integer() else float(depth)

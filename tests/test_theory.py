@@ -144,11 +144,32 @@ def test_unbalanced_factors_do_not_follow_the_end_to_end_field(small):
     assert rel(got, factorized_velocity(factors, small)) > 1e-2
 
 
-def test_depth_must_be_an_integer(small):
+def test_depth_must_be_a_real_number_at_least_one(small):
     w = np.ones(small.shape)
-    for bad in (0, 2.5, 2.0, True):
-        with pytest.raises(ValueError, match="integer"):
+    for bad in (0, 0.5, float("nan"), True, "3"):
+        with pytest.raises(ValueError, match="real number N >= 1"):
             theory.end_to_end_rhs(w, w, bad)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6)])
+def test_real_depth_kernel_agrees_with_the_sum(shape):
+    """The closed form used for real N equals the integer-N sum (evaluated just off the
+    integer, and exactly through the private helper at the integer), and varies smoothly."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal(shape)
+    w[:, -1] = w[:, 0]  # rank deficient: zero singular values take the 0^0 path
+    g = rng.standard_normal(shape)
+    for n in (2, 3, 5):
+        exact = theory.end_to_end_rhs(w, g, n)
+        near = theory.end_to_end_rhs(w, g, n + 1e-9)
+        assert rel(near, exact) < 1e-7
+    a, b, c = (theory.end_to_end_rhs(w, g, x) for x in (2.4, 2.5, 2.6))
+    assert rel(b, (a + c) / 2) < 1e-2
+    x = np.array([0.0, 0.5, 2.0, 2.0, 0.0])
+    y = np.array([0.0, 2.0, 0.5, 2.0, 3.0])
+    for n in (2, 3, 4):
+        want = np.where(x == y, n * x ** (n - 1), (x**n - y**n) / np.where(x == y, 1, x - y))
+        np.testing.assert_allclose(theory._divided_power(x, y, n), want, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- singular values
