@@ -52,6 +52,48 @@ DOPRI5, RKC2 = 0.0, 1.0
 _RKC_EPS, _RKC_SMAX, _RHO_EVERY = 2.0 / 13.0, 400, 25
 
 
+@numba.njit(inline="always")
+def _stop_code(fs, tol, loss_cap, t_end):
+    """The status to return now (2 diverged, 1 converged, 0 at t_end), or -1 to go on."""
+    loss = fs[LOSS]
+    if not (loss <= loss_cap):
+        return 2
+    if loss <= tol:
+        return 1
+    if fs[T] >= t_end:
+        return 0
+    return -1
+
+
+@numba.njit(inline="always")
+def _conclude(flow, theta, grad, h, t_end, err, stage_loss, expo, lo, hi, safety):
+    """Accept (err <= 1: y <- theta, f(y) <- -grad, t += h) or reject the step just tried,
+    then set the next step h * clip(safety * err^(-expo), lo, hi). A step shortened to land
+    on t_end does not shrink the step that follows. Returns whether it was accepted."""
+    y, ks, fs = flow
+    accepted = err <= 1.0
+    if accepted:
+        fs[T] = t_end if h == t_end - fs[T] else fs[T] + h
+        y[:] = theta
+        for i in range(y.shape[0]):
+            ks[0, i] = -grad[i]
+        fs[LOSS] = stage_loss
+        fs[ACCEPTED] += 1
+    else:
+        fs[REJECTED] += 1
+    if err == 0.0:
+        factor = hi
+    elif np.isfinite(err):
+        factor = min(hi, max(lo, safety * err ** (-expo)))
+    else:
+        factor = lo
+    if accepted and h < fs[H]:
+        fs[H] = max(fs[H], h * factor)
+    else:
+        fs[H] = h * factor
+    return accepted
+
+
 def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals, tol,
              loss_cap, nblk):
     """Integrate the flow from ``fs[T]`` up to ``t_end`` (landing on it exactly).
@@ -82,16 +124,12 @@ def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals
                        tol, loss_cap, nblk)
     start = fs[ACCEPTED]
     while True:
-        loss = fs[LOSS]
-        if not (loss <= loss_cap):
+        code = _stop_code(fs, tol, loss_cap, t_end)
+        if code < 0 and fs[EVALS] + 6 > max_evals:
+            code = 0
+        if code >= 0:
             theta[:] = y
-            return int(fs[ACCEPTED] - start), 2, loss
-        if loss <= tol:
-            theta[:] = y
-            return int(fs[ACCEPTED] - start), 1, loss
-        if fs[T] >= t_end or fs[EVALS] + 6 > max_evals:
-            theta[:] = y
-            return int(fs[ACCEPTED] - start), 0, loss
+            return int(fs[ACCEPTED] - start), code, fs[LOSS]
         h = min(fs[H], t_end - fs[T])
         stage_loss = 0.0
         for s in range(1, 7):
@@ -118,25 +156,7 @@ def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals
             err = np.sqrt(err / size)
         else:
             err = np.inf
-        if err <= 1.0:
-            fs[T] = t_end if h == t_end - fs[T] else fs[T] + h
-            y[:] = theta
-            for i in range(size):
-                ks[0, i] = ks[6, i]
-            fs[LOSS] = stage_loss
-            fs[ACCEPTED] += 1
-        else:
-            fs[REJECTED] += 1
-        if err == 0.0:
-            factor = 5.0
-        elif np.isfinite(err):
-            factor = min(5.0, max(0.2, 0.9 * err ** -0.2))
-        else:
-            factor = 0.2
-        if err <= 1.0 and h < fs[H]:
-            fs[H] = max(fs[H], h * factor)  # a step shortened to land on t_end
-        else:
-            fs[H] = h * factor
+        _conclude(flow, theta, grad, h, t_end, err, stage_loss, 0.2, 0.2, 5.0, 0.9)
 
 
 @numba.njit(cache=True)
@@ -201,16 +221,10 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
     rtol, atol = fs[RTOL], fs[ATOL]
     start = fs[ACCEPTED]
     while True:
-        loss = fs[LOSS]
-        if not (loss <= loss_cap):
+        code = _stop_code(fs, tol, loss_cap, t_end)
+        if code >= 0:
             theta[:] = y
-            return int(fs[ACCEPTED] - start), 2, loss
-        if loss <= tol:
-            theta[:] = y
-            return int(fs[ACCEPTED] - start), 1, loss
-        if fs[T] >= t_end:
-            theta[:] = y
-            return int(fs[ACCEPTED] - start), 0, loss
+            return int(fs[ACCEPTED] - start), code, fs[LOSS]
         if fs[RHO] == 0.0 or fs[RHO_AGE] >= _RHO_EVERY:
             spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk)
         rho = fs[RHO]
@@ -222,7 +236,7 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
         s = max(s, 2)
         if fs[EVALS] + s > max_evals:
             theta[:] = y
-            return int(fs[ACCEPTED] - start), 0, loss
+            return int(fs[ACCEPTED] - start), 0, fs[LOSS]
         w0 = 1.0 + _RKC_EPS / (s * s)
         tc, d1, d2 = _chebyshev(s, w0)
         w1 = d1[s] / d2[s]
@@ -264,24 +278,7 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
             err = np.sqrt(err / size)
         else:
             err = np.inf
-        if err <= 1.0:
-            fs[T] = t_end if h == t_end - fs[T] else fs[T] + h
-            y[:] = theta
-            for i in range(size):
-                ks[0, i] = -grad[i]
-            fs[LOSS] = stage_loss
-            fs[ACCEPTED] += 1
+        if _conclude(flow, theta, grad, h, t_end, err, stage_loss, 1.0 / 3.0, 0.1, 10.0, 0.8):
             fs[RHO_AGE] += 1
         else:
-            fs[REJECTED] += 1
             fs[RHO_AGE] = _RHO_EVERY  # re-estimate the stiffness before retrying
-        if err == 0.0:
-            factor = 10.0
-        elif np.isfinite(err):
-            factor = min(10.0, max(0.1, 0.8 * err ** (-1.0 / 3.0)))
-        else:
-            factor = 0.1
-        if err <= 1.0 and h < fs[H]:
-            fs[H] = max(fs[H], h * factor)
-        else:
-            fs[H] = h * factor
