@@ -21,6 +21,8 @@ _DEFAULTS = {
     "MAX_CHUNK_STEPS": 20_000,
     # A loss larger than this factor times the initial loss counts as divergence.
     "DIVERGENCE_FACTOR": 1e8,
+    # synthetic_completion keeps a dense ground truth up to this many entries (m n).
+    "DENSE_TRUTH_MAX": 10_000_000,
     # Entries evaluated at once by FitResult.predict and held-out errors (bounds memory).
     "PREDICT_BLOCK": 65_536,
 }
@@ -30,6 +32,7 @@ DENSE_BLOCKS: int = _DEFAULTS["DENSE_BLOCKS"]
 MAX_CHUNK_STEPS: int = _DEFAULTS["MAX_CHUNK_STEPS"]
 DIVERGENCE_FACTOR: float = _DEFAULTS["DIVERGENCE_FACTOR"]
 PREDICT_BLOCK: int = _DEFAULTS["PREDICT_BLOCK"]
+DENSE_TRUTH_MAX: int = _DEFAULTS["DENSE_TRUTH_MAX"]
 
 
 def reset() -> None:

@@ -37,7 +37,11 @@ class CompletionProblem:
     values : ndarray of float64, shape (|Omega|,)
         Observed values, finite.
     ground_truth : ndarray, shape (m, n), or None
-        The full matrix when known (synthetic problems); used for the reconstruction error.
+        The full matrix when known and small enough to hold (synthetic problems); used for
+        the reconstruction error.
+    truth_factors : (ndarray (m, r), ndarray (n, r)) or None
+        ``(U, V)`` with ground truth ``U V^T``, when known in factored form (synthetic
+        problems, any size); the reconstruction error then never forms an m x n matrix.
     """
 
     shape: tuple[int, int]
@@ -46,6 +50,7 @@ class CompletionProblem:
     values: np.ndarray
     ground_truth: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    truth_factors: tuple | None = None
 
     @property
     def n_observed(self) -> int:
@@ -54,7 +59,8 @@ class CompletionProblem:
 
     def __repr__(self) -> str:
         m, n = self.shape
-        gt = ", with ground truth" if self.ground_truth is not None else ""
+        known = self.ground_truth is not None or self.truth_factors is not None
+        gt = ", with ground truth" if known else ""
         return f"CompletionProblem({m}x{n}, {self.n_observed} observed{gt})"
 
     @cached_property
@@ -96,6 +102,7 @@ class CompletionProblem:
             self.values[mask],
             self.ground_truth,
             dict(self.meta),
+            self.truth_factors,
         )
 
 
@@ -173,13 +180,15 @@ def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:
 
 
 def synthetic_completion(
-    shape=(100, 100), rank: int = 5, n_observed: int = 2000, seed=0
+    shape=(100, 100), rank: int = 5, n_observed: int = 2000, seed=0, dense_truth=None
 ) -> CompletionProblem:
     """The paper's synthetic completion problem (Arora et al. 2019, section 5).
 
     ``W* = U V^T`` with ``U`` (m x rank) and ``V`` (n x rank) of i.i.d. N(0, 1) entries,
     rescaled so that ``||W*||_F = sqrt(m n)`` (RMS entry 1); ``n_observed`` positions drawn
-    uniformly without replacement.
+    uniformly without replacement. The problem keeps ``truth_factors = (U, V)`` (rescaled),
+    and the dense ``ground_truth`` when ``dense_truth`` is true (default: when m n is at most
+    ``config.DENSE_TRUTH_MAX``), so large problems never hold an m x n array.
 
     Example
     -------
@@ -187,19 +196,26 @@ def synthetic_completion(
     >>> p.n_observed, round(float(np.linalg.norm(p.ground_truth)), 6)
     (2000, 100.0)
     """
+    from . import config
+
     m, n = _check_shape(shape)
     if not (isinstance(rank, (int, np.integer)) and 1 <= rank <= min(m, n)):
         raise ValueError(f"rank must be an integer in [1, {min(m, n)}], got {rank!r}")
     if not (isinstance(n_observed, (int, np.integer)) and 1 <= n_observed <= m * n):
         raise ValueError(f"n_observed must be an integer in [1, {m * n}], got {n_observed!r}")
+    if dense_truth is None:
+        dense_truth = m * n <= config.DENSE_TRUTH_MAX
     rng = np.random.default_rng(seed)
     u = rng.standard_normal((m, rank))
     v = rng.standard_normal((n, rank))
-    truth = u @ v.T
-    truth *= np.sqrt(m * n) / np.linalg.norm(truth)
+    # ||U V^T||_F^2 = sum((U^T U) * (V^T V)), without the product
+    u *= np.sqrt(m * n) / np.sqrt(np.sum((u.T @ u) * (v.T @ v)))
     flat = rng.choice(m * n, size=int(n_observed), replace=False)
     rows, cols = np.divmod(flat, n)
-    p = completion(rows, cols, truth[rows, cols], shape=(m, n), ground_truth=truth)
+    truth = u @ v.T if dense_truth else None
+    values = truth[rows, cols] if dense_truth else np.einsum("kr,kr->k", u[rows], v[cols])
+    p = completion(rows, cols, values, shape=(m, n), ground_truth=truth)
+    p = CompletionProblem(p.shape, p.rows, p.cols, p.values, truth, {}, (u, v))
     p.meta.update(kind="synthetic_completion", rank=int(rank), seed=_seed_repr(seed))
     return p
 

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import config
-from .factors import balancedness, end_to_end, predict_entries, singular_values
+from .factors import (
+    balancedness,
+    end_to_end,
+    predict_entries,
+    singular_values,
+    split_product,
+)
 from .reference import effective_rank
 
 __all__ = ["Trajectory", "record_schedule", "time_schedule", "load_trajectory"]
@@ -206,12 +212,28 @@ def load_trajectory(path) -> Trajectory:
     return traj
 
 
+def factored_error(factors, u, v) -> float:
+    """||W - U V^T||_F^2 / ||U V^T||_F^2 without forming either matrix: with W = L R^T split
+    at the narrowest width, ||W||^2 = sum((L^T L) * (R^T R)), <W, U V^T> = sum((L^T U) *
+    (R^T V)), ||U V^T||^2 = sum((U^T U) * (V^T V)); O((m + n) d (d + r))."""
+    left, right_t = split_product(factors)
+    if right_t is None:  # depth 1: W itself
+        ww, wt = np.sum(left**2), np.sum((left @ v) * u)
+    else:
+        ww = np.sum((left.T @ left) * (right_t.T @ right_t))
+        wt = np.sum((left.T @ u) * (right_t.T @ v))
+    tt = np.sum((u.T @ u) * (v.T @ v))
+    return float(max(ww - 2.0 * wt + tt, 0.0) / tt)
+
+
 def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k):
     """One record's values at the current state (called between compiled chunks)."""
     depth = len(factors)
     sv = singular_values(factors)
     total = float(sv.sum())
-    if problem.ground_truth is not None:
+    if problem.truth_factors is not None:
+        test_error = factored_error(factors, *problem.truth_factors)
+    elif problem.ground_truth is not None:
         truth = problem.ground_truth
         test_error = float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
     elif test is not None:

@@ -120,3 +120,36 @@ def test_balanced_and_identity_inits(widths):
     orth = initialize(FactorLayout.build((8, 8), 3), "orthogonal", 0.125, rng)
     assert np.all(balancedness(orth) < 1e-12)
     np.testing.assert_allclose(orth[1].T @ orth[1], 0.25 * np.eye(8), atol=1e-12)
+
+
+@pytest.mark.parametrize("dims", [(9, 4, 7), (9, 3, 5, 7), (6, 11)])
+def test_factored_reconstruction_error_equals_dense(dims):
+    from fastdmf.trajectory import factored_error
+
+    rng = np.random.default_rng(1)
+    factors = [rng.standard_normal((dims[j], dims[j - 1])) for j in range(1, len(dims))]
+    u, v = rng.standard_normal((dims[-1], 2)), rng.standard_normal((dims[0], 2))
+    truth = u @ v.T
+    dense = np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2)
+    assert factored_error(factors, u, v) == pytest.approx(dense, rel=1e-10)
+
+
+def test_large_synthetic_problem_keeps_no_dense_truth():
+    """200 x 300 forced factored, and 20000 x 20000 by size: no m x n array anywhere, and the
+    recorded error equals the dense one where that can be formed."""
+    small = fastdmf.synthetic_completion(shape=(200, 300), rank=3, n_observed=5000, seed=2,
+                                         dense_truth=False)
+    assert small.ground_truth is None
+    u, v = small.truth_factors
+    np.testing.assert_allclose(small.values, (u @ v.T)[small.rows, small.cols], rtol=1e-12)
+    assert np.linalg.norm(u @ v.T) == pytest.approx(np.sqrt(200 * 300), rel=1e-12)
+    res = fastdmf.fit(small, depth=3, widths=8, max_steps=20, record=10, seed=0)
+    dense = np.sum((res.matrix() - u @ v.T) ** 2) / np.sum((u @ v.T) ** 2)
+    assert res.trajectory.test_error[-1] == pytest.approx(dense, rel=1e-9)
+
+    big = fastdmf.synthetic_completion(shape=(20_000, 20_000), rank=2, n_observed=40_000,
+                                       seed=0)
+    assert big.ground_truth is None and "with ground truth" in repr(big)
+    res = fastdmf.fit(big, depth=3, widths=4, max_steps=5, record=None, seed=0, lr=1e-2)
+    assert 0.5 < res.trajectory.test_error[-1] <= 1.0 + 1e-9
+    assert res.trajectory.singular_values.shape == (2, 4)
