@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 from . import theory
 from .api import FitResult, fit, loss_and_grad, warmup
+from .batch import fit_batch
 from .factors import INITS
 from .optim import OPTIMIZERS
 from .problem import CompletionProblem, completion, synthetic_completion
@@ -20,6 +21,7 @@ from .trajectory import Trajectory, load_trajectory
 __all__ = [
     "__version__",
     "fit",
+    "fit_batch",
     "FitResult",
     "loss_and_grad",
     "warmup",

@@ -1,0 +1,183 @@
+"""``fit_batch``: many independent fits of one problem, advanced together on all cores.
+
+Trials differ by seed, init scale and learning rate (same problem, depth, widths and
+optimiser). Their buffers are stacked with a leading trial axis and one compiled call
+(:func:`fastdmf.kernels.batch.run_batch`) advances every running trial to the next record
+point, one trial per task; Python records each trial between calls. Every trial runs the
+serial kernels, so its result is the serial ``fit`` of the same settings, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import config
+from .api import (
+    _DTYPES,
+    FitResult,
+    _jsonable,
+    _record,
+    _resolve_seed,
+    _threads,
+    _warn_diverged,
+    as_problem,
+    versions,
+)
+from .engine import Engine
+from .factors import FactorLayout, initialize
+from .kernels import cpu
+from .kernels.batch import run_batch
+from .kernels.blas import blas_threads
+from .optim import get_optimizer
+from .trajectory import Trajectory, record_schedule
+
+__all__ = ["fit_batch"]
+
+
+def fit_batch(
+    observed,
+    depth: int = 3,
+    *,
+    seeds,
+    init_scale=1e-3,
+    lr=1e-3,
+    shape=None,
+    widths=None,
+    init: str = "gaussian",
+    optimizer: str = "grouprmsprop",
+    optimizer_options: dict | None = None,
+    max_steps: int = 1_000_000,
+    tol: float = 1e-6,
+    record=1000,
+    top_k: int | None = None,
+    dtype: str = "float64",
+    n_threads: int | None = None,
+) -> list[FitResult]:
+    """Fit one trial per seed, all together; ``init_scale`` and ``lr`` are scalars or one
+    value per trial. Other arguments as in :func:`fastdmf.fit` (the flow optimisers, held-out
+    entries and callbacks are not batched). Returns one :class:`FitResult` per trial, in the
+    order of ``seeds``; each equals ``fit(observed, depth, seed=s, init_scale=..., lr=...,
+    parallel=False, ...)`` exactly.
+
+    Example
+    -------
+    >>> import fastdmf
+    >>> p = fastdmf.synthetic_completion(shape=(20, 20), rank=2, n_observed=150, seed=0)
+    >>> results = fastdmf.fit_batch(p, depth=2, seeds=[0, 1, 2], lr=1e-2, max_steps=200)
+    >>> [r.n_steps for r in results]
+    [200, 200, 200]
+    """
+    problem = as_problem(observed, shape)
+    seeds = [_resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
+    n = len(seeds)
+    scales = _per_trial(init_scale, n, "init_scale")
+    rates = _per_trial(lr, n, "lr")
+    spec = get_optimizer(optimizer)
+    if spec.code < 0:
+        raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 0):
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    layout = FactorLayout.build(problem.shape, depth, widths)
+    engines = []
+    for seed, scale, rate in zip(seeds, scales, rates, strict=True):
+        factors = initialize(layout, init, scale, np.random.default_rng(seed))
+        hyper = spec.hyper(rate, optimizer_options or {})
+        theta = layout.pack(factors, dtype=_DTYPES[dtype])
+        engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
+    stacked = _stack(engines)
+    schedule = record_schedule(record, max_steps)
+    with _threads(n_threads):
+        trajs, statuses = _drive_batch(engines, stacked, problem, schedule, max_steps, tol,
+                                       top_k, depth)
+    common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
+              "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
+              "record": record, "top_k": top_k, "dtype": dtype, "parallel": False}
+    results = []
+    for eng, traj, status, seed, scale, rate in zip(engines, trajs, statuses, seeds, scales,
+                                                    rates, strict=True):
+        args = _jsonable({**common, "seed": seed, "init_scale": scale, "lr": rate})
+        settings = {"arguments": args, "seed": seed, "problem": repr(problem),
+                    "problem_meta": dict(problem.meta), "kernels": "serial (batched)",
+                    "versions": versions()}
+        results.append(FitResult([np.array(w) for w in eng.factors()], traj, status,
+                                 settings, eng.n_steps))
+    return results
+
+
+def _per_trial(value, n, name):
+    vals = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)) if np.ndim(value) == 0 \
+        else np.asarray(value, dtype=np.float64)
+    if vals.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or one value per seed ({n}), got {value!r}")
+    return [float(v) for v in vals]
+
+
+def _stack(engines):
+    """Stack the trials' buffers (trial axis first) and make each engine view its row."""
+    names = ("theta", "grad", "work", "rowloss", "ostate", "scalars", "hyper")
+    stacked = {name: np.stack([getattr(e, name) for e in engines]) for name in names}
+    for b, eng in enumerate(engines):
+        for name in names:
+            setattr(eng, name, stacked[name][b])
+    stacked["codes"] = np.full(len(engines), engines[0].spec.code, dtype=np.int64)
+    return stacked
+
+
+def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
+    """The batched counterpart of ``api._drive``: per-trial records, statuses, divergence."""
+    n = len(engines)
+    trajs = [Trajectory(depth, top_k, {"shape": list(problem.shape)}) for _ in range(n)]
+    statuses: list = [None] * n
+    losses0 = np.array([_record(e, problem, None, t, top_k) for e, t in zip(engines, trajs)])
+    if not np.all(np.isfinite(losses0)):
+        raise ValueError("an initial loss is not finite; check the initial factors")
+    caps = config.DIVERGENCE_FACTOR * np.maximum(losses0, np.finfo(np.float64).tiny)
+    good = [e.snapshot() for e in engines]
+    good_step = [0] * n
+    for b in np.flatnonzero(losses0 <= tol):
+        statuses[b] = "converged"
+    if max_steps == 0:
+        return trajs, [s or "max_steps" for s in statuses]
+    done, status, losses = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    eng0, step, nxt = engines[0], 0, 1
+    while any(s is None for s in statuses):
+        while nxt < len(schedule) and schedule[nxt] <= step:
+            nxt += 1
+        target = schedule[nxt] if nxt < len(schedule) else max_steps
+        chunk = min(target - step, config.MAX_CHUNK_STEPS)
+        active = np.array([s is None for s in statuses])
+        with blas_threads(1):
+            old = numba.get_parallel_chunksize()
+            numba.set_parallel_chunksize(1)
+            try:
+                run_batch((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
+                          eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
+                                                st["scalars"]),
+                          chunk, tol, caps, active, done, status, losses)
+            finally:
+                numba.set_parallel_chunksize(old)
+        step += chunk
+        for b in np.flatnonzero(active):
+            eng, code = engines[b], int(status[b])
+            at_record = step == target or code == cpu.CONVERGED or step >= max_steps
+            loss = losses[b]
+            if code != cpu.DIVERGED and at_record:
+                loss = _record(eng, problem, None, trajs[b], top_k)
+                if not loss <= caps[b]:
+                    if np.isfinite(loss):
+                        trajs[b].truncate(len(trajs[b]) - 1)
+                    code = cpu.DIVERGED
+            if code == cpu.DIVERGED:
+                _warn_diverged(eng.n_steps, eng, good_step[b])
+                eng.restore(good[b])
+                statuses[b] = "diverged"
+            elif code == cpu.CONVERGED or (at_record and loss <= tol):
+                statuses[b] = "converged"
+            elif at_record:
+                good[b], good_step[b] = eng.snapshot(), eng.n_steps
+                if step >= max_steps:
+                    statuses[b] = "max_steps"
+    return trajs, statuses

@@ -1,0 +1,33 @@
+"""Many independent trials of one problem, advanced together: one trial per task.
+
+Each trial runs the serial build's ``run`` (``fastdmf.kernels.cpu.SERIAL``) on its own row of
+stacked buffers, so a trial computes exactly what a serial ``fit`` of it computes; the
+parallel loop is over trials (Numba's dynamic chunk size 1, so a trial that stops early frees
+its thread for the next). Not cached: it is a parallel function.
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import prange
+
+from .cpu import SERIAL
+
+_serial_run = SERIAL.run
+
+
+@numba.njit(parallel=True)
+def run_batch(bufs, dims, offs, obs, opts, n_steps, tol, caps, active, done, status, losses):
+    """Up to ``n_steps`` steps of every active trial b (``active[b]``): ``bufs = (thetas,
+    grads, works, rowlosses)`` and ``opts = (codes, hypers, ostates, scalars)`` stacked with a
+    leading trial axis. Writes ``done[b]``, ``status[b]``, ``losses[b]`` as ``run`` returns
+    them."""
+    thetas, grads, works, rowlosses = bufs
+    codes, hypers, ostates, scalars = opts
+    for b in prange(thetas.shape[0]):
+        if active[b]:
+            d, st, loss = _serial_run(
+                thetas[b], grads[b], works[b], dims, offs, obs, rowlosses[b],
+                (codes[b], hypers[b], ostates[b], scalars[b]), n_steps, tol, caps[b], 1,
+            )
+            done[b], status[b], losses[b] = d, st, loss
