@@ -131,7 +131,8 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
     n = len(engines)
     trajs = [Trajectory(depth, top_k, {"shape": list(problem.shape)}) for _ in range(n)]
     statuses: list = [None] * n
-    losses0 = np.array([_record(e, problem, None, t, top_k) for e, t in zip(engines, trajs)])
+    losses0 = np.array([_record(e, problem, None, t, top_k)
+                        for e, t in zip(engines, trajs, strict=True)])
     if not np.all(np.isfinite(losses0)):
         raise ValueError("an initial loss is not finite; check the initial factors")
     caps = config.DIVERGENCE_FACTOR * np.maximum(losses0, np.finfo(np.float64).tiny)
