@@ -15,7 +15,7 @@ from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .factors import INITS
 from .optim import OPTIMIZERS
-from .problem import CompletionProblem, completion, synthetic_completion
+from .problem import CompletionProblem, completion, from_ratings, synthetic_completion
 from .trajectory import Trajectory, load_trajectory
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "warmup",
     "completion",
     "synthetic_completion",
+    "from_ratings",
     "CompletionProblem",
     "Trajectory",
     "load_trajectory",

@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["CompletionProblem", "completion", "synthetic_completion"]
+__all__ = ["CompletionProblem", "completion", "synthetic_completion", "from_ratings"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,6 +217,32 @@ def synthetic_completion(
     p = completion(rows, cols, values, shape=(m, n), ground_truth=truth)
     p = CompletionProblem(p.shape, p.rows, p.cols, p.values, truth, {}, (u, v))
     p.meta.update(kind="synthetic_completion", rank=int(rank), seed=_seed_repr(seed))
+    return p
+
+
+def from_ratings(users, items, ratings) -> CompletionProblem:
+    """A completion problem from rating triplets ``(user, item, rating)`` with arbitrary ids.
+
+    Users become rows and items columns, numbered in sorted id order; the ids are kept in
+    ``meta["user_ids"]`` and ``meta["item_ids"]`` (row i is user ``user_ids[i]``). A user and
+    item pair may appear once (duplicates raise, as in :func:`completion`); split with
+    :meth:`CompletionProblem.split`.
+
+    Example
+    -------
+    >>> p = from_ratings(["ann", "bob", "ann"], [10, 10, 30], [4.0, 3.5, 5.0])
+    >>> p.shape, p.meta["user_ids"].tolist(), p.meta["item_ids"].tolist()
+    ((2, 2), ['ann', 'bob'], [10, 30])
+    """
+    users, items = np.asarray(users), np.asarray(items)
+    if users.ndim != 1 or users.shape != items.shape:
+        raise ValueError(
+            f"users and items must be 1-d of the same length, got {users.shape} and {items.shape}"
+        )
+    user_ids, rows = np.unique(users, return_inverse=True)
+    item_ids, cols = np.unique(items, return_inverse=True)
+    p = completion(rows, cols, ratings, shape=(len(user_ids), len(item_ids)))
+    p.meta.update(kind="ratings", user_ids=user_ids, item_ids=item_ids)
     return p
 
 

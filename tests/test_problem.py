@@ -143,3 +143,21 @@ def test_split_partitions_entries(square):
     assert train.ground_truth is square.ground_truth
     with pytest.raises(ValueError, match="test_fraction"):
         square.split(1.5)
+
+
+def test_from_ratings_maps_ids_to_rows_and_columns():
+    users = np.array([42, 7, 42, 99, 7])
+    items = np.array(["b", "a", "c", "a", "c"])
+    ratings = np.array([4.0, 3.0, 5.0, 1.0, 2.5])
+    p = fastdmf.from_ratings(users, items, ratings)
+    assert p.shape == (3, 3)
+    np.testing.assert_array_equal(p.meta["user_ids"], [7, 42, 99])
+    np.testing.assert_array_equal(p.meta["item_ids"], ["a", "b", "c"])
+    got = {(p.meta["user_ids"][i], p.meta["item_ids"][j]): v
+           for i, j, v in zip(p.rows, p.cols, p.values)}
+    assert got == {(42, "b"): 4.0, (7, "a"): 3.0, (42, "c"): 5.0, (99, "a"): 1.0,
+                   (7, "c"): 2.5}
+    with pytest.raises(ValueError, match="duplicate"):
+        fastdmf.from_ratings([1, 1], [2, 2], [3.0, 4.0])
+    with pytest.raises(ValueError, match="same length"):
+        fastdmf.from_ratings([1, 2], [2], [3.0, 4.0])
