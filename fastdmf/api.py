@@ -241,16 +241,54 @@ def fit(
             if bar is not None:
                 bar.close()
     n_steps = engine.n_steps
-    settings = {
-        "arguments": _jsonable(args),
-        "seed": seed,
-        "problem": repr(problem),
-        "problem_meta": dict(problem.meta),
-        "kernels": "parallel" if engine.kernels.parallel else "serial",
-        "versions": versions(),
-    }
+    settings = _settings(args, seed, problem, "parallel" if engine.kernels.parallel else "serial")
     factors = [np.array(w) for w in engine.factors()]
     return FitResult(factors, traj, status, settings, n_steps)
+
+
+class _Watch:
+    """One fit's bookkeeping between compiled chunks: its records, the divergence cap, and
+    the last good state a diverged fit returns to. Shared by ``fit`` and ``fit_batch``."""
+
+    def __init__(self, engine, problem, test, traj, top_k):
+        self.engine, self.problem, self.test, self.traj, self.top_k = (
+            engine, problem, test, traj, top_k)
+        self.loss = self.record()
+        if not np.isfinite(self.loss):
+            raise ValueError("the initial loss is not finite; check the initial factors")
+        self.cap = config.DIVERGENCE_FACTOR * max(self.loss, np.finfo(np.float64).tiny)
+        self.good, self.good_step = engine.snapshot(), 0
+
+    def record(self) -> float:
+        """Evaluate the current state and append it to the trajectory (finite losses only)."""
+        eng = self.engine
+        loss = eng.evaluate()
+        if np.isfinite(loss):
+            self.traj.append(measure(eng.factors(), eng.grads(), loss, eng.n_steps, eng.time,
+                                     eng.n_evals, self.problem, self.test, self.top_k))
+        return loss
+
+    def settle(self, code: int, at_record: bool, tol: float):
+        """After a chunk that ended with kernel status ``code``: record when at a record
+        point, then return "diverged" (state restored to the last good record),
+        "converged", or None to go on (a record point becomes the new good state)."""
+        loss = self.loss
+        if code != cpu.DIVERGED and at_record:
+            loss = self.record()
+            if not loss <= self.cap:
+                if np.isfinite(loss):  # record() keeps only finite losses
+                    self.traj.truncate(len(self.traj) - 1)
+                code = cpu.DIVERGED
+        if code == cpu.DIVERGED:
+            _warn_diverged(self.engine.n_steps, self.engine, self.good_step)
+            self.engine.restore(self.good)
+            return "diverged"
+        if code == cpu.CONVERGED or (at_record and loss <= tol):
+            return "converged"
+        if at_record:
+            self.loss = loss
+            self.good, self.good_step = self.engine.snapshot(), self.engine.n_steps
+        return None
 
 
 def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
@@ -259,12 +297,8 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
 
     Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
     position, ``budget`` the most steps (gradient evaluations for the flow)."""
-    loss = _record(engine, problem, test, traj, top_k)
-    cap = config.DIVERGENCE_FACTOR * max(loss, np.finfo(np.float64).tiny)
-    good, good_step = engine.snapshot(), 0
-    if not np.isfinite(loss):
-        raise ValueError("the initial loss is not finite; check the initial factors")
-    if loss <= tol:
+    watch = _Watch(engine, problem, test, traj, top_k)
+    if watch.loss <= tol:
         return "converged"
     if end <= 0 or engine.out_of_budget(budget):
         return "max_steps"
@@ -273,26 +307,17 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
         while nxt < len(schedule) and schedule[nxt] <= engine.position:
             nxt += 1
         target = schedule[nxt] if nxt < len(schedule) else end
-        code = engine.advance(target, tol, cap, budget)
+        code = engine.advance(target, tol, watch.cap, budget)
         done = engine.position >= end or engine.out_of_budget(budget)
         at_record = engine.position >= target or code == cpu.CONVERGED or done
-        if code != cpu.DIVERGED and at_record:
-            loss = _record(engine, problem, test, traj, top_k)
-            if not loss <= cap:
-                if np.isfinite(loss):  # _record keeps only finite losses
-                    traj.truncate(len(traj) - 1)
-                code = cpu.DIVERGED
-        if code == cpu.DIVERGED:
-            _warn_diverged(engine.n_steps, engine, good_step)
-            engine.restore(good)
-            return "diverged"
-        if code == cpu.CONVERGED or (at_record and loss <= tol):
-            return "converged"
+        status = watch.settle(code, at_record, tol)
+        if status is not None:
+            return status
         if progress is not None:
-            progress.update(engine.position, loss if at_record else None)
+            progress.update(engine.position, watch.loss if at_record else None)
         if at_record:
-            good, good_step = engine.snapshot(), engine.n_steps
-            log.debug("step %d  time %.4g  train loss %.3e", good_step, engine.time, loss)
+            log.debug("step %d  time %.4g  train loss %.3e", engine.n_steps, engine.time,
+                      watch.loss)
             if callback is not None and callback(
                 {**traj.last(), "factors": [np.array(w) for w in engine.factors()]}
             ):
@@ -301,12 +326,16 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
             return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
 
 
-def _record(engine, problem, test, traj, top_k):
-    loss = engine.evaluate()
-    if np.isfinite(loss):
-        traj.append(measure(engine.factors(), engine.grads(), loss, engine.n_steps,
-                            engine.time, engine.n_evals, problem, test, top_k))
-    return loss
+def _settings(args, seed, problem, kernels) -> dict:
+    """What a FitResult keeps to rerun its fit."""
+    return {
+        "arguments": _jsonable(args),
+        "seed": seed,
+        "problem": repr(problem),
+        "problem_meta": dict(problem.meta),
+        "kernels": kernels,
+        "versions": versions(),
+    }
 
 
 class _Progress:

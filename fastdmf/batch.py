@@ -13,17 +13,7 @@ import numba
 import numpy as np
 
 from . import config
-from .api import (
-    _DTYPES,
-    FitResult,
-    _jsonable,
-    _record,
-    _resolve_seed,
-    _threads,
-    _warn_diverged,
-    as_problem,
-    versions,
-)
+from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, _Watch, as_problem
 from .engine import Engine
 from .factors import FactorLayout, initialize
 from .kernels import cpu
@@ -98,10 +88,8 @@ def fit_batch(
     results = []
     for eng, traj, status, seed, scale, rate in zip(engines, trajs, statuses, seeds, scales,
                                                     rates, strict=True):
-        args = _jsonable({**common, "seed": seed, "init_scale": scale, "lr": rate})
-        settings = {"arguments": args, "seed": seed, "problem": repr(problem),
-                    "problem_meta": dict(problem.meta), "kernels": "serial (batched)",
-                    "versions": versions()}
+        args = {**common, "seed": seed, "init_scale": scale, "lr": rate}
+        settings = _settings(args, seed, problem, "serial (batched)")
         results.append(FitResult([np.array(w) for w in eng.factors()], traj, status,
                                  settings, eng.n_steps))
     return results
@@ -127,21 +115,15 @@ def _stack(engines):
 
 
 def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
-    """The batched counterpart of ``api._drive``: per-trial records, statuses, divergence."""
+    """The batched counterpart of ``api._drive``: one :class:`~fastdmf.api._Watch` per trial
+    (records, statuses, divergence), all trials advanced by one compiled call per chunk."""
     n = len(engines)
     trajs = [Trajectory(depth, top_k, {"shape": list(problem.shape)}) for _ in range(n)]
-    statuses: list = [None] * n
-    losses0 = np.array([_record(e, problem, None, t, top_k)
-                        for e, t in zip(engines, trajs, strict=True)])
-    if not np.all(np.isfinite(losses0)):
-        raise ValueError("an initial loss is not finite; check the initial factors")
-    caps = config.DIVERGENCE_FACTOR * np.maximum(losses0, np.finfo(np.float64).tiny)
-    good = [e.snapshot() for e in engines]
-    good_step = [0] * n
-    for b in np.flatnonzero(losses0 <= tol):
-        statuses[b] = "converged"
+    watches = [_Watch(e, problem, None, t, top_k) for e, t in zip(engines, trajs, strict=True)]
+    statuses: list = ["converged" if w.loss <= tol else None for w in watches]
     if max_steps == 0:
         return trajs, [s or "max_steps" for s in statuses]
+    caps = np.array([w.cap for w in watches])
     done, status, losses = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
     eng0, step, nxt = engines[0], 0, 1
     while any(s is None for s in statuses):
@@ -162,23 +144,9 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
                 numba.set_parallel_chunksize(old)
         step += chunk
         for b in np.flatnonzero(active):
-            eng, code = engines[b], int(status[b])
+            code = int(status[b])
             at_record = step == target or code == cpu.CONVERGED or step >= max_steps
-            loss = losses[b]
-            if code != cpu.DIVERGED and at_record:
-                loss = _record(eng, problem, None, trajs[b], top_k)
-                if not loss <= caps[b]:
-                    if np.isfinite(loss):
-                        trajs[b].truncate(len(trajs[b]) - 1)
-                    code = cpu.DIVERGED
-            if code == cpu.DIVERGED:
-                _warn_diverged(eng.n_steps, eng, good_step[b])
-                eng.restore(good[b])
-                statuses[b] = "diverged"
-            elif code == cpu.CONVERGED or (at_record and loss <= tol):
-                statuses[b] = "converged"
-            elif at_record:
-                good[b], good_step[b] = eng.snapshot(), eng.n_steps
-                if step >= max_steps:
-                    statuses[b] = "max_steps"
+            statuses[b] = watches[b].settle(code, at_record, tol)
+            if statuses[b] is None and step >= max_steps:
+                statuses[b] = "max_steps"
     return trajs, statuses
