@@ -53,6 +53,21 @@ SCALARS = (
 MATRICES = ("singular_values", "balancedness")
 
 
+def _is_log(record) -> bool:
+    if isinstance(record, str):
+        return record == "log"
+    return isinstance(record, tuple) and len(record) > 0 and record[0] == "log"
+
+
+def _log_count(record, default: int) -> int:
+    """The count of a ``"log"`` / ``("log", count)`` schedule."""
+    if isinstance(record, str):
+        return default
+    if len(record) != 2 or not isinstance(record[1], (int, np.integer)) or record[1] < 1:
+        raise ValueError(f"record={record!r}: use ('log', count) with a positive count")
+    return int(record[1])
+
+
 def record_schedule(record, max_steps: int) -> np.ndarray:
     """Sorted steps (within [0, max_steps]) at which to record; always includes 0.
 
@@ -64,17 +79,12 @@ def record_schedule(record, max_steps: int) -> np.ndarray:
         raise TypeError("record= takes an int, a list of steps, 'log', ('log', count) or None")
     if record is None:
         steps = np.array([0])
-    elif isinstance(record, str) or (isinstance(record, tuple) and record and record[0] == "log"):
-        if record != "log" and not isinstance(record, tuple):
-            raise ValueError(f"record={record!r}: use an int, a list of steps, 'log' or None")
+    elif _is_log(record):
         top = max(max_steps, 1)
-        if isinstance(record, tuple):
-            if len(record) != 2 or not isinstance(record[1], (int, np.integer)) or record[1] < 1:
-                raise ValueError(f"record={record!r}: use ('log', count) with a positive count")
-            count = record[1]
-        else:
-            count = int(20 * np.log10(top) + 1)
-        steps = np.unique(np.round(np.logspace(0, np.log10(top), int(count))).astype(np.int64))
+        count = _log_count(record, int(20 * np.log10(top) + 1))
+        steps = np.unique(np.round(np.logspace(0, np.log10(top), count)).astype(np.int64))
+    elif isinstance(record, str):
+        raise ValueError(f"record={record!r}: use an int, a list of steps, 'log' or None")
     elif isinstance(record, (int, np.integer)):
         if record < 1:
             raise ValueError(f"record={record}: the interval must be a positive number of steps")
@@ -97,15 +107,12 @@ def time_schedule(record, max_time: float) -> np.ndarray:
         raise TypeError("record= takes a time interval, a list of times, 'log' or None")
     if record is None:
         times = np.array([0.0])
-    elif isinstance(record, str) or isinstance(record, tuple):
-        if record != "log" and not (
-            isinstance(record, tuple) and len(record) == 2 and record[0] == "log"
-            and isinstance(record[1], (int, np.integer)) and record[1] >= 1
-        ):
-            raise ValueError(f"record={record!r}: use a time interval, times, 'log' or "
-                             "('log', count)")
-        count = record[1] if isinstance(record, tuple) else 60
-        times = np.geomspace(max_time * 1e-6, max_time, int(count)) if max_time > 0 else []
+    elif _is_log(record):
+        count = _log_count(record, 60)
+        times = np.geomspace(max_time * 1e-6, max_time, count) if max_time > 0 else []
+    elif isinstance(record, str):
+        raise ValueError(f"record={record!r}: use a time interval, times, 'log' or "
+                         "('log', count)")
     elif np.isscalar(record):
         if not (np.isfinite(record) and record > 0):
             raise ValueError(f"record={record!r}: the time interval must be positive")

@@ -138,3 +138,9 @@ def test_rkc_beats_dopri5_at_the_stiff_end(paper):
     assert rkc.trajectory.n_evals[-1] < 0.6 * dp.trajectory.n_evals[-1]
     np.testing.assert_allclose(rkc.trajectory.singular_values[-1][:5],
                                dp.trajectory.singular_values[-1][:5], rtol=1e-4)
+
+
+def test_time_schedule_takes_a_tuple_of_times():
+    np.testing.assert_array_equal(time_schedule((0.5, 2.0), 3.0), [0.0, 0.5, 2.0])
+    with pytest.raises(ValueError, match="positive count"):
+        time_schedule(("log", 0), 3.0)
