@@ -124,7 +124,7 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
     if max_steps == 0:
         return trajs, [s or "max_steps" for s in statuses]
     caps = np.array([w.cap for w in watches])
-    done, status, losses = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    status = np.zeros(n, np.int64)
     eng0, step, nxt = engines[0], 0, 1
     while any(s is None for s in statuses):
         while nxt < len(schedule) and schedule[nxt] <= step:
@@ -139,7 +139,7 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
                 run_batch((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
                           eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
                                                 st["scalars"]),
-                          chunk, tol, caps, active, done, status, losses)
+                          chunk, tol, caps, active, status)
             finally:
                 numba.set_parallel_chunksize(old)
         step += chunk

@@ -17,17 +17,16 @@ _serial_run = SERIAL.run
 
 
 @numba.njit(parallel=True)
-def run_batch(bufs, dims, offs, obs, opts, n_steps, tol, caps, active, done, status, losses):
+def run_batch(bufs, dims, offs, obs, opts, n_steps, tol, caps, active, status):
     """Up to ``n_steps`` steps of every active trial b (``active[b]``): ``bufs = (thetas,
     grads, works, rowlosses)`` and ``opts = (codes, hypers, ostates, scalars)`` stacked with a
-    leading trial axis. Writes ``done[b]``, ``status[b]``, ``losses[b]`` as ``run`` returns
-    them."""
+    leading trial axis. Writes each trial's ``run`` status to ``status[b]`` (its step count
+    is in its scalars)."""
     thetas, grads, works, rowlosses = bufs
     codes, hypers, ostates, scalars = opts
     for b in prange(thetas.shape[0]):
         if active[b]:
-            d, st, loss = _serial_run(
+            status[b] = _serial_run(
                 thetas[b], grads[b], works[b], dims, offs, obs, rowlosses[b],
                 (codes[b], hypers[b], ostates[b], scalars[b]), n_steps, tol, caps[b], 1,
-            )
-            done[b], status[b], losses[b] = d, st, loss
+            )[1]

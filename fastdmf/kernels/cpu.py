@@ -44,11 +44,10 @@ from numba import prange
 from . import flow as _flow
 from .flow import run_flow, run_rkc, spectral_radius  # noqa: F401  (compiled per build)
 
-__all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES", "STATUS_NAMES"]
+__all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES"]
 
 # Statuses returned by ``run``.
 RUNNING, CONVERGED, DIVERGED = 0, 1, 2
-STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", DIVERGED: "diverged"}
 # Optimisers known to ``run``; hyper = (lr, a, b, eps).
 OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
 # Block size of the deterministic reductions and of the parallel update (independent of the
