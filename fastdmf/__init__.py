@@ -15,7 +15,15 @@ from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .factors import INITS
 from .optim import OPTIMIZERS
-from .problem import CompletionProblem, completion, from_ratings, synthetic_completion
+from .problem import (
+    CompletionProblem,
+    SensingProblem,
+    completion,
+    from_ratings,
+    sensing,
+    synthetic_completion,
+    synthetic_sensing,
+)
 from .trajectory import Trajectory, load_trajectory
 
 __all__ = [
@@ -29,6 +37,9 @@ __all__ = [
     "synthetic_completion",
     "from_ratings",
     "CompletionProblem",
+    "sensing",
+    "synthetic_sensing",
+    "SensingProblem",
     "Trajectory",
     "load_trajectory",
     "INITS",

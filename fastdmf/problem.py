@@ -18,7 +18,15 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["CompletionProblem", "completion", "synthetic_completion", "from_ratings"]
+__all__ = [
+    "CompletionProblem",
+    "SensingProblem",
+    "completion",
+    "sensing",
+    "synthetic_completion",
+    "synthetic_sensing",
+    "from_ratings",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,6 +251,179 @@ def from_ratings(users, items, ratings) -> CompletionProblem:
     item_ids, cols = np.unique(items, return_inverse=True)
     p = completion(rows, cols, ratings, shape=(len(user_ids), len(item_ids)))
     p.meta.update(kind="ratings", user_ids=user_ids, item_ids=item_ids)
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class SensingProblem:
+    """Linear measurements ``y[k] = <A[k], M>`` of an m x n matrix ``M`` (matrix sensing).
+
+    Build it with :func:`sensing` or :func:`synthetic_sensing`, which validate their input.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        ``(m, n)``.
+    A : ndarray of float64, shape (p, m, n)
+        The measurement matrices, C-contiguous; ``A.reshape(p, m * n)`` is the operator as a
+        matrix acting on ``vec(M)`` (row-major).
+    y : ndarray of float64, shape (p,)
+        The measurements, finite.
+    ground_truth, truth_factors, meta
+        As in :class:`CompletionProblem`.
+
+    The loss is the paper's mean ``(1/p) sum_k (<A[k], W> - y[k])^2``.
+    """
+
+    shape: tuple[int, int]
+    A: np.ndarray
+    y: np.ndarray
+    ground_truth: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    truth_factors: tuple | None = None
+
+    @property
+    def n_observed(self) -> int:
+        """Number of measurements p."""
+        return int(self.y.shape[0])
+
+    @property
+    def operator(self) -> np.ndarray:
+        """The measurements as a ``(p, m * n)`` matrix (a view of ``A``)."""
+        return self.A.reshape(self.n_observed, -1)
+
+    def measure(self, w) -> np.ndarray:
+        """``<A[k], w>`` for every k."""
+        return self.operator @ np.asarray(w, dtype=np.float64).reshape(-1)
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        known = self.ground_truth is not None or self.truth_factors is not None
+        gt = ", with ground truth" if known else ""
+        return f"SensingProblem({m}x{n}, {self.n_observed} measurements{gt})"
+
+    def split(self, test_fraction: float = 0.1, seed=None):
+        """Split the measurements at random into ``(train, test)`` problems."""
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+        k = self.n_observed
+        n_test = int(round(test_fraction * k))
+        if n_test == 0 or n_test == k:
+            raise ValueError(
+                f"test_fraction={test_fraction} of {k} measurements leaves an empty split; "
+                "choose a fraction that keeps at least one measurement on each side"
+            )
+        pick = np.zeros(k, dtype=bool)
+        pick[np.random.default_rng(seed).choice(k, n_test, replace=False)] = True
+        return self._subset(~pick), self._subset(pick)
+
+    def _subset(self, mask):
+        return SensingProblem(
+            self.shape,
+            np.ascontiguousarray(self.A[mask]),
+            self.y[mask],
+            self.ground_truth,
+            dict(self.meta),
+            self.truth_factors,
+        )
+
+
+def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
+    """Build a validated sensing problem from measurement matrices and measurements.
+
+    Accepted forms::
+
+        sensing(A, y)                    # A of shape (p, m, n)
+        sensing(A, y, shape=(m, n))      # A of shape (p, m * n), rows act on row-major vec(M)
+        sensing(problem)                 # returned as it is
+
+    Raises
+    ------
+    ValueError, TypeError
+        With a message naming the offending input: wrong dimensions, a shape that does not
+        match ``A``, NaN or inf in ``A`` or ``y``, no measurements, a length mismatch.
+
+    Example
+    -------
+    >>> A = np.zeros((2, 2, 3)); A[0, 0, 0] = A[1, 1, 2] = 1.0
+    >>> sensing(A, [1.0, 2.0])
+    SensingProblem(2x3, 2 measurements)
+    """
+    if isinstance(A, SensingProblem):
+        if y is not None or shape is not None or ground_truth is not None:
+            raise TypeError("sensing(problem) takes no y=, shape= or ground_truth=")
+        return A
+    if y is None:
+        raise TypeError("sensing(A, y) needs the measurements y")
+    arr = np.asarray(A)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"A must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim == 3:
+        mshape = _check_shape(arr.shape[1:])
+        if shape is not None and _check_shape(shape) != mshape:
+            raise ValueError(f"shape={tuple(shape)} disagrees with A's matrices of shape {mshape}")
+    elif arr.ndim == 2:
+        if shape is None:
+            raise TypeError(
+                "A of shape (p, m * n) needs shape=(m, n): the matrix shape cannot be inferred"
+            )
+        mshape = _check_shape(shape)
+        if arr.shape[1] != mshape[0] * mshape[1]:
+            raise ValueError(
+                f"A has {arr.shape[1]} columns; shape={mshape} needs m * n = "
+                f"{mshape[0] * mshape[1]}"
+            )
+        arr = arr.reshape(arr.shape[0], *mshape)
+    else:
+        raise ValueError(
+            f"A must be (p, m, n) or (p, m * n) with shape=, got an array of shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("no measurements: a sensing problem needs at least one")
+    y = _check_values(y, "y")
+    if y.shape[0] != arr.shape[0]:
+        raise ValueError(f"A holds {arr.shape[0]} measurement matrices but y has {y.shape[0]}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("A holds NaN or infinite values")
+    if ground_truth is not None:
+        ground_truth = _check_values(ground_truth, "ground_truth", ndim=2)
+        if ground_truth.shape != mshape:
+            raise ValueError(
+                f"ground_truth has shape {ground_truth.shape}, the problem has shape {mshape}"
+            )
+    return SensingProblem(mshape, arr, y, ground_truth)
+
+
+def synthetic_sensing(
+    shape=(100, 100), rank: int = 5, n_measurements: int = 2000, seed=0
+) -> SensingProblem:
+    """The paper's synthetic sensing problem (Arora et al. 2019, section 5).
+
+    Ground truth as in :func:`synthetic_completion` (rank ``rank``, ``||W*||_F = sqrt(m n)``);
+    ``A[k]`` with i.i.d. N(0, 1) / n entries, ``n`` the number of columns, so that the
+    measurements ``y[k] = <A[k], W*>`` have unit variance for square problems.
+
+    Example
+    -------
+    >>> p = synthetic_sensing(shape=(20, 20), rank=2, n_measurements=300, seed=0)
+    >>> p.A.shape, bool(np.allclose(p.measure(p.ground_truth), p.y))
+    ((300, 20, 20), True)
+    """
+    m, n = _check_shape(shape)
+    if not (isinstance(rank, (int, np.integer)) and 1 <= rank <= min(m, n)):
+        raise ValueError(f"rank must be an integer in [1, {min(m, n)}], got {rank!r}")
+    if not (isinstance(n_measurements, (int, np.integer)) and n_measurements >= 1):
+        raise ValueError(f"n_measurements must be a positive integer, got {n_measurements!r}")
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((m, rank))
+    v = rng.standard_normal((n, rank))
+    u *= np.sqrt(m * n) / np.linalg.norm(u @ v.T)
+    truth = u @ v.T
+    A = rng.standard_normal((int(n_measurements), m, n)) / n
+    y = A.reshape(A.shape[0], -1) @ truth.reshape(-1)
+    p = SensingProblem((m, n), A, y, truth, {}, (u, v))
+    p.meta.update(kind="synthetic_sensing", rank=int(rank), seed=_seed_repr(seed))
     return p
 
 

@@ -161,3 +161,57 @@ def test_from_ratings_maps_ids_to_rows_and_columns():
         fastdmf.from_ratings([1, 1], [2, 2], [3.0, 4.0])
     with pytest.raises(ValueError, match="same length"):
         fastdmf.from_ratings([1, 2], [2], [3.0, 4.0])
+
+
+# --------------------------------------------------------------------------- sensing
+
+
+def test_synthetic_sensing_matches_paper_recipe():
+    p = fastdmf.synthetic_sensing(shape=(30, 20), rank=3, n_measurements=400, seed=4)
+    assert p.A.shape == (400, 30, 20) and p.n_observed == 400
+    assert np.linalg.norm(p.ground_truth) == pytest.approx(np.sqrt(600), rel=1e-12)
+    assert np.linalg.matrix_rank(p.ground_truth) == 3
+    # y_k = <A_k, W*> entry by entry, and A's entries have standard deviation 1/n
+    k = 17
+    assert p.y[k] == pytest.approx(float(np.sum(p.A[k] * p.ground_truth)), rel=1e-12)
+    assert np.std(p.A) == pytest.approx(1 / 20, rel=0.02)
+    u, v = p.truth_factors
+    np.testing.assert_allclose(u @ v.T, p.ground_truth, rtol=1e-12, atol=1e-12)
+    q = fastdmf.synthetic_sensing(shape=(30, 20), rank=3, n_measurements=400, seed=4)
+    np.testing.assert_array_equal(p.A, q.A)
+
+
+def test_sensing_forms_and_split():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((50, 4, 6))
+    y = rng.standard_normal(50)
+    p = fastdmf.sensing(A, y)
+    q = fastdmf.sensing(A.reshape(50, 24), y, shape=(4, 6))
+    np.testing.assert_array_equal(p.A, q.A)
+    assert fastdmf.sensing(p) is p
+    w = rng.standard_normal((4, 6))
+    np.testing.assert_allclose(p.measure(w), np.einsum("kij,ij->k", A, w), rtol=1e-12)
+    train, test = p.split(0.2, seed=3)
+    assert train.n_observed == 40 and test.n_observed == 10
+    joined = np.sort(np.concatenate([train.y, test.y]))
+    np.testing.assert_array_equal(joined, np.sort(y))
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc, match",
+    [
+        ((np.zeros((3, 2, 2)),), {}, TypeError, "needs the measurements"),
+        ((np.zeros((3, 4)), np.zeros(3)), {}, TypeError, "needs shape"),
+        ((np.zeros((3, 4)), np.zeros(3)), {"shape": (3, 3)}, ValueError, "m \\* n = 9"),
+        ((np.zeros((3, 2, 2)), np.zeros(2)), {}, ValueError, "y has 2"),
+        ((np.zeros((3, 2, 2)), [0, np.nan, 0]), {}, ValueError, "NaN"),
+        ((np.full((3, 2, 2), np.inf), np.zeros(3)), {}, ValueError, "A holds NaN"),
+        ((np.zeros((0, 2, 2)), np.zeros(0)), {}, ValueError, "no measurements"),
+        ((np.zeros(5), np.zeros(5)), {}, ValueError, "must be \\(p, m, n\\)"),
+        ((np.zeros((3, 2, 2)), np.zeros(3)), {"shape": (2, 3)}, ValueError, "disagrees"),
+        ((np.array([[["a"]]]), np.zeros(1)), {}, TypeError, "real numbers"),
+    ],
+)
+def test_sensing_rejects_bad_input(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fastdmf.sensing(*args, **kwargs)
