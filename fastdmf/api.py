@@ -19,7 +19,7 @@ import numpy as np
 import scipy
 
 from . import __version__, config
-from .engine import Engine
+from .engine import Engine, make_engine, resolve_backend
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .kernels import cpu
 from .optim import get_optimizer
@@ -126,6 +126,7 @@ def fit(
     parallel: bool | None = None,
     callback=None,
     progress: bool = False,
+    backend: str = "cpu",
 ) -> FitResult:
     """Train a depth-N linear network W = W_N ... W_1 on observed entries by gradient descent.
 
@@ -186,6 +187,11 @@ def fit(
     progress : bool
         Show a status line (step, train loss, steps/s) on stderr, updated twice a second.
         Records are also logged at DEBUG level on the ``fastdmf`` logger.
+    backend : {"cpu", "cuda", "auto"}
+        Where the optimiser steps run: the Numba CPU kernels, the numba.cuda kernels
+        (:mod:`fastdmf.kernels.cuda`; gd, grouprmsprop and adam; needs a CUDA GPU and the
+        ``cuda`` extra) or ``"auto"`` (a CUDA GPU when one is usable). Records are computed on
+        the host from the factors copied back at each record point.
 
     Returns
     -------
@@ -230,8 +236,9 @@ def fit(
         if max_time is not None:
             raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
         schedule, end = record_schedule(record, max_steps), max_steps
+    where = resolve_backend(backend, spec.code)
     with _threads(n_threads):
-        engine = Engine(problem, layout, theta, spec, hyper, parallel)
+        engine = make_engine(problem, layout, theta, spec, hyper, parallel, where)
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
         bar = _Progress(end, "time" if engine.is_flow else "step") if progress else None
         try:
@@ -241,7 +248,8 @@ def fit(
             if bar is not None:
                 bar.close()
     n_steps = engine.n_steps
-    settings = _settings(args, seed, problem, "parallel" if engine.kernels.parallel else "serial")
+    kind = "cuda" if where == "cuda" else ("parallel" if engine.kernels.parallel else "serial")
+    settings = _settings(args, seed, problem, kind)
     factors = [np.array(w) for w in engine.factors()]
     return FitResult(factors, traj, status, settings, n_steps)
 

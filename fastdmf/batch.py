@@ -14,7 +14,7 @@ import numpy as np
 
 from . import config
 from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, _Watch, as_problem
-from .engine import Engine
+from .engine import Engine, resolve_backend
 from .factors import FactorLayout, initialize
 from .kernels import cpu
 from .kernels.batch import run_batch
@@ -43,12 +43,15 @@ def fit_batch(
     top_k: int | None = None,
     dtype: str = "float64",
     n_threads: int | None = None,
+    backend: str = "cpu",
 ) -> list[FitResult]:
     """Fit one trial per seed, all together; ``init_scale`` and ``lr`` are scalars or one
     value per trial. Other arguments as in :func:`fastdmf.fit` (the flow optimisers, held-out
     entries and callbacks are not batched). Returns one :class:`FitResult` per trial, in the
     order of ``seeds``; each equals ``fit(observed, depth, seed=s, init_scale=..., lr=...,
-    parallel=False, ...)`` exactly.
+    parallel=False, ...)`` exactly. ``backend="cuda"`` advances all trials on the GPU
+    (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
+    same settings exactly (and the CPU fit within rounding).
 
     Example
     -------
@@ -79,17 +82,26 @@ def fit_batch(
         engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
     stacked = _stack(engines)
     schedule = record_schedule(record, max_steps)
+    where = resolve_backend(backend, spec.code)
+    if where == "cuda":
+        from .kernels.cuda import DeviceBatch
+
+        stacked["device"] = DeviceBatch(problem, engines[0].dims, stacked["theta"],
+                                        stacked["codes"], stacked["hyper"], stacked["ostate"],
+                                        stacked["scalars"])
     with _threads(n_threads):
         trajs, statuses = _drive_batch(engines, stacked, problem, schedule, max_steps, tol,
                                        top_k, depth)
     common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
               "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
-              "record": record, "top_k": top_k, "dtype": dtype, "parallel": False}
+              "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
+              "backend": backend}
     results = []
     for eng, traj, status, seed, scale, rate in zip(engines, trajs, statuses, seeds, scales,
                                                     rates, strict=True):
         args = {**common, "seed": seed, "init_scale": scale, "lr": rate}
-        settings = _settings(args, seed, problem, "serial (batched)")
+        settings = _settings(args, seed, problem,
+                             "cuda (batched)" if where == "cuda" else "serial (batched)")
         results.append(FitResult([np.array(w) for w in eng.factors()], traj, status,
                                  settings, eng.n_steps))
     return results
@@ -132,16 +144,10 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
         target = schedule[nxt] if nxt < len(schedule) else max_steps
         chunk = min(target - step, config.MAX_CHUNK_STEPS)
         active = np.array([s is None for s in statuses])
-        with blas_threads(1):
-            old = numba.get_parallel_chunksize()
-            numba.set_parallel_chunksize(1)
-            try:
-                run_batch((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
-                          eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
-                                                st["scalars"]),
-                          chunk, tol, caps, active, status)
-            finally:
-                numba.set_parallel_chunksize(old)
+        if "device" in st:
+            st["device"].run(chunk, tol, caps, active, status)
+        else:
+            _run_cpu(st, eng0, chunk, tol, caps, active, status)
         step += chunk
         for b in np.flatnonzero(active):
             code = int(status[b])
@@ -150,3 +156,17 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
             if statuses[b] is None and step >= max_steps:
                 statuses[b] = "max_steps"
     return trajs, statuses
+
+
+def _run_cpu(st, eng0, chunk, tol, caps, active, status):
+    """One compiled call advancing every active trial on the CPU, one trial per task."""
+    with blas_threads(1):
+        old = numba.get_parallel_chunksize()
+        numba.set_parallel_chunksize(1)
+        try:
+            run_batch((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
+                      eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
+                                            st["scalars"]),
+                      chunk, tol, caps, active, status)
+        finally:
+            numba.set_parallel_chunksize(old)

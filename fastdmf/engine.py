@@ -16,7 +16,9 @@ from .kernels import cpu, flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
-__all__ = ["Engine", "select_kernels"]
+__all__ = ["Engine", "CudaEngine", "make_engine", "select_kernels", "BACKENDS"]
+
+BACKENDS = ("cpu", "cuda", "auto")
 
 
 def select_kernels(n_observed: int, layout: FactorLayout, parallel=None):
@@ -185,3 +187,62 @@ class Engine:
                 self.nblk,
             )
         return int(done), int(status), float(loss)
+
+
+class CudaEngine(Engine):
+    """An :class:`Engine` whose optimiser steps run on the GPU (:mod:`fastdmf.kernels.cuda`).
+
+    The device keeps the parameters, optimiser state and workspace between calls; each
+    :meth:`run` copies the parameters and optimiser state back into the host buffers, on
+    which records, snapshots and :meth:`evaluate` work with the CPU kernels. ``launch``
+    passes launch shapes to :class:`fastdmf.kernels.cuda.DeviceBatch`.
+    """
+
+    def __init__(self, problem, layout, theta, optimizer="gd", hyper=None, launch=None):
+        spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
+        if spec.code < 0:
+            raise ValueError(
+                f"optimizer {spec.name!r} runs on the CPU only; use backend='cpu' (or one of "
+                "gd, grouprmsprop, adam on the GPU)"
+            )
+        from .kernels import cuda as kc
+
+        kc.require()
+        super().__init__(problem, layout, theta, spec, hyper, parallel=False)
+        self.device = kc.DeviceBatch(
+            problem, self.dims, self.theta[None], np.array([spec.code]), self.hyper[None],
+            self.ostate[None], self.scalars[None], launch,
+        )
+
+    def run(self, n_steps: int, tol: float, loss_cap: float):
+        before = self.n_steps
+        status = np.zeros(1, np.int64)
+        loss = self.device.run(int(n_steps), tol, [loss_cap], [True], status)
+        return self.n_steps - before, int(status[0]), float(loss[0])
+
+    def restore(self, snap) -> None:
+        super().restore(snap)
+        self.device.upload()
+
+
+def resolve_backend(backend: str, optimizer_code: int) -> str:
+    """``"cpu"`` or ``"cuda"`` for a ``backend`` argument (``"auto"``: a real CUDA GPU when
+    one is usable and the optimiser runs there, else the CPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if optimizer_code < 0:
+        return "cpu"
+    try:
+        from .kernels import cuda as kc
+    except Exception:  # noqa: BLE001  (no numba.cuda: the CPU it is)
+        return "cpu"
+    return "cuda" if kc.available() and not kc.simulated() else "cpu"
+
+
+def make_engine(problem, layout, theta, spec, hyper, parallel=None, backend="cpu"):
+    """The engine for ``backend`` (already resolved: "cpu" or "cuda")."""
+    if backend == "cuda":
+        return CudaEngine(problem, layout, theta, spec, hyper)
+    return Engine(problem, layout, theta, spec, hyper, parallel)

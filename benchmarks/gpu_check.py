@@ -1,0 +1,270 @@
+"""Check fastdmf's CUDA kernels against the CPU reference and time them: one script for any
+machine with an NVIDIA GPU.
+
+    python benchmarks/gpu_check.py [--out results.md] [--quick]
+
+1. Correctness: loss and gradients of the CUDA kernels against the NumPy reference (depths 1-4,
+   uneven widths, float64 and float32); a short GroupRMSprop fit on the GPU against the same fit
+   on the CPU; a trial of a GPU batch against the same trial fitted alone on the GPU (bits).
+2. Paper grid batch (100x100, width 100, depth 3, 2000 observations, GroupRMSprop): trial-steps
+   per second of 1024 trials on the GPU, float64 and float32, against PyTorch on the same GPU
+   running the batch as one batched tensor program (bmm, autograd), and against fit_batch on
+   this host's CPU with 2 threads (the reference machine's 2-core number is in
+   benchmarks/RESULTS_batch.md).
+3. Large sparse problem: m = n = 100,000, width 64, depth 3, 5,000,000 observed entries: seconds
+   per step on the GPU (the dense product would need 80 GB in float64).
+
+Prints a stamped markdown report (device name, versions, git commit) and writes it to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fastdmf  # noqa: E402
+from fastdmf import reference  # noqa: E402
+from fastdmf.factors import FactorLayout, initialize  # noqa: E402
+from fastdmf.kernels import cuda as kc  # noqa: E402
+from fastdmf.optim import get_optimizer  # noqa: E402
+
+LINES: list[str] = []
+
+
+def say(line=""):
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def stamp():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = "?"
+    import numba
+
+    dev = kc.cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+    try:
+        import torch
+
+        tv = torch.__version__
+    except ImportError:
+        tv = "not installed"
+    say(f"# fastdmf GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    say(f"- GPU: {name} (compute capability {dev.compute_capability}, "
+        f"{dev.MULTIPROCESSOR_COUNT} SMs); host {platform.processor() or platform.machine()}")
+    say(f"- fastdmf {fastdmf.__version__} commit {commit or '?'}, numba {numba.__version__}, "
+        f"numpy {np.__version__}, torch {tv}, python {platform.python_version()}")
+    say("")
+
+
+def batch_state(problem, layout, seeds, dtype, optimizer="grouprmsprop", lr=1e-3, scale=1e-3):
+    spec = get_optimizer(optimizer)
+    thetas = np.stack([
+        layout.pack(initialize(layout, "gaussian", scale, np.random.default_rng(s)), dtype=dtype)
+        for s in seeds
+    ])
+    B, P = thetas.shape
+    hyper = np.tile(spec.hyper(lr, {}), (B, 1))
+    ostate = np.zeros((B, spec.state_slots * P), dtype)
+    return thetas, np.full(B, spec.code), hyper, ostate, np.zeros((B, 3))
+
+
+def check_correctness():
+    say("## Correctness")
+    say("| check | value | pass |")
+    say("|---|---|---|")
+    p = fastdmf.synthetic_completion(shape=(70, 50), rank=3, n_observed=900, seed=0)
+    ok_all = True
+    for dtype, tol in (("float64", 1e-12), ("float32", 1e-4)):
+        for depth, widths in ((1, None), (2, [40]), (3, [30, 45]), (4, [35, 20, 40])):
+            layout = FactorLayout.build(p.shape, depth, widths)
+            rng = np.random.default_rng(depth)
+            fs = [initialize(layout, "gaussian", 2.0, rng) for _ in range(3)]
+            thetas = np.stack([layout.pack(f, dtype=dtype) for f in fs])
+            B = len(fs)
+            db = kc.DeviceBatch(p, layout.dims, thetas, np.zeros(B, np.int64),
+                                np.zeros((B, 4)), np.zeros((B, 0), dtype), np.zeros((B, 3)),
+                                {"split_k": 32})
+            loss, grads = db.evaluate()
+            err = 0.0
+            for b in range(B):
+                f64 = [w.astype(np.float64) for w in layout.unpack(thetas[b])]
+                ref_loss, ref_g = reference.loss_and_grad(f64, p.rows, p.cols, p.values)
+                err = max(err, abs(loss[b] - ref_loss) / ref_loss)
+                for a, g in zip(layout.unpack(grads[b]), ref_g, strict=True):
+                    err = max(err, float(np.abs(a - g).max() / np.abs(g).max()))
+            ok = err < tol
+            ok_all &= ok
+            say(f"| loss+grad vs NumPy, {dtype}, depth {depth} | max rel err {err:.1e} | "
+                f"{'yes' if ok else 'NO'} |")
+    kw = dict(depth=3, init_scale=1e-1, lr=1e-3, max_steps=500, record=100, seed=3, tol=0)
+    gpu = fastdmf.fit(p, backend="cuda", **kw)
+    cpu = fastdmf.fit(p, **kw)
+    diff = max(float(np.abs(a - b).max() / np.abs(b).max())
+               for a, b in zip(gpu.factors, cpu.factors, strict=True))
+    ok = diff < 1e-8
+    ok_all &= ok
+    say(f"| 500 GroupRMSprop steps, GPU vs CPU factors | max rel diff {diff:.1e} | "
+        f"{'yes' if ok else 'NO'} |")
+    batch = fastdmf.fit_batch(p, depth=3, seeds=[3, 4, 5], init_scale=1e-1, lr=1e-3,
+                              max_steps=200, record=100, tol=0, backend="cuda")
+    alone = fastdmf.fit(p, backend="cuda", **{**kw, "max_steps": 200})
+    same = all(np.array_equal(a, b) for a, b in zip(batch[0].factors, alone.factors,
+                                                    strict=True))
+    ok_all &= same
+    say(f"| batch trial vs the same fit alone on the GPU | bit-identical: {same} | "
+        f"{'yes' if same else 'NO'} |")
+    say("")
+    return ok_all
+
+
+def gpu_rate(problem, layout, B, steps, dtype):
+    state = batch_state(problem, layout, range(B), dtype)
+    db = kc.DeviceBatch(problem, layout.dims, *state)
+    status = np.zeros(B, np.int64)
+    active = np.ones(B, bool)
+    caps = np.full(B, np.inf)
+    db.run(3, 0.0, caps, active, status)  # compile and warm up
+    kc.cuda.synchronize()
+    t = time.perf_counter()
+    db.run(steps, 0.0, caps, active, status, poll=10**9)
+    kc.cuda.synchronize()
+    return B * steps / (time.perf_counter() - t)
+
+
+def torch_rate(problem, B, steps, dtype):
+    import torch
+
+    dev = torch.device("cuda")
+    tdt = torch.float64 if dtype == "float64" else torch.float32
+    m, n = problem.shape
+    d = min(m, n)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    ws = [(torch.randn(B, d, n, generator=g, dtype=tdt) * 1e-1 / np.sqrt(n)).to(dev),
+          (torch.randn(B, d, d, generator=g, dtype=tdt) * 1e-1 / np.sqrt(d)).to(dev),
+          (torch.randn(B, m, d, generator=g, dtype=tdt) * 1e-1 / np.sqrt(d)).to(dev)]
+    for w in ws:
+        w.requires_grad_(True)
+    rows = torch.tensor(problem.rows, device=dev)
+    cols = torch.tensor(problem.cols, device=dev)
+    y = torch.tensor(problem.values, device=dev, dtype=tdt)
+    v = torch.zeros(B, 1, 1, device=dev, dtype=tdt)
+
+    def step(t):
+        nonlocal v
+        w = torch.bmm(ws[2], torch.bmm(ws[1], ws[0]))
+        loss = ((w[:, rows, cols] - y) ** 2).mean(dim=1)
+        grads = torch.autograd.grad(loss.sum(), ws)
+        with torch.no_grad():  # GroupRMSprop, one step size per trial
+            sq = sum((gr * gr).sum(dim=(1, 2)) for gr in grads).view(B, 1, 1)
+            v = 0.99 * v + 0.01 * sq
+            lr = 1e-3 / (torch.sqrt(v / (1 - 0.99**t)) + 1e-4)
+            for w_, gr in zip(ws, grads, strict=True):
+                w_ -= lr * gr
+
+    for t in range(1, 4):
+        step(t)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for t in range(4, 4 + steps):
+        step(t)
+    torch.cuda.synchronize()
+    return B * steps / (time.perf_counter() - t0)
+
+
+def cpu_rate(problem, trials, steps):
+    import numba
+
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    kw = dict(depth=3, seeds=list(range(trials)), max_steps=steps, record=None, tol=0)
+    fastdmf.fit_batch(problem, **{**kw, "max_steps": 2})
+    t = time.perf_counter()
+    fastdmf.fit_batch(problem, **kw)
+    return trials * steps / (time.perf_counter() - t)
+
+
+def paper_batch(quick):
+    say("## Paper grid batch: 100x100, width 100, depth 3, 2000 observations, GroupRMSprop")
+    p = fastdmf.synthetic_completion(shape=(100, 100), rank=5, n_observed=2000, seed=0)
+    layout = FactorLayout.build(p.shape, 3)
+    B = 1024
+    steps = 50 if quick else 200
+    cpu = cpu_rate(p, 16, 100)
+    say(f"- fit_batch on this host's CPU, 2 threads: {cpu:,.0f} trial-steps/s "
+        "(reference 2-core machine: see benchmarks/RESULTS_batch.md)")
+    say("")
+    say("| runner | dtype | trials | trial-steps/s | vs PyTorch GPU | vs host CPU (2 thr) |")
+    say("|---|---|---|---|---|---|")
+    for dtype in ("float64", "float32"):
+        rate = gpu_rate(p, layout, B, steps, dtype)
+        try:
+            trate = torch_rate(p, B, steps, dtype)
+        except Exception as exc:  # noqa: BLE001  (no torch or no CUDA torch: report it)
+            trate = None
+            say(f"<!-- torch failed: {exc!r} -->")
+        vs = f"{rate / trate:.2f}x" if trate else "n/a"
+        say(f"| fastdmf CUDA | {dtype} | {B} | {rate:,.0f} | {vs} | {rate / cpu:.1f}x |")
+        if trate:
+            say(f"| PyTorch batched (bmm, autograd) | {dtype} | {B} | {trate:,.0f} | 1.00x | "
+                f"{trate / cpu:.1f}x |")
+    say("")
+
+
+def large(quick):
+    say("## Large sparse: m = n = 100,000, width 64, depth 3, 5,000,000 observed, gd")
+    m = 100_000
+    k = 1_000_000 if quick else 5_000_000
+    p = fastdmf.synthetic_completion(shape=(m, m), rank=5, n_observed=k, seed=0)
+    layout = FactorLayout.build(p.shape, 3, [64, 64])
+    say("| dtype | s/step | steps timed |")
+    say("|---|---|---|")
+    for dtype in ("float64", "float32"):
+        state = batch_state(p, layout, [0], dtype, optimizer="gd", lr=1e-3)
+        db = kc.DeviceBatch(p, layout.dims, *state)
+        st = np.zeros(1, np.int64)
+        db.run(2, 0.0, [np.inf], [True], st)
+        kc.cuda.synchronize()
+        steps = 20
+        t = time.perf_counter()
+        db.run(steps, 0.0, [np.inf], [True], st, poll=10**9)
+        kc.cuda.synchronize()
+        say(f"| {dtype} | {(time.perf_counter() - t) / steps:.4f} | {steps} |")
+    say(f"\n(|Omega| = {k:,}; a dense m x n float64 product would need {m * m * 8 / 1e9:.0f} GB.)")
+    say("")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="write the report (markdown) here too")
+    ap.add_argument("--quick", action="store_true", help="fewer steps, a smaller large case")
+    args = ap.parse_args(argv)
+    kc.require()
+    stamp()
+    ok = True
+    for section in (check_correctness, lambda: paper_batch(args.quick),
+                    lambda: large(args.quick)):
+        try:
+            res = section()
+            ok &= res is not False
+        except Exception:  # noqa: BLE001  (report and go on to the next section)
+            ok = False
+            say("```\n" + traceback.format_exc() + "```")
+    if args.out:
+        Path(args.out).write_text("\n".join(LINES) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

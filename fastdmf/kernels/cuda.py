@@ -1,0 +1,563 @@
+"""The CPU kernels' contracts on numba.cuda: fused completion loss + gradients and the step loop.
+
+Same flat layout as :mod:`fastdmf.kernels.cpu` (``theta`` holds W_1^T, W_2, ..., W_N), same
+evaluation (suffix products S_j, a row pass for the residuals and H_2, a column pass for dW_1^T,
+dense products H_{j+1} = H_j W_j^T and dW_j = S_{j+1}^T H_j), same optimiser updates and the
+same stopping rules (loss at or below ``tol`` before an update: converged; NaN, inf or above the
+cap: diverged). Nothing m x n is formed at depth >= 2.
+
+Every kernel carries a trial axis: the state of B independent trials of one problem lives in
+(B, size) device arrays, and each kernel's grid covers (work of one trial) x B. A single fit is
+a batch of one. A kernel skips trials whose ``status`` is not RUNNING, so trials that stop
+early cost (almost) nothing afterwards.
+
+Determinism: every output element is written by one thread, in a fixed order; the reductions
+(loss, squared gradient norm, split-K products) use partitions that depend on the problem's
+shape only, never on B or on the GPU, and are summed in a fixed order. A trial therefore gives
+the same bits whatever batch it runs in, and the same bits on every run; the bits differ from
+the CPU kernels' (another summation order), within rounding.
+
+Kernels are compiled per (dtype, tile, threads per block) by :func:`kernels`; the CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``) runs them on tiny shapes with small tiles in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from types import SimpleNamespace
+
+import numpy as np
+
+try:  # a module global: the simulator swaps it for its own inside kernels
+    from numba import cuda
+except Exception as _exc:  # noqa: BLE001  (numba.cuda broken or absent)
+    cuda = None
+    _IMPORT_ERROR = _exc
+else:
+    _IMPORT_ERROR = None
+
+__all__ = ["available", "require", "kernels", "DeviceBatch"]
+
+RUNNING, CONVERGED, DIVERGED, IDLE = 0, 1, 2, 3
+
+# Default launch shapes on a real GPU (the simulator tests pass small ones).
+TILE = 16
+THREADS = 128
+# Entries per block of the residual pass, and elements per block of the squared-norm
+# reduction: both fix the partition of a reduction, so they depend on the shape only.
+RESID_PER_BLOCK = 1024
+SQNORM_PER_BLOCK = 16384
+# Inner length per split of a split-K product (dW_j sums over all m rows).
+SPLIT_K = 2048
+
+
+def available() -> bool:
+    """True when numba.cuda can run kernels here (a GPU, or the simulator)."""
+    try:
+        return cuda is not None and bool(cuda.is_available())
+    except Exception:  # noqa: BLE001  (no CUDA driver, no toolkit: not available)
+        return False
+
+
+def simulated() -> bool:
+    """True when numba.cuda is the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    import numba
+
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+def require() -> None:
+    """Raise a clear error when ``backend="cuda"`` cannot run."""
+    if cuda is None:
+        raise RuntimeError(
+            f"backend='cuda' needs numba.cuda, which failed to import ({_IMPORT_ERROR}); "
+            "install the extra with `pip install \"fastdmf[cuda]\"` or use backend='cpu'"
+        )
+    if not available():
+        raise RuntimeError(
+            "backend='cuda' found no usable CUDA GPU (numba.cuda.is_available() is False): "
+            "check the NVIDIA driver and `pip install \"fastdmf[cuda]\"`, or use backend='cpu' "
+            "(NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernels on the simulator, for testing)"
+        )
+
+
+@cache
+def kernels(dtype: str = "float64", tile: int = TILE, threads: int = THREADS,
+            resid_block: int = RESID_PER_BLOCK, sq_block: int = SQNORM_PER_BLOCK):
+    """The compiled kernel family for ``dtype`` with ``tile`` x ``tile`` product tiles,
+    ``threads`` threads per block (a power of two) in the 1-d kernels, and reduction blocks of
+    ``resid_block`` observed entries (loss) and ``sq_block`` parameters (gradient norm)."""
+    import numba
+
+    require()
+    if threads & (threads - 1):
+        raise ValueError(f"threads must be a power of two, got {threads}")
+    T = int(tile)
+    TPB = int(threads)
+    RB = int(resid_block)
+    SB = int(sq_block)
+    ftype = numba.float32 if dtype == "float32" else numba.float64
+    f64 = numba.float64
+
+    @cuda.jit
+    def matmul(A, aoff, ta, Bm, boff, tb, C, coff, M, N, K, ksplit, status):
+        """C_b = op(A_b) op(B_b), M x N, inner length K; op transposes when ta/tb is 1
+        (A stored K x M, B stored N x K). With ksplit > 1, split s of the inner dimension
+        writes its partial product at C[b, coff + s*M*N ...] (summed by sum_splits)."""
+        z = cuda.blockIdx.z
+        b = z // ksplit
+        if status[b] != RUNNING:
+            return
+        s = z - b * ksplit
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        r0 = cuda.blockIdx.y * T
+        c0 = cuda.blockIdx.x * T
+        sa = cuda.shared.array((T, T + 1), ftype)
+        sb = cuda.shared.array((T, T + 1), ftype)
+        per = (K + ksplit - 1) // ksplit
+        k0 = s * per
+        k1 = min(K, k0 + per)
+        acc = ftype(0.0)
+        for kt in range(k0, k1, T):
+            # sa[r][q] = op(A)[r0 + r, kt + q]; sb[q][c] = op(B)[kt + q, c0 + c];
+            # consecutive threads (tx) read consecutive addresses in either storage
+            if ta == 0:
+                row, kk = r0 + ty, kt + tx
+                v = A[b, aoff + row * K + kk] if (row < M and kk < k1) else ftype(0.0)
+                sa[ty, tx] = v
+            else:
+                row, kk = r0 + tx, kt + ty
+                v = A[b, aoff + kk * M + row] if (row < M and kk < k1) else ftype(0.0)
+                sa[tx, ty] = v
+            if tb == 0:
+                kk, col = kt + ty, c0 + tx
+                v = Bm[b, boff + kk * N + col] if (kk < k1 and col < N) else ftype(0.0)
+                sb[ty, tx] = v
+            else:
+                kk, col = kt + tx, c0 + ty
+                v = Bm[b, boff + col * K + kk] if (kk < k1 and col < N) else ftype(0.0)
+                sb[tx, ty] = v
+            cuda.syncthreads()
+            for q in range(T):
+                acc += sa[ty, q] * sb[q, tx]
+            cuda.syncthreads()
+        row = r0 + ty
+        col = c0 + tx
+        if row < M and col < N:
+            C[b, coff + s * M * N + row * N + col] = acc
+
+    @cuda.jit
+    def sum_splits(part, poff, C, coff, size, ksplit, status):
+        """C[b, coff + e] = sum over splits s (in order) of part[b, poff + s*size + e]."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        for e in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, size, cuda.gridDim.x * TPB):
+            acc = part[b, poff + e]
+            for s in range(1, ksplit):
+                acc += part[b, poff + s * size + e]
+            C[b, coff + e] = acc
+
+    @cuda.jit(device=True)
+    def block_sum(buf, acc):
+        """Tree sum of ``acc`` over the block (fixed order); thread 0 gets the total."""
+        t = cuda.threadIdx.x
+        buf[t] = acc
+        cuda.syncthreads()
+        width = TPB // 2
+        while width > 0:
+            if t < width:
+                buf[t] += buf[t + width]
+            cuda.syncthreads()
+            width //= 2
+        return buf[0]
+
+    @cuda.jit
+    def residuals(S, soff, theta, d1, rows, cols, vals, g, losspart, scale, status):
+        """r_k = S_2[i_k] . Q_1[j_k] - y_k, g_k = scale r_k; block p of trial b sums r_k^2
+        over its entries into losspart[b, p]."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        p = cuda.blockIdx.x
+        nobs = vals.shape[0]
+        lo = p * RB
+        hi = min(nobs, lo + RB)
+        acc = f64(0.0)
+        for k in range(lo + cuda.threadIdx.x, hi, TPB):
+            srow = soff + rows[k] * d1
+            qrow = cols[k] * d1
+            r = ftype(0.0)
+            for c in range(d1):
+                r += S[b, srow + c] * theta[b, qrow + c]
+            r -= vals[k]
+            g[b, k] = ftype(scale) * r
+            acc += f64(r) * f64(r)
+        buf = cuda.shared.array(TPB, f64)
+        total = block_sum(buf, acc)
+        if cuda.threadIdx.x == 0:
+            losspart[b, p] = total
+
+    @cuda.jit
+    def depth1(theta, grad, rows, cols, vals, m, losspart, scale, status):
+        """Depth 1 (theta is W^T): residuals, loss parts, and the scattered gradient (grad
+        zeroed beforehand by ``fill``)."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        p = cuda.blockIdx.x
+        nobs = vals.shape[0]
+        lo = p * RB
+        hi = min(nobs, lo + RB)
+        acc = f64(0.0)
+        for k in range(lo + cuda.threadIdx.x, hi, TPB):
+            pos = cols[k] * m + rows[k]
+            r = theta[b, pos] - vals[k]
+            grad[b, pos] = ftype(scale) * r
+            acc += f64(r) * f64(r)
+        buf = cuda.shared.array(TPB, f64)
+        total = block_sum(buf, acc)
+        if cuda.threadIdx.x == 0:
+            losspart[b, p] = total
+
+    @cuda.jit
+    def fill(x, size, value, status):
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        for e in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, size, cuda.gridDim.x * TPB):
+            x[b, e] = value
+
+    @cuda.jit
+    def check_loss(losspart, nparts, nobs, loss, caps, tol, status):
+        """Loss of every running trial; stop it when diverged (not <= cap) or converged."""
+        b = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if b >= status.shape[0] or status[b] != RUNNING:
+            return
+        acc = f64(0.0)
+        for p in range(nparts):
+            acc += losspart[b, p]
+        value = acc / nobs
+        loss[b] = value
+        if not (value <= caps[b]):
+            status[b] = DIVERGED
+        elif value <= tol:
+            status[b] = CONVERGED
+
+    @cuda.jit
+    def row_pass(g, Q, d1, cols, rowptr, H, hoff, m, status):
+        """H_2[i, c] = sum over row i's entries of g_k Q_1[j_k, c]."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        for e in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, m * d1, cuda.gridDim.x * TPB):
+            i = e // d1
+            c = e - i * d1
+            acc = ftype(0.0)
+            for k in range(rowptr[i], rowptr[i + 1]):
+                acc += g[b, k] * Q[b, cols[k] * d1 + c]
+            H[b, hoff + e] = acc
+
+    @cuda.jit
+    def col_pass(g, S, soff, d1, col_rows, order, colptr, grad, n, status):
+        """dW_1^T[j, c] = sum over column j's entries of g_k S_2[i_k, c]."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        for e in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, n * d1, cuda.gridDim.x * TPB):
+            j = e // d1
+            c = e - j * d1
+            acc = ftype(0.0)
+            for p in range(colptr[j], colptr[j + 1]):
+                acc += g[b, order[p]] * S[b, soff + col_rows[p] * d1 + c]
+            grad[b, e] = acc
+
+    @cuda.jit
+    def sqnorm(x, size, part, status):
+        """part[b, p] = sum of x[b, e]^2 over block p's fixed range."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        p = cuda.blockIdx.x
+        lo = p * SB
+        hi = min(size, lo + SB)
+        acc = f64(0.0)
+        for e in range(lo + cuda.threadIdx.x, hi, TPB):
+            v = f64(x[b, e])
+            acc += v * v
+        buf = cuda.shared.array(TPB, f64)
+        total = block_sum(buf, acc)
+        if cuda.threadIdx.x == 0:
+            part[b, p] = total
+
+    @cuda.jit
+    def step_size(codes, hyper, sc, part, nparts, stepsize, status):
+        """Per trial: t += 1 and the step (grouprmsprop: lr / (sqrt(v_hat) + eps) with
+        v = a v + (1 - a) ||g||^2); sc = [t, v, time]."""
+        b = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if b >= status.shape[0] or status[b] != RUNNING:
+            return
+        lr = hyper[b, 0]
+        a = hyper[b, 1]
+        eps = hyper[b, 3]
+        sc[b, 0] += 1.0
+        t = sc[b, 0]
+        step = lr
+        if codes[b] == 1:
+            acc = f64(0.0)
+            for p in range(nparts):
+                acc += part[b, p]
+            sc[b, 1] = a * sc[b, 1] + (1.0 - a) * acc
+            step = lr / (math.sqrt(sc[b, 1] / (1.0 - a**t)) + eps)
+        stepsize[b] = step
+        sc[b, 2] += step
+
+    @cuda.jit
+    def update(theta, grad, ostate, codes, hyper, sc, stepsize, size, status):
+        """theta -= step * grad (gd, grouprmsprop) or the bias-corrected Adam step."""
+        b = cuda.blockIdx.y
+        if status[b] != RUNNING:
+            return
+        code = codes[b]
+        start = cuda.blockIdx.x * TPB + cuda.threadIdx.x
+        stride = cuda.gridDim.x * TPB
+        # float64 arithmetic, rounded once when stored, as the CPU kernels do
+        if code != 2:
+            step = stepsize[b]
+            for e in range(start, size, stride):
+                theta[b, e] = ftype(f64(theta[b, e]) - step * f64(grad[b, e]))
+            return
+        lr = hyper[b, 0]
+        b1 = hyper[b, 1]
+        b2 = hyper[b, 2]
+        eps = hyper[b, 3]
+        t = sc[b, 0]
+        c1 = 1.0 - b1**t
+        c2 = 1.0 - b2**t
+        for e in range(start, size, stride):
+            gr = f64(grad[b, e])
+            mom = b1 * f64(ostate[b, e]) + (1.0 - b1) * gr
+            vel = b2 * f64(ostate[b, size + e]) + (1.0 - b2) * gr * gr
+            ostate[b, e] = ftype(mom)
+            ostate[b, size + e] = ftype(vel)
+            theta[b, e] = ftype(f64(theta[b, e]) - lr * (mom / c1) / (math.sqrt(vel / c2) + eps))
+
+    return SimpleNamespace(
+        tile=T, threads=TPB, resid_block=RB, sq_block=SB, dtype=dtype, matmul=matmul,
+        sum_splits=sum_splits,
+        residuals=residuals, depth1=depth1, fill=fill, check_loss=check_loss,
+        row_pass=row_pass, col_pass=col_pass, sqnorm=sqnorm, step_size=step_size,
+        update=update,
+    )
+
+
+def _blocks(size, threads, cap=4096):
+    return max(1, min(cap, -(-size // threads)))
+
+
+class DeviceBatch:
+    """B trials of one completion problem on the GPU: device buffers and the step loop.
+
+    Parameters
+    ----------
+    problem : CompletionProblem
+    dims : sequence of int
+        ``(d_0 = n, d_1, ..., d_N = m)``.
+    thetas : ndarray, shape (B, P)
+        Initial parameters (flat layout of :class:`fastdmf.factors.FactorLayout`); the dtype
+        (float32 or float64) is the compute dtype.
+    codes : ndarray of int, shape (B,)
+        Optimiser codes (``cpu.OPTIMIZER_CODES``); ``hyper`` (B, 4), ``ostate`` (B, slots P)
+        and ``scalars`` (B, 3) as in :class:`fastdmf.engine.Engine`.
+    launch : dict, optional
+        Launch and partition shapes: ``tile``, ``threads``, ``resid_block``, ``sq_block``
+        (see :func:`kernels`) and ``split_k`` (inner length per split of the products that sum
+        over the m rows); defaults are the module constants. The tests pass tiny ones so
+        that every multi-block path runs on tiny problems.
+
+    The device holds the parameters, optimiser state and workspace between calls; :meth:`run`
+    returns with the parameters and optimiser state copied back into the host arrays given at
+    construction (which it updates in place).
+    """
+
+    def __init__(self, problem, dims, thetas, codes, hyper, ostate, scalars, launch=None):
+        require()
+        dtype = thetas.dtype
+        launch = dict(launch or {})
+        self.split_k = int(launch.pop("split_k", SPLIT_K))
+        self.k = kernels(np.dtype(dtype).name, **launch)
+        self.host = (thetas, ostate, scalars)
+        self.dims = [int(d) for d in dims]
+        self.depth = len(self.dims) - 1
+        self.B, self.P = thetas.shape
+        n, m = self.dims[0], self.dims[-1]
+        self.m, self.n = m, n
+        self.offs = np.concatenate(
+            [[0], np.cumsum([self.dims[j] * self.dims[j - 1] for j in range(1, self.depth + 1)])]
+        ).astype(np.int64)
+        rowptr, colptr, order = problem.index
+        to = cuda.to_device
+        self.nobs = problem.n_observed
+        self.rows, self.cols = to(problem.rows), to(problem.cols)
+        self.vals = to(problem.values.astype(dtype))
+        self.rowptr, self.colptr = to(rowptr), to(colptr)
+        self.col_rows, self.order = to(problem.rows[order]), to(order)
+        self.theta = to(thetas)
+        self.grad = cuda.device_array_like(thetas)
+        self.ostate = to(ostate if ostate.size else np.zeros((self.B, 1), dtype))
+        self.scalars = to(scalars)
+        self.hyper = to(np.ascontiguousarray(hyper, dtype=np.float64))
+        self.codes = to(np.ascontiguousarray(codes, dtype=np.int64))
+        # workspace: S_j and H_j (j = 2..N-1), m x d_{j-1} each, and split-K partials
+        self.lay = {}
+        pos = 0
+        for j in range(2, self.depth):
+            self.lay["S", j] = pos
+            pos += m * self.dims[j - 1]
+        for j in range(2, self.depth):
+            self.lay["H", j] = pos
+            pos += m * self.dims[j - 1]
+        self.ksplit = max(1, -(-m // self.split_k))
+        self.part_off = pos
+        if self.ksplit > 1 and self.depth > 2:
+            pos += self.ksplit * max(self.dims[j] * self.dims[j - 1] for j in range(2, self.depth))
+        self.work = cuda.device_array((self.B, max(pos, 1)), dtype)
+        self.g = cuda.device_array((self.B, max(self.nobs, 1)), dtype)
+        self.nres = -(-self.nobs // self.k.resid_block)
+        self.losspart = cuda.device_array((self.B, self.nres), np.float64)
+        self.nsq = -(-self.P // self.k.sq_block)
+        self.sqpart = cuda.device_array((self.B, self.nsq), np.float64)
+        self.stepsize = cuda.device_array(self.B, np.float64)
+        self.loss = cuda.device_array(self.B, np.float64)
+        self.status = cuda.device_array(self.B, np.int64)
+        self.caps = cuda.device_array(self.B, np.float64)
+        self.scale = 2.0 / self.nobs
+
+    # ------------------------------------------------------------------ one evaluation
+    def _factor(self, j):
+        """(array, offset) of W_j in theta."""
+        return self.theta, int(self.offs[j - 1])
+
+    def _suffix(self, j):
+        """(array, offset) of S_j = W_N ... W_j (m x d_{j-1})."""
+        if j == self.depth:
+            return self._factor(j)
+        return self.work, self.lay["S", j]
+
+    def _hblock(self, j):
+        """(array, offset) of H_j (m x d_{j-1}); H_N is dW_N itself."""
+        if j == self.depth:
+            return self.grad, int(self.offs[j - 1])
+        return self.work, self.lay["H", j]
+
+    def _matmul(self, a, ta, b, tb, c, M, N, K):
+        k = self.k
+        T = k.tile
+        ksplit = self.ksplit if (ta and K > self.split_k) else 1
+        grid = (-(-N // T), -(-M // T), self.B * ksplit)
+        if ksplit == 1:
+            k.matmul[grid, (T, T)](a[0], a[1], ta, b[0], b[1], tb, c[0], c[1], M, N, K, 1,
+                                   self.status)
+            return
+        k.matmul[grid, (T, T)](a[0], a[1], ta, b[0], b[1], tb, self.work, self.part_off, M, N,
+                               K, ksplit, self.status)
+        k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads](
+            self.work, self.part_off, c[0], c[1], M * N, ksplit, self.status)
+
+    def _evaluate(self):
+        """Loss (into self.loss, with the stopping checks) and gradients of running trials."""
+        k, N, d, B, TPB = self.k, self.depth, self.dims, self.B, self.k.threads
+        m, n = self.m, self.n
+        if N == 1:
+            k.fill[(_blocks(self.P, TPB), B), TPB](self.grad, self.P, 0.0, self.status)
+            k.depth1[(self.nres, B), TPB](self.theta, self.grad, self.rows, self.cols,
+                                          self.vals, m, self.losspart, self.scale, self.status)
+            self._check()
+            return
+        for j in range(N - 1, 1, -1):  # S_j = S_{j+1} W_j
+            self._matmul(self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j),
+                         m, d[j - 1], d[j])
+        s2, s2off = self._suffix(2)
+        k.residuals[(self.nres, B), TPB](s2, s2off, self.theta, d[1], self.rows, self.cols,
+                                         self.vals, self.g, self.losspart, self.scale,
+                                         self.status)
+        self._check()
+        h2, h2off = self._hblock(2)
+        k.row_pass[(_blocks(m * d[1], TPB), B), TPB](self.g, self.theta, d[1], self.cols,
+                                                    self.rowptr, h2, h2off, m, self.status)
+        k.col_pass[(_blocks(n * d[1], TPB), B), TPB](self.g, s2, s2off, d[1], self.col_rows,
+                                                    self.order, self.colptr, self.grad, n,
+                                                    self.status)
+        for j in range(2, N):  # H_{j+1} = H_j W_j^T
+            self._matmul(self._hblock(j), 0, self._factor(j), 1, self._hblock(j + 1),
+                         m, d[j], d[j - 1])
+        for j in range(2, N):  # dW_j = S_{j+1}^T H_j
+            self._matmul(self._suffix(j + 1), 1, self._hblock(j), 0,
+                         (self.grad, int(self.offs[j - 1])), d[j], d[j - 1], m)
+
+    def _check(self):
+        k = self.k
+        k.check_loss[_blocks(self.B, 64), 64](self.losspart, self.nres, float(self.nobs),
+                                             self.loss, self.caps, self._tol, self.status)
+
+    def _update(self):
+        k, B, TPB = self.k, self.B, self.k.threads
+        k.sqnorm[(self.nsq, B), TPB](self.grad, self.P, self.sqpart, self.status)
+        k.step_size[_blocks(B, 64), 64](self.codes, self.hyper, self.scalars, self.sqpart,
+                                        self.nsq, self.stepsize, self.status)
+        k.update[(_blocks(self.P, TPB), B), TPB](self.theta, self.grad, self.ostate, self.codes,
+                                                self.hyper, self.scalars, self.stepsize, self.P,
+                                                self.status)
+
+    # ------------------------------------------------------------------ public calls
+    def upload(self):
+        """Copy the host arrays (parameters, optimiser state, scalars) to the device again,
+        after the caller changed them (e.g. restored a snapshot)."""
+        thetas, ostate, scalars = self.host
+        self.theta.copy_to_device(thetas)
+        if ostate.size:
+            self.ostate.copy_to_device(ostate)
+        self.scalars.copy_to_device(scalars)
+
+    def evaluate(self):
+        """Losses of every trial and their gradients at the current device parameters
+        (``tol`` and cap disabled). Returns ``(losses, grads)`` on the host."""
+        self._tol = -1.0
+        self.caps.copy_to_device(np.full(self.B, np.inf))
+        self.status.copy_to_device(np.zeros(self.B, np.int64))
+        self._evaluate()
+        return self.loss.copy_to_host(), self.grad.copy_to_host()
+
+    def run(self, n_steps, tol, caps, active, status_out, poll=64):
+        """Up to ``n_steps`` steps of every trial with ``active[b]``; writes each trial's
+        status (RUNNING, CONVERGED, DIVERGED) to ``status_out[b]`` and copies parameters,
+        optimiser state and scalars back to the host arrays. Returns the last losses."""
+        self._tol = float(tol)
+        self.caps.copy_to_device(np.ascontiguousarray(caps, dtype=np.float64))
+        start = np.where(np.asarray(active, dtype=bool), RUNNING, IDLE).astype(np.int64)
+        self.status.copy_to_device(start)
+        for s in range(int(n_steps)):
+            self._evaluate()
+            self._update()
+            if (s + 1) % poll == 0 and not (self.status.copy_to_host() == RUNNING).any():
+                break
+        # the loss check of a last evaluation is not needed: the caller evaluates on records
+        st = self.status.copy_to_host()
+        act = np.asarray(active, dtype=bool)
+        status_out[act] = st[act]
+        # only the trials that ran come back: the host may hold changed rows for the others
+        # (a diverged trial restored to its last good record)
+        thetas, ostate, scalars = self.host
+        if act.all():
+            self.theta.copy_to_host(thetas)
+            if ostate.size:
+                self.ostate.copy_to_host(ostate)
+            self.scalars.copy_to_host(scalars)
+        else:
+            thetas[act] = self.theta.copy_to_host()[act]
+            if ostate.size:
+                ostate[act] = self.ostate.copy_to_host()[act]
+            scalars[act] = self.scalars.copy_to_host()[act]
+        return self.loss.copy_to_host()
