@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,24 @@ def paper_batch(quick):
     say("")
 
 
+def profile():
+    say("## Where a step's time goes (paper grid, 1024 trials, float64, launches serialised)")
+    p = fastdmf.synthetic_completion(shape=(100, 100), rank=5, n_observed=2000, seed=0)
+    layout = FactorLayout.build(p.shape, 3)
+    B, steps = 1024, 20
+    db = kc.DeviceBatch(p, layout.dims, *batch_state(p, layout, range(B), "float64"))
+    st, act, caps = np.zeros(B, np.int64), np.ones(B, bool), np.full(B, np.inf)
+    db.run(2, 0.0, caps, act, st)
+    db.timings = {}
+    db.run(steps, 0.0, caps, act, st, poll=10**9)
+    total = sum(db.timings.values())
+    say("| kernel | ms/step | share |")
+    say("|---|---|---|")
+    for name, t in sorted(db.timings.items(), key=lambda kv: -kv[1]):
+        say(f"| {name} | {1e3 * t / steps:.3f} | {t / total:.0%} |")
+    say("")
+
+
 def large(quick):
     say("## Large sparse: m = n = 100,000, width 64, depth 3, 5,000,000 observed, gd")
     m = 100_000
@@ -251,9 +270,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer steps, a smaller large case")
     args = ap.parse_args(argv)
     kc.require()
+    # small grids are expected for the small checks; the timed runs are large
+    warnings.filterwarnings("ignore", message=".*Grid size")
     stamp()
     ok = True
-    for section in (check_correctness, lambda: paper_batch(args.quick),
+    for section in (check_correctness, profile, lambda: paper_batch(args.quick),
                     lambda: large(args.quick)):
         try:
             res = section()

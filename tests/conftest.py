@@ -1,9 +1,18 @@
 """Shared fixtures: small problems, built once per session so compiled kernels are reused."""
 
-import numpy as np
-import pytest
+import os
 
-import fastdmf
+# The CUDA kernels run on numba's CUDA simulator unless a user asks for a real GPU
+# (NUMBA_ENABLE_CUDASIM=0); numba reads this when it is first imported.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+import numba.core.config  # noqa: E402  (pytest already imported numba for filterwarnings)
+
+numba.core.config.reload_config()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastdmf  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ simulator (``NUMBA_ENABLE_CUDASIM=1``) runs them on tiny shapes with small tiles
 from __future__ import annotations
 
 import math
+import time
 from functools import cache
 from types import SimpleNamespace
 
@@ -50,6 +51,9 @@ RESID_PER_BLOCK = 1024
 SQNORM_PER_BLOCK = 16384
 # Inner length per split of a split-K product (dW_j sums over all m rows).
 SPLIT_K = 2048
+# Under the simulator (every thread a Python thread): tiny blocks and partitions, so that
+# small test problems run every multi-block path in bounded time.
+SIMULATOR_LAUNCH = {"tile": 2, "threads": 8, "split_k": 4, "resid_block": 8, "sq_block": 64}
 
 
 def available() -> bool:
@@ -83,8 +87,13 @@ def require() -> None:
 
 
 @cache
-def kernels(dtype: str = "float64", tile: int = TILE, threads: int = THREADS,
-            resid_block: int = RESID_PER_BLOCK, sq_block: int = SQNORM_PER_BLOCK):
+def kernels(
+    dtype: str = "float64",
+    tile: int = TILE,
+    threads: int = THREADS,
+    resid_block: int = RESID_PER_BLOCK,
+    sq_block: int = SQNORM_PER_BLOCK,
+):
     """The compiled kernel family for ``dtype`` with ``tile`` x ``tile`` product tiles,
     ``threads`` threads per block (a power of two) in the 1-d kernels, and reduction blocks of
     ``resid_block`` observed entries (loss) and ``sq_block`` parameters (gradient norm)."""
@@ -95,6 +104,9 @@ def kernels(dtype: str = "float64", tile: int = TILE, threads: int = THREADS,
         raise ValueError(f"threads must be a power of two, got {threads}")
     T = int(tile)
     TPB = int(threads)
+    T2 = 2 * T  # a block's output tile is T2 x T2
+    TP = T + 1  # padded panel rows: no shared-memory bank conflicts on transposed loads
+    T2P = T2 + 1
     RB = int(resid_block)
     SB = int(sq_block)
     ftype = numba.float32 if dtype == "float32" else numba.float64
@@ -103,8 +115,10 @@ def kernels(dtype: str = "float64", tile: int = TILE, threads: int = THREADS,
     @cuda.jit
     def matmul(A, aoff, ta, Bm, boff, tb, C, coff, M, N, K, ksplit, status):
         """C_b = op(A_b) op(B_b), M x N, inner length K; op transposes when ta/tb is 1
-        (A stored K x M, B stored N x K). With ksplit > 1, split s of the inner dimension
-        writes its partial product at C[b, coff + s*M*N ...] (summed by sum_splits)."""
+        (A stored K x M, B stored N x K). A block of T x T threads computes a 2T x 2T tile,
+        each thread four outputs (rows ty, ty + T; columns tx, tx + T) from shared-memory
+        panels of inner length T. With ksplit > 1, split s of the inner dimension writes its
+        partial product at C[b, coff + s*M*N ...] (summed by sum_splits)."""
         z = cuda.blockIdx.z
         b = z // ksplit
         if status[b] != RUNNING:
@@ -112,41 +126,61 @@ def kernels(dtype: str = "float64", tile: int = TILE, threads: int = THREADS,
         s = z - b * ksplit
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        r0 = cuda.blockIdx.y * T
-        c0 = cuda.blockIdx.x * T
-        sa = cuda.shared.array((T, T + 1), ftype)
-        sb = cuda.shared.array((T, T + 1), ftype)
+        r0 = cuda.blockIdx.y * T2
+        c0 = cuda.blockIdx.x * T2
+        sa = cuda.shared.array((T2, TP), ftype)  # sa[r, q] = op(A)[r0 + r, kt + q]
+        sb = cuda.shared.array((T, T2P), ftype)  # sb[q, c] = op(B)[kt + q, c0 + c]
         per = (K + ksplit - 1) // ksplit
         k0 = s * per
         k1 = min(K, k0 + per)
-        acc = ftype(0.0)
+        zero = ftype(0.0)
+        a00 = zero
+        a01 = zero
+        a10 = zero
+        a11 = zero
         for kt in range(k0, k1, T):
-            # sa[r][q] = op(A)[r0 + r, kt + q]; sb[q][c] = op(B)[kt + q, c0 + c];
             # consecutive threads (tx) read consecutive addresses in either storage
-            if ta == 0:
-                row, kk = r0 + ty, kt + tx
-                v = A[b, aoff + row * K + kk] if (row < M and kk < k1) else ftype(0.0)
-                sa[ty, tx] = v
-            else:
-                row, kk = r0 + tx, kt + ty
-                v = A[b, aoff + kk * M + row] if (row < M and kk < k1) else ftype(0.0)
-                sa[tx, ty] = v
-            if tb == 0:
-                kk, col = kt + ty, c0 + tx
-                v = Bm[b, boff + kk * N + col] if (kk < k1 and col < N) else ftype(0.0)
-                sb[ty, tx] = v
-            else:
-                kk, col = kt + tx, c0 + ty
-                v = Bm[b, boff + col * K + kk] if (kk < k1 and col < N) else ftype(0.0)
-                sb[tx, ty] = v
+            for h in range(2):
+                if ta == 0:
+                    row, kk = r0 + ty + h * T, kt + tx
+                    ok = row < M and kk < k1
+                    sa[ty + h * T, tx] = A[b, aoff + row * K + kk] if ok else zero
+                else:
+                    row, kk = r0 + tx + h * T, kt + ty
+                    ok = row < M and kk < k1
+                    sa[tx + h * T, ty] = A[b, aoff + kk * M + row] if ok else zero
+                if tb == 0:
+                    kk, col = kt + ty, c0 + tx + h * T
+                    ok = kk < k1 and col < N
+                    sb[ty, tx + h * T] = Bm[b, boff + kk * N + col] if ok else zero
+                else:
+                    kk, col = kt + tx, c0 + ty + h * T
+                    ok = kk < k1 and col < N
+                    sb[tx, ty + h * T] = Bm[b, boff + col * K + kk] if ok else zero
             cuda.syncthreads()
             for q in range(T):
-                acc += sa[ty, q] * sb[q, tx]
+                x0 = sa[ty, q]
+                x1 = sa[ty + T, q]
+                y0 = sb[q, tx]
+                y1 = sb[q, tx + T]
+                a00 += x0 * y0
+                a01 += x0 * y1
+                a10 += x1 * y0
+                a11 += x1 * y1
             cuda.syncthreads()
+        base = coff + s * M * N
         row = r0 + ty
         col = c0 + tx
-        if row < M and col < N:
-            C[b, coff + s * M * N + row * N + col] = acc
+        if row < M:
+            if col < N:
+                C[b, base + row * N + col] = a00
+            if col + T < N:
+                C[b, base + row * N + col + T] = a01
+        if row + T < M:
+            if col < N:
+                C[b, base + (row + T) * N + col] = a10
+            if col + T < N:
+                C[b, base + (row + T) * N + col + T] = a11
 
     @cuda.jit
     def sum_splits(part, poff, C, coff, size, ksplit, status):
@@ -345,10 +379,21 @@ def kernels(dtype: str = "float64", tile: int = TILE, threads: int = THREADS,
             theta[b, e] = ftype(f64(theta[b, e]) - lr * (mom / c1) / (math.sqrt(vel / c2) + eps))
 
     return SimpleNamespace(
-        tile=T, threads=TPB, resid_block=RB, sq_block=SB, dtype=dtype, matmul=matmul,
+        tile=T,
+        threads=TPB,
+        resid_block=RB,
+        sq_block=SB,
+        dtype=dtype,
+        matmul=matmul,
         sum_splits=sum_splits,
-        residuals=residuals, depth1=depth1, fill=fill, check_loss=check_loss,
-        row_pass=row_pass, col_pass=col_pass, sqnorm=sqnorm, step_size=step_size,
+        residuals=residuals,
+        depth1=depth1,
+        fill=fill,
+        check_loss=check_loss,
+        row_pass=row_pass,
+        col_pass=col_pass,
+        sqnorm=sqnorm,
+        step_size=step_size,
         update=update,
     )
 
@@ -374,8 +419,8 @@ class DeviceBatch:
     launch : dict, optional
         Launch and partition shapes: ``tile``, ``threads``, ``resid_block``, ``sq_block``
         (see :func:`kernels`) and ``split_k`` (inner length per split of the products that sum
-        over the m rows); defaults are the module constants. The tests pass tiny ones so
-        that every multi-block path runs on tiny problems.
+        over the m rows); defaults are the module constants, or ``SIMULATOR_LAUNCH`` under
+        the CUDA simulator, so that every multi-block path runs on tiny problems.
 
     The device holds the parameters, optimiser state and workspace between calls; :meth:`run`
     returns with the parameters and optimiser state copied back into the host arrays given at
@@ -385,7 +430,7 @@ class DeviceBatch:
     def __init__(self, problem, dims, thetas, codes, hyper, ostate, scalars, launch=None):
         require()
         dtype = thetas.dtype
-        launch = dict(launch or {})
+        launch = {**(SIMULATOR_LAUNCH if simulated() else {}), **(launch or {})}
         self.split_k = int(launch.pop("split_k", SPLIT_K))
         self.k = kernels(np.dtype(dtype).name, **launch)
         self.host = (thetas, ostate, scalars)
@@ -434,6 +479,7 @@ class DeviceBatch:
         self.status = cuda.device_array(self.B, np.int64)
         self.caps = cuda.device_array(self.B, np.float64)
         self.scale = 2.0 / self.nobs
+        self.timings = None
 
     # ------------------------------------------------------------------ one evaluation
     def _factor(self, j):
@@ -456,60 +502,190 @@ class DeviceBatch:
         k = self.k
         T = k.tile
         ksplit = self.ksplit if (ta and K > self.split_k) else 1
-        grid = (-(-N // T), -(-M // T), self.B * ksplit)
+        grid = (-(-N // (2 * T)), -(-M // (2 * T)), self.B * ksplit)
         if ksplit == 1:
-            k.matmul[grid, (T, T)](a[0], a[1], ta, b[0], b[1], tb, c[0], c[1], M, N, K, 1,
-                                   self.status)
+            self._go(
+                f"matmul op{ta}{tb}",
+                k.matmul[grid, (T, T)],
+                a[0],
+                a[1],
+                ta,
+                b[0],
+                b[1],
+                tb,
+                c[0],
+                c[1],
+                M,
+                N,
+                K,
+                1,
+                self.status,
+            )
             return
-        k.matmul[grid, (T, T)](a[0], a[1], ta, b[0], b[1], tb, self.work, self.part_off, M, N,
-                               K, ksplit, self.status)
-        k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads](
-            self.work, self.part_off, c[0], c[1], M * N, ksplit, self.status)
+        self._go(
+            f"matmul op{ta}{tb}",
+            k.matmul[grid, (T, T)],
+            a[0],
+            a[1],
+            ta,
+            b[0],
+            b[1],
+            tb,
+            self.work,
+            self.part_off,
+            M,
+            N,
+            K,
+            ksplit,
+            self.status,
+        )
+        self._go(
+            "sum_splits",
+            k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads],
+            self.work,
+            self.part_off,
+            c[0],
+            c[1],
+            M * N,
+            ksplit,
+            self.status,
+        )
+
+    def _go(self, name, launcher, *args):
+        """Launch; with ``self.timings`` set (a dict), synchronise around the launch and add
+        its wall time to ``timings[name]`` (profiling only: it serialises the launches)."""
+        if self.timings is None:
+            launcher(*args)
+            return
+        cuda.synchronize()
+        t = time.perf_counter()
+        launcher(*args)
+        cuda.synchronize()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
 
     def _evaluate(self):
         """Loss (into self.loss, with the stopping checks) and gradients of running trials."""
         k, N, d, B, TPB = self.k, self.depth, self.dims, self.B, self.k.threads
         m, n = self.m, self.n
         if N == 1:
-            k.fill[(_blocks(self.P, TPB), B), TPB](self.grad, self.P, 0.0, self.status)
-            k.depth1[(self.nres, B), TPB](self.theta, self.grad, self.rows, self.cols,
-                                          self.vals, m, self.losspart, self.scale, self.status)
+            self._go(
+                "fill", k.fill[(_blocks(self.P, TPB), B), TPB], self.grad, self.P, 0.0, self.status
+            )
+            self._go(
+                "depth1",
+                k.depth1[(self.nres, B), TPB],
+                self.theta,
+                self.grad,
+                self.rows,
+                self.cols,
+                self.vals,
+                m,
+                self.losspart,
+                self.scale,
+                self.status,
+            )
             self._check()
             return
         for j in range(N - 1, 1, -1):  # S_j = S_{j+1} W_j
-            self._matmul(self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j),
-                         m, d[j - 1], d[j])
+            self._matmul(
+                self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j), m, d[j - 1], d[j]
+            )
         s2, s2off = self._suffix(2)
-        k.residuals[(self.nres, B), TPB](s2, s2off, self.theta, d[1], self.rows, self.cols,
-                                         self.vals, self.g, self.losspart, self.scale,
-                                         self.status)
+        self._go(
+            "residuals",
+            k.residuals[(self.nres, B), TPB],
+            s2,
+            s2off,
+            self.theta,
+            d[1],
+            self.rows,
+            self.cols,
+            self.vals,
+            self.g,
+            self.losspart,
+            self.scale,
+            self.status,
+        )
         self._check()
         h2, h2off = self._hblock(2)
-        k.row_pass[(_blocks(m * d[1], TPB), B), TPB](self.g, self.theta, d[1], self.cols,
-                                                    self.rowptr, h2, h2off, m, self.status)
-        k.col_pass[(_blocks(n * d[1], TPB), B), TPB](self.g, s2, s2off, d[1], self.col_rows,
-                                                    self.order, self.colptr, self.grad, n,
-                                                    self.status)
+        self._go(
+            "row_pass",
+            k.row_pass[(_blocks(m * d[1], TPB), B), TPB],
+            self.g, self.theta, d[1], self.cols, self.rowptr, h2, h2off, m, self.status
+        )
+        self._go(
+            "col_pass",
+            k.col_pass[(_blocks(n * d[1], TPB), B), TPB],
+            self.g,
+            s2,
+            s2off,
+            d[1],
+            self.col_rows,
+            self.order,
+            self.colptr,
+            self.grad,
+            n,
+            self.status,
+        )
         for j in range(2, N):  # H_{j+1} = H_j W_j^T
-            self._matmul(self._hblock(j), 0, self._factor(j), 1, self._hblock(j + 1),
-                         m, d[j], d[j - 1])
+            self._matmul(
+                self._hblock(j), 0, self._factor(j), 1, self._hblock(j + 1), m, d[j], d[j - 1]
+            )
         for j in range(2, N):  # dW_j = S_{j+1}^T H_j
-            self._matmul(self._suffix(j + 1), 1, self._hblock(j), 0,
-                         (self.grad, int(self.offs[j - 1])), d[j], d[j - 1], m)
+            self._matmul(
+                self._suffix(j + 1),
+                1,
+                self._hblock(j),
+                0,
+                (self.grad, int(self.offs[j - 1])),
+                d[j],
+                d[j - 1],
+                m,
+            )
 
     def _check(self):
         k = self.k
-        k.check_loss[_blocks(self.B, 64), 64](self.losspart, self.nres, float(self.nobs),
-                                             self.loss, self.caps, self._tol, self.status)
+        self._go(
+            "check_loss",
+            k.check_loss[_blocks(self.B, 64), 64],
+            self.losspart,
+            self.nres,
+            float(self.nobs),
+            self.loss,
+            self.caps,
+            self._tol,
+            self.status,
+        )
 
     def _update(self):
         k, B, TPB = self.k, self.B, self.k.threads
-        k.sqnorm[(self.nsq, B), TPB](self.grad, self.P, self.sqpart, self.status)
-        k.step_size[_blocks(B, 64), 64](self.codes, self.hyper, self.scalars, self.sqpart,
-                                        self.nsq, self.stepsize, self.status)
-        k.update[(_blocks(self.P, TPB), B), TPB](self.theta, self.grad, self.ostate, self.codes,
-                                                self.hyper, self.scalars, self.stepsize, self.P,
-                                                self.status)
+        self._go(
+            "sqnorm", k.sqnorm[(self.nsq, B), TPB], self.grad, self.P, self.sqpart, self.status
+        )
+        self._go(
+            "step_size",
+            k.step_size[_blocks(B, 64), 64],
+            self.codes,
+            self.hyper,
+            self.scalars,
+            self.sqpart,
+            self.nsq,
+            self.stepsize,
+            self.status,
+        )
+        self._go(
+            "update",
+            k.update[(_blocks(self.P, TPB), B), TPB],
+            self.theta,
+            self.grad,
+            self.ostate,
+            self.codes,
+            self.hyper,
+            self.scalars,
+            self.stepsize,
+            self.P,
+            self.status,
+        )
 
     # ------------------------------------------------------------------ public calls
     def upload(self):

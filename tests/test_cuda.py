@@ -1,0 +1,122 @@
+"""CUDA kernels (fastdmf.kernels.cuda) against the NumPy reference and the CPU kernels.
+
+CI runs them on numba's CUDA simulator (set by conftest) with tiny launch shapes
+(``SIMULATOR_LAUNCH``: 2 x 2 product tiles, 8 threads per block, split-K products, several
+reduction blocks), so every multi-block path runs on tiny problems. With a GPU,
+``NUMBA_ENABLE_CUDASIM=0 pytest tests/test_cuda.py`` runs them on the device.
+"""
+
+import numpy as np
+import pytest
+
+import fastdmf
+from fastdmf import reference
+from fastdmf.factors import FactorLayout, initialize
+from fastdmf.kernels import cpu
+from fastdmf.kernels import cuda as kc
+from fastdmf.optim import get_optimizer
+
+pytestmark = pytest.mark.skipif(not kc.available(), reason="numba.cuda cannot run here")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """9 x 7, 30 observed entries: 2 x 2 tiles and 8-entry loss blocks split everything."""
+    return fastdmf.synthetic_completion(shape=(9, 7), rank=2, n_observed=30, seed=0)
+
+
+def batch(problem, layout, n, dtype="float64", scale=1.0, optimizer="gd", lr=1e-2):
+    spec = get_optimizer(optimizer)
+    rng = np.random.default_rng(7)
+    factors = [[w + 0.3 * rng.standard_normal(w.shape)
+                for w in initialize(layout, "gaussian", scale, rng)] for _ in range(n)]
+    thetas = np.stack([layout.pack(f, dtype=dtype) for f in factors])
+    P = thetas.shape[1]
+    state = (thetas, np.full(n, spec.code), np.tile(spec.hyper(lr, {}), (n, 1)),
+             np.zeros((n, spec.state_slots * P), dtype), np.zeros((n, 3)))
+    return factors, state
+
+
+@pytest.mark.parametrize(
+    "depth, widths, dtype",
+    [(1, None, "float64"), (2, [5], "float64"), (3, [6, 5], "float64"),
+     (4, [5, 6, 4], "float64"), (3, [6, 5], "float32")],
+)
+def test_loss_and_gradients_match_reference(small, depth, widths, dtype):
+    layout = FactorLayout.build(small.shape, depth, widths)
+    factors, state = batch(small, layout, 2, dtype)
+    db = kc.DeviceBatch(small, layout.dims, *state)
+    assert db.ksplit > 1 and db.nres > 1  # the split-K and multi-block reductions run
+    loss, grads = db.evaluate()
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    for b, fs in enumerate(factors):
+        f = [w.astype(dtype).astype(np.float64) for w in fs]
+        ref_loss, ref_grads = reference.loss_and_grad(f, small.rows, small.cols, small.values)
+        assert loss[b] == pytest.approx(ref_loss, rel=tol)
+        for got, want in zip(layout.unpack(grads[b]), ref_grads, strict=True):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("depth, optimizer, lr", [(2, "gd", 0.05), (2, "grouprmsprop", 1e-2),
+                                                  (2, "adam", 1e-2), (3, "grouprmsprop", 1e-2)])
+def test_step_loop_matches_cpu_run(small, depth, optimizer, lr):
+    layout = FactorLayout.build(small.shape, depth, [6] * (depth - 1))
+    steps = 4 if depth == 2 else 2
+    _, state = batch(small, layout, 2, optimizer=optimizer, lr=lr)
+    cpu_state = [a.copy() for a in state]
+    db = kc.DeviceBatch(small, layout.dims, *state)
+    status = np.zeros(2, np.int64)
+    db.run(steps, 0.0, [np.inf, np.inf], [True, True], status)
+    assert status.tolist() == [kc.RUNNING, kc.RUNNING]
+    thetas, codes, hyper, ostate, scalars = cpu_state
+    for b in range(2):
+        eng = fastdmf.engine.Engine(small, layout, thetas[b], optimizer, hyper[b], parallel=False)
+        done, code, _ = eng.run(steps, 0.0, np.inf)
+        assert (done, code) == (steps, cpu.RUNNING)
+        np.testing.assert_allclose(state[0][b], eng.theta, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(state[4][b], eng.scalars, rtol=1e-12)
+        if eng.ostate.size:
+            np.testing.assert_allclose(state[3][b], eng.ostate, rtol=1e-11, atol=1e-16)
+
+
+def test_fit_on_cuda_equals_cpu_fit(small):
+    kw = dict(depth=2, init_scale=0.5, lr=1e-2, max_steps=8, record=4, seed=1, tol=0)
+    gpu = fastdmf.fit(small, backend="cuda", **kw)
+    cpu_fit = fastdmf.fit(small, **kw)
+    assert gpu.status == cpu_fit.status == "max_steps" and gpu.n_steps == 8
+    assert gpu.settings["kernels"] == "cuda"
+    for a, b in zip(gpu.factors, cpu_fit.factors, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gpu.trajectory.train_loss, cpu_fit.trajectory.train_loss,
+                               rtol=1e-12)
+
+
+def test_batch_statuses_and_bits(small):
+    """Per-trial stopping on the device (converged, diverged, running) and a trial's bits
+    independent of the batch it runs in."""
+    kw = dict(depth=2, init_scale=0.5, optimizer="gd", max_steps=6, record=3)
+    loss0 = fastdmf.fit(small, lr=0.05, seed=0, max_steps=0, depth=2,
+                        init_scale=0.5).trajectory.train_loss[0]
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        rs = fastdmf.fit_batch(small, seeds=[0, 1, 2], lr=[0.05, 0.05, 80.0], tol=0.0,
+                               backend="cuda", **kw)
+    assert [r.status for r in rs] == ["max_steps", "max_steps", "diverged"]
+    alone = fastdmf.fit(small, lr=0.05, seed=1, tol=0.0, backend="cuda", **kw)
+    for a, b in zip(rs[1].factors, alone.factors, strict=True):
+        np.testing.assert_array_equal(a, b)
+    conv = fastdmf.fit_batch(small, seeds=[0], lr=0.05, tol=0.999 * loss0, backend="cuda",
+                             **kw)
+    assert conv[0].status == "converged" and conv[0].n_steps < 6
+
+
+def test_backend_errors(small, monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastdmf.fit(small, depth=2, backend="gpu", max_steps=1)
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        fastdmf.fit(small, depth=2, optimizer="flow", max_time=1.0, backend="cuda")
+    # "auto" never picks the simulator
+    r = fastdmf.fit(small, depth=2, max_steps=2, backend="auto", seed=0)
+    assert r.settings["kernels"] in ("serial", "parallel")
+    monkeypatch.setattr(kc, "available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"fastdmf\[cuda\]"):
+        fastdmf.fit(small, depth=2, max_steps=1, backend="cuda")
