@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from . import theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
+from .checkpoint import resume
 from .factors import INITS
 from .optim import OPTIMIZERS
 from .problem import (
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "fit",
     "fit_batch",
+    "resume",
     "FitResult",
     "loss_and_grad",
     "warmup",

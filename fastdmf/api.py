@@ -126,6 +126,8 @@ def fit(
     parallel: bool | None = None,
     callback=None,
     progress: bool = False,
+    checkpoint=None,
+    checkpoint_every=None,
 ) -> FitResult:
     """Train a depth-N linear network W = W_N ... W_1 on observed entries by gradient descent.
 
@@ -186,6 +188,15 @@ def fit(
     progress : bool
         Show a status line (step, train loss, steps/s) on stderr, updated twice a second.
         Records are also logged at DEBUG level on the ``fastdmf`` logger.
+    checkpoint : str or os.PathLike, optional
+        Write checkpoints to this file (atomically: temp file, fsync, rename) so that
+        :func:`fastdmf.resume` can continue the fit, bit for bit, after a crash, a kill or
+        Ctrl-C (the last checkpoint survives; see :mod:`fastdmf.checkpoint`). One is written
+        after the initial record, then at chunk boundaries (record points, and every
+        ``config.MAX_CHUNK_STEPS`` steps), and a final one holding the status.
+    checkpoint_every : int or float, optional
+        An int: at least this many steps between checkpoints; a float: at least this many
+        seconds (default 60.0).
 
     Returns
     -------
@@ -233,15 +244,25 @@ def fit(
     with _threads(n_threads):
         engine = Engine(problem, layout, theta, spec, hyper, parallel)
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
+        settings = _settings(args, seed, problem,
+                             "parallel" if engine.kernels.parallel else "serial")
+        saver = None
+        if checkpoint is not None:
+            from .checkpoint import Checkpointer
+
+            saver = Checkpointer(checkpoint, checkpoint_every, {
+                "settings": settings, "problem": problem, "test": test, "schedule": schedule,
+                "end": end, "budget": max_steps, "tol": tol, "top_k": top_k})
         bar = _Progress(end, "time" if engine.is_flow else "step") if progress else None
         try:
             status = _drive(engine, problem, test, traj, schedule, end, max_steps, tol,
-                            top_k, callback, bar)
+                            top_k, callback, bar, saver=saver)
         finally:
             if bar is not None:
                 bar.close()
+        if saver is not None:
+            saver.finish(status)
     n_steps = engine.n_steps
-    settings = _settings(args, seed, problem, "parallel" if engine.kernels.parallel else "serial")
     factors = [np.array(w) for w in engine.factors()]
     return FitResult(factors, traj, status, settings, n_steps)
 
@@ -258,6 +279,15 @@ class _Watch:
             raise ValueError("the initial loss is not finite; check the initial factors")
         self.cap = config.DIVERGENCE_FACTOR * max(self.loss, np.finfo(np.float64).tiny)
         self.good, self.good_step = engine.snapshot(), 0
+
+    @classmethod
+    def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step):
+        """A watch continuing from a checkpoint (its records are already in ``traj``)."""
+        watch = cls.__new__(cls)
+        watch.engine, watch.problem, watch.test, watch.traj, watch.top_k = (
+            engine, problem, test, traj, top_k)
+        watch.loss, watch.cap, watch.good, watch.good_step = loss, cap, good, good_step
+        return watch
 
     def record(self) -> float:
         """Evaluate the current state and append it to the trajectory (finite losses only)."""
@@ -292,16 +322,21 @@ class _Watch:
 
 
 def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
-           progress):
+           progress, saver=None, watch=None):
     """Alternate compiled chunks and records; returns the status.
 
     Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
-    position, ``budget`` the most steps (gradient evaluations for the flow)."""
-    watch = _Watch(engine, problem, test, traj, top_k)
-    if watch.loss <= tol:
-        return "converged"
-    if end <= 0 or engine.out_of_budget(budget):
-        return "max_steps"
+    position, ``budget`` the most steps (gradient evaluations for the flow). ``saver`` (a
+    :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks; ``watch``
+    is given when resuming from one."""
+    if watch is None:
+        watch = _Watch(engine, problem, test, traj, top_k)
+        if saver is not None:
+            saver.started(engine, watch, traj)
+        if watch.loss <= tol:
+            return "converged"
+        if end <= 0 or engine.out_of_budget(budget):
+            return "max_steps"
     nxt = 1
     while True:
         while nxt < len(schedule) and schedule[nxt] <= engine.position:
@@ -324,6 +359,8 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
                 return "stopped"
         if done:
             return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
+        if saver is not None:
+            saver.chunk_done()
 
 
 def _settings(args, seed, problem, kernels) -> dict:
