@@ -14,6 +14,8 @@ from . import theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .checkpoint import resume
+from .experiments.sweep import sweep
+from .experiments.sweep_table import SweepTable, load_sweep
 from .factors import INITS
 from .optim import OPTIMIZERS
 from .problem import (
@@ -32,6 +34,9 @@ __all__ = [
     "fit",
     "fit_batch",
     "resume",
+    "sweep",
+    "load_sweep",
+    "SweepTable",
     "FitResult",
     "loss_and_grad",
     "warmup",

@@ -19,6 +19,7 @@ import numpy as np
 import scipy
 
 from . import __version__, config
+from ._progress import fit_progress
 from .engine import Engine
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .kernels import cpu
@@ -125,7 +126,7 @@ def fit(
     n_threads: int | None = None,
     parallel: bool | None = None,
     callback=None,
-    progress: bool = False,
+    progress: bool | None = None,
     checkpoint=None,
     checkpoint_every=None,
 ) -> FitResult:
@@ -185,8 +186,10 @@ def fit(
         ``callback(record) -> bool`` after each record but the first and a converged last
         one: a dict of the record's values plus ``"factors"`` (copies of W_1..W_N); a true
         return stops the fit with status ``"stopped"``.
-    progress : bool
-        Show a status line (step, train loss, steps/s) on stderr, updated twice a second.
+    progress : bool, optional
+        None (default): a tqdm progress bar (step, train loss) on a terminal when tqdm is
+        installed, shown once the fit has run for a second; True: that bar, or without tqdm
+        or a terminal a status line on stderr updated twice a second; False: nothing.
         Records are also logged at DEBUG level on the ``fastdmf`` logger.
     checkpoint : str or os.PathLike, optional
         Write checkpoints to this file (atomically: temp file, fsync, rename) so that
@@ -253,7 +256,7 @@ def fit(
             saver = Checkpointer(checkpoint, checkpoint_every, {
                 "settings": settings, "problem": problem, "test": test, "schedule": schedule,
                 "end": end, "budget": max_steps, "tol": tol, "top_k": top_k})
-        bar = _Progress(end, "time" if engine.is_flow else "step") if progress else None
+        bar = fit_progress(end, "time" if engine.is_flow else "step", progress)
         try:
             status = _drive(engine, problem, test, traj, schedule, end, max_steps, tol,
                             top_k, callback, bar, saver=saver)

@@ -320,7 +320,8 @@ def resume(path, **overrides):
     >>> bool((a.factors[0] == b.factors[0]).all()), b.n_steps
     (True, 300)
     """
-    from .api import FitResult, _drive, _Progress, _threads, _Watch
+    from ._progress import fit_progress
+    from .api import FitResult, _drive, _threads, _Watch
     from .engine import Engine
 
     unknown = set(overrides) - set(SAFE_OVERRIDES)
@@ -364,7 +365,7 @@ def resume(path, **overrides):
             if saver is not None:
                 saver.attach(engine, watch, traj)
             label = "time" if engine.is_flow else "step"
-            bar = _Progress(state["end"], label) if overrides.get("progress") else None
+            bar = fit_progress(state["end"], label, overrides.get("progress"))
             log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
             try:
                 status = _drive(engine, problem, test, traj, raw["schedule"], state["end"],
