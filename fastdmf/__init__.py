@@ -53,3 +53,12 @@ __all__ = [
     "OPTIMIZERS",
     "theory",
 ]
+
+
+def __getattr__(name):
+    # DMFImputer needs scikit-learn (an optional extra): imported on first use only
+    if name == "DMFImputer":
+        from .sklearn import DMFImputer
+
+        return DMFImputer
+    raise AttributeError(f"module 'fastdmf' has no attribute {name!r}")
