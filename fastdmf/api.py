@@ -218,6 +218,7 @@ def fit(
     test = None if test is None else as_problem(test, problem.shape)
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
+    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 0):
@@ -498,3 +499,30 @@ def _threads(n):
         yield
     finally:
         numba.set_num_threads(old)
+
+
+def _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel):
+    """Type checks of fit's arguments that later steps would fail on obscurely; returns
+    ``init`` (a list of factors, or the scheme name)."""
+    for name, value in (("lr", lr), ("init_scale", init_scale), ("tol", tol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                             np.floating)):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+    if optimizer_options is not None and not isinstance(optimizer_options, dict):
+        raise TypeError(f"optimizer_options must be a dict or None, got {optimizer_options!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(
+            top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+        raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
+    if isinstance(init, str):
+        return init
+    try:
+        init = list(init)
+    except TypeError:
+        raise TypeError("init must be a scheme name or a list of the initial factors "
+                        f"[W_1, ..., W_N], got {init!r}") from None
+    if len(init) != depth:
+        raise ValueError(f"init lists {len(init)} factor(s) but depth is {depth!r}: give one "
+                         "array per factor W_1..W_N")
+    return init
