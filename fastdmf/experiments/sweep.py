@@ -125,7 +125,7 @@ def sweep(
         Run a task's consecutive fits that differ only by seed, init_scale and lr together
         with :func:`fastdmf.fit_batch` (the same results, bit for bit, as one fit each). Off
         by default: with one Numba thread per worker it saves little, and the batch kernel
-        (a parallel function, never cached) compiles in every worker process (~15 s).
+        (a parallel function, never cached) compiles anew in every worker process.
     save_factors : bool
         Keep each fit's final factors in its task file.
     progress : bool, optional
@@ -410,6 +410,7 @@ def _config(grid, spec, fit_kwargs, base_seed, fits_per_task, n_points, batch) -
         problem = spec
     else:
         problem = {"object": repr(spec), "sha256": _digest(problem_to_arrays(spec, "p")[0])}
+    fit_kwargs = {k: _describe(v) if callable(v) else v for k, v in fit_kwargs.items()}
     config = {"format": FORMAT, "grid": grid, "problem": problem, "fit": fit_kwargs,
               "base_seed": int(base_seed), "n_points": n_points,
               "fits_per_task": None if fits_per_task is None else int(fits_per_task),
@@ -442,6 +443,13 @@ def _settle_config(out, config) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return int(config["fits_per_task"])
+
+
+def _describe(fn) -> str:
+    """A callable by name (its repr holds a memory address, which differs between runs)."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    name = f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}"
+    return f"<callable {name}>"
 
 
 def _plain(v):
