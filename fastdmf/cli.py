@@ -81,7 +81,7 @@ def _info(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .experiments.sweep import run_config, summary
+    from .experiments.sweep_cli import run_config, summary
 
     table = run_config(args.config, out=args.out, workers=args.workers,
                        scheduler=args.scheduler)
