@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 from . import theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
+from .checkpoint import resume
+from .experiments.sweep import sweep
+from .experiments.sweep_table import SweepTable, load_sweep
 from .factors import INITS
 from .optim import OPTIMIZERS
 from .problem import (
@@ -30,6 +33,10 @@ __all__ = [
     "__version__",
     "fit",
     "fit_batch",
+    "resume",
+    "sweep",
+    "load_sweep",
+    "SweepTable",
     "FitResult",
     "loss_and_grad",
     "warmup",
@@ -46,3 +53,12 @@ __all__ = [
     "OPTIMIZERS",
     "theory",
 ]
+
+
+def __getattr__(name):
+    # DMFImputer needs scikit-learn (an optional extra): imported on first use only
+    if name == "DMFImputer":
+        from .sklearn import DMFImputer
+
+        return DMFImputer
+    raise AttributeError(f"module 'fastdmf' has no attribute {name!r}")

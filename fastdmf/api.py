@@ -19,6 +19,7 @@ import numpy as np
 import scipy
 
 from . import __version__, config
+from ._progress import fit_progress
 from .engine import Engine, make_engine, resolve_backend
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .kernels import cpu
@@ -125,7 +126,9 @@ def fit(
     n_threads: int | None = None,
     parallel: bool | None = None,
     callback=None,
-    progress: bool = False,
+    progress: bool | None = None,
+    checkpoint=None,
+    checkpoint_every=None,
     backend: str = "cpu",
 ) -> FitResult:
     """Train a depth-N linear network W = W_N ... W_1 on observed entries by gradient descent.
@@ -184,9 +187,20 @@ def fit(
         ``callback(record) -> bool`` after each record but the first and a converged last
         one: a dict of the record's values plus ``"factors"`` (copies of W_1..W_N); a true
         return stops the fit with status ``"stopped"``.
-    progress : bool
-        Show a status line (step, train loss, steps/s) on stderr, updated twice a second.
+    progress : bool, optional
+        None (default): a tqdm progress bar (step, train loss) on a terminal when tqdm is
+        installed, shown once the fit has run for a second; True: that bar, or without tqdm
+        or a terminal a status line on stderr updated twice a second; False: nothing.
         Records are also logged at DEBUG level on the ``fastdmf`` logger.
+    checkpoint : str or os.PathLike, optional
+        Write checkpoints to this file (atomically: temp file, fsync, rename) so that
+        :func:`fastdmf.resume` can continue the fit, bit for bit, after a crash, a kill or
+        Ctrl-C (the last checkpoint survives; see :mod:`fastdmf.checkpoint`). One is written
+        after the initial record, then at chunk boundaries (record points, and every
+        ``config.MAX_CHUNK_STEPS`` steps), and a final one holding the status.
+    checkpoint_every : int or float, optional
+        An int: at least this many steps between checkpoints; a float: at least this many
+        seconds (default 60.0).
     backend : {"cpu", "cuda", "auto"}
         Where the optimiser steps run: the Numba CPU kernels, the numba.cuda kernels
         (:mod:`fastdmf.kernels.cuda`; gd, grouprmsprop and adam; needs a CUDA GPU and the
@@ -210,6 +224,7 @@ def fit(
     test = None if test is None else as_problem(test, problem.shape)
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
+    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 0):
@@ -240,16 +255,25 @@ def fit(
     with _threads(n_threads):
         engine = make_engine(problem, layout, theta, spec, hyper, parallel, where)
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
-        bar = _Progress(end, "time" if engine.is_flow else "step") if progress else None
+        kind = "cuda" if where == "cuda" else ("parallel" if engine.kernels.parallel else "serial")
+        settings = _settings(args, seed, problem, kind)
+        saver = None
+        if checkpoint is not None:
+            from .checkpoint import Checkpointer
+
+            saver = Checkpointer(checkpoint, checkpoint_every, {
+                "settings": settings, "problem": problem, "test": test, "schedule": schedule,
+                "end": end, "budget": max_steps, "tol": tol, "top_k": top_k})
+        bar = fit_progress(end, "time" if engine.is_flow else "step", progress)
         try:
             status = _drive(engine, problem, test, traj, schedule, end, max_steps, tol,
-                            top_k, callback, bar)
+                            top_k, callback, bar, saver=saver)
         finally:
             if bar is not None:
                 bar.close()
+        if saver is not None:
+            saver.finish(status)
     n_steps = engine.n_steps
-    kind = "cuda" if where == "cuda" else ("parallel" if engine.kernels.parallel else "serial")
-    settings = _settings(args, seed, problem, kind)
     factors = [np.array(w) for w in engine.factors()]
     return FitResult(factors, traj, status, settings, n_steps)
 
@@ -266,6 +290,15 @@ class _Watch:
             raise ValueError("the initial loss is not finite; check the initial factors")
         self.cap = config.DIVERGENCE_FACTOR * max(self.loss, np.finfo(np.float64).tiny)
         self.good, self.good_step = engine.snapshot(), 0
+
+    @classmethod
+    def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step):
+        """A watch continuing from a checkpoint (its records are already in ``traj``)."""
+        watch = cls.__new__(cls)
+        watch.engine, watch.problem, watch.test, watch.traj, watch.top_k = (
+            engine, problem, test, traj, top_k)
+        watch.loss, watch.cap, watch.good, watch.good_step = loss, cap, good, good_step
+        return watch
 
     def record(self) -> float:
         """Evaluate the current state and append it to the trajectory (finite losses only)."""
@@ -300,16 +333,21 @@ class _Watch:
 
 
 def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
-           progress):
+           progress, saver=None, watch=None):
     """Alternate compiled chunks and records; returns the status.
 
     Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
-    position, ``budget`` the most steps (gradient evaluations for the flow)."""
-    watch = _Watch(engine, problem, test, traj, top_k)
-    if watch.loss <= tol:
-        return "converged"
-    if end <= 0 or engine.out_of_budget(budget):
-        return "max_steps"
+    position, ``budget`` the most steps (gradient evaluations for the flow). ``saver`` (a
+    :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks; ``watch``
+    is given when resuming from one."""
+    if watch is None:
+        watch = _Watch(engine, problem, test, traj, top_k)
+        if saver is not None:
+            saver.started(engine, watch, traj)
+        if watch.loss <= tol:
+            return "converged"
+        if end <= 0 or engine.out_of_budget(budget):
+            return "max_steps"
     nxt = 1
     while True:
         while nxt < len(schedule) and schedule[nxt] <= engine.position:
@@ -332,6 +370,8 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
                 return "stopped"
         if done:
             return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
+        if saver is not None:
+            saver.chunk_done()
 
 
 def _settings(args, seed, problem, kernels) -> dict:
@@ -466,3 +506,30 @@ def _threads(n):
         yield
     finally:
         numba.set_num_threads(old)
+
+
+def _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel):
+    """Type checks of fit's arguments that later steps would fail on obscurely; returns
+    ``init`` (a list of factors, or the scheme name)."""
+    for name, value in (("lr", lr), ("init_scale", init_scale), ("tol", tol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                             np.floating)):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+    if optimizer_options is not None and not isinstance(optimizer_options, dict):
+        raise TypeError(f"optimizer_options must be a dict or None, got {optimizer_options!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(
+            top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+        raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
+    if isinstance(init, str):
+        return init
+    try:
+        init = list(init)
+    except TypeError:
+        raise TypeError("init must be a scheme name or a list of the initial factors "
+                        f"[W_1, ..., W_N], got {init!r}") from None
+    if len(init) != depth:
+        raise ValueError(f"init lists {len(init)} factor(s) but depth is {depth!r}: give one "
+                         "array per factor W_1..W_N")
+    return init

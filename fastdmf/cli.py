@@ -8,6 +8,9 @@
     side, with the singular-value rates of Arora et al. (2019) checked along the way.
 ``fastdmf info``
     Library versions and the Numba thread count.
+``fastdmf sweep config.toml``
+    Run the grid of fits a TOML file describes on all cores or a dask cluster, resumable
+    (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ def _info(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .experiments.sweep_cli import run_config, summary
+
+    table = run_config(args.config, out=args.out, workers=args.workers,
+                       scheduler=args.scheduler)
+    print(summary(table))
+    print(f"{len(table)} fits in {table.config['n_points']} grid points; "
+          "fastdmf.load_sweep() reads them")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastdmf", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fastdmf {__version__}")
@@ -97,6 +111,12 @@ def main(argv=None) -> int:
     rep.set_defaults(func=_reproduce)
     info = sub.add_parser("info", help="versions and threads")
     info.set_defaults(func=_info)
+    swp = sub.add_parser("sweep", help="run a grid of fits from a TOML file (resumable)")
+    swp.add_argument("config", help="TOML file: [grid], [problem], [fit] tables")
+    swp.add_argument("--out", help="output folder (overrides the file's out)")
+    swp.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
+    swp.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
+    swp.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     return args.func(args)
 

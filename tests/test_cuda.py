@@ -120,3 +120,22 @@ def test_backend_errors(small, monkeypatch):
     monkeypatch.setattr(kc, "available", lambda: False)
     with pytest.raises(RuntimeError, match=r"fastdmf\[cuda\]"):
         fastdmf.fit(small, depth=2, max_steps=1, backend="cuda")
+
+
+def test_cuda_fit_checkpoint_resume_is_bit_identical(small, tmp_path):
+    kw = dict(depth=2, init_scale=0.5, lr=1e-2, max_steps=8, record=2, seed=1, tol=0,
+              backend="cuda")
+    ref = fastdmf.fit(small, **kw)
+    path = tmp_path / "fit.ckpt"
+
+    def interrupt(rec):
+        if rec["step"] >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fastdmf.fit(small, **kw, checkpoint=path, checkpoint_every=2, callback=interrupt)
+    res = fastdmf.resume(path)
+    assert res.settings["kernels"] == "cuda" and res.n_steps == ref.n_steps == 8
+    for a, b in zip(res.factors, ref.factors, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(res.trajectory.train_loss, ref.trajectory.train_loss)

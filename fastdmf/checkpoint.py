@@ -1,0 +1,383 @@
+"""Checkpoints of a running fit, and :func:`resume`.
+
+``fit(..., checkpoint=path)`` writes, at chunk boundaries, one ``.npz`` file holding everything
+needed to continue: the settings, the engine's full state (parameters, optimiser state, step
+counter, running average, time, integrator state), the trajectory so far, the last good
+record a diverging fit returns to, and the problem's arrays (with a SHA-256 of them, checked
+on load). :func:`resume` rebuilds the fit from it and runs the remaining chunks; the result
+(factors, trajectory, status, steps) is bit for bit that of the uninterrupted fit.
+
+Why this is exact: a discrete optimiser's compiled call evaluates the loss and gradient afresh
+at every step, so where a run is cut into compiled calls does not change its arithmetic; the
+record points (where the fit measures, tests ``tol`` and the divergence cap) depend only on
+the settings. A checkpoint is a copy of the state at such a boundary, and the chunks after it
+are the same whether the fit went on or was resumed. The kernel family (serial or parallel)
+is kept, and the parallel kernels do not depend on the thread count.
+
+Writes are atomic: a temporary file in the same directory, flushed and fsync'ed, then
+``os.replace``; a fit killed at any moment leaves the previous checkpoint intact (and perhaps
+a stray ``*.tmp`` file, which is ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time as _time
+
+import numpy as np
+
+from .factors import FactorLayout
+from .optim import get_optimizer
+from .problem import CompletionProblem, SensingProblem
+from .trajectory import MATRICES, SCALARS, Trajectory
+
+__all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
+
+log = logging.getLogger("fastdmf")
+
+FORMAT = 1
+DEFAULT_EVERY = 60.0  # seconds between checkpoints when checkpoint_every is not given
+SAFE_OVERRIDES = ("callback", "progress", "checkpoint", "checkpoint_every", "n_threads")
+
+
+def atomic_savez(path, arrays: dict) -> None:
+    """``np.savez`` to ``path`` atomically: temp file in the same folder, fsync, os.replace."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platform dependent
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dfd)
+
+
+def parse_every(every):
+    """``checkpoint_every``: an int is a number of steps, a float a number of seconds."""
+    if every is None:
+        return None, DEFAULT_EVERY
+    if isinstance(every, bool):
+        raise TypeError("checkpoint_every takes an int (steps) or a float (seconds), not a bool")
+    if isinstance(every, (int, np.integer)):
+        if every < 1:
+            raise ValueError(f"checkpoint_every={every}: a number of steps must be >= 1")
+        return int(every), None
+    if isinstance(every, (float, np.floating)):
+        if not (np.isfinite(every) and every >= 0):
+            raise ValueError(f"checkpoint_every={every}: seconds must be finite and >= 0")
+        return None, float(every)
+    raise TypeError(
+        f"checkpoint_every takes an int (steps) or a float (seconds), got {every!r}"
+    )
+
+
+def check_path(path) -> str:
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"checkpoint must be a file path, got {path!r}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint={path!r}: the folder {folder!r} does not exist")
+    return path
+
+
+class Checkpointer:
+    """Writes a fit's checkpoints between compiled chunks (see the module docstring).
+
+    ``plan`` holds what the engine does not: settings, problem, test entries, the record
+    schedule, end position, step budget, tol and top_k."""
+
+    def __init__(self, path, every, plan):
+        self.path = check_path(path)
+        self.every_steps, self.every_seconds = parse_every(every)
+        self.plan = plan
+        self.last_step, self.last_time = 0, _time.monotonic()
+        self.count = 0
+
+    def attach(self, engine, watch, traj) -> None:
+        """The fit's state to save from now on."""
+        self.engine, self.watch, self.traj = engine, watch, traj
+        self.last_step, self.last_time = engine.n_steps, _time.monotonic()
+
+    def started(self, engine, watch, traj) -> None:
+        """Attach and write the first checkpoint (after the initial record)."""
+        self.attach(engine, watch, traj)
+        self.write()
+
+    def chunk_done(self) -> None:
+        """After a chunk the fit goes on from: write when due."""
+        if self.every_steps is not None:
+            due = self.engine.n_steps - self.last_step >= self.every_steps
+        else:
+            due = _time.monotonic() - self.last_time >= self.every_seconds
+        if due:
+            self.write()
+
+    def finish(self, status) -> None:
+        """Write the final checkpoint, holding the fit's status."""
+        self.write(status)
+
+    def write(self, status=None) -> None:
+        engine, watch, traj = self.engine, self.watch, self.traj
+        state = {
+            "format": FORMAT,
+            "status": status,
+            "settings": self.plan["settings"],
+            "optimizer": engine.spec.name,
+            "parallel": bool(engine.kernels.parallel),
+            "backend": "cuda" if hasattr(engine, "device") else "cpu",
+            "dims": [int(d) for d in engine.layout.dims],
+            "dtype": np.dtype(engine.theta.dtype).name,
+            "end": self.plan["end"],
+            "budget": int(self.plan["budget"]),
+            "tol": float(self.plan["tol"]),
+            "top_k": self.plan["top_k"],
+            "loss": float(watch.loss),
+            "cap": float(watch.cap),
+            "good_step": int(watch.good_step),
+            "traj_depth": traj.depth,
+            "traj_meta": traj.meta,
+            "n_steps": engine.n_steps,
+        }
+        arrays = {
+            "theta": engine.theta, "grad": engine.grad, "ostate": engine.ostate,
+            "scalars": engine.scalars, "hyper": engine.hyper,
+            "schedule": np.asarray(self.plan["schedule"]),
+            "good_params": watch.good[0], "good_scalars": watch.good[1],
+        }
+        if engine.is_flow:
+            arrays.update(flow_y=engine.flow[0], flow_ks=engine.flow[1], flow_fs=engine.flow[2])
+        arrays.update(_trajectory_arrays(traj))
+        problem_arrays, kind, pmeta = problem_to_arrays(self.plan["problem"], "problem")
+        arrays.update(problem_arrays)
+        state.update(problem_kind=kind, problem_meta=pmeta,
+                     problem_sha256=_digest(problem_arrays))
+        if self.plan["test"] is not None:
+            test_arrays, _, _ = problem_to_arrays(self.plan["test"], "test")
+            arrays.update(test_arrays)
+        arrays["__state__"] = np.array(json.dumps(state, default=_json_default))
+        atomic_savez(self.path, arrays)
+        self.last_step, self.last_time = engine.n_steps, _time.monotonic()
+        self.count += 1
+        log.info("checkpoint %s at step %d%s", self.path, engine.n_steps,
+                 f" (final, {status})" if status else "")
+
+
+def _trajectory_arrays(traj) -> dict:
+    """The records as arrays, without freezing ``traj`` (it keeps appending rows)."""
+    copy = Trajectory(traj.depth, traj.top_k, traj.meta, list(traj._rows), dict(traj._arrays))
+    return {f"traj_{name}": arr for name, arr in copy.as_dict().items()}
+
+
+def _trajectory_from(data, state) -> Trajectory:
+    """A trajectory holding the checkpoint's records as rows, as the running fit held them."""
+    traj = Trajectory(state["traj_depth"], state["top_k"], state["traj_meta"])
+    n = len(data["traj_step"])
+    for i in range(n):
+        row = {name: data[f"traj_{name}"][i] for name in SCALARS + MATRICES}
+        for name in SCALARS:
+            row[name] = row[name].item()
+        traj.append(row)
+    return traj
+
+
+def problem_to_arrays(problem, prefix):
+    """``({name: array}, kind, meta)`` for a completion or sensing problem."""
+    if isinstance(problem, CompletionProblem):
+        kind = "completion"
+        arrays = {"rows": problem.rows, "cols": problem.cols, "values": problem.values}
+    elif isinstance(problem, SensingProblem):
+        kind = "sensing"
+        arrays = {"A": problem.A, "y": problem.y}
+    else:  # pragma: no cover - fit validates its input first
+        raise TypeError(f"cannot checkpoint a problem of type {type(problem).__name__}")
+    arrays["shape"] = np.asarray(problem.shape, dtype=np.int64)
+    if problem.ground_truth is not None:
+        arrays["ground_truth"] = problem.ground_truth
+    if problem.truth_factors is not None:
+        arrays["truth_u"], arrays["truth_v"] = problem.truth_factors
+    out = {f"{prefix}_{k}": np.asarray(v) for k, v in arrays.items()}
+    return out, kind, dict(problem.meta)
+
+
+def problem_from_arrays(data, prefix, kind, meta=None):
+    def get(name):
+        key = f"{prefix}_{name}"
+        return data[key] if key in data.files else None
+
+    shape = tuple(int(s) for s in get("shape"))
+    truth = get("ground_truth")
+    u, v = get("truth_u"), get("truth_v")
+    factors = None if u is None else (u, v)
+    meta = dict(meta or {})
+    if kind == "completion":
+        return CompletionProblem(shape, get("rows"), get("cols"), get("values"), truth, meta,
+                                 factors)
+    if kind == "sensing":
+        return SensingProblem(shape, get("A"), get("y"), truth, meta, factors)
+    raise ValueError(f"unknown problem kind {kind!r} in the checkpoint")
+
+
+def _digest(arrays) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return repr(obj)
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """``(state, arrays)`` of a checkpoint file: its JSON state and every array, loaded.
+
+    Raises ValueError when the file is not a fastdmf checkpoint or its problem arrays do not
+    match their recorded hash."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a readable checkpoint: {exc}") from None
+    if "__state__" not in arrays:
+        raise ValueError(f"{os.fspath(path)!r} is an .npz file but not a fastdmf checkpoint")
+    state = json.loads(str(arrays.pop("__state__")))
+    if state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')!r} is not supported "
+                         f"(this fastdmf reads format {FORMAT})")
+    problem_arrays = {k: v for k, v in arrays.items() if k.startswith("problem_")}
+    if _digest(problem_arrays) != state["problem_sha256"]:
+        raise ValueError(f"checkpoint {os.fspath(path)!r}: the problem's arrays do not match "
+                         "their recorded SHA-256; the file is damaged")
+    return state, arrays
+
+
+class _Arrays:
+    """dict of arrays with the ``.files`` / ``[]`` interface of an NpzFile."""
+
+    def __init__(self, arrays):
+        self._a = arrays
+        self.files = list(arrays)
+
+    def __getitem__(self, key):
+        return self._a[key]
+
+
+def resume(path, **overrides):
+    """Continue the fit saved in checkpoint ``path``; returns its :class:`FitResult`.
+
+    The result (factors, trajectory, status, steps) is bit for bit that of the same fit run
+    without interruption on the same machine. A checkpoint of a finished fit returns its
+    result at once. The run keeps writing checkpoints to ``path`` at the same cadence.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``fit(..., checkpoint=path)``.
+    **overrides
+        Only settings that cannot change the result: ``callback``, ``progress``,
+        ``checkpoint`` (another path to write to, or None for none), ``checkpoint_every``
+        and ``n_threads``. The others are fixed by the checkpoint.
+
+    Example
+    -------
+    >>> import fastdmf, os, tempfile
+    >>> p = fastdmf.synthetic_completion(shape=(20, 20), rank=2, n_observed=150, seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "fit.ckpt")
+    >>> a = fastdmf.fit(p, depth=2, lr=1e-2, max_steps=300, record=100, seed=0,
+    ...                 checkpoint=path, checkpoint_every=100)
+    >>> b = fastdmf.resume(path)          # the run was finished: its result again
+    >>> bool((a.factors[0] == b.factors[0]).all()), b.n_steps
+    (True, 300)
+    """
+    from ._progress import fit_progress
+    from .api import FitResult, _drive, _threads, _Watch
+    from .engine import make_engine
+
+    unknown = set(overrides) - set(SAFE_OVERRIDES)
+    if unknown:
+        raise TypeError(
+            f"resume() cannot change {sorted(unknown)}: they would change the result. It "
+            f"takes only {list(SAFE_OVERRIDES)}; start a new fit to change the others"
+        )
+    state, raw = read_checkpoint(path)
+    data = _Arrays(raw)
+    settings = state["settings"]
+    problem = problem_from_arrays(data, "problem", state["problem_kind"], state["problem_meta"])
+    test = None
+    if "test_shape" in data.files:
+        test = problem_from_arrays(data, "test", state["problem_kind"])
+    dims = state["dims"]
+    layout = FactorLayout.build((dims[-1], dims[0]), len(dims) - 1, dims[1:-1])
+    spec = get_optimizer(state["optimizer"])
+    traj = _trajectory_from(data, state)
+    with _threads(overrides.get("n_threads")):
+        engine = make_engine(problem, layout, raw["theta"].copy(), spec, raw["hyper"].copy(),
+                             state["parallel"], state.get("backend", "cpu"))
+        for name in ("grad", "ostate", "scalars"):
+            getattr(engine, name)[:] = raw[name]
+        if hasattr(engine, "device"):  # the GPU copy of the restored state
+            engine.device.upload()
+        if engine.is_flow:
+            for buf, name in zip(engine.flow, ("flow_y", "flow_ks", "flow_fs"), strict=True):
+                buf[:] = raw[name]
+        status = state["status"]
+        if status is None:
+            watch = _Watch.resumed(engine, problem, test, traj, state["top_k"], state["loss"],
+                                   state["cap"], (raw["good_params"].copy(),
+                                                  raw["good_scalars"].copy()),
+                                   state["good_step"])
+            every = overrides.get("checkpoint_every",
+                                  settings["arguments"].get("checkpoint_every"))
+            target = overrides.get("checkpoint", path)
+            plan = {"settings": settings, "problem": problem, "test": test,
+                    "schedule": raw["schedule"], "end": state["end"],
+                    "budget": state["budget"], "tol": state["tol"], "top_k": state["top_k"]}
+            saver = None if target is None else Checkpointer(target, every, plan)
+            if saver is not None:
+                saver.attach(engine, watch, traj)
+            label = "time" if engine.is_flow else "step"
+            bar = fit_progress(state["end"], label, overrides.get("progress"))
+            log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
+            try:
+                status = _drive(engine, problem, test, traj, raw["schedule"], state["end"],
+                                state["budget"], state["tol"], state["top_k"],
+                                overrides.get("callback"), bar, saver=saver, watch=watch)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if saver is not None:
+                saver.finish(status)
+    factors = [np.array(w) for w in engine.factors()]
+    return FitResult(factors, traj, status, settings, engine.n_steps)
