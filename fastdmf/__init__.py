@@ -10,7 +10,7 @@ record how its singular values move (Arora, Cohen, Hu & Luo, NeurIPS 2019).
 
 __version__ = "0.1.0"
 
-from . import theory
+from . import baselines, theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .factors import INITS
@@ -45,4 +45,5 @@ __all__ = [
     "INITS",
     "OPTIMIZERS",
     "theory",
+    "baselines",
 ]
