@@ -27,7 +27,8 @@ def record_row(obs, w, sv, iteration, n_evals) -> dict:
     the missing ones are zeros): the fields of :func:`fastdmf.trajectory.measure`, ``step``
     and ``time`` both counting iterations."""
     full = np.zeros(min(obs.shape))
-    full[: len(sv)] = sv
+    k = min(len(sv), len(full))
+    full[:k] = sv[:k]
     loss, grad_norm = obs.loss_grad_norm(w)
     problem = obs.problem
     if problem.truth_factors is not None:

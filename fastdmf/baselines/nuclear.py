@@ -8,6 +8,7 @@ import scipy.linalg as sl
 from ._anderson import Anderson
 from ._operator import Observations
 from ._result import Recorder, check_common, pack
+from ._threads import blas_threads
 
 __all__ = ["nuclear_norm"]
 
@@ -24,6 +25,7 @@ def nuclear_norm(
     tau: float | None = None,
     memory: int = 5,
     record=10,
+    n_threads: int | None = None,
     progress: bool = False,
 ):
     r"""The matrix of least nuclear norm that matches the observations exactly.
@@ -76,6 +78,10 @@ def nuclear_norm(
     record : int, list of int, "log", ("log", count) or None
         Iterations at which to record the trajectory (see
         :func:`fastdmf.trajectory.record_schedule`); the last iteration is always recorded.
+    n_threads : int, optional
+        BLAS threads (restored afterwards); default 1 below 300 columns or rows, where
+        threads do not pay (see ``fastdmf.baselines._threads``), else the BLAS default.
+        Needs ``threadpoolctl``; ignored without it.
     progress : bool
         Show the iteration on stderr.
 
@@ -113,12 +119,13 @@ def nuclear_norm(
     if isinstance(memory, bool) or not (isinstance(memory, (int, np.integer)) and memory >= 0):
         raise ValueError(f"memory must be a non-negative integer, got {memory!r}")
     rec = Recorder(obs, schedule, progress, "nuclear_norm")
-    try:
-        w, sv, lam, tau, it, status = _douglas_rachford(obs, tol, int(max_iter), tau,
-                                                        int(memory), rec)
-    finally:
-        rec.close()
-    cert = certificate(obs, w, sv, lam)
+    with blas_threads(n_threads, obs.shape):
+        try:
+            w, sv, lam, tau, it, status = _douglas_rachford(obs, tol, int(max_iter), tau,
+                                                            int(memory), rec)
+        finally:
+            rec.close()
+        cert = certificate(obs, w, sv, lam)
     settings = {"solver": "nuclear_norm", "method": "admm-douglas-rachford+anderson",
                 "tol": tol, "max_iter": int(max_iter), "tau": tau, "memory": int(memory),
                 "iterations": it, "certificate": cert}

@@ -7,6 +7,7 @@ import scipy.linalg as sl
 
 from ._operator import Observations
 from ._result import Recorder, check_common, pack
+from ._threads import blas_threads
 
 __all__ = ["schatten_p"]
 
@@ -19,6 +20,7 @@ def schatten_p(
     max_iter: int = 500,
     eps_decay: float = 1.1,
     record=10,
+    n_threads: int | None = None,
     progress: bool = False,
 ):
     r"""Approximately minimise the Schatten-p quasi-norm subject to the observations (IRLS-p).
@@ -54,7 +56,7 @@ def schatten_p(
         Factor (> 1) by which eps shrinks each step; a slow decrease (the default) lets the
         iterates settle before the weights sharpen, which recovers low-rank matrices that
         a fast one (2 and more) can miss.
-    record, progress
+    record, n_threads, progress
         As in :func:`nuclear_norm`.
 
     Returns
@@ -92,33 +94,41 @@ def schatten_p(
     eps = top**2 if top > 0 else 1.0
     eps_min = (tol * top) ** 2
     rec = Recorder(obs, schedule, progress, "schatten_p")
-    objective, eps_hist = [], []
-    status, it = "max_steps", int(max_iter)
-    try:
-        for k in range(int(max_iter) + 1):
-            vals, vecs = sl.eigh(w @ w.T, check_finite=False)
-            vals = np.maximum(vals, 0.0)
-            objective.append(float(np.sum((vals + eps) ** (p / 2))))
-            eps_hist.append(eps)
-            if rec.due(k):
-                rec.add(w, np.sqrt(vals[::-1]), k, k)
-            if k == max_iter:
-                break
-            gmat = (vecs * (vals + eps) ** (1.0 - p / 2)) @ vecs.T
-            w_new = solve(gmat)
-            change = np.linalg.norm(w_new - w) / max(np.linalg.norm(w), 1e-300)
-            w = w_new
-            eps = max(eps / eps_decay, eps_min)
-            if change <= tol and eps <= eps_min:
-                it, status = k + 1, "converged"
-                break
-    finally:
-        rec.close()
+    with blas_threads(n_threads, obs.shape):
+        try:
+            status, it, w, objective, eps_hist = _irls(obs, solve, w, p, eps, eps_min, tol,
+                                                       eps_decay, int(max_iter), rec)
+        finally:
+            rec.close()
     rec.add(w, sl.svdvals(w, check_finite=False), it, it)
     settings = {"solver": "schatten_p", "p": float(p), "tol": tol, "max_iter": int(max_iter),
                 "eps_decay": float(eps_decay), "iterations": it,
                 "objective": np.array(objective), "eps": np.array(eps_hist)}
     return pack(w, rec.traj, status, settings, it, problem)
+
+
+def _irls(obs, solve, w, p, eps, eps_min, tol, eps_decay, max_iter, rec):
+    """The reweighting loop; returns ``(status, iterations, W, objective, eps)``."""
+    objective, eps_hist = [], []
+    status, it = "max_steps", max_iter
+    for k in range(max_iter + 1):
+        vals, vecs = sl.eigh(w @ w.T, check_finite=False)
+        vals = np.maximum(vals, 0.0)
+        objective.append(float(np.sum((vals + eps) ** (p / 2))))
+        eps_hist.append(eps)
+        if rec.due(k):
+            rec.add(w, np.sqrt(vals[::-1]), k, k)
+        if k == max_iter:
+            break
+        gmat = (vecs * (vals + eps) ** (1.0 - p / 2)) @ vecs.T
+        w_new = solve(gmat)
+        change = np.linalg.norm(w_new - w) / max(np.linalg.norm(w), 1e-300)
+        w = w_new
+        eps = max(eps / eps_decay, eps_min)
+        if change <= tol and eps <= eps_min:
+            it, status = k + 1, "converged"
+            break
+    return status, it, w, objective, eps_hist
 
 
 def _column_solver(obs):
