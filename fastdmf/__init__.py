@@ -10,7 +10,7 @@ record how its singular values move (Arora, Cohen, Hu & Luo, NeurIPS 2019).
 
 __version__ = "0.1.0"
 
-from . import theory
+from . import baselines, theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .checkpoint import resume
@@ -52,6 +52,7 @@ __all__ = [
     "INITS",
     "OPTIMIZERS",
     "theory",
+    "baselines",
 ]
 
 

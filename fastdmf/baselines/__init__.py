@@ -1,0 +1,37 @@
+"""Norm-minimisation baselines: the matrices a norm picks among all that fit the observations.
+
+The paper's question is whether the implicit bias of deep matrix factorization is a norm
+(Arora, Cohen, Hu & Luo 2019, section 5). These solvers give the norm-minimising answers to
+compare against, for completion and sensing problems alike, each as a depth-1
+:class:`~fastdmf.FitResult`:
+
+``nuclear_norm``
+    ``min ||W||_*  s.t.  A(W) = y`` (the paper's baseline), certified by a dual multiplier.
+``min_frobenius``
+    ``min ||W||_F  s.t.  A(W) = y``: what gradient descent on W itself (depth 1) from zero
+    converges to.
+``schatten_p``
+    ``min sum sigma_i^p  s.t.  A(W) = y``, 0 < p <= 1, by iteratively reweighted least squares.
+
+See docs/baselines.md.
+"""
+
+from .frobenius import min_frobenius
+from .nuclear import nuclear_norm
+from .schatten import schatten_p
+
+BASELINES = {"nuclear_norm": nuclear_norm, "min_frobenius": min_frobenius,
+             "schatten_p": schatten_p}
+
+
+def get_baseline(name: str):
+    """The baseline solver registered under ``name``."""
+    try:
+        return BASELINES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}"
+        ) from None
+
+
+__all__ = ["nuclear_norm", "min_frobenius", "schatten_p", "BASELINES", "get_baseline"]
