@@ -11,33 +11,48 @@ class Anderson:
     With ``da_i = a_{i+1} - a_i`` and ``dg_i = g_{i+1} - g_i`` (g the fixed-point residual),
     the next point is ``a + g - (dA + dG) gamma``, ``gamma = argmin ||g - dG gamma||``.
     The least-squares problem is solved through its (memory x memory) Gram matrix, with a small
-    ridge so that nearly collinear histories stay harmless.
+    ridge so that nearly collinear histories stay harmless. The differences live in two
+    ``(memory, size)`` ring buffers, so one step costs three matrix products and one new row
+    of the Gram matrix.
     """
 
     def __init__(self, memory: int):
         self.memory = memory
+        self.dg = self.dsum = self.gram = None
         self.reset()
 
     def reset(self) -> None:
-        self.da, self.dg = [], []
+        self.count = 0  # differences held (at most memory)
+        self.head = 0  # ring-buffer slot of the next difference
         self.prev = None
+
+    def _push(self, da: np.ndarray, dg: np.ndarray) -> None:
+        if self.dg is None or self.dg.shape[1] != dg.size:
+            self.dg = np.empty((self.memory, dg.size))
+            self.dsum = np.empty((self.memory, dg.size))
+            self.gram = np.empty((self.memory, self.memory))
+        slot = self.head
+        self.dg[slot] = dg
+        np.add(da, dg, out=self.dsum[slot])
+        self.count = min(self.count + 1, self.memory)
+        self.head = (slot + 1) % self.memory
+        row = self.dg[: self.count] @ self.dg[slot]
+        self.gram[slot, : self.count] = row
+        self.gram[: self.count, slot] = row
 
     def step(self, a: np.ndarray, g: np.ndarray) -> np.ndarray:
         """The next point from the current point ``a`` and its residual ``g``."""
+        flat_a, flat_g = a.reshape(-1), g.reshape(-1)
         if self.prev is not None:
             pa, pg = self.prev
-            self.da.append(a - pa)
-            self.dg.append(g - pg)
-            if len(self.da) > self.memory:
-                self.da.pop(0)
-                self.dg.pop(0)
-        self.prev = (a, g)
+            self._push(flat_a - pa, flat_g - pg)
+        self.prev = (flat_a.copy(), flat_g.copy())
         nxt = a + g
-        if not self.dg:
+        if not self.count:
             return nxt
-        flat = [d.reshape(-1) for d in self.dg]
-        gram = np.array([[x @ z for z in flat] for x in flat])
-        rhs = np.array([x @ g.reshape(-1) for x in flat])
+        k = self.count
+        gram = self.gram[:k, :k].copy()
+        rhs = self.dg[:k] @ flat_g
         gram[np.diag_indices_from(gram)] *= 1.0 + 1e-10
         gram[np.diag_indices_from(gram)] += 1e-300
         try:
@@ -45,6 +60,5 @@ class Anderson:
         except np.linalg.LinAlgError:
             self.reset()
             return nxt
-        for c, da, dg in zip(gamma, self.da, self.dg, strict=True):
-            nxt -= c * (da + dg)
+        nxt.reshape(-1)[:] -= gamma @ self.dsum[:k]
         return nxt

@@ -59,12 +59,13 @@ class Recorder:
 
     def __init__(self, obs, schedule, progress, name):
         self.obs, self.schedule = obs, schedule
+        self._due = {int(step) for step in schedule}
         self.traj = Trajectory(1, None, {"shape": list(obs.shape), "solver": name})
         self.progress, self.name = progress, name
         self.start = self.last = _time.perf_counter()
 
     def due(self, iteration) -> bool:
-        return bool(np.isin(iteration, self.schedule))
+        return iteration in self._due
 
     def add(self, w, sv, iteration, n_evals, note=""):
         if len(self.traj) and self.traj.last()["step"] == iteration:

@@ -15,6 +15,8 @@ __all__ = ["nuclear_norm"]
 _BALANCE_EVERY = 10  # iterations between two residual-balancing checks
 _BALANCE_RATIO = 10.0  # rescale tau when one residual exceeds the other this many times
 _TAU_SCALE = 0.3  # first tau, as a fraction of the largest singular value of A^+ y
+_SPARE = 10  # singular vectors kept beyond the thresholded rank for the warm-started SVT
+_MIN_SPARE = 4  # fewest Ritz values below tau for a fast SVT step to stand
 
 
 def nuclear_norm(
@@ -148,12 +150,52 @@ def certificate(obs, w, sv, lam) -> dict:
     }
 
 
-def _svt(a, tau):
-    """``(Z, singular values of Z)`` for ``Z = SVT_tau(a)`` (shrink every sigma by tau)."""
-    u, s, vt = sl.svd(a, full_matrices=False, check_finite=False, lapack_driver="gesdd")
-    k = int(np.count_nonzero(s > tau))
-    s = s[:k] - tau
-    return (u[:, :k] * s) @ vt[:k], s
+class _Thresholder:
+    """Singular value thresholding ``SVT_tau(a)``, by a full SVD or, once the rank of the
+    iterates has settled, by one warm-started step of subspace iteration.
+
+    The fast step keeps ``k`` right singular vectors of the previous iterate (the ones above
+    the threshold plus a buffer), multiplies once by ``a`` and by ``a^T`` and extracts the
+    Ritz triplets of ``a`` on that subspace (Rayleigh-Ritz: the small SVD of ``Q^T a``). The
+    result is exact when the subspace holds every singular vector of ``a`` above ``tau``;
+    ADMM iterates change slowly, so one step per iteration tracks them. The buffer must keep
+    at least ``_MIN_SPARE`` Ritz values below ``tau``, else the step is redone by a full SVD.
+    """
+
+    def __init__(self, shape, spare):
+        self.shape, self.spare = shape, spare
+        self.v = None  # (n, k) warm start, or None: the next step is a full SVD
+        self.n_full = self.n_fast = 0
+
+    def exact(self, a, tau):
+        """``(Z, singular values of Z)`` from a full SVD; refreshes the warm start."""
+        u, s, vt = sl.svd(a, full_matrices=False, check_finite=False, lapack_driver="gesdd")
+        self.n_full += 1
+        k = int(np.count_nonzero(s > tau))
+        keep = min(k + self.spare, len(s))
+        self.v = vt[:keep].T if keep < 0.5 * min(self.shape) else None
+        s = s[:k] - tau
+        return (u[:, :k] * s) @ vt[:k], s
+
+    def __call__(self, a, tau):
+        if self.v is None:
+            return self.exact(a, tau)
+        q = sl.qr(a @ self.v, mode="economic", overwrite_a=True, check_finite=False)[0]
+        b = q.T @ a
+        # Ritz values from the eigenvalues of the small Gram matrix b b^T: every one that
+        # matters is at least ~tau, far above the rounding level of its square
+        vals, vecs = np.linalg.eigh(b @ b.T)
+        sb = np.sqrt(np.maximum(vals[::-1], 0.0))
+        k = int(np.count_nonzero(sb > tau))
+        if len(sb) - k < _MIN_SPARE:  # the subspace may miss singular values above tau
+            return self.exact(a, tau)
+        self.n_fast += 1
+        keep = min(k + self.spare, len(sb))
+        vecs = vecs[:, ::-1][:, :keep]
+        vt = (vecs[:, :k].T @ b) / sb[:k, None]  # right Ritz vectors above tau, rows
+        self.v = b.T @ vecs[:, :keep]  # their span, plus the buffer (column scale is moot)
+        s = sb[:k] - tau
+        return ((q @ vecs[:, :k]) * s) @ vt, s
 
 
 def _douglas_rachford(obs, tol, max_iter, tau, memory, rec):
@@ -165,39 +207,44 @@ def _douglas_rachford(obs, tol, max_iter, tau, memory, rec):
     if tau is None:
         tau = _TAU_SCALE * float(sl.svdvals(a, check_finite=False)[0])
     acc = Anderson(memory) if memory else None
-    n_svd, next_dual_check = 0, 0
+    thr = _Thresholder(obs.shape, _SPARE)
+    next_dual_check = 0
 
-    def apply(a):
-        z, s = _svt(a, tau)
+    def apply(a, exact=False):
+        z, s = thr.exact(a, tau) if exact else thr(a, tau)
         return z, s, obs.project(2.0 * z - a) - z
 
-    z, s, g = apply(a)
-    n_svd += 1
-    for it in range(max_iter + 1):
+    def n_svd():
+        return thr.n_full + thr.n_fast
+
+    def measures(a, z, s):
         lam = obs.multiplier((a - z) / tau)
         nuc = float(s.sum())
-        feas = obs.residual(z)
-        gap = abs(float(lam @ obs.y) - nuc) / max(nuc, 1e-300)
+        return lam, obs.residual(z), abs(float(lam @ obs.y) - nuc) / max(nuc, 1e-300)
+
+    z, s, g = apply(a)
+    for it in range(max_iter + 1):
+        lam, feas, gap = measures(a, z, s)
         if rec.due(it):
-            rec.add(z, s, it, n_svd, f"residual {feas:.2e}  gap {gap:.2e}")
+            rec.add(z, s, it, n_svd(), f"residual {feas:.2e}  gap {gap:.2e}")
         if feas <= tol and gap <= tol and it >= next_dual_check:
-            n_svd += 1
-            dual_norm = sl.svdvals(obs.adjoint(lam), check_finite=False)[0]
-            if dual_norm <= 1.0 + tol:
-                rec.add(z, s, it, n_svd)
-                return z, s, lam, tau, it, "converged"
+            z, s, g = apply(a, exact=True)  # the certified iterate comes from a full SVD
+            lam, feas, gap = measures(a, z, s)
+            if feas <= tol and gap <= tol:
+                dual_norm = sl.svdvals(obs.adjoint(lam), check_finite=False)[0]
+                if dual_norm <= 1.0 + tol:
+                    rec.add(z, s, it, n_svd())
+                    return z, s, lam, tau, it, "converged"
             next_dual_check = it + 5
         if it == max_iter:
             break
         gnorm = np.linalg.norm(g)
         nxt = acc.step(a, g) if acc else a + g
         z2, s2, g2 = apply(nxt)
-        n_svd += 1
         if acc and np.linalg.norm(g2) > 2.0 * gnorm:  # extrapolation failed: plain step
             acc.reset()
             nxt = a + g
             z2, s2, g2 = apply(nxt)
-            n_svd += 1
         a, z, s, g = nxt, z2, s2, g2
         if (it + 1) % _BALANCE_EVERY == 0:
             factor = _balance(obs, a, z, tau)
@@ -207,8 +254,7 @@ def _douglas_rachford(obs, tol, max_iter, tau, memory, rec):
                 if acc:
                     acc.reset()
                 z, s, g = apply(a)
-                n_svd += 1
-    rec.add(z, s, max_iter, n_svd)
+    rec.add(z, s, max_iter, n_svd())
     return z, s, lam, tau, max_iter, "max_steps"
 
 
