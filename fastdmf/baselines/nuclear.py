@@ -25,7 +25,7 @@ def nuclear_norm(
     tol: float = 1e-6,
     max_iter: int = 5000,
     tau: float | None = None,
-    memory: int = 5,
+    memory: int = 10,
     record=10,
     n_threads: int | None = None,
     progress: bool = False,
@@ -180,7 +180,7 @@ class _Thresholder:
     def __call__(self, a, tau):
         if self.v is None:
             return self.exact(a, tau)
-        q = sl.qr(a @ self.v, mode="economic", overwrite_a=True, check_finite=False)[0]
+        q = _orthonormal(a @ self.v)
         b = q.T @ a
         # Ritz values from the eigenvalues of the small Gram matrix b b^T: every one that
         # matters is at least ~tau, far above the rounding level of its square
@@ -196,6 +196,18 @@ class _Thresholder:
         self.v = b.T @ vecs[:, :keep]  # their span, plus the buffer (column scale is moot)
         s = sb[:k] - tau
         return ((q @ vecs[:, :k]) * s) @ vt, s
+
+
+def _orthonormal(y):
+    """An orthonormal basis of the columns of ``y`` (Householder QR, LAPACK called directly:
+    ``scipy.linalg.qr``'s checks cost as much as the factorisation at these sizes)."""
+    geqrf, orgqr = sl.get_lapack_funcs(("geqrf", "orgqr"), (y,))
+    qr, tau, _, info = geqrf(y, overwrite_a=True)
+    if info == 0:
+        q, _, info = orgqr(qr, tau, overwrite_a=True)
+    if info != 0:  # pragma: no cover - LAPACK argument errors only
+        raise np.linalg.LinAlgError(f"QR factorisation failed (LAPACK info {info})")
+    return q
 
 
 def _douglas_rachford(obs, tol, max_iter, tau, memory, rec):
