@@ -153,6 +153,78 @@ def test_nuclear_without_acceleration(square):
     assert_certified(square, result)
 
 
+def reference_svt(a, tau):
+    """``SVT_tau(a)`` and its singular values, from NumPy's full SVD."""
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    k = int(np.sum(s > tau))
+    return (u[:, :k] * (s[:k] - tau)) @ vt[:k], s[:k] - tau
+
+
+def spectrum_matrix(rng, m, n, values):
+    u = np.linalg.qr(rng.standard_normal((m, len(values))))[0]
+    v = np.linalg.qr(rng.standard_normal((n, len(values))))[0]
+    return (u * values) @ v.T
+
+
+def test_subspace_svt_matches_full_svd():
+    """The warm-started subspace step equals the full-SVD threshold when its block spans the
+    top singular vectors, and converges to it from a perturbed block."""
+    from fastdmf.baselines.nuclear import _Thresholder
+
+    rng = np.random.default_rng(0)
+    a = spectrum_matrix(rng, 50, 40, np.r_[np.linspace(9.0, 3.0, 5), np.linspace(1.5, 0.1, 35)])
+    ref, ref_s = reference_svt(a, 2.0)
+    thr = _Thresholder(a.shape, spare=6)
+    z, s = thr.exact(a, 2.0)  # full SVD; keeps 5 + 6 right singular vectors
+    assert thr.v.shape == (40, 11) and (thr.n_full, thr.n_fast) == (1, 0)
+    np.testing.assert_allclose(z, ref, atol=1e-12)
+    z, s = thr(a, 2.0)
+    assert (thr.n_full, thr.n_fast) == (1, 1)
+    np.testing.assert_allclose(z, ref, atol=1e-11)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.svd(z, compute_uv=False)[:5], s, rtol=1e-12)
+    # a block from a nearby matrix: subspace iteration converges to the exact threshold
+    thr.exact(a + 0.05 * rng.standard_normal(a.shape), 2.0)
+    errors = [np.linalg.norm(thr(a, 2.0)[0] - ref) for _ in range(30)]
+    assert thr.n_fast == 31 and errors[0] < 0.1 and errors[-1] < 1e-10 * np.linalg.norm(ref)
+
+
+def test_subspace_svt_falls_back_when_the_buffer_thins():
+    """Fewer than _MIN_SPARE Ritz values below tau: the block may miss a singular value above
+    tau, so the step is a full SVD (and the thresholded rank grows past the old block)."""
+    from fastdmf.baselines.nuclear import _MIN_SPARE, _Thresholder
+
+    rng = np.random.default_rng(1)
+    a = spectrum_matrix(rng, 60, 60, np.r_[np.arange(20.0, 8.0, -1.0), np.linspace(1.5, 0.1, 48)])
+    thr = _Thresholder(a.shape, spare=_MIN_SPARE)
+    thr.exact(a, 14.5)  # 6 values above 14.5: a block of 6 + _MIN_SPARE vectors
+    assert thr.v.shape[1] == 6 + _MIN_SPARE
+    z, s = thr(a, 5.0)  # 12 values above 5: more than the block holds
+    assert (thr.n_full, thr.n_fast) == (2, 0)
+    ref, ref_s = reference_svt(a, 5.0)
+    np.testing.assert_allclose(z, ref, atol=1e-12)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-12)
+    assert len(s) == 12 and thr.v.shape[1] == 12 + _MIN_SPARE
+
+
+@pytest.mark.parametrize("shape, rank, n_observed, seed, recovers", [
+    ((60, 50), 2, 900, 1, True),  # enough entries: the truth is the minimiser
+    ((60, 60), 3, 1200, 0, False),  # too few: a certificate for a matrix other than the truth
+])
+def test_nuclear_subspace_path_certified(shape, rank, n_observed, seed, recovers):
+    """Problems whose thresholded rank stays far below their size run on the subspace step,
+    yet end on a full-SVD iterate with the certificate."""
+    problem = fastdmf.synthetic_completion(shape=shape, rank=rank, n_observed=n_observed,
+                                           seed=seed)
+    result = baselines.nuclear_norm(problem)
+    assert result.status == "converged"
+    svds = result.settings["svds"]
+    assert svds["subspace"] > 0.8 * result.n_steps and svds["full"] >= 2
+    assert_certified(problem, result)
+    err = np.sum((result.matrix() - problem.ground_truth) ** 2)
+    assert (err < 1e-10 * np.sum(problem.ground_truth**2)) == recovers
+
+
 # -------------------------------------------------------------------- min Frobenius
 
 

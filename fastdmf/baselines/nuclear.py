@@ -42,15 +42,20 @@ def nuclear_norm(
 
     Method: ADMM on the splitting ``W = Z`` (indicator of ``{A(W) = y}`` on one side, the
     nuclear norm on the other), run in its Douglas-Rachford form ``a <- a + P(2 Z - a) - Z``
-    with ``Z = SVT_tau(a)`` (singular value thresholding, full SVD) and ``P`` the exact
+    with ``Z = SVT_tau(a)`` (singular value thresholding) and ``P`` the exact
     projection onto the affine set (completion: overwrite the observed entries; sensing:
     ``W - A^*((A A^*)^{-1}(A(W) - y))`` with a cached Cholesky of ``A A^T``). After each step
     ``(a - Z) / tau`` lies exactly in the subdifferential of ``||.||_*`` at ``Z``; its
     projection on the range of ``A^*`` gives the multiplier ``lam``. The iteration is
     accelerated by type-II Anderson extrapolation (safeguarded: a step that doubles the
     fixed-point residual is replaced by the plain step), and ``tau`` is rescaled by residual
-    balancing. This costs one SVD of an m x n matrix per iteration and no m n x m n system,
-    which is why it beats interior-point and SCS-type conic solvers on this problem.
+    balancing. The threshold needs only the singular triplets above ``tau``: once their
+    number has settled (and with a buffer of 10 stays below half the smaller side), each
+    iteration tracks them by one warm-started step of subspace iteration (two products with
+    an m x (r + 10) block and a small eigen-decomposition) instead of a full SVD; a full SVD
+    takes over whenever the buffer thins out, and the iterate that is certified is always
+    thresholded by a full SVD. No m n x m n system is ever formed, which is why this beats
+    interior-point and SCS-type conic solvers on this problem.
 
     Stopping is by certificate, not by step size. The solver stops with status
     ``"converged"`` once, for the returned ``W = Z`` and ``Y = A^*(lam)``,
@@ -92,7 +97,9 @@ def nuclear_norm(
     FitResult
         ``factors = [W]`` (depth 1, so ``result.matrix()`` is ``W``); the trajectory counts
         iterations in ``step``; ``settings`` holds ``solver``, ``tol``, ``tau`` (final),
-        ``iterations`` and ``certificate``: a dict with ``multiplier`` (``lam``, shape (p,)),
+        ``iterations``, ``svds`` (``{"full": ..., "subspace": ...}``: thresholdings by a full
+        SVD and by the warm-started subspace step) and ``certificate``: a dict with
+        ``multiplier`` (``lam``, shape (p,)),
         ``dual_objective`` (``<y, lam>``), ``dual_norm`` (``||A^*(lam)||_op``),
         ``lower_bound`` (``<y, lam> / max(1, dual_norm)``, a bound on the optimum),
         ``nuclear_norm`` (``||W||_*``), ``gap`` and ``residual``.
@@ -123,14 +130,16 @@ def nuclear_norm(
     rec = Recorder(obs, schedule, progress, "nuclear_norm")
     with blas_threads(n_threads, obs.shape):
         try:
+            thr = _Thresholder(obs.shape, _SPARE)
             w, sv, lam, tau, it, status = _douglas_rachford(obs, tol, int(max_iter), tau,
-                                                            int(memory), rec)
+                                                            int(memory), rec, thr)
         finally:
             rec.close()
         cert = certificate(obs, w, sv, lam)
     settings = {"solver": "nuclear_norm", "method": "admm-douglas-rachford+anderson",
                 "tol": tol, "max_iter": int(max_iter), "tau": tau, "memory": int(memory),
-                "iterations": it, "certificate": cert}
+                "iterations": it, "svds": {"full": thr.n_full, "subspace": thr.n_fast},
+                "certificate": cert}
     return pack(w, rec.traj, status, settings, it, problem)
 
 
@@ -154,12 +163,16 @@ class _Thresholder:
     """Singular value thresholding ``SVT_tau(a)``, by a full SVD or, once the rank of the
     iterates has settled, by one warm-started step of subspace iteration.
 
-    The fast step keeps ``k`` right singular vectors of the previous iterate (the ones above
-    the threshold plus a buffer), multiplies once by ``a`` and by ``a^T`` and extracts the
-    Ritz triplets of ``a`` on that subspace (Rayleigh-Ritz: the small SVD of ``Q^T a``). The
-    result is exact when the subspace holds every singular vector of ``a`` above ``tau``;
-    ADMM iterates change slowly, so one step per iteration tracks them. The buffer must keep
-    at least ``_MIN_SPARE`` Ritz values below ``tau``, else the step is redone by a full SVD.
+    The fast step keeps ``k`` vectors spanning the right singular vectors of the previous
+    iterate above the threshold plus a buffer of ``spare``, multiplies once by ``a`` and once
+    by ``a^T`` (``Q = orth(a V)``, ``B = Q^T a``) and takes the Ritz triplets of ``a`` on that
+    subspace from the eigen-decomposition of the small Gram matrix ``B B^T``. The result is
+    exact when the subspace holds every singular vector of ``a`` above ``tau``; ADMM iterates
+    change slowly, so one step per iteration tracks them, and ``Z`` is always an exact SVD
+    ``U diag(s) V^T`` (orthonormal ``U``, ``V``), so ``sum(s)`` is its nuclear norm. When
+    fewer than ``_MIN_SPARE`` Ritz values fall below ``tau`` (the subspace may miss one above
+    it) the step is redone by a full SVD, which is also used while the thresholded rank plus
+    buffer exceeds half the smaller side (a full SVD is then about as cheap).
     """
 
     def __init__(self, shape, spare):
@@ -210,7 +223,7 @@ def _orthonormal(y):
     return q
 
 
-def _douglas_rachford(obs, tol, max_iter, tau, memory, rec):
+def _douglas_rachford(obs, tol, max_iter, tau, memory, rec, thr):
     """The accelerated iteration; returns ``(W, sigma(W), lam, tau, iterations, status)``."""
     a = obs.least_norm()
     if obs.y_norm == 0.0:
@@ -219,7 +232,6 @@ def _douglas_rachford(obs, tol, max_iter, tau, memory, rec):
     if tau is None:
         tau = _TAU_SCALE * float(sl.svdvals(a, check_finite=False)[0])
     acc = Anderson(memory) if memory else None
-    thr = _Thresholder(obs.shape, _SPARE)
     next_dual_check = 0
 
     def apply(a, exact=False):
