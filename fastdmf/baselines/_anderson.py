@@ -53,8 +53,9 @@ class Anderson:
         k = self.count
         gram = self.gram[:k, :k].copy()
         rhs = self.dg[:k] @ flat_g
-        gram[np.diag_indices_from(gram)] *= 1.0 + 1e-10
-        gram[np.diag_indices_from(gram)] += 1e-300
+        diag = gram.reshape(-1)[:: k + 1]  # a view of the diagonal
+        diag *= 1.0 + 1e-10
+        diag += 1e-300
         try:
             gamma = np.linalg.solve(gram, rhs)
         except np.linalg.LinAlgError:
