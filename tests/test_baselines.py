@@ -207,19 +207,24 @@ def test_subspace_svt_falls_back_when_the_buffer_thins():
     assert len(s) == 12 and thr.v.shape[1] == 12 + _MIN_SPARE
 
 
-@pytest.mark.parametrize("shape, rank, n_observed, seed, recovers", [
-    ((60, 50), 2, 900, 1, True),  # enough entries: the truth is the minimiser
-    ((60, 60), 3, 1200, 0, False),  # too few: a certificate for a matrix other than the truth
+@pytest.mark.parametrize("kind, shape, rank, n_observed, seed, recovers", [
+    ("completion", (60, 50), 2, 900, 1, True),  # enough entries: the truth is the minimiser
+    ("completion", (60, 60), 3, 1200, 0, False),  # too few: the minimiser is not the truth
+    ("sensing", (30, 25), 2, 300, 1, True),
 ])
-def test_nuclear_subspace_path_certified(shape, rank, n_observed, seed, recovers):
+def test_nuclear_subspace_path_certified(kind, shape, rank, n_observed, seed, recovers):
     """Problems whose thresholded rank stays far below their size run on the subspace step,
     yet end on a full-SVD iterate with the certificate."""
-    problem = fastdmf.synthetic_completion(shape=shape, rank=rank, n_observed=n_observed,
-                                           seed=seed)
+    if kind == "completion":
+        problem = fastdmf.synthetic_completion(shape=shape, rank=rank, n_observed=n_observed,
+                                               seed=seed)
+    else:
+        problem = fastdmf.synthetic_sensing(shape=shape, rank=rank, n_measurements=n_observed,
+                                            seed=seed)
     result = baselines.nuclear_norm(problem)
     assert result.status == "converged"
     svds = result.settings["svds"]
-    assert svds["subspace"] > 0.8 * result.n_steps and svds["full"] >= 2
+    assert svds["subspace"] > 0.5 * result.n_steps and svds["full"] >= 2
     assert_certified(problem, result)
     err = np.sum((result.matrix() - problem.ground_truth) ** 2)
     assert (err < 1e-10 * np.sum(problem.ground_truth**2)) == recovers
