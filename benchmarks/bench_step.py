@@ -1,7 +1,8 @@
 """Time one full plain-GD training step of fastdmf against the dense peers, in one run.
 
 One step = completion loss + the gradients of all N factors + the update
-``W_j <- W_j - lr dL/dW_j``, float64, from the paper's gaussian init (docs/math.md).
+``W_j <- W_j - lr dL/dW_j``, float64 (``--dtype float32`` for float32 throughout), from the
+paper's gaussian init (docs/math.md).
 
 Implementations
 ---------------
@@ -66,6 +67,9 @@ INIT_SCALE = 1e-3
 SEED = 0
 TORCH_THREADS = 2
 AGREE_RTOL = 1e-10
+# Compute dtype of every implementation (--dtype); float32 agrees to ~1e-5 after one step.
+DTYPE = "float64"
+AGREE_RTOL_F32 = 1e-4
 CONTENTION_WARN = 10.0  # percent of all cores used by others before the report warns
 
 
@@ -134,12 +138,12 @@ class FastdmfImpl:
 
     def __init__(self, problem, layout, parallel):
         self.name = "fastdmf parallel" if parallel else "fastdmf serial"
-        theta = np.zeros(layout.size)
+        theta = np.zeros(layout.size, dtype=DTYPE)
         hyper = get_optimizer("gd").hyper(LR, {})
         self.engine = Engine(problem, layout, theta, "gd", hyper, parallel=parallel)
 
     def load(self, factors):
-        self.engine.theta[:] = self.engine.layout.pack(factors)
+        self.engine.theta[:] = self.engine.layout.pack(factors, dtype=DTYPE)
         self.engine.scalars[:] = 0.0
 
     def steps(self, k):
@@ -161,14 +165,14 @@ class NumpyDense:
 
     def __init__(self, problem, layout):
         m, n = problem.shape
-        self.mask = np.zeros((m, n))
+        self.mask = np.zeros((m, n), dtype=DTYPE)
         self.mask[problem.rows, problem.cols] = 1.0
-        self.target = np.zeros((m, n))
+        self.target = np.zeros((m, n), dtype=DTYPE)
         self.target[problem.rows, problem.cols] = problem.values
         self.n_obs = problem.n_observed
 
     def load(self, factors):
-        self.ws = [np.array(w, dtype=np.float64) for w in factors]
+        self.ws = [np.array(w, dtype=DTYPE) for w in factors]
 
     def step(self):
         ws = self.ws
@@ -212,11 +216,12 @@ class TorchDense:
         torch.set_num_threads(TORCH_THREADS)
         self.rows = torch.from_numpy(problem.rows)
         self.cols = torch.from_numpy(problem.cols)
-        self.y = torch.from_numpy(problem.values)
+        self.dtype = getattr(torch, DTYPE)
+        self.y = torch.from_numpy(problem.values).to(self.dtype)
 
     def load(self, factors):
         torch = self.torch
-        self.params = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float64)) for w in factors]
+        self.params = [torch.nn.Parameter(torch.tensor(w, dtype=self.dtype)) for w in factors]
         self.opt = torch.optim.SGD(self.params, lr=LR)
 
     def step(self):
@@ -270,7 +275,8 @@ def check_agreement(impls, factors0):
         impl.load(factors0)
         impl.steps(1)
         out[impl.name] = (rel_diff(impl.grads(), ref_g), rel_diff(impl.factors(), ref_w))
-        if max(out[impl.name]) > AGREE_RTOL:
+        rtol = AGREE_RTOL if DTYPE == "float64" else AGREE_RTOL_F32
+        if max(out[impl.name]) > rtol:
             raise AssertionError(
                 f"{impl.name} disagrees with fastdmf serial after one step: gradient rel diff "
                 f"{out[impl.name][0]:.2e}, factors {out[impl.name][1]:.2e} (> {AGREE_RTOL:g})"
@@ -318,12 +324,12 @@ def _numpy_blas_setter():
 
 
 def matmul_rate(threads=None, repeats=10):
-    """GFLOP/s of a 1000x1000 float64 numpy matmul: (best, median)."""
+    """GFLOP/s of a 1000x1000 numpy matmul in DTYPE: (best, median)."""
     setter = _numpy_blas_setter() if threads else None
     if threads and setter is None:
         return None
-    a = np.random.default_rng(1).standard_normal((1000, 1000))
-    b = np.random.default_rng(2).standard_normal((1000, 1000))
+    a = np.random.default_rng(1).standard_normal((1000, 1000)).astype(DTYPE)
+    b = np.random.default_rng(2).standard_normal((1000, 1000)).astype(DTYPE)
     try:
         if setter:
             setter(threads)
@@ -532,10 +538,10 @@ def build_report(args):
     lines = ["# fastdmf: one plain-GD training step against dense peers", ""]
     lines += stamp()
     lines += [
-        f"- setup: float64, plain GD lr={LR:g}, gaussian init scale {INIT_SCALE:g}, seed "
+        f"- setup: {DTYPE}, plain GD lr={LR:g}, gaussian init scale {INIT_SCALE:g}, seed "
         f"{SEED}, synthetic rank-5 problems; {repeats} repeats of k steps, interleaved across "
         f"implementations ({'--quick' if args.quick else 'full mode'})",
-        f"- numpy 1000x1000 float64 matmul, default threads, best of 10, measured before, "
+        f"- numpy 1000x1000 {DTYPE} matmul, default threads, best of 10, measured before, "
         f"between and after the configs: {bests} GFLOP/s"
         + (f"; 1 thread: {rate_one[0]:.0f} best, {rate_one[1]:.0f} median" if rate_one else ""),
         f"- t_min = fastdmf's minimal step FLOPs / {rate:.1f} GFLOP/s (the best rate above)",
@@ -631,8 +637,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="compute dtype of every implementation (float32: no memory rows)")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global DTYPE
+    DTYPE = args.dtype
+    if DTYPE != "float64":
+        args.no_memory = True
     if args.memory_child:
         name, depth, datafile = args.memory_child
         print(json.dumps(memory_child(name, int(depth), datafile)))
