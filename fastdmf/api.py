@@ -23,7 +23,7 @@ from .engine import Engine
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .kernels import cpu
 from .optim import get_optimizer
-from .problem import CompletionProblem, check_index, completion
+from .problem import CompletionProblem, SensingProblem, check_index, completion
 from .trajectory import Trajectory, measure, record_schedule, time_schedule
 
 __all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "warmup"]
@@ -89,10 +89,10 @@ class FitResult:
         )
 
 
-def as_problem(observed, shape=None) -> CompletionProblem:
-    """A validated problem from a problem, a matrix (dense with NaN, or sparse), or a
-    ``(rows, cols, values)`` tuple (with ``shape``)."""
-    if isinstance(observed, CompletionProblem):
+def as_problem(observed, shape=None) -> CompletionProblem | SensingProblem:
+    """A validated problem from a problem (completion or sensing, returned as it is), a
+    matrix (dense with NaN, or sparse), or a ``(rows, cols, values)`` tuple (with ``shape``)."""
+    if isinstance(observed, (CompletionProblem, SensingProblem)):
         return observed
     if isinstance(observed, tuple):
         if len(observed) != 3:
@@ -202,6 +202,11 @@ def fit(
     args = {k: v for k, v in locals().items() if k not in ("observed", "callback", "test")}
     problem = as_problem(observed, shape)
     test = None if test is None else as_problem(test, problem.shape)
+    if test is not None and isinstance(test, SensingProblem) != isinstance(problem, SensingProblem):
+        raise TypeError(
+            "test= must be of the problem's kind: held-out measurements (a SensingProblem, "
+            "e.g. from problem.split()) for a sensing problem, held-out entries otherwise"
+        )
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
     if dtype not in _DTYPES:

@@ -17,9 +17,10 @@ from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, _Watch,
 from .engine import Engine
 from .factors import FactorLayout, initialize
 from .kernels import cpu
-from .kernels.batch import run_batch
+from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.blas import blas_threads
 from .optim import get_optimizer
+from .problem import SensingProblem
 from .trajectory import Trajectory, record_schedule
 
 __all__ = ["fit_batch"]
@@ -77,6 +78,7 @@ def fit_batch(
         hyper = spec.hyper(rate, optimizer_options or {})
         theta = layout.pack(factors, dtype=_DTYPES[dtype])
         engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
+        engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = _stack(engines)
     schedule = record_schedule(record, max_steps)
     with _threads(n_threads):
@@ -136,10 +138,11 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
             old = numba.get_parallel_chunksize()
             numba.set_parallel_chunksize(1)
             try:
-                run_batch((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
-                          eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
-                                                st["scalars"]),
-                          chunk, tol, caps, active, status)
+                kernel = run_batch_sensing if isinstance(problem, SensingProblem) else run_batch
+                kernel((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
+                       eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
+                                             st["scalars"]),
+                       chunk, tol, caps, active, status)
             finally:
                 numba.set_parallel_chunksize(old)
         step += chunk
