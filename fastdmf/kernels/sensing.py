@@ -72,12 +72,13 @@ def work_layout(dims, nblk):
 
 def prepare(problem, layout, dtype, parallel=None):
     """``(kernels, nblk, obs, work, resid)`` for a :class:`~fastdmf.SensingProblem`: the
-    build (``parallel`` True/False, or None to decide by ``p m n`` against
-    ``config.PARALLEL_MIN_WORK`` and the thread count), the operator in ``dtype`` (float64:
-    a view of ``problem.A``, no copy), the workspace and the residual buffer."""
-    if parallel is None:
-        work = problem.A.size
-        parallel = numba.get_num_threads() > 1 and work >= config.PARALLEL_MIN_WORK
+    build, the operator in ``dtype`` (float64: a view of ``problem.A``, no copy), the
+    workspace and the residual buffer.
+
+    ``parallel=None`` picks the serial build: a step is two memory-bound gemvs over the
+    operator, and splitting them over threads was slower on the machine of
+    benchmarks/RESULTS_sensing.md; ``parallel=True`` splits them in
+    ``config.DENSE_BLOCKS`` row blocks."""
     kernels = PARALLEL if parallel else SERIAL
     nblk = config.DENSE_BLOCKS if parallel else 1
     amat = np.ascontiguousarray(problem.operator, dtype=dtype)
