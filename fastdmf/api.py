@@ -24,7 +24,7 @@ from .engine import Engine, make_engine, resolve_backend
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .kernels import cpu
 from .optim import get_optimizer
-from .problem import CompletionProblem, check_index, completion
+from .problem import CompletionProblem, SensingProblem, check_index, completion
 from .trajectory import Trajectory, measure, record_schedule, time_schedule
 
 __all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "warmup"]
@@ -90,10 +90,10 @@ class FitResult:
         )
 
 
-def as_problem(observed, shape=None) -> CompletionProblem:
-    """A validated problem from a problem, a matrix (dense with NaN, or sparse), or a
-    ``(rows, cols, values)`` tuple (with ``shape``)."""
-    if isinstance(observed, CompletionProblem):
+def as_problem(observed, shape=None) -> CompletionProblem | SensingProblem:
+    """A validated problem from a problem (completion or sensing, returned as it is), a
+    matrix (dense with NaN, or sparse), or a ``(rows, cols, values)`` tuple (with ``shape``)."""
+    if isinstance(observed, (CompletionProblem, SensingProblem)):
         return observed
     if isinstance(observed, tuple):
         if len(observed) != 3:
@@ -137,13 +137,19 @@ def fit(
 
         L(W_1, ..., W_N) = (1/|Omega|) sum_{(i,j,y) in Omega} ((W_N ... W_1)[i, j] - y)^2
 
+    On a :class:`~fastdmf.SensingProblem` (measurements ``y_k = <A_k, W*>``) it minimises the
+    sensing loss ``(1/p) sum_k (<A_k, W_N ... W_1> - y_k)^2`` instead, with every optimiser
+    (see ``fastdmf.kernels.sensing``; a step then forms the m x n product).
+
     The defaults are the paper's setup: full-dimensional widths, gaussian init of scale 1e-3,
     GroupRMSprop with lr 1e-3, stop at train loss 1e-6 or 10^6 steps, a record every 1000.
 
     Parameters
     ----------
-    observed : CompletionProblem, array with NaN for missing, scipy.sparse, or (rows, cols, values)
-        The observed entries (see :func:`fastdmf.completion`); triplets need ``shape``.
+    observed : CompletionProblem, array with NaN for missing, scipy.sparse, (rows, cols, values)
+        or SensingProblem
+        The observed entries (see :func:`fastdmf.completion`); triplets need ``shape``. Or
+        linear measurements (see :func:`fastdmf.sensing`).
     depth : int
         Number of factors N >= 1.
     shape : (int, int), optional
@@ -174,8 +180,10 @@ def fit(
     top_k : int, optional
         Keep only the top-k singular values per record (all by default).
     test : any input form of ``observed``, optional
-        Held-out entries of the same shape; the trajectory's test error is their MSE when the
-        problem has no ground truth (with a ground truth, the reconstruction error is used).
+        Held-out entries of the same shape (for a sensing problem: held-out measurements, a
+        SensingProblem, e.g. from :meth:`SensingProblem.split`); the trajectory's test error
+        is their MSE when the problem has no ground truth (with a ground truth, the
+        reconstruction error is used).
     seed : int or None
         Seed of the initialisation; None draws one, which is kept in ``settings``.
     dtype : {"float64", "float32"}
@@ -218,10 +226,18 @@ def fit(
     >>> result = fastdmf.fit(problem, depth=2, lr=1e-2, max_steps=3000, seed=0)
     >>> result.status in ("converged", "max_steps")
     True
+    >>> sensed = fastdmf.synthetic_sensing(shape=(10, 10), rank=1, n_measurements=60, seed=0)
+    >>> fastdmf.fit(sensed, depth=2, optimizer="adam", lr=1e-2, max_steps=500, seed=0).shape
+    (10, 10)
     """
     args = {k: v for k, v in locals().items() if k not in ("observed", "callback", "test")}
     problem = as_problem(observed, shape)
     test = None if test is None else as_problem(test, problem.shape)
+    if test is not None and isinstance(test, SensingProblem) != isinstance(problem, SensingProblem):
+        raise TypeError(
+            "test= must be of the problem's kind: held-out measurements (a SensingProblem, "
+            "e.g. from problem.split()) for a sensing problem, held-out entries otherwise"
+        )
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
     init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel)
@@ -251,7 +267,7 @@ def fit(
         if max_time is not None:
             raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
         schedule, end = record_schedule(record, max_steps), max_steps
-    where = resolve_backend(backend, spec.code)
+    where = resolve_backend(backend, spec.code, problem)
     with _threads(n_threads):
         engine = make_engine(problem, layout, theta, spec, hyper, parallel, where)
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
@@ -424,14 +440,15 @@ def _warn_diverged(step, engine, good_step):
 
 
 def loss_and_grad(factors, problem, dtype=None, shape=None):
-    """``(loss, [dL/dW_1, ..., dL/dW_N])`` of the completion loss, through the fit kernels.
+    """``(loss, [dL/dW_1, ..., dL/dW_N])`` of the completion loss (or, for a SensingProblem,
+    the sensing loss), through the fit kernels.
 
     Parameters
     ----------
     factors : list of arrays
         ``[W_1, ..., W_N]`` with chained shapes.
-    problem : CompletionProblem or any input form of :func:`fit`
-        The observed entries; ``(rows, cols, values)`` needs ``shape``.
+    problem : CompletionProblem, SensingProblem or any input form of :func:`fit`
+        The observed entries or measurements; ``(rows, cols, values)`` needs ``shape``.
     dtype : {"float64", "float32"}, optional
         Compute dtype; by default that of the factors (float64 unless all are float32).
     """

@@ -17,9 +17,10 @@ from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, _Watch,
 from .engine import Engine, resolve_backend
 from .factors import FactorLayout, initialize
 from .kernels import cpu
-from .kernels.batch import run_batch
+from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.blas import blas_threads
 from .optim import get_optimizer
+from .problem import SensingProblem
 from .trajectory import Trajectory, record_schedule
 
 __all__ = ["fit_batch"]
@@ -80,9 +81,10 @@ def fit_batch(
         hyper = spec.hyper(rate, optimizer_options or {})
         theta = layout.pack(factors, dtype=_DTYPES[dtype])
         engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
+        engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = _stack(engines)
     schedule = record_schedule(record, max_steps)
-    where = resolve_backend(backend, spec.code)
+    where = resolve_backend(backend, spec.code, problem)
     if where == "cuda":
         from .kernels.cuda import DeviceBatch
 
@@ -147,7 +149,7 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
         if "device" in st:
             st["device"].run(chunk, tol, caps, active, status)
         else:
-            _run_cpu(st, eng0, chunk, tol, caps, active, status)
+            _run_cpu(st, eng0, problem, chunk, tol, caps, active, status)
         step += chunk
         for b in np.flatnonzero(active):
             code = int(status[b])
@@ -158,13 +160,14 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
     return trajs, statuses
 
 
-def _run_cpu(st, eng0, chunk, tol, caps, active, status):
+def _run_cpu(st, eng0, problem, chunk, tol, caps, active, status):
     """One compiled call advancing every active trial on the CPU, one trial per task."""
+    kernel = run_batch_sensing if isinstance(problem, SensingProblem) else run_batch
     with blas_threads(1):
         old = numba.get_parallel_chunksize()
         numba.set_parallel_chunksize(1)
         try:
-            run_batch((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
+            kernel((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
                       eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
                                             st["scalars"]),
                       chunk, tol, caps, active, status)

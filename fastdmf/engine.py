@@ -12,9 +12,10 @@ import numpy as np
 
 from . import config
 from .factors import FactorLayout
-from .kernels import cpu, flow
+from .kernels import cpu, flow, sensing
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
+from .problem import SensingProblem
 
 __all__ = ["Engine", "CudaEngine", "make_engine", "select_kernels", "BACKENDS"]
 
@@ -35,7 +36,9 @@ class Engine:
 
     Parameters
     ----------
-    problem : CompletionProblem
+    problem : CompletionProblem or SensingProblem
+        A sensing problem runs the kernels of ``fastdmf.kernels.sensing`` (which form the
+        m x n product W; ``rowloss`` then holds the residuals).
     layout : FactorLayout
     theta : ndarray, shape (layout.size,)
         Initial parameters (factor 1 first, C order); its dtype is the compute dtype.
@@ -53,6 +56,22 @@ class Engine:
         self.grad = np.zeros_like(theta)
         self.dims = np.asarray(layout.dims, dtype=np.int64)
         self.offs = layout.offsets
+        if isinstance(problem, SensingProblem):
+            self.kernels, self.nblk, self.obs, self.work, self.rowloss = sensing.prepare(
+                problem, layout, dtype, parallel)
+        else:
+            self._completion_buffers(problem, layout, dtype, parallel)
+        self.spec = spec
+        self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
+        self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
+        self.scalars = np.zeros(3)  # optimiser steps, running average v, time
+        if spec.name.startswith("flow"):
+            fs = np.zeros(flow.FLOW_STATE_SIZE)
+            fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
+            fs[flow.METHOD] = flow.DOPRI5 if spec.name == "flow_dopri5" else flow.RKC2
+            self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=dtype), fs)
+
+    def _completion_buffers(self, problem, layout, dtype, parallel):
         rowptr, colptr, order = problem.index
         values = problem.values.astype(dtype)
         col_rows = problem.rows[order]
@@ -63,15 +82,6 @@ class Engine:
         size = cpu.work_layout(self.dims, problem.n_observed, self.nblk)[-1]
         self.work = np.zeros(size, dtype=dtype)
         self.rowloss = np.zeros(problem.shape[0])
-        self.spec = spec
-        self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
-        self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
-        self.scalars = np.zeros(3)  # optimiser steps, running average v, time
-        if spec.name.startswith("flow"):
-            fs = np.zeros(flow.FLOW_STATE_SIZE)
-            fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
-            fs[flow.METHOD] = flow.DOPRI5 if spec.name == "flow_dopri5" else flow.RKC2
-            self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=dtype), fs)
 
     @property
     def is_flow(self) -> bool:
@@ -225,14 +235,20 @@ class CudaEngine(Engine):
         self.device.upload()
 
 
-def resolve_backend(backend: str, optimizer_code: int) -> str:
+def resolve_backend(backend: str, optimizer_code: int, problem=None) -> str:
     """``"cpu"`` or ``"cuda"`` for a ``backend`` argument (``"auto"``: a real CUDA GPU when
-    one is usable and the optimiser runs there, else the CPU)."""
+    one is usable and the optimiser and problem run there, else the CPU)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    sensing = isinstance(problem, SensingProblem)
+    if backend == "cuda" and sensing:
+        raise ValueError(
+            "backend='cuda' runs completion problems; matrix sensing runs on the CPU "
+            "(backend='cpu')"
+        )
     if backend != "auto":
         return backend
-    if optimizer_code < 0:
+    if optimizer_code < 0 or sensing:
         return "cpu"
     try:
         from .kernels import cuda as kc

@@ -10,6 +10,12 @@ Its gradient in W is the sparse matrix G with G[i_k, j_k] = 2 r_k / |Omega|, r =
 and by the chain rule::
 
     dL/dW_j = (W_N ... W_{j+1})^T  G  (W_{j-1} ... W_1)^T
+
+Sensing loss, measurements ``y_k = <A_k, W*>`` (same convention)::
+
+    L(W) = (1/p) sum_k (<A_k, W> - y_k)^2,     G = (2/p) sum_k r_k A_k
+
+with the same chain rule for the factor gradients.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from .factors import end_to_end
 __all__ = [
     "loss",
     "loss_and_grad",
+    "sensing_loss",
+    "sensing_loss_and_grad",
+    "factor_grads",
     "gd_step",
     "grouprmsprop_step",
     "adam_step",
@@ -41,12 +50,31 @@ def loss_and_grad(factors, rows, cols, values):
     resid = w[rows, cols] - values
     g = np.zeros_like(w)
     g[rows, cols] = 2.0 * resid / len(values)
+    return float(np.mean(resid**2)), factor_grads(factors, g)
+
+
+def sensing_loss(factors, A, y) -> float:
+    """Mean squared error of the measurements ``<A[k], W>`` against ``y``; A is (p, m, n)."""
+    resid = np.einsum("kij,ij->k", A, end_to_end(factors)) - y
+    return float(np.mean(resid**2))
+
+
+def sensing_loss_and_grad(factors, A, y):
+    """``(L, [dL/dW_1, ..., dL/dW_N])`` of the sensing loss: G = (2/p) sum_k r_k A[k]."""
+    w = end_to_end(factors)
+    resid = np.einsum("kij,ij->k", A, w) - y
+    g = np.einsum("k,kij->ij", 2.0 * resid / len(y), A)
+    return float(np.mean(resid**2)), factor_grads(factors, g)
+
+
+def factor_grads(factors, g):
+    """``[dL/dW_1, ..., dL/dW_N]`` from G = dL/dW by the chain rule."""
     grads = []
     for j in range(len(factors)):
-        left = _chain(factors[j + 1 :], w.shape[0])  # W_N ... W_{j+1}
-        right = _chain(factors[:j], w.shape[1])  # W_{j-1} ... W_1
+        left = _chain(factors[j + 1 :], g.shape[0])  # W_N ... W_{j+1}
+        right = _chain(factors[:j], g.shape[1])  # W_{j-1} ... W_1
         grads.append(left.T @ g @ right.T)
-    return float(np.mean(resid**2)), grads
+    return grads
 
 
 def _chain(factors, size):

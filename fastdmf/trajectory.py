@@ -6,9 +6,9 @@ A record is taken at the steps of the schedule (always step 0 and the final step
 ``step``            optimiser steps taken
 ``time``            t = sum of step sizes (gradient-flow time; see fastdmf.optim)
 ``n_evals``         gradient evaluations spent by the optimiser (= steps, except for "flow")
-``train_loss``      (1/|Omega|) sum_k (W[i_k, j_k] - y_k)^2
+``train_loss``      (1/|Omega|) sum_k (W[i_k, j_k] - y_k)^2; sensing: (1/p) sum_k (<A_k, W> - y_k)^2
 ``test_error``      ||W - W*||_F^2 / ||W*||_F^2 with a known ground truth W*, else the MSE on
-                    held-out entries, else NaN
+                    held-out entries (sensing: held-out measurements <A_k, W>), else NaN
 ``singular_values`` top-k singular values of W (records x k)
 ``nuclear_norm``    sum sigma
 ``effective_rank``  exp(entropy of sigma / sum sigma) (Roy & Vetterli 2007)
@@ -243,6 +243,8 @@ def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top
     elif problem.ground_truth is not None:
         truth = problem.ground_truth
         test_error = float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
+    elif test is not None and hasattr(test, "measure"):  # held-out sensing measurements
+        test_error = float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
     elif test is not None:
         pred = predict_entries(factors, test.rows, test.cols, config.PREDICT_BLOCK)
         test_error = float(np.mean((pred - test.values) ** 2))

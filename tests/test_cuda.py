@@ -139,3 +139,10 @@ def test_cuda_fit_checkpoint_resume_is_bit_identical(small, tmp_path):
     for a, b in zip(res.factors, ref.factors, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(res.trajectory.train_loss, ref.trajectory.train_loss)
+
+
+def test_sensing_is_not_sent_to_the_gpu():
+    p = fastdmf.synthetic_sensing(shape=(6, 5), rank=1, n_measurements=20, seed=0)
+    with pytest.raises(ValueError, match="matrix sensing runs on the CPU"):
+        fastdmf.fit(p, depth=2, max_steps=1, backend="cuda")
+    assert fastdmf.fit(p, depth=2, max_steps=1, backend="auto").settings["kernels"] != "cuda"

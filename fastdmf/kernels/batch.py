@@ -3,14 +3,18 @@
 Each trial runs the serial build's ``run`` (``fastdmf.kernels.cpu.SERIAL``) on its own row of
 stacked buffers, so a trial computes exactly what a serial ``fit`` of it computes; the
 parallel loop is over trials (Numba's dynamic chunk size 1, so a trial that stops early frees
-its thread for the next). Not cached: it is a parallel function.
+its thread for the next). Not cached: it is a parallel function. ``run_batch_sensing`` is the
+same loop over the sensing build's ``run`` (``fastdmf.kernels.sensing.SERIAL``).
 """
 
 from __future__ import annotations
 
+import types
+
 import numba
 from numba import prange
 
+from . import sensing
 from .cpu import SERIAL
 
 _serial_run = SERIAL.run
@@ -30,3 +34,13 @@ def run_batch(bufs, dims, offs, obs, opts, n_steps, tol, caps, active, status):
                 thetas[b], grads[b], works[b], dims, offs, obs, rowlosses[b],
                 (codes[b], hypers[b], ostates[b], scalars[b]), n_steps, tol, caps[b], 1,
             )[1]
+
+
+def _twin(serial_run):
+    """``run_batch`` compiled over another build's serial ``run``."""
+    py = run_batch.py_func
+    ns = {**py.__globals__, "_serial_run": serial_run}
+    return numba.njit(parallel=True)(types.FunctionType(py.__code__, ns, py.__name__))
+
+
+run_batch_sensing = _twin(sensing.SERIAL.run)

@@ -1,0 +1,202 @@
+"""Fused sensing loss + factor gradients, and the many-step loop, in Numba.
+
+Matrix sensing observes ``y_k = <A_k, W*>`` for p measurement matrices A_k (m x n). The
+operator is held as the p x (m n) matrix ``amat`` acting on the row-major ``vec(W)``. One
+evaluation at ``theta`` (notation of ``fastdmf.kernels.cpu``: ``Q_1 = W_1^T``,
+``S_j = W_N ... W_j``, ``H_j = G (W_{j-1} ... W_1)^T``):
+
+1. suffixes ``S_N = W_N``, ``S_j = S_{j+1} W_j`` for j = N-1..2 (BLAS);
+2. the end-to-end product ``W = S_2 Q_1^T`` (m x n; sensing needs it, unlike completion);
+3. residuals ``r = amat vec(W) - y`` (one BLAS gemv), the loss ``mean(r^2)``;
+4. ``G = (2/p) amat^T r`` (one BLAS gemv, transposed);
+5. ``dW_1^T = G^T S_2``, ``H_2 = G Q_1``, then as for completion: ``H_{j+1} = H_j W_j^T``
+   (ending with ``dW_N = H_N``) and ``dW_j = S_{j+1}^T H_j`` (BLAS).
+
+Cost per step: the two gemvs, 4 p m n flops, reading ``amat`` (p m n numbers) twice; the
+dense chain adds O(N m n d + N m d^2). Memory: ``amat`` (p m n) plus O(m n + N m d) of
+workspace. Depth 1 copies W^T to W and back (O(m n)).
+
+The parallel build splits each gemv in ``config.DENSE_BLOCKS`` fixed row blocks of ``amat``,
+one BLAS call per task; the transposed product keeps one partial vector per block, summed in
+block order, so results do not depend on the thread count. The optimiser ``update``, the
+step loop ``run`` and the flow integrators are those of ``fastdmf.kernels.cpu`` and
+``fastdmf.kernels.flow``, compiled again with this module's ``loss_and_grad`` in their
+namespace (``SERIAL`` / ``PARALLEL``, the same contracts). ``obs = (amat, y, lay)`` with
+``lay`` from :func:`work_layout`; the ``rowloss`` argument of those contracts holds the
+residuals.
+"""
+
+from __future__ import annotations
+
+import types
+from types import SimpleNamespace
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import config
+from . import cpu
+from . import flow as _flow
+from .cpu import _blk, _hblock, _suffix, blocked_sum, dense_ab, dense_atb, run, update
+
+__all__ = ["SERIAL", "PARALLEL", "work_layout", "prepare"]
+
+
+def work_layout(dims, nblk):
+    """Offsets of the workspace blocks (int64, length 2N + 5).
+
+    ``lay[j]``: S_j and ``lay[N+j]``: H_j (m x d_{j-1}) for j = 2..N-1, as in
+    ``cpu.work_layout``; ``lay[2N+1]``: W (m x n); ``lay[2N+2]``: G (m x n); ``lay[2N+3]``:
+    ``nblk`` partial products (``nblk > 1``); ``lay[2N+4]``: total size.
+    """
+    n_fac = len(dims) - 1
+    m, n = dims[-1], dims[0]
+    lay = np.zeros(2 * n_fac + 5, dtype=np.int64)
+    pos = 0
+    for j in range(2, n_fac):
+        lay[j] = pos
+        pos += m * dims[j - 1]
+    for j in range(2, n_fac):
+        lay[n_fac + j] = pos
+        pos += m * dims[j - 1]
+    lay[2 * n_fac + 1] = pos
+    lay[2 * n_fac + 2] = pos + m * n
+    lay[2 * n_fac + 3] = pos = pos + 2 * m * n
+    if nblk > 1:
+        widest = max([m * n] + [dims[j] * dims[j - 1] for j in range(1, n_fac)])
+        pos += nblk * widest
+    lay[2 * n_fac + 4] = pos
+    return lay
+
+
+def prepare(problem, layout, dtype, parallel=None):
+    """``(kernels, nblk, obs, work, resid)`` for a :class:`~fastdmf.SensingProblem`: the
+    build, the operator in ``dtype`` (float64: a view of ``problem.A``, no copy), the
+    workspace and the residual buffer.
+
+    ``parallel=None`` picks the serial build: a step is two memory-bound gemvs over the
+    operator, and splitting them over threads was slower on the machine of
+    benchmarks/RESULTS_sensing.md; ``parallel=True`` splits them in
+    ``config.DENSE_BLOCKS`` row blocks."""
+    kernels = PARALLEL if parallel else SERIAL
+    nblk = config.DENSE_BLOCKS if parallel else 1
+    amat = np.ascontiguousarray(problem.operator, dtype=dtype)
+    y = problem.y.astype(dtype)
+    lay = work_layout(layout.dims, nblk)
+    work = np.zeros(int(lay[-1]), dtype=dtype)
+    resid = np.zeros(problem.n_observed, dtype=dtype)
+    return kernels, nblk, (amat, y, lay), work, resid
+
+
+def matvec(a, x, out, nblk):
+    """out = a @ x (BLAS gemv), the rows of a split in ``nblk`` blocks, one per task."""
+    if nblk == 1:
+        np.dot(a, x, out)
+        return
+    rows = a.shape[0]
+    for k in prange(nblk):
+        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
+        if hi > lo:
+            np.dot(a[lo:hi], x, out[lo:hi])
+
+
+def rmatvec(a, r, out, part, nblk):
+    """out = a^T @ r (BLAS gemv, transposed), the rows of a split in ``nblk`` blocks whose
+    partial vectors go to their own slice of ``part``, then summed in block order."""
+    if nblk == 1:
+        np.dot(a.T, r, out)
+        return
+    rows, size = a.shape[0], out.shape[0]
+    for k in prange(nblk):
+        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
+        pk = part[k * size : (k + 1) * size]
+        if hi > lo:
+            np.dot(a[lo:hi].T, r[lo:hi], pk)
+        else:
+            pk[:] = 0
+    out[:] = part[:size]
+    for k in range(1, nblk):
+        out += part[k * size : (k + 1) * size]
+
+
+def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk):
+    """Sensing loss at ``theta``; all factor gradients written into ``grad`` (see the module
+    docstring). ``resid`` receives ``scale * r``."""
+    amat, y, lay = obs
+    N = dims.shape[0] - 1
+    m, n = dims[N], dims[0]
+    mn = m * n
+    wvec = work[lay[2 * N + 1] : lay[2 * N + 1] + mn]
+    gvec = work[lay[2 * N + 2] : lay[2 * N + 2] + mn]
+    w = wvec.reshape((m, n))
+    gm = gvec.reshape((m, n))
+    part = work[lay[2 * N + 3] : lay[2 * N + 4]]
+    q1 = _blk(theta, 0, n, dims[1])
+    if N == 1:
+        w[:, :] = q1.T
+    else:
+        for j in range(N - 1, 1, -1):
+            wj = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
+            dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), wj,
+                         _suffix(theta, work, dims, offs, lay, j), nblk)
+        dense_ab(_suffix(theta, work, dims, offs, lay, 2), q1.T, w, nblk)
+    matvec(amat, wvec, resid, nblk)
+    for k in range(resid.shape[0]):
+        resid[k] -= y[k]
+    loss = blocked_sum(resid, True) / resid.shape[0]
+    for k in range(resid.shape[0]):
+        resid[k] *= scale
+    rmatvec(amat, resid, gvec, part, nblk)
+    if N == 1:
+        _blk(grad, 0, n, m)[:, :] = gm.T
+        return loss
+    s2 = _suffix(theta, work, dims, offs, lay, 2)
+    dense_atb(gm, s2, _blk(grad, 0, n, dims[1]), part, nblk)
+    dense_ab(gm, q1, _hblock(grad, work, dims, offs, lay, 2), nblk)
+    for j in range(2, N):
+        wj = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
+        dense_ab(_hblock(grad, work, dims, offs, lay, j), wj.T,
+                     _hblock(grad, work, dims, offs, lay, j + 1), nblk)
+    for j in range(2, N):
+        dense_atb(_suffix(theta, work, dims, offs, lay, j + 1),
+                      _hblock(grad, work, dims, offs, lay, j),
+                      _blk(grad, offs[j - 1], dims[j], dims[j - 1]), part, nblk)
+    return loss
+
+
+# (name, Python function, compile options): update, run and the flow integrators call the
+# loss_and_grad of the namespace they are compiled in, this module's.
+_FAMILY = (
+    ("blocked_sum", blocked_sum, "kernel"),
+    ("dense_ab", dense_ab, "kernel"),
+    ("dense_atb", dense_atb, "kernel"),
+    ("matvec", matvec, "kernel"),
+    ("rmatvec", rmatvec, "kernel"),
+    ("loss_and_grad", loss_and_grad, "driver"),
+    ("update", update, "kernel"),
+    ("run", run, "driver"),
+    ("spectral_radius", _flow.spectral_radius, "driver"),
+    ("run_rkc", _flow.run_rkc, "driver"),
+    ("run_flow", _flow.run_flow, "driver"),
+)
+
+
+def _build(parallel):
+    """Compile the family serial or parallel (as ``cpu._build``); only the serial build is
+    cached. The shared functions' cache entries differ from cpu's by their argument types
+    (the sensing ``obs`` tuple), so the two families never load each other's code."""
+    ns = dict(vars(cpu))
+    ns.update({k: v for k, v in vars(_flow).items() if k not in ns})
+    ns.update(globals())
+    built = {}
+    for name, py, kind in _FAMILY:
+        fn = types.FunctionType(py.__code__, ns, py.__name__, py.__defaults__, py.__closure__)
+        fn.__qualname__ = py.__name__
+        opts = {"kernel": dict(parallel=parallel), "driver": {}}[kind]
+        ns[name] = built[name] = numba.njit(cache=not parallel, **opts)(fn)
+    return SimpleNamespace(parallel=parallel, **built)
+
+
+SERIAL = _build(False)
+PARALLEL = _build(True)
