@@ -161,7 +161,7 @@ def depth_method(depth: int):
     def run(problem, trials, grid):
         common = dict(init=grid.init, optimizer=grid.optimizer, tol=grid.tol,
                       max_steps=grid.max_steps, record=None)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if isinstance(problem, CompletionProblem):
             from ..batch import fit_batch
 
@@ -175,8 +175,8 @@ def depth_method(depth: int):
 
             results = [fit(problem, depth, seed=t["seed"], init_scale=t["init_scale"],
                            lr=t["lr"], **common) for t in trials]
-        wall = time.perf_counter() - t0
-        return [{**t, **_fit_row(r), "wall_s": wall / len(trials)}
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return [{**t, **_fit_row(r), "wall_s": wall / len(trials), "cpu_s": cpu / len(trials)}
                 for t, r in zip(trials, results, strict=True)]
 
     run.__name__ = f"depth{depth}"
@@ -189,12 +189,12 @@ def nuclear_method(problem, trials, grid):
     # for completion and sensing problems, plugs in here.
     from ..baselines import nuclear_norm
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = nuclear_norm(problem)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return [{"seed": None, "init_scale": None, "lr": None, "status": result.status,
              "steps": int(result.n_steps), **matrix_metrics(result.matrix(), problem),
-             "wall_s": wall}]
+             "wall_s": wall, "cpu_s": cpu}]
 
 
 METHODS = {"nuclear": nuclear_method, **{f"depth{n}": depth_method(n) for n in (1, 2, 3, 4)}}
@@ -229,9 +229,12 @@ def _check_available(grid):
                               "Python)") from None
 
 
-def run_grid(grid: Grid, progress: bool = True) -> list[dict]:
+def run_grid(grid: Grid, progress: bool = True, save=None) -> list[dict]:
     """Every method on every problem of ``grid``: one row per trial (see :func:`_fit_row`)
-    with the problem's kind and size; the fits of one problem and depth run together."""
+    with the problem's kind and size; the fits of one problem and depth run together.
+    ``wall_s`` and ``cpu_s`` are the batch's wall and process CPU time over its trials.
+    With ``save`` (a path), the rows so far are written there as CSV after every batch, so
+    an interrupted run keeps what it finished."""
     _check_names(grid.kinds, KINDS, "problem kind(s)")
     _check_names(grid.methods, METHODS, "method(s)")
     _check_available(grid)
@@ -250,6 +253,8 @@ def run_grid(grid: Grid, progress: bool = True) -> list[dict]:
                     + (" ..." if len(got) > 8 else ""))
                 rows += [{"kind": kind, "size": grid.size, "rank": grid.rank,
                           "n_observed": n_obs, "method": name, **r} for r in got]
+                if save is not None:
+                    _report.write_csv(save, rows)
     return rows
 
 
@@ -387,13 +392,13 @@ def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods
     say(f"table: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
         f"{','.join(grid.methods)}")
     t0 = time.perf_counter()
+    out = _report.ensure_dir(out)
     if runs is None:
-        rows = run_grid(grid, progress)
+        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
         wall = time.perf_counter() - t0
     else:
         (rows, grid), wall = _rows_from(runs, grid), None
     summary = summarize(rows)
-    out = _report.ensure_dir(out)
     _report.write_csv(os.path.join(out, "runs.csv"), rows)
     _report.write_csv(os.path.join(out, "table.csv"), summary)
     _report.write_md(os.path.join(out, "table.md"), _table_md(grid, summary, wall))
@@ -471,13 +476,13 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
     say(f"init-scale: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, "
         f"methods {','.join(grid.methods)}")
     t0 = time.perf_counter()
+    out = _report.ensure_dir(out)
     if runs is None:
-        rows = run_grid(grid, progress)
+        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
         wall = time.perf_counter() - t0
     else:
         (rows, grid), wall = _rows_from(runs, grid), None
     summary = summarize(rows)
-    out = _report.ensure_dir(out)
     _report.write_csv(os.path.join(out, "runs.csv"), rows)
     _report.write_csv(os.path.join(out, "init_scale.csv"), summary)
     lines = ["# Reconstruction error, nuclear norm and effective rank against init scale", "",
