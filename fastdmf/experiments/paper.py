@@ -67,8 +67,9 @@ class Grid:
     """The settings of one experiment: problems x methods x trials.
 
     Every combination of ``init_scales`` x ``lrs`` x ``seeds`` is one trial of each depth
-    method on each problem (``kinds`` x ``n_observed``); ``sensing_init_scales`` replaces
-    ``init_scales`` for sensing problems (the paper goes down to 1e-7 there).
+    method on each problem (``kinds`` x ``n_observed``); ``sensing_init_scales`` and
+    ``sensing_seeds`` replace ``init_scales`` and ``seeds`` for sensing problems (the paper
+    goes down to 1e-7 there; a sensing step forms W and costs far more than a completion step).
     """
 
     kinds: tuple = KINDS
@@ -78,6 +79,7 @@ class Grid:
     sensing_init_scales: tuple | None = None
     lrs: tuple = (1e-3,)
     seeds: tuple = (0, 1)
+    sensing_seeds: tuple | None = None
     size: int = 100
     rank: int = 5
     problem_seed: int = 0
@@ -87,14 +89,16 @@ class Grid:
     max_steps: int = 1_000_000
 
     def trials(self, kind: str) -> list[dict]:
-        scales = self.sensing_init_scales if kind == "sensing" and self.sensing_init_scales \
+        sensing = kind == "sensing"
+        scales = self.sensing_init_scales if sensing and self.sensing_init_scales \
             else self.init_scales
+        seeds = self.sensing_seeds if sensing and self.sensing_seeds else self.seeds
         return [{"seed": int(s), "init_scale": float(a), "lr": float(r)}
-                for a in scales for r in self.lrs for s in self.seeds]
+                for a in scales for r in self.lrs for s in seeds]
 
 
-# quick: one init scale and learning rate, two seeds (minutes); full: the paper's grid
-QUICK = Grid()
+# quick: one init scale and learning rate, two seeds (one for sensing); full: the paper's grid
+QUICK = Grid(sensing_seeds=(0,))
 FULL = Grid(init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
             sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
             lrs=(1e-3, 3e-4), seeds=(0, 1, 2))
@@ -334,7 +338,10 @@ def _grid_lines(grid, wall):
         + (f" (sensing: {', '.join(f'{a:g}' for a in grid.sensing_init_scales)})"
            if grid.sensing_init_scales and "sensing" in grid.kinds else "")
         + f"; {grid.optimizer} lr {', '.join(f'{r:g}' for r in grid.lrs)}; seeds "
-        f"{', '.join(map(str, grid.seeds))} (vary the initialisation); stop at train loss "
+        f"{', '.join(map(str, grid.seeds))}"
+        + (f" (sensing: {', '.join(map(str, grid.sensing_seeds))})"
+           if grid.sensing_seeds and "sensing" in grid.kinds else "")
+        + " (vary the initialisation); stop at train loss "
         f"{grid.tol:g} or {grid.max_steps:,} steps.",
         f"Wall time of the fits: {wall:.1f} s.",
     ]
@@ -366,8 +373,8 @@ def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods
     out : path
         Output folder (created).
     full : bool
-        The paper's grid (:data:`FULL`: 4 init scales x 2 lrs x 3 seeds) instead of
-        :data:`QUICK` (init 1e-3, lr 1e-3, 2 seeds).
+        The paper's grid (:data:`FULL`: 4 init scales (5 for sensing) x 2 lrs x 3 seeds)
+        instead of :data:`QUICK` (init 1e-3, lr 1e-3, 2 seeds; 1 for sensing).
     kinds, methods : list of str, optional
         Subsets of ``("completion", "sensing")`` and of :data:`METHODS`.
     grid : Grid, optional
@@ -501,6 +508,7 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
 
 
 QUICK_INIT_SCALE = Grid(n_observed=(2000,), methods=("nuclear", "depth2", "depth3", "depth4"),
+                        lrs=(1e-3,),
                         init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
                         sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7), seeds=(0,))
 
