@@ -314,8 +314,8 @@ def _rows_from(runs, grid):
     return keep, replace(grid, n_observed=tuple(sorted({r["n_observed"] for r in keep})))
 
 
-def _prepare(base, full, kinds, methods, grid):
-    grid = grid or (FULL if full else base)
+def _prepare(base, full_base, full, kinds, methods, grid):
+    grid = grid or (full_base if full else base)
     if kinds is not None:
         grid = replace(grid, kinds=tuple(kinds))
     if methods is not None:
@@ -394,7 +394,7 @@ def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods
     >>> [r["method"] for r in res["summary"]]
     ['depth2']
     """
-    grid = _prepare(QUICK, full, kinds, methods, grid)
+    grid = _prepare(QUICK, FULL, full, kinds, methods, grid)
     say = _report.say(progress)
     say(f"table: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
         f"{','.join(grid.methods)}")
@@ -468,7 +468,7 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
     Writes ``runs.csv``, ``init_scale.csv``, ``init_scale.md`` and (with matplotlib)
     ``init_scale_<kind>_<obs>.png`` into ``out``. Arguments as in :func:`reproduce_table`;
     the quick grid is 2000 observations, init 1e-3 ... 1e-6, lr 1e-3, one seed, depths 2-4
-    and the nuclear-norm baseline.
+    and the nuclear-norm baseline; the full one is :data:`FULL` without depth 1.
 
     Example
     -------
@@ -478,7 +478,7 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
     >>> sorted(r["init_scale"] for r in res["summary"])
     [0.001, 0.01]
     """
-    grid = _prepare(QUICK_INIT_SCALE, full, kinds, methods, grid)
+    grid = _prepare(QUICK_INIT_SCALE, FULL_INIT_SCALE, full, kinds, methods, grid)
     say = _report.say(progress)
     say(f"init-scale: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, "
         f"methods {','.join(grid.methods)}")
@@ -507,6 +507,7 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
     return {"runs": rows, "summary": summary, "wall_s": wall}
 
 
+FULL_INIT_SCALE = replace(FULL, methods=("nuclear", "depth2", "depth3", "depth4"))
 QUICK_INIT_SCALE = Grid(n_observed=(2000,), methods=("nuclear", "depth2", "depth3", "depth4"),
                         lrs=(1e-3,),
                         init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
