@@ -64,11 +64,11 @@ def mean_std(values) -> tuple[float, float]:
     return float(vals.mean()), float(vals.std())
 
 
-def fmt_mean_std(mean: float, std: float, n: int) -> str:
+def fmt_mean_std(mean: float, std: float, n: int, digits: int = 3) -> str:
     """``1.23e-04 ± 4.5e-06`` (just the mean when there is one value)."""
     if not np.isfinite(mean):
         return "n/a"
-    return f"{mean:.3g}" if n <= 1 else f"{mean:.3g} ± {std:.2g}"
+    return f"{mean:.{digits}g}" if n <= 1 else f"{mean:.{digits}g} ± {std:.2g}"
 
 
 def write_md(path, lines: list[str]) -> None:

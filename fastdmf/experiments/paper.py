@@ -285,6 +285,13 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _metric_cells(s):
+    """Mean ± std cells of the metrics (the nuclear norm to 5 digits: its changes with the
+    init scale are small against its size)."""
+    return [_report.fmt_mean_std(s[f"{m}_mean"], s[f"{m}_std"], s["n_seeds"],
+                                 5 if m == "nuclear_norm" else 3) for m in _METRICS]
+
+
 def _best(summary, kind, n_obs, method):
     """The (init, lr) group with the smallest mean reconstruction error for one cell."""
     cands = [s for s in summary if (s["kind"], s["n_observed"], s["method"]) ==
@@ -446,8 +453,7 @@ def _table_md(grid, summary, wall):
              "" if s["init_scale"] is None else f"{s['init_scale']:g}",
              "" if s["lr"] is None else f"{s['lr']:g}",
              f"{s['converged']}/{s['n_seeds']}", f"{s['steps_mean']:,.0f}",
-             *(_report.fmt_mean_std(s[f"{m}_mean"], s[f"{m}_std"], s["n_seeds"])
-               for m in _METRICS)] for s in summary]
+             *_metric_cells(s)] for s in summary]
     lines += _report.markdown_table(
         ["kind", "obs", "method", "init", "lr", "converged", "steps", "recon. error",
          "nuclear norm", "eff. rank"], body)
@@ -520,8 +526,7 @@ def _init_scale_table(cell):
     for s in sorted(cell, key=lambda s: (s["method"], -(s["init_scale"] or 0), s["lr"] or 0)):
         body.append([s["method"], "-" if s["init_scale"] is None else f"{s['init_scale']:g}",
                      "-" if s["lr"] is None else f"{s['lr']:g}", s["n_seeds"],
-                     *(_report.fmt_mean_std(s[f"{m}_mean"], s[f"{m}_std"], s["n_seeds"])
-                       for m in _METRICS)])
+                     *_metric_cells(s)])
     return _report.markdown_table(header, body)
 
 
