@@ -79,8 +79,12 @@ def _reproduce(args) -> int:
     if args.experiment in ("table", "init-scale"):
         run = paper.reproduce_table if args.experiment == "table" else \
             paper.reproduce_init_scale
-        run(out, full=args.full, kinds=_names(args.kinds), methods=_names(args.methods),
-            runs=args.runs)
+        try:
+            run(out, full=args.full, kinds=_names(args.kinds), methods=_names(args.methods),
+                runs=args.runs)
+        except (ImportError, ValueError) as exc:  # a method or kind this build lacks, bad names
+            print(f"fastdmf reproduce {args.experiment}: {exc}", file=sys.stderr)
+            return 2
     elif args.experiment == "dynamics":
         paper.reproduce_dynamics(out, full=args.full, seed=args.seed)
     else:

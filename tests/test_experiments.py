@@ -168,3 +168,8 @@ def test_razin_cohen_unobserved_entry_grows_while_rank_falls(tmp_path):
     assert last["sigma_min"] < first["sigma_min"]
     assert last["sigma_ratio"] < 1e-8 < first["sigma_ratio"]
     assert os.path.exists(tmp_path / "razin_cohen.md")
+
+
+def test_cli_names_an_unknown_method(capsys):
+    assert main(["reproduce", "table", "--methods", "depth7", "--kinds", "completion"]) == 2
+    assert "unknown method(s) ['depth7']; choose from" in capsys.readouterr().err
