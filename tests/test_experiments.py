@@ -173,3 +173,19 @@ def test_razin_cohen_unobserved_entry_grows_while_rank_falls(tmp_path):
 def test_cli_names_an_unknown_method(capsys):
     assert main(["reproduce", "table", "--methods", "depth7", "--kinds", "completion"]) == 2
     assert "unknown method(s) ['depth7']; choose from" in capsys.readouterr().err
+
+
+def test_matrix_metrics_agree_with_the_trajectory(tiny_table):
+    """The dense metrics of a baseline's matrix are those a fit's trajectory records."""
+    problem = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
+    res = _direct(problem, TINY, 3, {"seed": 0, "init_scale": 1e-2, "lr": 1e-2})
+    got = paper.matrix_metrics(res.matrix(), problem)
+    traj = res.trajectory
+    assert got["train_loss"] == pytest.approx(traj.train_loss[-1], rel=1e-9)
+    assert got["recon_error"] == pytest.approx(traj.test_error[-1], rel=1e-9)
+    assert got["nuclear_norm"] == pytest.approx(traj.nuclear_norm[-1], rel=1e-9)
+    assert got["effective_rank"] == pytest.approx(traj.effective_rank[-1], rel=1e-9)
+    sensing = paper.make_problem("sensing", 30, size=5, rank=1, seed=0)
+    exact = paper.matrix_metrics(sensing.ground_truth, sensing)
+    assert exact["train_loss"] < 1e-28 and exact["recon_error"] == 0.0
+    assert exact["effective_rank"] == pytest.approx(1.0)
