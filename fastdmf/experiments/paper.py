@@ -1,0 +1,397 @@
+"""The experiments of Arora, Cohen, Hu & Luo (NeurIPS 2019), re-run from one call each.
+
+``reproduce_table``
+    Completion and sensing of a 100 x 100 rank-5 matrix from 2000 and 5000 observations:
+    depth-1..4 factorizations against nuclear-norm minimisation; reconstruction error
+    ``||W - W*||_F^2 / ||W*||_F^2``, nuclear norm and effective rank, mean ± std over seeds,
+    beside the paper's published numbers.
+``reproduce_init_scale``
+    Figure 2: the same three quantities against the init scale, one line per depth, the
+    nuclear-norm minimiser as a horizontal line.
+``reproduce_dynamics`` and ``reproduce_razin_cohen``
+    Figure 3 (singular values against step) and the 2 x 2 example of Razin & Cohen (2020);
+    see :mod:`fastdmf.experiments.dynamics`.
+
+An experiment is a grid of *problems* (kind x number of observations) times *methods*. A
+method maps a problem and a list of trials (seed, init scale, learning rate) to one metrics
+row per trial: ``"depth1"`` .. ``"depth4"`` fit the factorization (all trials of one problem
+and depth in one :func:`fastdmf.fit_batch` for completion), ``"nuclear"`` is the
+deterministic baseline (one row per problem). Every trial row lands in ``runs.csv``, so any
+table or figure can be rebuilt from it (``runs=`` of the reproduce functions).
+
+Seeds vary the initialisation; the problem of each (kind, observations) cell is drawn once
+from ``problem_seed``, as all trials of a :func:`~fastdmf.fit_batch` share their problem.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..problem import CompletionProblem, synthetic_completion, synthetic_sensing
+from ..reference import effective_rank
+from . import _report
+from .dynamics import reproduce_dynamics, reproduce_razin_cohen
+from .paper_tables import (
+    KINDS,
+    METHOD_NAMES,
+    PUBLISHED,
+    _grid_lines,
+    _init_scale_figure,
+    _init_scale_table,
+    _pending,
+    _table_md,
+    summarize,
+)
+
+__all__ = [
+    "Grid",
+    "QUICK",
+    "FULL",
+    "PUBLISHED",
+    "METHODS",
+    "make_problem",
+    "run_grid",
+    "reproduce_table",
+    "reproduce_init_scale",
+    "reproduce_dynamics",
+    "reproduce_razin_cohen",
+]
+
+@dataclass(frozen=True)
+class Grid:
+    """The settings of one experiment: problems x methods x trials.
+
+    Every combination of ``init_scales`` x ``lrs`` x ``seeds`` is one trial of each depth
+    method on each problem (``kinds`` x ``n_observed``); ``sensing_init_scales`` and
+    ``sensing_seeds`` replace ``init_scales`` and ``seeds`` for sensing problems (the paper
+    goes down to 1e-7 there; a sensing step forms W and costs far more than a completion step).
+    """
+
+    kinds: tuple = KINDS
+    n_observed: tuple = (2000, 5000)
+    methods: tuple = ("nuclear", "depth1", "depth2", "depth3", "depth4")
+    init_scales: tuple = (1e-3,)
+    sensing_init_scales: tuple | None = None
+    lrs: tuple = (1e-3,)
+    seeds: tuple = (0, 1)
+    sensing_seeds: tuple | None = None
+    size: int = 100
+    rank: int = 5
+    problem_seed: int = 0
+    init: str = "gaussian"
+    optimizer: str = "grouprmsprop"
+    tol: float = 1e-6
+    max_steps: int = 1_000_000
+
+    def trials(self, kind: str) -> list[dict]:
+        sensing = kind == "sensing"
+        scales = self.sensing_init_scales if sensing and self.sensing_init_scales \
+            else self.init_scales
+        seeds = self.sensing_seeds if sensing and self.sensing_seeds else self.seeds
+        return [{"seed": int(s), "init_scale": float(a), "lr": float(r)}
+                for a in scales for r in self.lrs for s in seeds]
+
+
+# quick: one init scale and learning rate, two seeds (one for sensing); full: the paper's grid
+QUICK = Grid(sensing_seeds=(0,))
+FULL = Grid(init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
+            sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
+            lrs=(1e-3, 3e-4), seeds=(0, 1, 2))
+
+
+def make_problem(kind: str, n_observed: int, size: int = 100, rank: int = 5, seed: int = 0):
+    """The paper's synthetic problem: ``"completion"`` (observed entries) or ``"sensing"``
+    (Gaussian measurements ``<A_k, W*>``), ``size x size`` of rank ``rank``.
+
+    Example
+    -------
+    >>> make_problem("completion", 150, size=20, rank=2)
+    CompletionProblem(20x20, 150 observed, with ground truth)
+    """
+    if kind == "completion":
+        return synthetic_completion(shape=(size, size), rank=rank, n_observed=n_observed,
+                                    seed=seed)
+    if kind == "sensing":
+        return synthetic_sensing(shape=(size, size), rank=rank, n_measurements=n_observed,
+                                 seed=seed)
+    raise ValueError(f"unknown problem kind {kind!r}; choose from {list(KINDS)}")
+
+
+# ------------------------------------------------------------------------------- methods
+
+
+def _fit_row(result) -> dict:
+    """The metrics of a factorization at the end of its fit (its last trajectory record)."""
+    traj = result.trajectory
+    return {
+        "status": result.status,
+        "steps": int(result.n_steps),
+        "train_loss": float(traj.train_loss[-1]),
+        "recon_error": float(traj.test_error[-1]),
+        "nuclear_norm": float(traj.nuclear_norm[-1]),
+        "effective_rank": float(traj.effective_rank[-1]),
+    }
+
+
+def matrix_metrics(w: np.ndarray, problem) -> dict:
+    """Train loss, reconstruction error, nuclear norm and effective rank of a dense matrix
+    ``w`` on ``problem`` (a completion or sensing problem with a known ground truth)."""
+    w = np.asarray(w, dtype=np.float64)
+    if isinstance(problem, CompletionProblem):
+        resid = w[problem.rows, problem.cols] - problem.values
+    else:
+        resid = problem.measure(w) - problem.y
+    truth = problem.ground_truth
+    if truth is None:
+        u, v = problem.truth_factors
+        truth = u @ v.T
+    sv = np.linalg.svd(w, compute_uv=False)
+    return {
+        "train_loss": float(np.mean(resid**2)),
+        "recon_error": float(np.sum((w - truth) ** 2) / np.sum(truth**2)),
+        "nuclear_norm": float(sv.sum()),
+        "effective_rank": effective_rank(sv),
+    }
+
+
+def depth_method(depth: int):
+    """The method "depth-N factorization": ``method(problem, trials, grid) -> rows``."""
+
+    def run(problem, trials, grid):
+        common = dict(init=grid.init, optimizer=grid.optimizer, tol=grid.tol,
+                      max_steps=grid.max_steps, record=None)
+        t0, c0 = time.perf_counter(), time.process_time()
+        if isinstance(problem, CompletionProblem):
+            from ..batch import fit_batch
+
+            results = fit_batch(problem, depth, seeds=[t["seed"] for t in trials],
+                                init_scale=[t["init_scale"] for t in trials],
+                                lr=[t["lr"] for t in trials], **common)
+        else:
+            # Sensing: fastdmf.fit accepts SensingProblem once sensing fits are merged
+            # (same call as for completion); fit_batch is completion-only, so one fit per trial.
+            from ..api import fit
+
+            results = [fit(problem, depth, seed=t["seed"], init_scale=t["init_scale"],
+                           lr=t["lr"], **common) for t in trials]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return [{**t, **_fit_row(r), "wall_s": wall / len(trials), "cpu_s": cpu / len(trials)}
+                for t, r in zip(trials, results, strict=True)]
+
+    run.__name__ = f"depth{depth}"
+    return run
+
+
+def nuclear_method(problem, trials, grid):
+    """The method "minimum nuclear norm subject to the observations" (one row; no seed)."""
+    # fastdmf.baselines.nuclear_norm(problem) -> FitResult, whose .matrix() is the minimiser,
+    # for completion and sensing problems, plugs in here.
+    from ..baselines import nuclear_norm
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = nuclear_norm(problem)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return [{"seed": None, "init_scale": None, "lr": None, "status": result.status,
+             "steps": int(result.n_steps), **matrix_metrics(result.matrix(), problem),
+             "wall_s": wall, "cpu_s": cpu}]
+
+
+METHODS = {"nuclear": nuclear_method, **{f"depth{n}": depth_method(n) for n in (1, 2, 3, 4)}}
+assert tuple(METHODS) == METHOD_NAMES
+
+
+def _check_names(names, valid, what):
+    bad = [x for x in names if x not in valid]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; choose from {list(valid)}")
+
+
+def _check_available(grid):
+    """Fail before any fit when a requested method or kind is not in this build."""
+    if "nuclear" in grid.methods:
+        try:
+            from ..baselines import nuclear_norm  # noqa: F401
+        except ModuleNotFoundError as exc:
+            if exc.name != "fastdmf.baselines":
+                raise
+            raise ImportError("the nuclear-norm baseline (fastdmf.baselines) is not in this "
+                              "build; leave it out with --methods depth1,depth2,depth3,depth4 "
+                              "(methods= in Python)") from None
+    if "sensing" in grid.kinds and any(m != "nuclear" for m in grid.methods):
+        from ..api import fit
+
+        tiny = synthetic_sensing(shape=(2, 2), rank=1, n_measurements=3, seed=0)
+        try:
+            fit(tiny, 1, max_steps=1, record=None, seed=0)
+        except (TypeError, ValueError) as exc:
+            raise ImportError("fastdmf.fit does not take sensing problems in this build "
+                              f"({exc}); leave them out with --kinds completion (kinds= in "
+                              "Python)") from None
+
+
+def run_grid(grid: Grid, progress: bool = True, save=None) -> list[dict]:
+    """Every method on every problem of ``grid``: one row per trial (see :func:`_fit_row`)
+    with the problem's kind and size; the fits of one problem and depth run together.
+    ``wall_s`` and ``cpu_s`` are the batch's wall and process CPU time over its trials.
+    With ``save`` (a path), the rows so far are written there as CSV after every batch, so
+    an interrupted run keeps what it finished."""
+    _check_names(grid.kinds, KINDS, "problem kind(s)")
+    _check_names(grid.methods, METHODS, "method(s)")
+    _check_available(grid)
+    say = _report.say(progress)
+    rows = []
+    for kind in grid.kinds:
+        trials = grid.trials(kind)
+        for n_obs in grid.n_observed:
+            problem = make_problem(kind, n_obs, grid.size, grid.rank, grid.problem_seed)
+            for name in grid.methods:
+                say(f"  {kind} {n_obs} obs, {name}: {len(trials)} trial(s) ...")
+                t0 = time.perf_counter()
+                got = METHODS[name](problem, trials, grid)
+                say(f"    {time.perf_counter() - t0:.1f} s, reconstruction error "
+                    + ", ".join(f"{r['recon_error']:.3g}" for r in got[:8])
+                    + (" ..." if len(got) > 8 else ""))
+                rows += [{"kind": kind, "size": grid.size, "rank": grid.rank,
+                          "n_observed": n_obs, "method": name, **r} for r in got]
+                if save is not None:
+                    _report.write_csv(save, rows)
+    return rows
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+def _rows_from(runs, grid):
+    """Trial rows of an earlier run (a list or the path of its runs.csv) limited to the
+    grid's kinds and methods, and the grid with the observation counts of those rows."""
+    rows = _report.read_csv(runs) if isinstance(runs, (str, os.PathLike)) else list(runs)
+    keep = [r for r in rows if r["kind"] in grid.kinds and r["method"] in grid.methods]
+    if not keep:
+        raise ValueError(f"runs= holds no rows of kinds {list(grid.kinds)} and methods "
+                         f"{list(grid.methods)}")
+    return keep, replace(grid, n_observed=tuple(sorted({r["n_observed"] for r in keep})))
+
+
+def _prepare(base, full_base, full, kinds, methods, grid):
+    grid = grid or (full_base if full else base)
+    if kinds is not None:
+        grid = replace(grid, kinds=tuple(kinds))
+    if methods is not None:
+        grid = replace(grid, methods=tuple(methods))
+    _check_names(grid.kinds, KINDS, "problem kind(s)")
+    _check_names(grid.methods, METHODS, "method(s)")
+    return grid
+
+
+def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods=None,
+                    grid: Grid | None = None, runs=None, progress: bool = True) -> dict:
+    """The paper's table: reconstruction error, nuclear norm and effective rank of depth-1..4
+    factorizations and of nuclear-norm minimisation, for completion and sensing from 2000
+    and 5000 observations, beside the published numbers.
+
+    Writes ``runs.csv`` (one row per trial), ``table.csv`` (mean and std over seeds per
+    kind, observations, method, init scale and lr) and ``table.md`` into ``out``.
+
+    Parameters
+    ----------
+    out : path
+        Output folder (created).
+    full : bool
+        The paper's grid (:data:`FULL`: 4 init scales (5 for sensing) x 2 lrs x 3 seeds)
+        instead of :data:`QUICK` (init 1e-3, lr 1e-3, 2 seeds; 1 for sensing).
+    kinds, methods : list of str, optional
+        Subsets of ``("completion", "sensing")`` and of :data:`METHODS`.
+    grid : Grid, optional
+        Explicit settings (overrides ``full``).
+    runs : list of dict or path, optional
+        Trial rows of an earlier run (its ``runs.csv``) to tabulate instead of fitting.
+
+    Returns
+    -------
+    dict with ``"runs"`` (trial rows), ``"summary"`` (table rows) and ``"wall_s"``.
+
+    Example
+    -------
+    >>> g = Grid(kinds=("completion",), n_observed=(150,), methods=("depth2",), size=20,
+    ...          rank=2, seeds=(0,), lrs=(1e-2,), max_steps=100)
+    >>> res = reproduce_table("/tmp/fastdmf-doc-table", grid=g, progress=False)
+    >>> [r["method"] for r in res["summary"]]
+    ['depth2']
+    """
+    grid = _prepare(QUICK, FULL, full, kinds, methods, grid)
+    say = _report.say(progress)
+    say(f"table: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
+        f"{','.join(grid.methods)}")
+    t0 = time.perf_counter()
+    out = _report.ensure_dir(out)
+    if runs is None:
+        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
+        wall = time.perf_counter() - t0
+    else:
+        (rows, grid), wall = _rows_from(runs, grid), None
+    summary = summarize(rows)
+    _report.write_csv(os.path.join(out, "runs.csv"), rows)
+    _report.write_csv(os.path.join(out, "table.csv"), summary)
+    _report.write_md(os.path.join(out, "table.md"), _table_md(grid, summary, wall))
+    say(f"  tables in {out}" + (f" ({wall:.1f} s)" if wall is not None else ""))
+    return {"runs": rows, "summary": summary, "wall_s": wall}
+
+
+def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=None,
+                         methods=None, grid: Grid | None = None, runs=None,
+                         progress: bool = True) -> dict:
+    """Figure 2 of the paper: reconstruction error, nuclear norm and effective rank against
+    the init scale, one line per depth (and lr), the nuclear-norm minimiser's values as
+    horizontal lines. With smaller init the factorizations' nuclear norm rises above the
+    minimum while their effective rank falls toward the true rank.
+
+    Writes ``runs.csv``, ``init_scale.csv``, ``init_scale.md`` and (with matplotlib)
+    ``init_scale_<kind>_<obs>.png`` into ``out``. Arguments as in :func:`reproduce_table`;
+    the quick grid is 2000 observations, init 1e-3 ... 1e-6, lr 1e-3, one seed, depths 2-4
+    and the nuclear-norm baseline; the full one is :data:`FULL` without depth 1.
+
+    Example
+    -------
+    >>> g = Grid(kinds=("completion",), n_observed=(150,), methods=("depth2",), size=20,
+    ...          rank=2, seeds=(0,), init_scales=(1e-2, 1e-3), lrs=(1e-2,), max_steps=100)
+    >>> res = reproduce_init_scale("/tmp/fastdmf-doc-init", grid=g, progress=False)
+    >>> sorted(r["init_scale"] for r in res["summary"])
+    [0.001, 0.01]
+    """
+    grid = _prepare(QUICK_INIT_SCALE, FULL_INIT_SCALE, full, kinds, methods, grid)
+    say = _report.say(progress)
+    say(f"init-scale: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, "
+        f"methods {','.join(grid.methods)}")
+    t0 = time.perf_counter()
+    out = _report.ensure_dir(out)
+    if runs is None:
+        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
+        wall = time.perf_counter() - t0
+    else:
+        (rows, grid), wall = _rows_from(runs, grid), None
+    summary = summarize(rows)
+    _report.write_csv(os.path.join(out, "runs.csv"), rows)
+    _report.write_csv(os.path.join(out, "init_scale.csv"), summary)
+    lines = ["# Reconstruction error, nuclear norm and effective rank against init scale", "",
+             *_grid_lines(grid, wall), ""]
+    for kind in grid.kinds:
+        for n_obs in grid.n_observed:
+            cell = [s for s in summary if (s["kind"], s["n_observed"]) == (kind, n_obs)]
+            lines += [f"## {kind}, {n_obs} observations", "", *_init_scale_table(cell), ""]
+            _init_scale_figure(out, kind, n_obs, cell)
+    pending = _pending(grid)
+    if pending:
+        lines += ["## Pending", "", *pending]
+    _report.write_md(os.path.join(out, "init_scale.md"), lines)
+    say(f"  tables and figures in {out}")
+    return {"runs": rows, "summary": summary, "wall_s": wall}
+
+
+FULL_INIT_SCALE = replace(FULL, methods=("nuclear", "depth2", "depth3", "depth4"))
+QUICK_INIT_SCALE = Grid(n_observed=(2000,), methods=("nuclear", "depth2", "depth3", "depth4"),
+                        lrs=(1e-3,),
+                        init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
+                        sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7), seeds=(0,))
