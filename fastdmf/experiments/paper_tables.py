@@ -74,10 +74,16 @@ def _grid_lines(grid, wall):
         return ["Rows read from an earlier run (runs=); the settings of each trial are in "
                 "runs.csv."]
     g = asdict(grid)
+    sub = grid.sensing_problem if "sensing" in grid.kinds else None
     return [
         f"Problems: {g['size']}x{g['size']}, rank {g['rank']}, problem seed "
         f"{g['problem_seed']}; kinds {', '.join(grid.kinds)}; observations "
         f"{', '.join(map(str, grid.n_observed))}.",
+        *([f"Sensing runs on a {sub['size']}x{sub['size']} rank-{sub['rank']} stand-in with "
+           + ", ".join(f"{v} measurements in the {k} column" for k, v in
+                       sub["n_observed"].items())
+           + " (the paper's ratio of measurements to degrees of freedom; `--full` runs the "
+           "paper's 100x100 problems)."] if sub else []),
         f"Factorizations: {grid.init} init, scales {', '.join(f'{a:g}' for a in grid.init_scales)}"
         + (f" (sensing: {', '.join(f'{a:g}' for a in grid.sensing_init_scales)})"
            if grid.sensing_init_scales and "sensing" in grid.kinds else "")
