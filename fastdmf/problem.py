@@ -89,17 +89,7 @@ class CompletionProblem:
         Both keep the ground truth. ``seed`` is anything :func:`numpy.random.default_rng`
         accepts.
         """
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-        k = self.n_observed
-        n_test = int(round(test_fraction * k))
-        if n_test == 0 or n_test == k:
-            raise ValueError(
-                f"test_fraction={test_fraction} of {k} entries leaves an empty split; "
-                "choose a fraction that keeps at least one entry on each side"
-            )
-        pick = np.zeros(k, dtype=bool)
-        pick[np.random.default_rng(seed).choice(k, n_test, replace=False)] = True
+        pick = _test_pick(self.n_observed, test_fraction, seed, "entry", "entries")
         return self._subset(~pick), self._subset(pick)
 
     def _subset(self, mask):
@@ -304,17 +294,7 @@ class SensingProblem:
 
     def split(self, test_fraction: float = 0.1, seed=None):
         """Split the measurements at random into ``(train, test)`` problems."""
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
-        k = self.n_observed
-        n_test = int(round(test_fraction * k))
-        if n_test == 0 or n_test == k:
-            raise ValueError(
-                f"test_fraction={test_fraction} of {k} measurements leaves an empty split; "
-                "choose a fraction that keeps at least one measurement on each side"
-            )
-        pick = np.zeros(k, dtype=bool)
-        pick[np.random.default_rng(seed).choice(k, n_test, replace=False)] = True
+        pick = _test_pick(self.n_observed, test_fraction, seed, "measurement", "measurements")
         return self._subset(~pick), self._subset(pick)
 
     def _subset(self, mask):
@@ -428,6 +408,21 @@ def synthetic_sensing(
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _test_pick(k, test_fraction, seed, one, many):
+    """A random boolean mask choosing ``round(test_fraction * k)`` of ``k`` items."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    n_test = int(round(test_fraction * k))
+    if n_test == 0 or n_test == k:
+        raise ValueError(
+            f"test_fraction={test_fraction} of {k} {many} leaves an empty split; "
+            f"choose a fraction that keeps at least one {one} on each side"
+        )
+    pick = np.zeros(k, dtype=bool)
+    pick[np.random.default_rng(seed).choice(k, n_test, replace=False)] = True
+    return pick
 
 
 def _seed_repr(seed):

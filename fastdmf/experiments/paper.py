@@ -283,6 +283,23 @@ def _rows_from(runs, grid):
     return keep, replace(grid, n_observed=tuple(sorted({r["n_observed"] for r in keep})))
 
 
+def _run_or_load(name, grid, full, out, runs, progress):
+    """Run ``grid`` (or read the trial rows of an earlier run, ``runs``) into ``out``:
+    ``(grid, rows, summary, wall_s or None, out, say)``, with ``out/runs.csv`` written."""
+    say = _report.say(progress)
+    say(f"{name}: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
+        f"{','.join(grid.methods)}")
+    t0 = time.perf_counter()
+    out = _report.ensure_dir(out)
+    if runs is None:
+        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
+        wall = time.perf_counter() - t0
+    else:
+        (rows, grid), wall = _rows_from(runs, grid), None
+    _report.write_csv(os.path.join(out, "runs.csv"), rows)
+    return grid, rows, summarize(rows), wall, out, say
+
+
 def _prepare(base, full_base, full, kinds, methods, grid):
     grid = grid or (full_base if full else base)
     if kinds is not None:
@@ -330,18 +347,8 @@ def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods
     ['depth2']
     """
     grid = _prepare(QUICK, FULL, full, kinds, methods, grid)
-    say = _report.say(progress)
-    say(f"table: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
-        f"{','.join(grid.methods)}")
-    t0 = time.perf_counter()
-    out = _report.ensure_dir(out)
-    if runs is None:
-        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
-        wall = time.perf_counter() - t0
-    else:
-        (rows, grid), wall = _rows_from(runs, grid), None
-    summary = summarize(rows)
-    _report.write_csv(os.path.join(out, "runs.csv"), rows)
+    grid, rows, summary, wall, out, say = _run_or_load("table", grid, full, out, runs,
+                                                       progress)
     _report.write_csv(os.path.join(out, "table.csv"), summary)
     _report.write_md(os.path.join(out, "table.md"), _table_md(grid, summary, wall))
     say(f"  tables in {out}" + (f" ({wall:.1f} s)" if wall is not None else ""))
@@ -370,18 +377,8 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
     [0.001, 0.01]
     """
     grid = _prepare(QUICK_INIT_SCALE, FULL_INIT_SCALE, full, kinds, methods, grid)
-    say = _report.say(progress)
-    say(f"init-scale: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, "
-        f"methods {','.join(grid.methods)}")
-    t0 = time.perf_counter()
-    out = _report.ensure_dir(out)
-    if runs is None:
-        rows = run_grid(grid, progress, save=os.path.join(out, "runs.csv"))
-        wall = time.perf_counter() - t0
-    else:
-        (rows, grid), wall = _rows_from(runs, grid), None
-    summary = summarize(rows)
-    _report.write_csv(os.path.join(out, "runs.csv"), rows)
+    grid, rows, summary, wall, out, say = _run_or_load("init-scale", grid, full, out, runs,
+                                                       progress)
     _report.write_csv(os.path.join(out, "init_scale.csv"), summary)
     lines = ["# Reconstruction error, nuclear norm and effective rank against init scale", "",
              *_grid_lines(grid, wall), ""]
