@@ -208,53 +208,42 @@ def kernels(
             width //= 2
         return buf[0]
 
-    @cuda.jit
-    def residuals(S, soff, theta, d1, rows, cols, vals, g, losspart, scale, status):
-        """r_k = S_2[i_k] . Q_1[j_k] - y_k, g_k = scale r_k; block p of trial b sums r_k^2
-        over its entries into losspart[b, p]."""
-        b = cuda.blockIdx.y
-        if status[b] != RUNNING:
-            return
-        p = cuda.blockIdx.x
-        nobs = vals.shape[0]
-        lo = p * RB
-        hi = min(nobs, lo + RB)
-        acc = f64(0.0)
-        for k in range(lo + cuda.threadIdx.x, hi, TPB):
-            srow = soff + rows[k] * d1
-            qrow = cols[k] * d1
-            r = ftype(0.0)
-            for c in range(d1):
-                r += S[b, srow + c] * theta[b, qrow + c]
-            r -= vals[k]
-            g[b, k] = ftype(scale) * r
-            acc += f64(r) * f64(r)
+    @cuda.jit(device=True)
+    def store_block_sum(part, b, p, acc):
+        """part[b, p] = the block's sum of ``acc`` (fixed tree order)."""
         buf = cuda.shared.array(TPB, f64)
         total = block_sum(buf, acc)
         if cuda.threadIdx.x == 0:
-            losspart[b, p] = total
+            part[b, p] = total
 
     @cuda.jit
-    def depth1(theta, grad, rows, cols, vals, m, losspart, scale, status):
-        """Depth 1 (theta is W^T): residuals, loss parts, and the scattered gradient (grad
-        zeroed beforehand by ``fill``)."""
+    def residuals(S, soff, theta, grad, d1, m, rows, cols, vals, g, losspart, scale, status):
+        """r_k = S_2[i_k] . Q_1[j_k] - y_k, g_k = scale r_k; block p of trial b sums r_k^2
+        over its entries into losspart[b, p]. Depth 1 (``d1 == 0``): theta is W^T,
+        r_k = W[i_k, j_k] - y_k and scale r_k goes straight into grad (zeroed beforehand by
+        ``fill``)."""
         b = cuda.blockIdx.y
         if status[b] != RUNNING:
             return
         p = cuda.blockIdx.x
-        nobs = vals.shape[0]
         lo = p * RB
-        hi = min(nobs, lo + RB)
+        hi = min(vals.shape[0], lo + RB)
         acc = f64(0.0)
         for k in range(lo + cuda.threadIdx.x, hi, TPB):
-            pos = cols[k] * m + rows[k]
-            r = theta[b, pos] - vals[k]
-            grad[b, pos] = ftype(scale) * r
+            if d1 == 0:
+                pos = cols[k] * m + rows[k]
+                r = theta[b, pos] - vals[k]
+                grad[b, pos] = ftype(scale) * r
+            else:
+                srow = soff + rows[k] * d1
+                qrow = cols[k] * d1
+                r = ftype(0.0)
+                for c in range(d1):
+                    r += S[b, srow + c] * theta[b, qrow + c]
+                r -= vals[k]
+                g[b, k] = ftype(scale) * r
             acc += f64(r) * f64(r)
-        buf = cuda.shared.array(TPB, f64)
-        total = block_sum(buf, acc)
-        if cuda.threadIdx.x == 0:
-            losspart[b, p] = total
+        store_block_sum(losspart, b, p, acc)
 
     @cuda.jit
     def fill(x, size, value, status):
@@ -321,10 +310,7 @@ def kernels(
         for e in range(lo + cuda.threadIdx.x, hi, TPB):
             v = f64(x[b, e])
             acc += v * v
-        buf = cuda.shared.array(TPB, f64)
-        total = block_sum(buf, acc)
-        if cuda.threadIdx.x == 0:
-            part[b, p] = total
+        store_block_sum(part, b, p, acc)
 
     @cuda.jit
     def step_size(codes, hyper, sc, part, nparts, stepsize, status):
@@ -387,7 +373,6 @@ def kernels(
         matmul=matmul,
         sum_splits=sum_splits,
         residuals=residuals,
-        depth1=depth1,
         fill=fill,
         check_loss=check_loss,
         row_pass=row_pass,
@@ -568,44 +553,21 @@ class DeviceBatch:
         k, N, d, B, TPB = self.k, self.depth, self.dims, self.B, self.k.threads
         m, n = self.m, self.n
         if N == 1:
-            self._go(
-                "fill", k.fill[(_blocks(self.P, TPB), B), TPB], self.grad, self.P, 0.0, self.status
-            )
-            self._go(
-                "depth1",
-                k.depth1[(self.nres, B), TPB],
-                self.theta,
-                self.grad,
-                self.rows,
-                self.cols,
-                self.vals,
-                m,
-                self.losspart,
-                self.scale,
-                self.status,
-            )
+            self._go("fill", k.fill[(_blocks(self.P, TPB), B), TPB], self.grad, self.P, 0.0,
+                     self.status)
+            s2, s2off, d1 = self.theta, 0, 0  # d1 = 0: the depth-1 residuals
+        else:
+            for j in range(N - 1, 1, -1):  # S_j = S_{j+1} W_j
+                self._matmul(self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j), m,
+                             d[j - 1], d[j])
+            s2, s2off = self._suffix(2)
+            d1 = d[1]
+        self._go("residuals", k.residuals[(self.nres, B), TPB], s2, s2off, self.theta,
+                 self.grad, d1, m, self.rows, self.cols, self.vals, self.g, self.losspart,
+                 self.scale, self.status)
+        if N == 1:
             self._check()
             return
-        for j in range(N - 1, 1, -1):  # S_j = S_{j+1} W_j
-            self._matmul(
-                self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j), m, d[j - 1], d[j]
-            )
-        s2, s2off = self._suffix(2)
-        self._go(
-            "residuals",
-            k.residuals[(self.nres, B), TPB],
-            s2,
-            s2off,
-            self.theta,
-            d[1],
-            self.rows,
-            self.cols,
-            self.vals,
-            self.g,
-            self.losspart,
-            self.scale,
-            self.status,
-        )
         self._check()
         h2, h2off = self._hblock(2)
         self._go(
