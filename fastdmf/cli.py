@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     demo.add_argument("--max-steps", type=int, default=1_000_000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
-    rep = sub.add_parser("reproduce", help="re-run an experiment: the paper's table, init-scale, dynamics, razin-cohen, or the theory checks")
+    rep = sub.add_parser("reproduce", help="re-run an experiment: the paper's table, "
+                         "init-scale, dynamics, razin-cohen, or the theory checks")
     rep.add_argument("experiment",
                      choices=["theory", "table", "init-scale", "dynamics", "razin-cohen"])
     rep.add_argument("--out", default=None, help="output folder (default fastdmf-EXPERIMENT)")
