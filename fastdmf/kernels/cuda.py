@@ -484,57 +484,18 @@ class DeviceBatch:
         return self.work, self.lay["H", j]
 
     def _matmul(self, a, ta, b, tb, c, M, N, K):
+        """c = op(a) op(b) for every running trial; ``a``, ``b``, ``c`` are (array, offset).
+        Products over the m rows (``ta``) split their inner dimension and sum the splits."""
         k = self.k
         T = k.tile
         ksplit = self.ksplit if (ta and K > self.split_k) else 1
         grid = (-(-N // (2 * T)), -(-M // (2 * T)), self.B * ksplit)
-        if ksplit == 1:
-            self._go(
-                f"matmul op{ta}{tb}",
-                k.matmul[grid, (T, T)],
-                a[0],
-                a[1],
-                ta,
-                b[0],
-                b[1],
-                tb,
-                c[0],
-                c[1],
-                M,
-                N,
-                K,
-                1,
-                self.status,
-            )
-            return
-        self._go(
-            f"matmul op{ta}{tb}",
-            k.matmul[grid, (T, T)],
-            a[0],
-            a[1],
-            ta,
-            b[0],
-            b[1],
-            tb,
-            self.work,
-            self.part_off,
-            M,
-            N,
-            K,
-            ksplit,
-            self.status,
-        )
-        self._go(
-            "sum_splits",
-            k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads],
-            self.work,
-            self.part_off,
-            c[0],
-            c[1],
-            M * N,
-            ksplit,
-            self.status,
-        )
+        dest = c if ksplit == 1 else (self.work, self.part_off)
+        self._go(f"matmul op{ta}{tb}", k.matmul[grid, (T, T)], a[0], a[1], ta, b[0], b[1], tb,
+                 dest[0], dest[1], M, N, K, ksplit, self.status)
+        if ksplit > 1:
+            self._go("sum_splits", k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads],
+                     self.work, self.part_off, c[0], c[1], M * N, ksplit, self.status)
 
     def _go(self, name, launcher, *args):
         """Launch; with ``self.timings`` set (a dict), synchronise around the launch and add
