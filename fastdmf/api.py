@@ -369,8 +369,12 @@ def _drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callb
         while nxt < len(schedule) and schedule[nxt] <= engine.position:
             nxt += 1
         target = schedule[nxt] if nxt < len(schedule) else end
+        before = (engine.position, engine.n_evals)
         code = engine.advance(target, tol, watch.cap, budget)
-        done = engine.position >= end or engine.out_of_budget(budget)
+        # a call that moved nothing (an RKC step needs more evaluations than are left) ends
+        # the fit as out of budget instead of asking again
+        stalled = code == cpu.RUNNING and (engine.position, engine.n_evals) == before
+        done = engine.position >= end or engine.out_of_budget(budget) or stalled
         at_record = engine.position >= target or code == cpu.CONVERGED or done
         status = watch.settle(code, at_record, tol)
         if status is not None:
