@@ -1,11 +1,12 @@
 """Progress display: a tqdm bar when tqdm is installed and stderr is a terminal, else the
-plain status line of :class:`fastdmf.api._Progress` (fits) or nothing (sweeps)."""
+plain status line of :class:`StatusLine` (fits) or nothing (sweeps)."""
 
 from __future__ import annotations
 
 import sys
+import time
 
-__all__ = ["wanted", "fit_progress", "progress_bar"]
+__all__ = ["wanted", "fit_progress", "progress_bar", "StatusLine"]
 
 BAR_DELAY = 1.0  # seconds a fit runs before its bar appears (short fits stay quiet)
 
@@ -55,9 +56,33 @@ def fit_progress(end, label, progress):
         return _FitBar(tqdm, end, label)
     if progress is None:
         return None
-    from .api import _Progress
+    return StatusLine(end, label)
 
-    return _Progress(end, label)
+
+class StatusLine:
+    """One status line on stderr, rewritten at most every ``every`` seconds."""
+
+    def __init__(self, end, label="step", every=0.5, stream=None):
+        self.end, self.label, self.every = end, label, every
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.perf_counter()
+        self.loss = float("nan")
+
+    def update(self, step, loss=None):
+        if loss is not None:
+            self.loss = loss
+        now = time.perf_counter()
+        if now - self.last < self.every and step < self.end:
+            return
+        self.last = now
+        rate = step / max(now - self.start, 1e-9)
+        self.stream.write(f"\rfastdmf: {self.label} {step:,.6g}/{self.end:,.6g}  train loss "
+                          f"{self.loss:.3e}  {rate:,.0f} {self.label}s/s ")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
 
 
 class _Null:

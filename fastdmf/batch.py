@@ -13,7 +13,8 @@ import numba
 import numpy as np
 
 from . import config
-from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, _Watch, as_problem
+from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, as_problem
+from .drive import Watch
 from .engine import Engine, resolve_backend
 from .factors import FactorLayout, initialize
 from .kernels import cpu
@@ -129,11 +130,11 @@ def _stack(engines):
 
 
 def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
-    """The batched counterpart of ``api._drive``: one :class:`~fastdmf.api._Watch` per trial
+    """The batched counterpart of ``drive.drive``: one :class:`~fastdmf.drive.Watch` per trial
     (records, statuses, divergence), all trials advanced by one compiled call per chunk."""
     n = len(engines)
     trajs = [Trajectory(depth, top_k, {"shape": list(problem.shape)}) for _ in range(n)]
-    watches = [_Watch(e, problem, None, t, top_k) for e, t in zip(engines, trajs, strict=True)]
+    watches = [Watch(e, problem, None, t, top_k) for e, t in zip(engines, trajs, strict=True)]
     statuses: list = ["converged" if w.loss <= tol else None for w in watches]
     if max_steps == 0:
         return trajs, [s or "max_steps" for s in statuses]

@@ -322,7 +322,8 @@ def resume(path, **overrides):
     (True, 300)
     """
     from ._progress import fit_progress
-    from .api import FitResult, _drive, _threads, _Watch
+    from .api import FitResult, _threads
+    from .drive import Watch, drive
     from .engine import make_engine
 
     unknown = set(overrides) - set(SAFE_OVERRIDES)
@@ -354,7 +355,7 @@ def resume(path, **overrides):
                 buf[:] = raw[name]
         status = state["status"]
         if status is None:
-            watch = _Watch.resumed(engine, problem, test, traj, state["top_k"], state["loss"],
+            watch = Watch.resumed(engine, problem, test, traj, state["top_k"], state["loss"],
                                    state["cap"], (raw["good_params"].copy(),
                                                   raw["good_scalars"].copy()),
                                    state["good_step"])
@@ -371,7 +372,7 @@ def resume(path, **overrides):
             bar = fit_progress(state["end"], label, overrides.get("progress"))
             log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
             try:
-                status = _drive(engine, problem, test, traj, raw["schedule"], state["end"],
+                status = drive(engine, problem, test, traj, raw["schedule"], state["end"],
                                 state["budget"], state["tol"], state["top_k"],
                                 overrides.get("callback"), bar, saver=saver, watch=watch)
             finally:

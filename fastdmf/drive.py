@@ -1,0 +1,132 @@
+"""The loop between compiled chunks, shared by ``fit``, ``fit_batch`` and ``resume``.
+
+:class:`Watch` keeps one fit's records, divergence cap and last good state; :func:`drive`
+alternates :meth:`~fastdmf.engine.Engine.advance` calls and records up to the end of a fit.
+Python runs here between chunks only: records, progress, callbacks, checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from . import config
+from .kernels import cpu
+from .trajectory import measure
+
+__all__ = ["Watch", "drive"]
+
+log = logging.getLogger("fastdmf")
+
+
+class Watch:
+    """One fit's bookkeeping between compiled chunks: its records, the divergence cap, and
+    the last good state a diverged fit returns to. Shared by ``fit`` and ``fit_batch``."""
+
+    def __init__(self, engine, problem, test, traj, top_k):
+        self.engine, self.problem, self.test, self.traj, self.top_k = (
+            engine, problem, test, traj, top_k)
+        self.loss = self.record()
+        if not np.isfinite(self.loss):
+            raise ValueError("the initial loss is not finite; check the initial factors")
+        self.cap = config.DIVERGENCE_FACTOR * max(self.loss, np.finfo(np.float64).tiny)
+        self.good, self.good_step = engine.snapshot(), 0
+
+    @classmethod
+    def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step):
+        """A watch continuing from a checkpoint (its records are already in ``traj``)."""
+        watch = cls.__new__(cls)
+        watch.engine, watch.problem, watch.test, watch.traj, watch.top_k = (
+            engine, problem, test, traj, top_k)
+        watch.loss, watch.cap, watch.good, watch.good_step = loss, cap, good, good_step
+        return watch
+
+    def record(self) -> float:
+        """Evaluate the current state and append it to the trajectory (finite losses only)."""
+        eng = self.engine
+        loss = eng.evaluate()
+        if np.isfinite(loss):
+            self.traj.append(measure(eng.factors(), eng.grads(), loss, eng.n_steps, eng.time,
+                                     eng.n_evals, self.problem, self.test, self.top_k))
+        return loss
+
+    def settle(self, code: int, at_record: bool, tol: float):
+        """After a chunk that ended with kernel status ``code``: record when at a record
+        point, then return "diverged" (state restored to the last good record),
+        "converged", or None to go on (a record point becomes the new good state)."""
+        loss = self.loss
+        if code != cpu.DIVERGED and at_record:
+            loss = self.record()
+            if not loss <= self.cap:
+                if np.isfinite(loss):  # record() keeps only finite losses
+                    self.traj.truncate(len(self.traj) - 1)
+                code = cpu.DIVERGED
+        if code == cpu.DIVERGED:
+            _warn_diverged(self.engine.n_steps, self.engine, self.good_step)
+            self.engine.restore(self.good)
+            return "diverged"
+        if code == cpu.CONVERGED or (at_record and loss <= tol):
+            return "converged"
+        if at_record:
+            self.loss = loss
+            self.good, self.good_step = self.engine.snapshot(), self.engine.n_steps
+        return None
+
+
+def drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
+           progress, saver=None, watch=None):
+    """Alternate compiled chunks and records; returns the status.
+
+    Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
+    position, ``budget`` the most steps (gradient evaluations for the flow). ``saver`` (a
+    :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks; ``watch``
+    is given when resuming from one."""
+    if watch is None:
+        watch = Watch(engine, problem, test, traj, top_k)
+        if saver is not None:
+            saver.started(engine, watch, traj)
+        if watch.loss <= tol:
+            return "converged"
+        if end <= 0 or engine.out_of_budget(budget):
+            return "max_steps"
+    nxt = 1
+    while True:
+        while nxt < len(schedule) and schedule[nxt] <= engine.position:
+            nxt += 1
+        target = schedule[nxt] if nxt < len(schedule) else end
+        before = (engine.position, engine.n_evals)
+        code = engine.advance(target, tol, watch.cap, budget)
+        # a call that moved nothing (an RKC step needs more evaluations than are left) ends
+        # the fit as out of budget instead of asking again
+        stalled = code == cpu.RUNNING and (engine.position, engine.n_evals) == before
+        done = engine.position >= end or engine.out_of_budget(budget) or stalled
+        at_record = engine.position >= target or code == cpu.CONVERGED or done
+        status = watch.settle(code, at_record, tol)
+        if status is not None:
+            return status
+        if progress is not None:
+            progress.update(engine.position, watch.loss if at_record else None)
+        if at_record:
+            log.debug("step %d  time %.4g  train loss %.3e", engine.n_steps, engine.time,
+                      watch.loss)
+            if callback is not None and callback(
+                {**traj.last(), "factors": [np.array(w) for w in engine.factors()]}
+            ):
+                return "stopped"
+        if done:
+            return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
+        if saver is not None:
+            saver.chunk_done()
+
+
+def _warn_diverged(step, engine, good_step):
+    warnings.warn(
+        f"fit diverged near step {step} (loss not finite or above "
+        f"{config.DIVERGENCE_FACTOR:g} x its initial value); returning the state of the last "
+        f"good record (step {good_step}). Try a smaller learning rate than "
+        f"lr={engine.hyper[0]:g}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
