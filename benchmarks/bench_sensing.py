@@ -43,11 +43,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_step import (  # noqa: E402
     TORCH_THREADS,
+    TorchDense,
+    check_agreement,
     contention,
     cpu_snapshot,
-    rel_diff,
     stamp,
-    timed,
+    time_impls,
     torch_or_none,
 )
 
@@ -117,72 +118,26 @@ class NumpyDense:
         return self.gs
 
 
-class TorchDense:
-    name = "torch dense"
+class TorchSensing(TorchDense):
+    """bench_step's PyTorch step with the sensing loss: ``pred = A_mat @ W.flatten()``."""
 
     def __init__(self, problem, layout):
         import torch
 
         self.torch = torch
         torch.set_num_threads(TORCH_THREADS)
+        self.dtype = torch.float64
         self.amat = torch.from_numpy(problem.operator)
         self.y = torch.from_numpy(problem.y)
 
-    def load(self, factors):
-        torch = self.torch
-        self.params = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float64)) for w in factors]
-        self.opt = torch.optim.SGD(self.params, lr=LR)
-
-    def step(self):
-        w = self.params[0]
-        for p in self.params[1:]:
-            w = p @ w
-        pred = self.amat @ w.flatten()
-        loss = ((pred - self.y) ** 2).mean()
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-
-    def steps(self, k):
-        for _ in range(k):
-            self.step()
-
-    def factors(self):
-        return [p.detach().numpy().copy() for p in self.params]
-
-    def grads(self):
-        return [p.grad.numpy().copy() for p in self.params]
+    def loss(self, w):
+        return ((self.amat @ w.flatten() - self.y) ** 2).mean()
 
 
 def agreement(impls, factors0):
-    """One step from ``factors0`` each; ``{name: (grad_rel, factor_rel)}`` vs fastdmf serial."""
-    ref = impls[0]
-    ref.load(factors0)
-    ref.steps(1)
-    ref_g, ref_w = ref.grads(), ref.factors()
-    out = {}
-    for impl in impls[1:]:
-        impl.load(factors0)
-        impl.steps(1)
-        out[impl.name] = (rel_diff(impl.grads(), ref_g), rel_diff(impl.factors(), ref_w))
-        if "float32" not in impl.name and max(out[impl.name]) > AGREE_RTOL:
-            raise AssertionError(f"{impl.name} disagrees with fastdmf serial: {out[impl.name]}")
-    return out
-
-
-def time_impls(impls, factors0, repeats, target_s):
-    ks = {}
-    for impl in impls:
-        impl.load(factors0)
-        impl.steps(1)
-        once = min(timed(impl, 1) for _ in range(2))
-        ks[impl.name] = int(np.clip(np.ceil(target_s / max(once, 1e-7)), 1, 10_000))
-    samples = {impl.name: [] for impl in impls}
-    for _ in range(repeats):
-        for impl in impls:
-            impl.load(factors0)
-            samples[impl.name].append(timed(impl, ks[impl.name]) / ks[impl.name])
-    return {n: (float(np.median(s)), float(np.min(s)), ks[n]) for n, s in samples.items()}
+    """One step from ``factors0`` each vs fastdmf serial; float32 rows are reported only."""
+    return check_agreement(impls, factors0,
+                           lambda impl: None if "float32" in impl.name else AGREE_RTOL)
 
 
 def step_section(quick):
@@ -201,7 +156,7 @@ def step_section(quick):
         impls = [FastdmfImpl(problem, layout, False), FastdmfImpl(problem, layout, True),
                  FastdmfImpl(problem, layout, False, np.float32), NumpyDense(problem, layout)]
         if torch_or_none() is not None:
-            impls.append(TorchDense(problem, layout))
+            impls.append(TorchSensing(problem, layout))
         for name, (g, w) in agreement(impls, factors0).items():
             agree.append(f"| {p} | {name} | {g:.1e} | {w:.1e} |")
         before = cpu_snapshot()

@@ -9,10 +9,13 @@ import numba.core.config  # noqa: E402  (pytest already imported numba for filte
 
 numba.core.config.reload_config()
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fastdmf  # noqa: E402
+from fastdmf.engine import Engine  # noqa: E402
+from fastdmf.factors import FactorLayout  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +48,34 @@ def random_factors(dims, rng, scale=1.0, dtype=np.float64):
         (rng.standard_normal((dims[j], dims[j - 1])) * scale / np.sqrt(dims[j - 1])).astype(dtype)
         for j in range(1, len(dims))
     ]
+
+
+def engine_for(problem, factors, dtype=np.float64, parallel=False, optimizer="gd", hyper=None):
+    """An Engine (completion or sensing) holding ``factors``; widths read off the factors."""
+    widths = [w.shape[0] for w in factors[:-1]]
+    layout = FactorLayout.build(problem.shape, len(factors), widths)
+    return Engine(problem, layout, layout.pack(factors, dtype=dtype), optimizer, hyper,
+                  parallel=parallel)
+
+
+def assert_parallel_invariant(problem, factors):
+    """The parallel build gives the same bits for 1 and 2 threads, and the serial build's
+    loss and gradients within rounding."""
+    serial = engine_for(problem, factors, parallel=False)
+    loss_s = serial.evaluate()
+    results = []
+    old = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            eng = engine_for(problem, factors, parallel=True)
+            results.append((eng.evaluate(), [g.copy() for g in eng.grads()]))
+    finally:
+        numba.set_num_threads(old)
+    (l1, g1), (l2, g2) = results
+    assert l1 == l2
+    for a, b in zip(g1, g2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert loss_s == pytest.approx(l1, rel=1e-14)
+    for a, b in zip(serial.grads(), g1, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)

@@ -1,6 +1,5 @@
 """Kernels against the NumPy reference and central finite differences."""
 
-import numba
 import numpy as np
 import pytest
 
@@ -9,7 +8,7 @@ from fastdmf import reference
 from fastdmf.engine import Engine
 from fastdmf.factors import FactorLayout
 
-from .conftest import random_factors
+from .conftest import assert_parallel_invariant, engine_for, random_factors
 
 # (depth, hidden widths or None for full-dimensional)
 CASES = [(1, None), (2, [7]), (3, [5, 9]), (4, [6, 3, 8]), (5, [4, 4, 4, 4]), (3, None)]
@@ -17,12 +16,6 @@ CASES = [(1, None), (2, [7]), (3, [5, 9]), (4, [6, 3, 8]), (5, [4, 4, 4, 4]), (3
 
 def dims_for(problem, depth, widths):
     return FactorLayout.build(problem.shape, depth, widths).dims
-
-
-def engine_for(problem, factors, dtype=np.float64, parallel=False):
-    widths = [w.shape[0] for w in factors[:-1]]
-    layout = FactorLayout.build(problem.shape, len(factors), widths)
-    return Engine(problem, layout, layout.pack(factors, dtype=dtype), parallel=parallel)
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
@@ -85,24 +78,7 @@ def test_parallel_kernels_identical_for_any_thread_count(paper):
     and equal to the serial build."""
     rng = np.random.default_rng(0)
     factors = random_factors(dims_for(paper, 3, [40, 30]), rng)
-    serial = engine_for(paper, factors, parallel=False)
-    loss_s = serial.evaluate()
-    results = []
-    old = numba.get_num_threads()
-    try:
-        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(threads)
-            eng = engine_for(paper, factors, parallel=True)
-            results.append((eng.evaluate(), [g.copy() for g in eng.grads()]))
-    finally:
-        numba.set_num_threads(old)
-    (l1, g1), (l2, g2) = results
-    assert l1 == l2
-    for a, b in zip(g1, g2):
-        np.testing.assert_array_equal(a, b)
-    assert loss_s == pytest.approx(l1, rel=1e-14)
-    for a, b in zip(serial.grads(), g1):
-        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert_parallel_invariant(paper, factors)
 
 
 def test_step_never_forms_the_dense_matrix():

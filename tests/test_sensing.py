@@ -1,17 +1,15 @@
 """Matrix sensing: kernels against the NumPy reference, finite differences, the reference
 optimisers and the closed-form depth-1 flow; recovery; the fit surface."""
 
-import numba
 import numpy as np
 import pytest
 
 import fastdmf
 from fastdmf import reference
-from fastdmf.engine import Engine
 from fastdmf.factors import FactorLayout
 from fastdmf.kernels import cpu
 
-from .conftest import random_factors
+from .conftest import assert_parallel_invariant, engine_for, random_factors
 
 # (shape, depth, hidden widths or None for full-dimensional)
 CASES = [
@@ -28,14 +26,6 @@ def problems():
     """Gaussian sensing problems per shape, more measurements than unknowns not required."""
     return {shape: fastdmf.synthetic_sensing(shape, 2, 17, seed=sum(shape))
             for shape in {c[0] for c in CASES}}
-
-
-def engine_for(problem, factors, dtype=np.float64, parallel=False, optimizer="gd",
-               hyper=None):
-    widths = [w.shape[0] for w in factors[:-1]]
-    layout = FactorLayout.build(problem.shape, len(factors), widths)
-    return Engine(problem, layout, layout.pack(factors, dtype=dtype), optimizer, hyper,
-                  parallel=parallel)
 
 
 def factors_for(problem, depth, widths, seed):
@@ -100,24 +90,7 @@ def test_parallel_identical_for_any_thread_count(problems):
     same bits for 1 and 2 threads, and agrees with the serial build."""
     problem = problems[(5, 8)]
     factors = factors_for(problem, 3, [7, 2], 0)
-    serial = engine_for(problem, factors)
-    loss_s = serial.evaluate()
-    results = []
-    old = numba.get_num_threads()
-    try:
-        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(threads)
-            eng = engine_for(problem, factors, parallel=True)
-            results.append((eng.evaluate(), [g.copy() for g in eng.grads()]))
-    finally:
-        numba.set_num_threads(old)
-    (l1, g1), (l2, g2) = results
-    assert l1 == l2
-    for a, b in zip(g1, g2):
-        np.testing.assert_array_equal(a, b)
-    assert loss_s == pytest.approx(l1, rel=1e-14)
-    for a, b in zip(serial.grads(), g1):
-        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert_parallel_invariant(problem, factors)
 
 
 OPTIMIZERS = [
