@@ -36,7 +36,6 @@ from types import SimpleNamespace
 
 import numba
 import numpy as np
-from numba import prange
 
 from .. import config
 from . import cpu
@@ -90,37 +89,6 @@ def prepare(problem, layout, dtype, parallel=None):
     work = np.zeros(int(lay[-1]), dtype=dtype)
     resid = np.zeros(problem.n_observed, dtype=dtype)
     return kernels, nblk, (amat, y, lay), work, resid
-
-
-def matvec(a, x, out, nblk):
-    """out = a @ x (BLAS gemv), the rows of a split in ``nblk`` blocks, one per task."""
-    if nblk == 1:
-        np.dot(a, x, out)
-        return
-    rows = a.shape[0]
-    for k in prange(nblk):
-        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
-        if hi > lo:
-            np.dot(a[lo:hi], x, out[lo:hi])
-
-
-def rmatvec(a, r, out, part, nblk):
-    """out = a^T @ r (BLAS gemv, transposed), the rows of a split in ``nblk`` blocks whose
-    partial vectors go to their own slice of ``part``, then summed in block order."""
-    if nblk == 1:
-        np.dot(a.T, r, out)
-        return
-    rows, size = a.shape[0], out.shape[0]
-    for k in prange(nblk):
-        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
-        pk = part[k * size : (k + 1) * size]
-        if hi > lo:
-            np.dot(a[lo:hi].T, r[lo:hi], pk)
-        else:
-            pk[:] = 0
-    out[:] = part[:size]
-    for k in range(1, nblk):
-        out += part[k * size : (k + 1) * size]
 
 
 # Rows of the operator per fused block (serial build): a block is read once from memory for
@@ -180,13 +148,14 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk):
     if nblk == 1:
         loss = fused_pass(amat, wvec, y, resid, gvec, scale) / resid.shape[0]
     else:
-        matvec(amat, wvec, resid, nblk)
+        # the gemvs as n x 1 products, in the completion kernels' fixed row blocks
+        dense_ab(amat, wvec.reshape((mn, 1)), resid.reshape((resid.shape[0], 1)), nblk)
         for k in range(resid.shape[0]):
             resid[k] -= y[k]
         loss = blocked_sum(resid, True) / resid.shape[0]
         for k in range(resid.shape[0]):
             resid[k] *= scale
-        rmatvec(amat, resid, gvec, part, nblk)
+        dense_atb(amat, resid.reshape((resid.shape[0], 1)), gvec.reshape((mn, 1)), part, nblk)
     if N == 1:
         _blk(grad, 0, n, m)[:, :] = gm.T
         return loss
@@ -210,8 +179,6 @@ _FAMILY = (
     ("blocked_sum", blocked_sum, "kernel"),
     ("dense_ab", dense_ab, "kernel"),
     ("dense_atb", dense_atb, "kernel"),
-    ("matvec", matvec, "kernel"),
-    ("rmatvec", rmatvec, "kernel"),
     ("fused_pass", fused_pass, "driver"),
     ("loss_and_grad", loss_and_grad, "driver"),
     ("update", update, "kernel"),
