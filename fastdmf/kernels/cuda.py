@@ -30,6 +30,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..factors import FactorLayout
+
 try:  # a module global: the simulator swaps it for its own inside kernels
     from numba import cuda
 except Exception as _exc:  # noqa: BLE001  (numba.cuda broken or absent)
@@ -424,9 +426,7 @@ class DeviceBatch:
         self.B, self.P = thetas.shape
         n, m = self.dims[0], self.dims[-1]
         self.m, self.n = m, n
-        self.offs = np.concatenate(
-            [[0], np.cumsum([self.dims[j] * self.dims[j - 1] for j in range(1, self.depth + 1)])]
-        ).astype(np.int64)
+        self.offs = FactorLayout.build((m, n), self.depth, self.dims[1:-1]).offsets
         rowptr, colptr, order = problem.index
         to = cuda.to_device
         self.nobs = problem.n_observed
@@ -464,6 +464,7 @@ class DeviceBatch:
         self.status = cuda.device_array(self.B, np.int64)
         self.caps = cuda.device_array(self.B, np.float64)
         self.scale = 2.0 / self.nobs
+        self._tol = 0.0  # set by run / evaluate for the loss check
         self.timings = None
 
     # ------------------------------------------------------------------ one evaluation
@@ -526,10 +527,9 @@ class DeviceBatch:
         self._go("residuals", k.residuals[(self.nres, B), TPB], s2, s2off, self.theta,
                  self.grad, d1, m, self.rows, self.cols, self.vals, self.g, self.losspart,
                  self.scale, self.status)
-        if N == 1:
-            self._check()
-            return
         self._check()
+        if N == 1:
+            return
         h2, h2off = self._hblock(2)
         self._go(
             "row_pass",
