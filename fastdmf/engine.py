@@ -240,15 +240,15 @@ def resolve_backend(backend: str, optimizer_code: int, problem=None) -> str:
     one is usable and the optimiser and problem run there, else the CPU)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    sensing = isinstance(problem, SensingProblem)
-    if backend == "cuda" and sensing:
+    is_sensing = isinstance(problem, SensingProblem)
+    if backend == "cuda" and is_sensing:
         raise ValueError(
             "backend='cuda' runs completion problems; matrix sensing runs on the CPU "
             "(backend='cpu')"
         )
     if backend != "auto":
         return backend
-    if optimizer_code < 0 or sensing:
+    if optimizer_code < 0 or is_sensing:
         return "cpu"
     try:
         from .kernels import cuda as kc
