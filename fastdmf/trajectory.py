@@ -136,7 +136,7 @@ class Trajectory:
     _arrays: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
-        return len(self._rows) if self._rows else len(self._arrays.get("step", ()))
+        return len(self._arrays.get("step", ())) + len(self._rows)
 
     def __getattr__(self, name):
         if name in SCALARS or name in MATRICES:
@@ -156,14 +156,16 @@ class Trajectory:
         return self._arrays[name]
 
     def _freeze(self):
+        """Move the appended rows into the arrays (after any rows frozen before)."""
+        if not self._rows:
+            return
         rows, self._rows = self._rows, []
         old = self._arrays
-        for name in SCALARS:
+        for name in SCALARS + MATRICES:
             new = np.array([r[name] for r in rows])
-            self._arrays[name] = np.concatenate([old[name], new]) if name in old else new
-        for name in MATRICES:
-            new = np.array([r[name] for r in rows])
-            if name in old and old[name].size:
+            # an earlier block counts by its rows, whatever their width: depth 1 records
+            # balancedness as rows of width 0
+            if name in old and len(old[name]):
                 new = np.concatenate([old[name], new])
             self._arrays[name] = new
 

@@ -6,7 +6,7 @@ import pytest
 import fastdmf
 from fastdmf import reference
 from fastdmf.factors import FactorLayout, balancedness, end_to_end, initialize, singular_values
-from fastdmf.trajectory import record_schedule
+from fastdmf.trajectory import MATRICES, SCALARS, Trajectory, record_schedule
 
 
 def test_record_schedules():
@@ -82,6 +82,30 @@ def test_save_and_load_roundtrip(tmp_path, square):
     for name, arr in res.trajectory.as_dict().items():
         np.testing.assert_array_equal(getattr(back, name), arr)
     assert "4 records" in repr(back)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_rows_appended_after_reading_keep_every_record(square, depth):
+    """Reading a field freezes the rows into arrays; rows appended afterwards (a resumed or
+    continued record) join them, for zero-width fields (depth-1 balancedness) too."""
+    res = fastdmf.fit(square, depth=depth, max_steps=30, record=10, seed=0, progress=False)
+    rows = [{name: getattr(res.trajectory, name)[i] for name in SCALARS + MATRICES}
+            for i in range(len(res.trajectory))]
+    whole = Trajectory(depth)
+    for row in rows + rows[1:]:
+        whole.append(row)
+    parts = Trajectory(depth)
+    for row in rows:
+        parts.append(row)
+    assert len(parts.step) == 4  # frozen here
+    for i, row in enumerate(rows[1:], start=5):
+        parts.append(row)
+        assert len(parts) == i
+    assert len(parts) == len(whole) == 7
+    for name in SCALARS + MATRICES:
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name))
+    assert parts.balancedness.shape == (7, depth - 1)
+    assert parts.singular_values.shape[0] == 7
 
 
 def test_plot_needs_matplotlib_or_draws(square):
