@@ -104,7 +104,6 @@ def fused_pass(a, wvec, y, resid, gvec, scale):
     rows, cols = a.shape
     step = max(1, FUSED_BYTES // max(1, cols * a.itemsize))
     gvec[:] = 0.0
-    tmp = np.empty(step, dtype=resid.dtype)
     gpart = np.empty(cols, dtype=gvec.dtype)
     acc = 0.0
     for lo in range(0, rows, step):
@@ -112,14 +111,12 @@ def fused_pass(a, wvec, y, resid, gvec, scale):
         blk = a[lo:hi]
         r = resid[lo:hi]
         np.dot(blk, wvec, r)
-        t = tmp[: hi - lo]
         for k in range(hi - lo):
             r[k] -= y[lo + k]
             v = np.float64(r[k])
             acc += v * v
-            t[k] = scale * r[k]
-            r[k] = t[k]
-        np.dot(blk.T, t, gpart)
+            r[k] = scale * r[k]
+        np.dot(blk.T, r, gpart)
         gvec += gpart
     return acc
 
