@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ __all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "warmup"]
 _DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
-@dataclass
+@dataclass(eq=False)
 class FitResult:
     """The outcome of a fit (one type for every solver).
 
@@ -89,6 +90,9 @@ def as_problem(observed, shape=None) -> CompletionProblem | SensingProblem:
     """A validated problem from a problem (completion or sensing, returned as it is), a
     matrix (dense with NaN, or sparse), or a ``(rows, cols, values)`` tuple (with ``shape``)."""
     if isinstance(observed, (CompletionProblem, SensingProblem)):
+        if shape is not None and tuple(shape) != tuple(observed.shape):
+            raise ValueError(f"the problem has shape {tuple(observed.shape)}, not "
+                             f"shape={tuple(shape)}: a problem carries its shape")
         return observed
     if isinstance(observed, tuple):
         if len(observed) != 3:
@@ -235,24 +239,20 @@ def fit(
         )
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
-    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel)
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 0):
-        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    if not (tol >= 0 and np.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
+                       max_steps)
+    dtype = args["dtype"] = _dtype_name(dtype)
     spec = get_optimizer(optimizer)
     hyper = spec.hyper(lr, optimizer_options or {})
-    if widths is None and not isinstance(init, str):
-        widths = [np.shape(w)[0] for w in list(init)[:-1]]
-    layout = FactorLayout.build(problem.shape, depth, widths)
+    layout = FactorLayout.build(problem.shape, depth, _widths(init, widths))
     seed = _resolve_seed(seed)
     args["seed"] = seed
     factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
     theta = layout.pack(factors0, dtype=_DTYPES[dtype])
     if spec.name.startswith("flow"):
-        if max_time is None or not (np.isfinite(max_time) and max_time >= 0):
+        if (max_time is None or isinstance(max_time, bool)
+                or not isinstance(max_time, (int, float, np.integer, np.floating))
+                or not (np.isfinite(max_time) and max_time >= 0)):
             raise ValueError(
                 "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
                 f"number >= 0), got {max_time!r}"
@@ -318,11 +318,10 @@ def loss_and_grad(factors, problem, dtype=None, shape=None):
     factors = list(factors)
     if not factors:
         raise ValueError("factors must hold at least one matrix")
-    widths = [np.shape(w)[0] for w in factors[:-1]]
-    layout = FactorLayout.build(problem.shape, len(factors), widths)
+    layout = FactorLayout.build(problem.shape, len(factors), _widths(factors, None))
     if dtype is None:
         dtype = "float32" if all(np.asarray(w).dtype == np.float32 for w in factors) else "float64"
-    theta = layout.pack(factors, dtype=_DTYPES[dtype])
+    theta = layout.pack(factors, dtype=_DTYPES[_dtype_name(dtype)])
     engine = Engine(problem, layout, theta)
     loss = engine.evaluate()
     return float(loss), [np.array(g) for g in engine.grads()]
@@ -358,16 +357,26 @@ def _resolve_seed(seed):
 
 
 def _jsonable(args):
-    out = {}
-    for k, v in args.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        elif isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, (list, tuple)) and v and isinstance(v[0], np.ndarray):
-            v = "<arrays>"
-        out[k] = v
-    return out
+    """The arguments with numpy scalars, arrays and ranges (also inside lists) as plain
+    Python values, so that ``json.dumps(settings)`` works; a list of factor arrays (``init``)
+    becomes ``"<arrays>"``."""
+    return {k: _plain(v) for k, v in args.items()}
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, range):
+        return list(v)
+    if isinstance(v, (list, tuple)):
+        if v and isinstance(v[0], np.ndarray) and v[0].ndim == 2:
+            return "<arrays>"
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 @contextmanager
@@ -387,13 +396,40 @@ def _threads(n):
         numba.set_num_threads(old)
 
 
-def _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel):
-    """Type checks of fit's arguments that later steps would fail on obscurely; returns
-    ``init`` (a list of factors, or the scheme name)."""
+def _dtype_name(dtype) -> str:
+    """"float64" or "float32" for any spelling numpy accepts (np.float32, "f4", ...)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's deprecated aliases: refused below anyway
+            name = np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return name
+
+
+def _widths(init, widths):
+    """The inner widths: as given, else read off a list of initial factors (W_j is
+    d_j x d_{j-1}), else None (the defaults)."""
+    if widths is None and not isinstance(init, str):
+        return [np.shape(w)[0] for w in list(init)[:-1]]
+    return widths
+
+
+def _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
+                max_steps):
+    """Checks of fit's arguments (fit_batch's too) that later steps would fail on obscurely
+    or take silently; returns ``init`` (a list of factors, or the scheme name)."""
     for name, value in (("lr", lr), ("init_scale", init_scale), ("tol", tol)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
                                                              np.floating)):
             raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    if isinstance(max_steps, bool) or not (isinstance(max_steps, (int, np.integer))
+                                           and max_steps >= 0):
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
     if optimizer_options is not None and not isinstance(optimizer_options, dict):
         raise TypeError(f"optimizer_options must be a dict or None, got {optimizer_options!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(

@@ -13,7 +13,17 @@ import numba
 import numpy as np
 
 from . import config
-from .api import _DTYPES, FitResult, _resolve_seed, _settings, _threads, as_problem
+from .api import (
+    _DTYPES,
+    FitResult,
+    _check_args,
+    _dtype_name,
+    _resolve_seed,
+    _settings,
+    _threads,
+    _widths,
+    as_problem,
+)
 from .drive import Watch
 from .engine import Engine, resolve_backend
 from .factors import FactorLayout, initialize
@@ -66,16 +76,17 @@ def fit_batch(
     problem = as_problem(observed, shape)
     seeds = [_resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
     n = len(seeds)
+    if n == 0:
+        raise ValueError("seeds is empty: fit_batch runs one trial per seed, give at least one")
     scales = _per_trial(init_scale, n, "init_scale")
     rates = _per_trial(lr, n, "lr")
+    init = _check_args(depth, rates[0], scales[0], tol, init, optimizer_options, top_k, False,
+                       max_steps)
+    dtype = _dtype_name(dtype)
     spec = get_optimizer(optimizer)
     if spec.code < 0:
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if not (isinstance(max_steps, (int, np.integer)) and max_steps >= 0):
-        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    layout = FactorLayout.build(problem.shape, depth, widths)
+    layout = FactorLayout.build(problem.shape, depth, _widths(init, widths))
     engines = []
     for seed, scale, rate in zip(seeds, scales, rates, strict=True):
         factors = initialize(layout, init, scale, np.random.default_rng(seed))
@@ -111,8 +122,11 @@ def fit_batch(
 
 
 def _per_trial(value, n, name):
-    vals = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)) if np.ndim(value) == 0 \
-        else np.asarray(value, dtype=np.float64)
+    raw = np.asarray(value)
+    if raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number or one per seed, got {value!r}")
+    vals = np.broadcast_to(raw.astype(np.float64), (n,)) if raw.ndim == 0 \
+        else raw.astype(np.float64)
     if vals.shape != (n,):
         raise ValueError(f"{name} must be a scalar or one value per seed ({n}), got {value!r}")
     return [float(v) for v in vals]

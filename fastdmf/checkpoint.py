@@ -33,7 +33,7 @@ import numpy as np
 from .factors import FactorLayout
 from .optim import get_optimizer
 from .problem import CompletionProblem, SensingProblem
-from .trajectory import MATRICES, SCALARS, Trajectory
+from .trajectory import MATRICES, SCALARS, Grid, Trajectory
 
 __all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
 
@@ -158,11 +158,12 @@ class Checkpointer:
             "traj_depth": traj.depth,
             "traj_meta": traj.meta,
             "n_steps": engine.n_steps,
+            "schedule_grid": _grid_state(self.plan["schedule"]),
         }
         arrays = {
             "theta": engine.theta, "grad": engine.grad, "ostate": engine.ostate,
             "scalars": engine.scalars, "hyper": engine.hyper,
-            "schedule": np.asarray(self.plan["schedule"]),
+            "schedule": _schedule_array(self.plan["schedule"]),
             "good_params": watch.good[0], "good_scalars": watch.good[1],
         }
         if engine.is_flow:
@@ -181,6 +182,21 @@ class Checkpointer:
         self.count += 1
         log.info("checkpoint %s at step %d%s", self.path, engine.n_steps,
                  f" (final, {status})" if status else "")
+
+
+def _grid_state(schedule):
+    """[step, count] of a :class:`Grid` schedule (kept as its two numbers), else None."""
+    return [schedule.step, schedule.count] if isinstance(schedule, Grid) else None
+
+
+def _schedule_array(schedule):
+    """The schedule's steps as an array; a Grid is kept in the state as its two numbers."""
+    return np.zeros(0) if isinstance(schedule, Grid) else np.asarray(schedule)
+
+
+def _schedule_from(state, raw):
+    grid = state.get("schedule_grid")
+    return Grid(*grid) if grid else raw["schedule"]
 
 
 def _trajectory_arrays(traj) -> dict:
@@ -362,8 +378,9 @@ def resume(path, **overrides):
             every = overrides.get("checkpoint_every",
                                   settings["arguments"].get("checkpoint_every"))
             target = overrides.get("checkpoint", path)
+            schedule = _schedule_from(state, raw)
             plan = {"settings": settings, "problem": problem, "test": test,
-                    "schedule": raw["schedule"], "end": state["end"],
+                    "schedule": schedule, "end": state["end"],
                     "budget": state["budget"], "tol": state["tol"], "top_k": state["top_k"]}
             saver = None if target is None else Checkpointer(target, every, plan)
             if saver is not None:
@@ -372,7 +389,7 @@ def resume(path, **overrides):
             bar = fit_progress(state["end"], label, overrides.get("progress"))
             log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
             try:
-                status = drive(engine, problem, test, traj, raw["schedule"], state["end"],
+                status = drive(engine, problem, test, traj, schedule, state["end"],
                                 state["budget"], state["tol"], state["top_k"],
                                 overrides.get("callback"), bar, saver=saver, watch=watch)
             finally:

@@ -8,6 +8,8 @@ Python runs here between chunks only: records, progress, callbacks, checkpoints.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -89,7 +91,9 @@ def drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callba
             saver.started(engine, watch, traj)
         if watch.loss <= tol:
             return "converged"
-        if end <= 0 or engine.out_of_budget(budget):
+        if end <= 0:
+            return "max_time" if engine.is_flow else "max_steps"
+        if engine.out_of_budget(budget):
             return "max_steps"
     nxt = 1
     while True:
@@ -128,5 +132,15 @@ def _warn_diverged(step, engine, good_step):
         f"good record (step {good_step}). Try a smaller learning rate than "
         f"lr={engine.hyper[0]:g}.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_outside_level(),
     )
+
+
+def _outside_level() -> int:
+    """The ``stacklevel`` that points a warning raised in the caller at the first frame
+    outside fastdmf: the user's call of fit, fit_batch or resume."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # the function that called warnings.warn is level 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -449,6 +449,10 @@ def check_index(idx, name, bound):
             raise TypeError(f"{name} must hold integers; it holds non-integral floats")
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind in "uf" and arr.max() >= bound:  # before int64 wraps it
+        raise ValueError(
+            f"{name} has index {arr.max()} out of range for a dimension of size {bound}"
+        )
     arr = arr.astype(np.int64)
     if arr.size:
         lo, hi = int(arr.min()), int(arr.max())

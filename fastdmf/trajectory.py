@@ -22,6 +22,8 @@ A record is taken at the steps of the schedule (always step 0 and the final step
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +38,7 @@ from .factors import (
 )
 from .reference import effective_rank
 
-__all__ = ["Trajectory", "record_schedule", "time_schedule", "load_trajectory"]
+__all__ = ["Trajectory", "Grid", "record_schedule", "time_schedule", "load_trajectory"]
 
 SCALARS = (
     "step",
@@ -68,12 +70,57 @@ def _log_count(record, default: int) -> int:
     return int(record[1])
 
 
-def record_schedule(record, max_steps: int) -> np.ndarray:
+class Grid(Sequence):
+    """The record points 0, step, 2 step, ..., (count - 1) step, each computed when asked for:
+    a fit with a step budget of 10^12 and a record interval keeps no list of its record
+    steps. Indexing, ``len``, ``in`` and iteration work as on the array it stands for;
+    ``np.asarray(grid)`` builds that array."""
+
+    def __init__(self, step, count: int):
+        self.step, self.count = step, int(count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return np.asarray(self)[i]
+        i = operator.index(i)
+        if i < 0:
+            i += self.count
+        if not 0 <= i < self.count:
+            raise IndexError(f"record point {i} of {self.count}")
+        return self.step * i
+
+    def __contains__(self, value) -> bool:
+        if self.step == 0 or value < 0:
+            return value == 0 and self.count > 0
+        i = value / self.step if isinstance(self.step, float) else value // self.step
+        i = int(i)
+        return i < self.count and self.step * i == value
+
+    def __array__(self, dtype=None, copy=None):
+        kind = np.float64 if isinstance(self.step, float) else np.int64
+        out = np.arange(self.count, dtype=kind) * self.step
+        return out if dtype is None else out.astype(dtype)
+
+    def __eq__(self, other):
+        return isinstance(other, Grid) and (self.step, self.count) == (other.step, other.count)
+
+    def __hash__(self):
+        return hash((self.step, self.count))
+
+    def __repr__(self) -> str:
+        return f"Grid(step={self.step!r}, count={self.count})"
+
+
+def record_schedule(record, max_steps: int):
     """Sorted steps (within [0, max_steps]) at which to record; always includes 0.
 
-    ``record`` is an int k (every k steps), a sequence of steps, ``"log"`` (about 20 log-spaced
-    steps per decade), ``("log", count)``, or None (first and last state only; the last is
-    always added by the fit).
+    ``record`` is an int k (every k steps: a :class:`Grid`, which holds no list of the
+    steps), a sequence of steps, ``"log"`` (about 20 log-spaced steps per decade),
+    ``("log", count)``, or None (first and last state only; the last is always added by the
+    fit).
     """
     if isinstance(record, bool):
         raise TypeError("record= takes an int, a list of steps, 'log', ('log', count) or None")
@@ -85,23 +132,28 @@ def record_schedule(record, max_steps: int) -> np.ndarray:
         steps = np.unique(np.round(np.logspace(0, np.log10(top), count)).astype(np.int64))
     elif isinstance(record, str):
         raise ValueError(f"record={record!r}: use an int, a list of steps, 'log' or None")
+    elif isinstance(record, (float, np.floating)):
+        raise TypeError(f"record={record!r}: a step interval is an integer (e.g. "
+                        f"record={max(1, int(record))}); flow times apply to the flow optimisers")
     elif isinstance(record, (int, np.integer)):
         if record < 1:
             raise ValueError(f"record={record}: the interval must be a positive number of steps")
-        steps = np.arange(0, max_steps + 1, int(record), dtype=np.int64)
+        return Grid(int(record), max(max_steps, 0) // int(record) + 1)
     else:
         steps = np.asarray(record)
+        if steps.size == 0:
+            steps = np.zeros(0, np.int64)
         if steps.ndim != 1 or steps.dtype.kind not in "iu" or (steps.size and steps.min() < 0):
             raise ValueError("record= as a list must hold non-negative integer steps")
     steps = np.unique(np.concatenate([[0], steps.astype(np.int64)]))
     return steps[steps <= max_steps]
 
 
-def time_schedule(record, max_time: float) -> np.ndarray:
+def time_schedule(record, max_time: float):
     """Sorted flow times (within [0, max_time]) at which to record; always includes 0.
 
-    ``record`` is a float dt (every dt), a sequence of times, ``"log"`` (60 times spaced
-    geometrically from max_time * 1e-6 to max_time), ``("log", count)``, or None.
+    ``record`` is a float dt (every dt: a :class:`Grid`), a sequence of times, ``"log"`` (60
+    times spaced geometrically from max_time * 1e-6 to max_time), ``("log", count)``, or None.
     """
     if isinstance(record, bool):
         raise TypeError("record= takes a time interval, a list of times, 'log' or None")
@@ -116,7 +168,15 @@ def time_schedule(record, max_time: float) -> np.ndarray:
     elif np.isscalar(record):
         if not (np.isfinite(record) and record > 0):
             raise ValueError(f"record={record!r}: the time interval must be positive")
-        times = np.arange(0.0, max_time * (1 + 1e-12), float(record))
+        dt = float(record)
+        if not max_time >= 0:
+            return Grid(dt, 0)
+        count = int(max_time // dt) + 1  # the multiples i dt <= max_time, i >= 0
+        while count > 1 and dt * (count - 1) > max_time:
+            count -= 1
+        while dt * count <= max_time:
+            count += 1
+        return Grid(dt, count)
     else:
         times = np.asarray(record, dtype=np.float64)
         if times.ndim != 1 or not np.all(np.isfinite(times)) or np.any(times < 0):
@@ -125,7 +185,7 @@ def time_schedule(record, max_time: float) -> np.ndarray:
     return times[times <= max_time]
 
 
-@dataclass
+@dataclass(eq=False)
 class Trajectory:
     """Records of a fit, as arrays (one row per record). See the module docstring."""
 
@@ -225,7 +285,9 @@ def factored_error(factors, u, v) -> float:
     """||W - U V^T||_F^2 / ||U V^T||_F^2 without forming either matrix: with W = L R^T split
     at the narrowest width, ||W||^2 = sum((L^T L) * (R^T R)), <W, U V^T> = sum((L^T U) *
     (R^T V)), ||U V^T||^2 = sum((U^T U) * (V^T V)); O((m + n) d (d + r))."""
-    left, right_t = split_product(factors)
+    # in float64 whatever the fit's dtype: the three terms below cancel to the error
+    left, right_t = split_product([np.asarray(w, dtype=np.float64) for w in factors])
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
     if right_t is None:  # depth 1: W itself
         ww, wt = np.sum(left**2), np.sum((left @ v) * u)
     else:
@@ -236,7 +298,9 @@ def factored_error(factors, u, v) -> float:
 
 
 def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k):
-    """One record's values at the current state (called between compiled chunks)."""
+    """One record's values at the current state (called between compiled chunks), computed
+    in float64 from the factors whatever the fit's dtype."""
+    factors = [np.asarray(w, dtype=np.float64) for w in factors]
     depth = len(factors)
     sv = singular_values(factors)
     total = float(sv.sum())

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..api import FitResult, versions
 from ..reference import effective_rank
-from ..trajectory import Trajectory, factored_error, record_schedule
+from ..trajectory import Grid, Trajectory, factored_error, record_schedule
 
 
 def check_common(tol, max_iter, record):
@@ -59,7 +59,7 @@ class Recorder:
 
     def __init__(self, obs, schedule, progress, name):
         self.obs, self.schedule = obs, schedule
-        self._due = {int(step) for step in schedule}
+        self._due = schedule if isinstance(schedule, Grid) else {int(s) for s in schedule}
         self.traj = Trajectory(1, None, {"shape": list(obs.shape), "solver": name})
         self.progress, self.name = progress, name
         self.start = self.last = _time.perf_counter()

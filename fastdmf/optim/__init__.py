@@ -62,6 +62,9 @@ class OptimizerSpec:
         if not (np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         for key, val in opts.items():
+            if isinstance(val, bool) or not isinstance(val, (int, float, np.integer,
+                                                             np.floating)):
+                raise TypeError(f"optimizer option {key} must be a real number, got {val!r}")
             hi = 1.0 if key in self.rates else np.inf
             if not (0 <= val < hi) or (key in self.positive and val == 0):
                 raise ValueError(
