@@ -373,7 +373,7 @@ def _plain(v):
     if isinstance(v, (list, tuple)):
         if v and isinstance(v[0], np.ndarray) and v[0].ndim == 2:
             return "<arrays>"
-        return [_plain(x) for x in v]
+        return type(v)(_plain(x) for x in v)
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v

@@ -27,6 +27,7 @@ import logging
 import os
 import tempfile
 import time as _time
+import zipfile
 
 import numpy as np
 
@@ -40,6 +41,12 @@ __all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
 log = logging.getLogger("fastdmf")
 
 FORMAT = 1
+# what every checkpoint holds (newer optional keys are read with defaults)
+STATE_KEYS = ("status", "settings", "optimizer", "parallel", "dims", "dtype", "end", "budget",
+              "tol", "top_k", "loss", "cap", "good_step", "traj_depth", "traj_meta", "n_steps",
+              "problem_kind", "problem_meta", "problem_sha256")
+ARRAY_KEYS = ("theta", "grad", "ostate", "scalars", "hyper", "schedule", "good_params",
+              "good_scalars", "traj_step")
 DEFAULT_EVERY = 60.0  # seconds between checkpoints when checkpoint_every is not given
 SAFE_OVERRIDES = ("callback", "progress", "checkpoint", "checkpoint_every", "n_threads")
 
@@ -98,6 +105,9 @@ def check_path(path) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"checkpoint={path!r}: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint={path!r} is a folder; give a file path inside it, "
+                         f"e.g. {os.path.join(path, 'fit.ckpt')!r}")
     return path
 
 
@@ -279,19 +289,35 @@ def read_checkpoint(path) -> tuple[dict, dict]:
 
     Raises ValueError when the file is not a fastdmf checkpoint or its problem arrays do not
     match their recorded hash."""
+    name = os.fspath(path)
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        loaded = np.load(name, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array (.npy), not the .npz a checkpoint is")
+        with loaded as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable checkpoint: {exc}") from None
+        raise FileNotFoundError(f"no checkpoint at {name!r}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{name!r} is a folder; resume takes the checkpoint file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{name!r} is not a readable checkpoint (damaged, truncated or another "
+                         f"kind of file): {exc}") from None
     if "__state__" not in arrays:
-        raise ValueError(f"{os.fspath(path)!r} is an .npz file but not a fastdmf checkpoint")
-    state = json.loads(str(arrays.pop("__state__")))
-    if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint format {state.get('format')!r} is not supported "
+        raise ValueError(f"{name!r} is an .npz file but not a fastdmf checkpoint")
+    try:
+        state = json.loads(str(arrays.pop("__state__")))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name!r}: the checkpoint's state is damaged ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ValueError(f"checkpoint format {found!r} is not supported "
                          f"(this fastdmf reads format {FORMAT})")
+    missing = [key for key in STATE_KEYS if key not in state]
+    missing += [key for key in ARRAY_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(f"{name!r}: the checkpoint's state lacks {missing}; the file is "
+                         "damaged")
     problem_arrays = {k: v for k, v in arrays.items() if k.startswith("problem_")}
     if _digest(problem_arrays) != state["problem_sha256"]:
         raise ValueError(f"checkpoint {os.fspath(path)!r}: the problem's arrays do not match "

@@ -56,9 +56,12 @@ MATRICES = ("singular_values", "balancedness")
 
 
 def _is_log(record) -> bool:
+    """``"log"`` or ``("log", count)``; also ``["log", count]``, the tuple after a trip
+    through JSON (checkpoints, sweep files, settings saved by users)."""
     if isinstance(record, str):
         return record == "log"
-    return isinstance(record, tuple) and len(record) > 0 and record[0] == "log"
+    return (isinstance(record, (tuple, list)) and len(record) > 0
+            and isinstance(record[0], str) and record[0] == "log")
 
 
 def _log_count(record, default: int) -> int:

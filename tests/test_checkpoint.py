@@ -178,3 +178,37 @@ def test_checkpoint_errors(square, tmp_path):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="SHA-256"):
         fastdmf.resume(tmp_path / "bad.npz")
+
+
+def test_damaged_or_foreign_files_are_refused_with_a_valueerror(square, tmp_path):
+    path = tmp_path / "good.ckpt"
+    fastdmf.fit(square, **dict(KW, max_steps=20), checkpoint=path)
+    raw = path.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    np.save(tmp_path / "single.npy", np.arange(3))
+    np.savez(tmp_path / "notjson.npz", __state__=np.array("not json"))
+    np.savez(tmp_path / "partial.npz", __state__=np.array('{"format": 1}'))
+    cases = {"truncated.ckpt": "not a readable checkpoint", "empty.ckpt": "not a readable",
+             "single.npy": "single array", "notjson.npz": "state is damaged",
+             "partial.npz": "lacks .*problem_sha256"}
+    for name, words in cases.items():
+        with pytest.raises(ValueError, match=words):
+            fastdmf.resume(tmp_path / name)
+    with pytest.raises(ValueError, match="is a folder"):
+        fastdmf.resume(tmp_path)
+    with pytest.raises(ValueError, match="is a folder; give a file path"):
+        fastdmf.fit(square, max_steps=1, checkpoint=tmp_path)
+
+
+def test_log_schedule_survives_the_json_round_trip(square, tmp_path):
+    path = tmp_path / "log.ckpt"
+    first = fastdmf.fit(square, **dict(KW, max_steps=60, record=("log", 5)), checkpoint=path)
+    back = fastdmf.resume(path)
+    args = {k: v for k, v in back.settings["arguments"].items()
+            if k not in ("checkpoint", "checkpoint_every")}
+    assert args["record"] == ["log", 5]  # JSON keeps no tuples
+    again = fastdmf.fit(square, **args)
+    np.testing.assert_array_equal(again.trajectory.step, first.trajectory.step)
+    for a, b in zip(again.factors, first.factors, strict=True):
+        np.testing.assert_array_equal(a, b)
