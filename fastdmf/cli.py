@@ -154,8 +154,20 @@ def main(argv=None) -> int:
     swp.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     swp.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
     swp.set_defaults(func=_sweep)
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, print the whole traceback, not only its message")
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        if args.traceback:
+            raise
+        # bad input (a config, a file, a name): its message, not a traceback
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"fastdmf {args.command}: error: {type(exc).__name__}: {text}\n"
+              "(run with --traceback, before the command, for the whole traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

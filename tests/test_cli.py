@@ -1,6 +1,8 @@
-"""The command line: the demo prints one row per depth with the fitted numbers."""
+"""The command line: the demo prints one row per depth with the fitted numbers; bad input
+gets its message and exit status 2."""
 
 import numpy as np
+import pytest
 
 import fastdmf
 from fastdmf.cli import main
@@ -22,3 +24,28 @@ def test_demo_prints_the_fits(capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     assert "numba" in capsys.readouterr().out
+
+
+def test_bad_input_prints_its_message_and_exits_2(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\ndepth = [1\n")
+    assert main(["sweep", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "fastdmf sweep: error: TOMLDecodeError" in err and "Traceback" not in err
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
+    assert "FileNotFoundError" in capsys.readouterr().err
+    runs = tmp_path / "runs.csv"
+    runs.write_text("a,b\n1,2\n")
+    assert main(["reproduce", "table", "--runs", str(runs), "--out", str(tmp_path)]) == 2
+    assert "lack the column(s) ['kind', 'method', 'n_observed']" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        main(["--traceback", "sweep", str(tmp_path / "missing.toml")])
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fastdmf", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == f"fastdmf {fastdmf.__version__}"

@@ -276,6 +276,11 @@ def _rows_from(runs, grid):
     """Trial rows of an earlier run (a list or the path of its runs.csv) limited to the
     grid's kinds and methods, and the grid with the observation counts of those rows."""
     rows = _report.read_csv(runs) if isinstance(runs, (str, os.PathLike)) else list(runs)
+    needed = ("kind", "method", "n_observed")
+    lacking = sorted({c for r in rows for c in needed if c not in r})
+    if lacking:
+        raise ValueError(f"runs= rows lack the column(s) {lacking}: give the runs.csv that "
+                         "fastdmf reproduce table / init-scale wrote")
     keep = [r for r in rows if r["kind"] in grid.kinds and r["method"] in grid.methods]
     if not keep:
         raise ValueError(f"runs= holds no rows of kinds {list(grid.kinds)} and methods "
