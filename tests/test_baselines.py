@@ -145,6 +145,10 @@ def test_nuclear_max_iter_and_zero_data(small):
     zero = fastdmf.completion([0, 1], [1, 0], [0.0, 0.0], shape=(3, 3))
     result = baselines.nuclear_norm(zero)
     assert result.status == "converged" and not result.matrix().any()
+    for solve in (baselines.schatten_p, baselines.min_frobenius):
+        result = solve(zero)
+        assert result.status == "converged" and result.n_steps == 0
+        assert not result.matrix().any()
 
 
 def test_nuclear_without_acceleration(square):

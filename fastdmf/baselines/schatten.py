@@ -94,12 +94,15 @@ def schatten_p(
     eps = top**2 if top > 0 else 1.0
     eps_min = (tol * top) ** 2
     rec = Recorder(obs, schedule, progress, "schatten_p")
-    with blas_threads(n_threads, obs.shape):
-        try:
-            status, it, w, objective, eps_hist = _irls(obs, solve, w, p, eps, eps_min, tol,
-                                                       eps_decay, int(max_iter), rec)
-        finally:
-            rec.close()
+    if top == 0:  # every observation is 0: W = 0 is feasible, with quasi-norm 0, the minimum
+        status, it, objective, eps_hist = "converged", 0, [0.0], []
+    else:
+        with blas_threads(n_threads, obs.shape):
+            try:
+                status, it, w, objective, eps_hist = _irls(obs, solve, w, p, eps, eps_min, tol,
+                                                           eps_decay, int(max_iter), rec)
+            finally:
+                rec.close()
     rec.add(w, sl.svdvals(w, check_finite=False), it, it)
     settings = {"solver": "schatten_p", "p": float(p), "tol": tol, "max_iter": int(max_iter),
                 "eps_decay": float(eps_decay), "iterations": it,
