@@ -42,6 +42,8 @@ CASES = {
     "flow": dict(depth=2, optimizer="flow", lr=1e-2, max_time=30.0, record=1.0, seed=1,
                  max_steps=10_000),
     "converges": dict(KW, tol=1e-3, max_steps=20_000),
+    # a budget whose record steps are never listed (a Grid kept as two numbers)
+    "huge-budget": dict(KW, tol=1e-3, max_steps=10**12),
 }
 
 

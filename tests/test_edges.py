@@ -41,23 +41,6 @@ def test_a_huge_budget_keeps_no_list_of_record_steps():
     assert len(res.trajectory) == res.n_steps // 1000 + 2  # the grid points and the last step
 
 
-def test_huge_budget_checkpoint_resumes(tmp_path):
-    path = tmp_path / "fit.ckpt"
-    kw = dict(depth=2, lr=1e-2, max_steps=10**12, record=500, seed=0, progress=False)
-    whole = fastdmf.fit(P, **kw)
-
-    def interrupt(rec):
-        if rec["step"] >= 1000:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fastdmf.fit(P, **kw, checkpoint=path, checkpoint_every=200, callback=interrupt)
-    back = fastdmf.resume(path)
-    assert back.status == whole.status == "converged" and back.n_steps == whole.n_steps
-    for a, b in zip(back.factors, whole.factors, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_float32_records_are_computed_in_float64():
     u, v = P.truth_factors
     rng = np.random.default_rng(0)
