@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -38,7 +38,7 @@ __all__ = ["DMFImputer"]
 _RCOND = 1e-3  # relative cut-off of C[:, O]'s singular values when projecting new rows
 
 
-class DMFImputer(TransformerMixin, BaseEstimator):
+class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Fill missing entries (NaN) with a deep matrix factorization (Arora et al. 2019).
 
     Parameters
@@ -79,6 +79,10 @@ class DMFImputer(TransformerMixin, BaseEstimator):
     status_ : str
     n_features_in_ : int
     feature_names_in_ : ndarray of str (when X has string column names)
+
+    Output features are the input features, one to one: ``get_feature_names_out()`` returns
+    ``feature_names_in_`` (or ``x0, x1, ...``), and ``set_output(transform="pandas")``
+    makes ``transform`` return a DataFrame with those columns.
 
     Example
     -------
