@@ -114,3 +114,23 @@ def test_feature_names_out_and_pandas_output():
     assert list(res.columns) == ["imp__c0", "imp__c1", "imp__c2", "remainder__c3",
                                  "remainder__c4"]
     assert not res[["imp__c0", "imp__c1", "imp__c2"]].isna().any().any()
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_rows_with_nothing_observed_are_zero(depth):
+    _, Xm, _ = low_rank()
+    Xm[[5, 11]] = np.nan  # two samples with nothing observed
+    imp = DMFImputer(depth=depth, max_steps=2000, random_state=0)
+    filled = imp.fit_transform(Xm)
+    np.testing.assert_array_equal(filled[[5, 11]], 0.0)
+    # the other rows are still filled from their rows of the fitted W
+    obs = ~np.isnan(Xm)
+    keep = np.setdiff1d(np.arange(len(Xm)), [5, 11])
+    full = imp.scale_ * imp.result_.matrix()
+    np.testing.assert_allclose(filled[keep][~obs[keep]], full[keep][~obs[keep]], rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_array_equal(filled[obs], Xm[obs])
+    np.testing.assert_array_equal(imp.transform(Xm), filled)
+    # an all-NaN row in a later transform is 0, not the leftovers of a training row
+    np.testing.assert_array_equal(imp.transform(np.full((2, 20), np.nan)), 0.0)
+    np.testing.assert_array_equal(imp.transform(Xm[[11, 0]]), filled[[11, 0]])
