@@ -6,16 +6,17 @@ W_N holds one row per training sample and C = W_{N-1} ... W_1 (d x n) is shared 
 
 ``transform(X)`` returns a copy of X with its NaN entries filled (observed entries kept):
 
-- a row seen in ``fit`` (same observed entries, same values, same NaN positions) is filled
-  from its row of the fitted W, so ``fit(X).transform(X) == fit_transform(X)``, whatever the
-  row order or subset;
+- a row seen in ``fit`` (same observed entries, same values, same NaN positions) with at
+  least one observed entry is filled from its row of the fitted W, so
+  ``fit(X).transform(X) == fit_transform(X)``, whatever the row order or subset;
 - any other row is a new sample: with the column factors frozen, its coefficients are the
   minimum-norm least-squares solution ``u = argmin ||u C[:, O] - x_O||`` over its observed
   entries O (singular values of ``C[:, O]`` below ``1e-3`` times the largest dropped), and
   its NaN entries become ``u C``. With depth 1 there is no shared factor (C is the identity)
   and new rows' missing entries are filled with 0, as gradient descent from a small
-  initialisation leaves an unobserved entry of a depth-1 fit. A row with no observed entry
-  is filled with 0.
+  initialisation leaves an unobserved entry of a depth-1 fit;
+- a row with no observed entry, seen in ``fit`` or not, is filled with 0 (its row of the
+  fitted W_N holds only what is left of the random initialisation).
 
 Needs scikit-learn (``pip install 'fastdmf[sklearn]'``).
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -38,7 +39,7 @@ __all__ = ["DMFImputer"]
 _RCOND = 1e-3  # relative cut-off of C[:, O]'s singular values when projecting new rows
 
 
-class DMFImputer(TransformerMixin, BaseEstimator):
+class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Fill missing entries (NaN) with a deep matrix factorization (Arora et al. 2019).
 
     Parameters
@@ -79,6 +80,10 @@ class DMFImputer(TransformerMixin, BaseEstimator):
     status_ : str
     n_features_in_ : int
     feature_names_in_ : ndarray of str (when X has string column names)
+
+    Output features are the input features, one to one: ``get_feature_names_out()`` returns
+    ``feature_names_in_`` (or ``x0, x1, ...``), and ``set_output(transform="pandas")``
+    makes ``transform`` return a DataFrame with those columns.
 
     Example
     -------
@@ -140,7 +145,9 @@ class DMFImputer(TransformerMixin, BaseEstimator):
         n = X.shape[1]
         comp = np.eye(n) if len(res.factors) == 1 else end_to_end(res.factors[:-1])
         self.components_ = np.asarray(comp, dtype=np.float64) * self.scale_
-        self._rows_seen = {_row_key(x): i for i, x in reversed(list(enumerate(X)))}
+        # rows with nothing observed stay out: their row of W_N is only what is left of the
+        # random initialisation, and they are filled with 0 like any such row (_project)
+        self._rows_seen = {_row_key(X[i]): i for i in np.flatnonzero(observed.any(axis=1))[::-1]}
         return self
 
     def transform(self, X):

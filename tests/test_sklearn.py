@@ -84,3 +84,53 @@ def test_errors_and_lazy_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_feature_names_out_and_pandas_output():
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+
+    _, Xm, _ = low_rank(m=12, n=5)
+    cols = [f"c{i}" for i in range(5)]
+    df = pd.DataFrame(Xm, columns=cols)
+    imp = DMFImputer(depth=2, max_steps=300, random_state=0).fit(df)
+    assert imp.n_features_in_ == 5
+    assert list(imp.feature_names_in_) == cols
+    assert list(imp.get_feature_names_out()) == cols
+    filled = imp.transform(df)
+    out = imp.set_output(transform="pandas").transform(df)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == cols and list(out.index) == list(df.index)
+    np.testing.assert_array_equal(out.to_numpy(), filled)
+    # unnamed input: x0, x1, ...
+    imp_np = DMFImputer(depth=2, max_steps=300, random_state=0).fit(Xm)
+    assert not hasattr(imp_np, "feature_names_in_")
+    assert list(imp_np.get_feature_names_out()) == [f"x{i}" for i in range(5)]
+    # inside a ColumnTransformer with pandas output
+    ct = ColumnTransformer([("imp", DMFImputer(depth=2, max_steps=300, random_state=0),
+                             cols[:3])], remainder="passthrough")
+    res = ct.set_output(transform="pandas").fit_transform(df)
+    assert isinstance(res, pd.DataFrame)
+    assert list(res.columns) == ["imp__c0", "imp__c1", "imp__c2", "remainder__c3",
+                                 "remainder__c4"]
+    assert not res[["imp__c0", "imp__c1", "imp__c2"]].isna().any().any()
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_rows_with_nothing_observed_are_zero(depth):
+    _, Xm, _ = low_rank()
+    Xm[[5, 11]] = np.nan  # two samples with nothing observed
+    imp = DMFImputer(depth=depth, max_steps=2000, random_state=0)
+    filled = imp.fit_transform(Xm)
+    np.testing.assert_array_equal(filled[[5, 11]], 0.0)
+    # the other rows are still filled from their rows of the fitted W
+    obs = ~np.isnan(Xm)
+    keep = np.setdiff1d(np.arange(len(Xm)), [5, 11])
+    full = imp.scale_ * imp.result_.matrix()
+    np.testing.assert_allclose(filled[keep][~obs[keep]], full[keep][~obs[keep]], rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_array_equal(filled[obs], Xm[obs])
+    np.testing.assert_array_equal(imp.transform(Xm), filled)
+    # an all-NaN row in a later transform is 0, not the leftovers of a training row
+    np.testing.assert_array_equal(imp.transform(np.full((2, 20), np.nan)), 0.0)
+    np.testing.assert_array_equal(imp.transform(Xm[[11, 0]]), filled[[11, 0]])
