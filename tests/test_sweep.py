@@ -2,6 +2,7 @@
 (local process pool, dask.distributed) or task grouping; a sweep whose worker dies resumes and
 completes without losing or repeating a finished task."""
 
+import concurrent.futures as cf
 import functools
 import os
 
@@ -148,3 +149,33 @@ def test_cli_sweep_from_toml(tmp_path, capsys):
     lines = [line.split() for line in text.splitlines()]
     assert lines[0][:2] == ["depth", "fits"]
     assert float(lines[2][3]) == float(f"{table[1]['test_error']:.3e}")
+
+
+def test_grid_axes_are_lists_of_values():
+    points = sweep_mod.grid_points({"widths": [None, [4, 3]], "record": [("log", 5), 50]})
+    assert points == [{"widths": None, "record": ["log", 5]}, {"widths": None, "record": 50},
+                      {"widths": [4, 3], "record": ["log", 5]},
+                      {"widths": [4, 3], "record": 50}]
+    assert sweep_mod.grid_points({"widths": [2, [4, 3]]}) == [{"widths": 2},
+                                                              {"widths": [4, 3]}]
+    assert sweep_mod.grid_points({"shape": [20, 30], "record": ("log", 5)}) == [
+        {"shape": [20, 30], "record": ["log", 5]}]
+
+
+def test_sweep_of_record_schedules_and_widths(tmp_path):
+    grid = {"record": [("log", 5), ("log", 8), 50], "widths": [None, [4, 3]]}
+    fit = dict(lr=1e-2, max_steps=100)
+    with cf.ThreadPoolExecutor(1) as ex:
+        table = fastdmf.sweep(grid, out=tmp_path, problem=SPEC, executor=ex, **fit)
+    assert table.complete and len(table) == 6
+    assert [r["record"] for r in table] == [["log", 5]] * 2 + [["log", 8]] * 2 + [50] * 2
+    assert [r["widths"] for r in table] == [None, [4, 3]] * 3
+    problem = fastdmf.synthetic_completion(**{k: v for k, v in SPEC.items() if k != "kind"})
+    for k, row in enumerate(table):
+        record = tuple(row["record"]) if isinstance(row["record"], list) else row["record"]
+        ref = fastdmf.fit(problem, seed=row["seed"], parallel=False, record=record,
+                          widths=row["widths"], **fit)
+        np.testing.assert_array_equal(table.trajectory(k).step, ref.trajectory.step)
+        assert [w.shape for w in table.factors(k)] == [w.shape for w in ref.factors]
+        for got, want in zip(table.factors(k), ref.factors, strict=True):
+            np.testing.assert_array_equal(got, want)

@@ -48,8 +48,11 @@ NOT_IN_SWEEPS = ("observed", "shape", "checkpoint", "checkpoint_every", "progres
 
 
 def grid_points(grid: dict) -> list[dict]:
-    """The points of ``grid`` in order (the first axis slowest). ``repeat: k`` is short for
-    ``repeat: [0, ..., k-1]``; a scalar value is a one-value axis.
+    """The points of ``grid`` in order (the first axis slowest). An axis's list (or tuple,
+    range, array) holds its values, whatever they are (``widths: [None, [4, 3]]`` is two
+    values); ``repeat: k`` is short for ``repeat: [0, ..., k-1]``; anything else is a
+    one-value axis, and so are a ``shape`` of numbers (``shape: [20, 20]``) and a
+    ``record: ("log", k)`` tuple.
 
     Example
     -------
@@ -65,14 +68,25 @@ def grid_points(grid: dict) -> list[dict]:
             if values < 1:
                 raise ValueError(f"grid repeat={values}: give a positive number of repetitions")
             values = list(range(int(values)))
-        elif isinstance(values, (str, bytes, dict)) or np.ndim(values) == 0 or (
-                key == "shape" and np.ndim(values) == 1):
+        elif not _is_sequence(values) or (
+                key == "shape" and not any(_is_sequence(v) for v in values)) or (
+                key == "record" and isinstance(values, tuple) and _is_log_record(values)):
             values = [values]
-        values = [_plain(v) for v in values]
+        values = [_plain(v) for v in values]  # lists of values stay lists: never np.asarray
         if not values:
             raise ValueError(f"grid axis {key!r} has no values")
         axes[key] = values
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def _is_sequence(v) -> bool:
+    return isinstance(v, (list, tuple, range, np.ndarray))
+
+
+def _is_log_record(v) -> bool:
+    """``("log", k)``, or ``["log", k]`` as TOML and JSON spell that tuple."""
+    return isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) \
+        and v[0] == "log"
 
 
 def point_seed(base_seed: int, index: int) -> int:
@@ -276,8 +290,7 @@ def _run_group(group, spec, fit_kwargs, batch):
 
     point = group[0][1]
     problem = _build_problem(spec, point)
-    settings = {**fit_kwargs, **{k: v for k, v in point.items()
-                                 if k not in PROBLEM_AXES and k != "repeat"}}
+    settings = _fit_settings(fit_kwargs, point)
     if len(group) > 1 and get_optimizer(settings.get("optimizer", "grouprmsprop")).code >= 0:
         start = _time.perf_counter()
         results = fit_batch(
@@ -291,8 +304,7 @@ def _run_group(group, spec, fit_kwargs, batch):
     out = []
     for f in group:
         i, point, seed = f
-        kw = {**fit_kwargs, **{k: v for k, v in point.items()
-                               if k not in PROBLEM_AXES and k != "repeat"}}
+        kw = _fit_settings(fit_kwargs, point)
         kw.setdefault("parallel", False)
         kw["progress"] = False  # workers share the caller's terminal: one bar, over tasks
         start = _time.perf_counter()
@@ -391,10 +403,21 @@ def _check_fit_kwargs(fit_kwargs, grid):
     both = set(fit_kwargs) & set(grid)
     if both:
         raise TypeError(f"{sorted(both)} given both as a grid axis and as a keyword")
-    kw = dict(fit_kwargs)
-    if isinstance(kw.get("record"), list) and kw["record"][:1] == ["log"]:
-        kw["record"] = tuple(kw["record"])  # TOML and JSON have no tuples
-    return kw
+    return {k: _fit_value(k, v) for k, v in fit_kwargs.items()}
+
+
+def _fit_settings(fit_kwargs, point) -> dict:
+    """The keywords of ``fit`` for a grid point: the sweep's and the point's fit settings."""
+    return {**fit_kwargs, **{k: _fit_value(k, v) for k, v in point.items()
+                             if k not in PROBLEM_AXES and k != "repeat"}}
+
+
+def _fit_value(key, value):
+    """A setting as ``fit`` takes it: grid values are plain lists (JSON has no tuples), so a
+    ``["log", k]`` record becomes the tuple ``("log", k)`` again."""
+    if key == "record" and isinstance(value, list) and value[:1] == ["log"]:
+        return tuple(value)
+    return value
 
 
 # --------------------------------------------------------------------------- the out folder
