@@ -179,3 +179,21 @@ def test_sweep_of_record_schedules_and_widths(tmp_path):
         assert [w.shape for w in table.factors(k)] == [w.shape for w in ref.factors]
         for got, want in zip(table.factors(k), ref.factors, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_rerun_with_the_axes_in_another_order_is_refused(tmp_path):
+    fit = dict(lr=1e-2, max_steps=20, record=None)
+    with cf.ThreadPoolExecutor(1) as ex:
+        first = fastdmf.sweep({"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC,
+                              executor=ex, **fit)
+        os.remove(tmp_path / "tasks" / "task-000001.npz")  # as if interrupted
+        with pytest.raises(ValueError, match=r"axes in the order \['depth', 'repeat'\]"):
+            fastdmf.sweep({"repeat": 2, "depth": [1, 2]}, out=tmp_path, problem=SPEC,
+                          executor=ex, **fit)
+        assert sorted(os.listdir(tmp_path / "tasks")) == [
+            "task-000000.npz", "task-000002.npz", "task-000003.npz"]  # nothing run
+        again = fastdmf.sweep({"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC,
+                              executor=ex, **fit)
+    assert again.complete
+    assert [(r["depth"], r["repeat"], r["seed"]) for r in again] == [
+        (r["depth"], r["repeat"], r["seed"]) for r in first]

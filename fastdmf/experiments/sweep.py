@@ -455,6 +455,12 @@ def _settle_config(out, config) -> int:
             raise ValueError(
                 f"{out!r} holds another sweep (differs in {diff}); choose another out= "
                 "folder, or delete this one to start over")
+        if list(old["grid"]) != list(config["grid"]):  # dict equality ignores the order
+            raise ValueError(
+                f"{out!r} holds a sweep with the grid axes in the order {list(old['grid'])}, "
+                f"not {list(config['grid'])}: grid points, and with them tasks and seeds, are "
+                "numbered in axis order; give the axes in the same order, or choose another "
+                "out= folder")
         return int(config["fits_per_task"])
     if config["fits_per_task"] is None:
         config["fits_per_task"] = 1
