@@ -4,6 +4,7 @@ completes without losing or repeating a finished task."""
 
 import concurrent.futures as cf
 import functools
+import json
 import os
 
 import numpy as np
@@ -197,3 +198,44 @@ def test_rerun_with_the_axes_in_another_order_is_refused(tmp_path):
     assert again.complete
     assert [(r["depth"], r["repeat"], r["seed"]) for r in again] == [
         (r["depth"], r["repeat"], r["seed"]) for r in first]
+
+
+def test_task_files_of_another_sweep_are_refused(tmp_path):
+    fit = dict(lr=1e-2, max_steps=20, record=None)
+    a, b = tmp_path / "a", tmp_path / "b"
+    with cf.ThreadPoolExecutor(1) as ex:
+        fastdmf.sweep({"depth": [1, 2]}, out=a, problem=SPEC, executor=ex, **fit)
+        fastdmf.sweep({"depth": [3, 4]}, out=b, problem=SPEC, executor=ex, **fit)
+        # a task file of sweep b among sweep a's: refused by a rerun and by load_sweep
+        os.replace(b / "tasks" / "task-000001.npz", a / "tasks" / "task-000001.npz")
+        for call in (lambda: fastdmf.sweep({"depth": [1, 2]}, out=a, problem=SPEC,
+                                           executor=ex, **fit),
+                     lambda: fastdmf.load_sweep(a)):
+            with pytest.raises(ValueError, match=r"task-000001\.npz is not a result of the "
+                                                 r"sweep.*another sweep identity"):
+                call()
+        # tasks without sweep.json: a new sweep there is refused, the files are kept
+        os.remove(b / "sweep.json")
+        with pytest.raises(ValueError, match="holds files but .* has no sweep.json"):
+            fastdmf.sweep({"depth": [5, 6]}, out=b, problem=SPEC, executor=ex, **fit)
+        assert os.listdir(b / "tasks") == ["task-000000.npz"] and not (b / "sweep.json").exists()
+    # a task file that names no sweep
+    src = a / "tasks" / "task-000000.npz"
+    with np.load(src) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    del meta["sweep"]
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(src, **arrays)
+    with pytest.raises(ValueError, match=r"task-000000\.npz .* holds no sweep identity"):
+        fastdmf.load_sweep(a)
+
+
+@pytest.mark.parametrize("text", ["[]", '{"format": 1}', "not json"])
+def test_a_sweep_json_that_is_not_a_sweeps_settings_is_refused(tmp_path, text):
+    (tmp_path / "sweep.json").write_text(text)
+    with pytest.raises(ValueError, match="does not hold a sweep's settings"):
+        fastdmf.sweep({"depth": [1]}, out=tmp_path, problem=SPEC, max_steps=5, workers=1)
+    with pytest.raises(ValueError, match="does not hold a sweep's settings"):
+        fastdmf.load_sweep(tmp_path)
+    assert os.listdir(tmp_path) == ["sweep.json"]

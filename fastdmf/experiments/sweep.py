@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import glob
+import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
 import time as _time
+import zipfile
 
 import numba
 import numpy as np
@@ -175,6 +178,9 @@ def sweep(
     out = os.fspath(out)
     config = _config(grid, spec, fit_kwargs, base_seed, fits_per_task, len(points), batch)
     fits_per_task = _settle_config(out, config)
+    digest = config_digest(config)
+    for file in sorted(glob.glob(os.path.join(out, TASK_DIR, "task-*.npz"))):
+        check_task(file, read_task_meta(file), digest, out)
     n_tasks = -(-len(points) // fits_per_task)
     tasks = []
     for t in range(n_tasks):
@@ -185,7 +191,7 @@ def sweep(
         tasks.append((t, (t, fits, spec, fit_kwargs, batch, save_factors)))
     log.info("sweep %s: %d points, %d tasks, %d to run", out, len(points), n_tasks, len(tasks))
     if tasks:
-        _run_tasks(tasks, out, executor, workers, progress)
+        _run_tasks(tasks, out, executor, workers, progress, digest)
     return load_sweep(out)
 
 
@@ -193,7 +199,7 @@ def task_path(out, t: int) -> str:
     return os.path.join(out, TASK_DIR, f"task-{t:06d}.npz")
 
 
-def _run_tasks(tasks, out, executor, workers, progress):
+def _run_tasks(tasks, out, executor, workers, progress, digest):
     from .._progress import progress_bar
 
     own = executor is None
@@ -219,6 +225,9 @@ def _run_tasks(tasks, out, executor, workers, progress):
                 log.error("sweep task %d failed: %r", t, exc)
                 failed.append((t, exc))
             else:
+                meta = json.loads(str(result["__meta__"]))
+                meta["sweep"] = digest  # the task file's owner (see check_task)
+                result["__meta__"] = np.array(json.dumps(meta))
                 atomic_savez(task_path(out, t), result)
                 log.info("sweep task %d finished", t)
             bar.update(1)
@@ -441,13 +450,60 @@ def _config(grid, spec, fit_kwargs, base_seed, fits_per_task, n_points, batch) -
     return json.loads(json.dumps(config, default=_json_default))
 
 
+def read_config(out) -> dict:
+    """The settings of the sweep in folder ``out`` (its ``sweep.json``)."""
+    path = os.path.join(out, CONFIG_NAME)
+    with open(path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as exc:
+            config = exc
+    if not (isinstance(config, dict) and isinstance(config.get("grid"), dict)):
+        raise ValueError(
+            f"{path} does not hold a sweep's settings (a JSON object with a 'grid'): "
+            f"{config if isinstance(config, Exception) else type(config).__name__}; move it "
+            "away, or choose another out= folder")
+    return config
+
+
+def config_digest(config: dict) -> str:
+    """A sweep's identity, kept in each of its task files: the SHA-256 of its settings as
+    canonical JSON, the grid's axis order (which numbers the points) included."""
+    text = json.dumps({"axes": list(config["grid"]), "config": config}, sort_keys=True,
+                      separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_task_meta(file) -> dict:
+    """The ``__meta__`` record of a task file."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        meta = exc
+    if not (isinstance(meta, dict) and isinstance(meta.get("rows"), list)):
+        raise ValueError(f"{file} is not a sweep task file ({meta!r}); move it away or "
+                         "delete it (running the sweep again then runs its task again)")
+    return meta
+
+
+def check_task(file, meta, digest, out) -> None:
+    """Refuse a task file not written by the sweep whose identity is ``digest``."""
+    if meta.get("sweep") != digest:
+        raise ValueError(
+            f"{file} is not a result of the sweep in {out!r}: it holds "
+            f"{'no sweep identity' if 'sweep' not in meta else 'another sweep identity'} "
+            f"(this sweep's is {digest[:12]}...), so another sweep, or a fastdmf that did not "
+            "mark task files, wrote it; move it away or delete it (running the sweep again "
+            "then runs its task again), or choose another out= folder")
+
+
 def _settle_config(out, config) -> int:
     """Write ``sweep.json`` for a new sweep or check it matches the sweep in ``out``;
     returns fits_per_task."""
     path = os.path.join(out, CONFIG_NAME)
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = read_config(out)
         if config["fits_per_task"] is None:
             config["fits_per_task"] = old.get("fits_per_task")
         if old != config:
@@ -462,9 +518,15 @@ def _settle_config(out, config) -> int:
                 "numbered in axis order; give the axes in the same order, or choose another "
                 "out= folder")
         return int(config["fits_per_task"])
+    tasks = os.path.join(out, TASK_DIR)
+    if os.path.isdir(tasks) and os.listdir(tasks):
+        raise ValueError(
+            f"{tasks!r} holds files but {out!r} has no {CONFIG_NAME}: they may be another "
+            "sweep's results; choose another out= folder, or move them away to start this "
+            "sweep there")
     if config["fits_per_task"] is None:
         config["fits_per_task"] = 1
-    os.makedirs(os.path.join(out, TASK_DIR), exist_ok=True)
+    os.makedirs(tasks, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(config, f, indent=1)
