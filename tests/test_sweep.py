@@ -239,3 +239,39 @@ def test_a_sweep_json_that_is_not_a_sweeps_settings_is_refused(tmp_path, text):
     with pytest.raises(ValueError, match="does not hold a sweep's settings"):
         fastdmf.load_sweep(tmp_path)
     assert os.listdir(tmp_path) == ["sweep.json"]
+
+
+@pytest.mark.parametrize("grid, kw, error, match", [
+    ({"lr": [1e-2, "fast"]}, {}, TypeError,
+     r"grid points with \{'lr': 'fast'\}: lr must be a real number, got 'fast'"),
+    ({"depth": [1, 2]}, {"optimizer": "sgd"}, ValueError,
+     r"settings of the grid points with \{'depth': 1\}: unknown optimizer 'sgd'"),
+    ({"depth": [2, 3], "widths": [[4]]}, {}, ValueError,
+     r"\{'depth': 3, 'widths': \[4\]\}: depth 3 needs 2 hidden width"),
+    ({"repeat": 2}, {"optimizer": "flow"}, ValueError,
+     r"settings of the fits: optimizer='flow' integrates up to a flow time"),
+    ({"shape": [[20, 20], [3, 3]]}, {"widths": 2, "depth": 2, "record": ["log", 0]},
+     ValueError, r"\{'shape': \[20, 20\]\}: record=\('log', 0\)"),
+    ({"init": ["gaussian", "gauss"]}, {}, ValueError,
+     r"\{'init': 'gauss'\}: unknown init 'gauss'"),
+])
+def test_bad_fit_settings_fail_before_anything_is_written(tmp_path, grid, kw, error, match):
+    with pytest.raises(error, match=match):
+        fastdmf.sweep(grid, out=tmp_path, problem=SPEC, max_steps=5, workers=1, **kw)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_typo_in_the_toml_fit_table_can_be_fixed_and_rerun(tmp_path):
+    from fastdmf.experiments.sweep_cli import run_config
+
+    config = tmp_path / "sweep.toml"
+    text = ('[problem]\nshape = [20, 20]\nrank = 2\nn_observed = 150\nseed = 4\n'
+            '[grid]\ndepth = [1, 2]\n[fit]\nlr = {lr}\nmax_steps = 20\nrecord = ["log", 5]\n')
+    config.write_text(text.format(lr='"fast"'))
+    with pytest.raises(TypeError, match="lr must be a real number, got 'fast'"):
+        run_config(config, out=tmp_path / "out", workers=1)
+    assert not (tmp_path / "out" / "sweep.json").exists()
+    config.write_text(text.format(lr="1e-2"))
+    table = run_config(config, out=tmp_path / "out", workers=1)
+    assert table.complete and [r["depth"] for r in table] == [1, 2]
+    assert table.config["fit"]["lr"] == 1e-2

@@ -157,6 +157,10 @@ def sweep(
 
     Raises
     ------
+    TypeError, ValueError
+        Settings that fit refuses, for any setting of the grid (checked before anything is
+        written or run); an ``out`` folder that holds another sweep (other settings, the
+        same axes in another order, or task files that are not this sweep's).
     RuntimeError
         When tasks failed (e.g. a worker died); the finished ones are saved, and running the
         same sweep again runs only the rest.
@@ -175,6 +179,7 @@ def sweep(
     points = grid_points(grid)
     fit_kwargs = _check_fit_kwargs(fit_kwargs, grid)
     spec = _problem_spec(problem, grid)
+    _check_fit_settings(grid, spec, fit_kwargs)
     out = os.fspath(out)
     config = _config(grid, spec, fit_kwargs, base_seed, fits_per_task, len(points), batch)
     fits_per_task = _settle_config(out, config)
@@ -413,6 +418,63 @@ def _check_fit_kwargs(fit_kwargs, grid):
     if both:
         raise TypeError(f"{sorted(both)} given both as a grid axis and as a keyword")
     return {k: _fit_value(k, v) for k, v in fit_kwargs.items()}
+
+
+def _check_fit_settings(grid, spec, fit_kwargs) -> None:
+    """``fit``'s argument checks, without fitting, for every setting of the grid's fit axes
+    (and problem shape): a bad value fails here, before ``sweep.json`` is written, rather
+    than in every task."""
+    import inspect
+
+    from ..api import _check_args, _dtype_name, _widths, fit
+    from ..engine import resolve_backend
+    from ..factors import FactorLayout, initialize
+    from ..optim import get_optimizer
+    from ..trajectory import record_schedule, time_schedule
+
+    defaults = {k: p.default for k, p in inspect.signature(fit).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    axes = {k: v for k, v in grid.items()
+            if k == "shape" or (k not in PROBLEM_AXES and k != "repeat")}
+    for point in grid_points(axes) if axes else [{}]:
+        kw = {**defaults, **_fit_settings(fit_kwargs, point)}
+        shape = (tuple(_resolved_spec(spec, point)["shape"]) if isinstance(spec, dict)
+                 else spec.shape)
+        try:
+            init = _check_args(kw["depth"], kw["lr"], kw["init_scale"], kw["tol"], kw["init"],
+                               kw["optimizer_options"], kw["top_k"], kw["parallel"],
+                               kw["max_steps"])
+            _dtype_name(kw["dtype"])
+            opt = get_optimizer(kw["optimizer"])
+            opt.hyper(kw["lr"], kw["optimizer_options"] or {})
+            layout = FactorLayout.build(shape, kw["depth"], _widths(init, kw["widths"]))
+            if isinstance(init, str):  # the scheme's checks, on 1 x 1 factors
+                tiny = FactorLayout.build((1, 1), kw["depth"], [1] * (kw["depth"] - 1))
+                initialize(tiny, init, kw["init_scale"], np.random.default_rng(0))
+            else:
+                layout.pack(init)
+            max_time = kw["max_time"]
+            if opt.name.startswith("flow"):  # as fit checks it
+                if (max_time is None or isinstance(max_time, bool)
+                        or not isinstance(max_time, (int, float, np.integer, np.floating))
+                        or not (np.isfinite(max_time) and max_time >= 0)):
+                    raise ValueError(
+                        "optimizer='flow' integrates up to a flow time: give max_time= (a "
+                        f"finite number >= 0), got {max_time!r}")
+                time_schedule(kw["record"], max_time)
+            else:
+                if max_time is not None:
+                    raise ValueError("max_time= applies to optimizer='flow'; use max_steps= "
+                                     "here")
+                record_schedule(kw["record"], kw["max_steps"])
+            if kw["backend"] != "auto":  # "auto" is decided where the fit runs
+                resolve_backend(kw["backend"], opt.code)
+        except (TypeError, ValueError) as exc:
+            where = (f"the grid points with {point}" if point
+                     else "the fits")  # the keywords alone
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"sweep: fit refuses the settings of {where}: {exc} (nothing "
+                            "was run or written)") from exc
 
 
 def _fit_settings(fit_kwargs, point) -> dict:
