@@ -7,8 +7,9 @@ init_scale, lr, ...), problem settings (n_observed, rank, shape, problem_seed) a
 reproducible from its row alone. Consecutive points are grouped into tasks of
 ``fits_per_task``; a task builds its problem inside the worker from a small spec (nothing big
 is pickled), runs its fits with one Numba thread and the serial kernels, and returns its
-results; the caller writes one file per task, atomically, named by task index. A sweep run
-again with the same settings skips the tasks that have a file: an interrupted sweep resumes
+results; the caller writes one file per task, atomically, named by task index and marked with
+the sweep's identity (:func:`config_digest`). A sweep run again with the same settings (the
+grid's axes in the same order) skips the tasks that have a file: an interrupted sweep resumes
 where it stopped and never loses nor repeats a finished task.
 """
 
