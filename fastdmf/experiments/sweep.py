@@ -74,7 +74,7 @@ def grid_points(grid: dict) -> list[dict]:
             values = list(range(int(values)))
         elif not _is_sequence(values) or (
                 key == "shape" and not any(_is_sequence(v) for v in values)) or (
-                key == "record" and isinstance(values, tuple) and _is_log_record(values)):
+                key == "record" and isinstance(values, tuple) and values[:1] == ("log",)):
             values = [values]
         values = [_plain(v) for v in values]  # lists of values stay lists: never np.asarray
         if not values:
@@ -85,12 +85,6 @@ def grid_points(grid: dict) -> list[dict]:
 
 def _is_sequence(v) -> bool:
     return isinstance(v, (list, tuple, range, np.ndarray))
-
-
-def _is_log_record(v) -> bool:
-    """``("log", k)``, or ``["log", k]`` as TOML and JSON spell that tuple."""
-    return isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) \
-        and v[0] == "log"
 
 
 def point_seed(base_seed: int, index: int) -> int:
