@@ -2,7 +2,9 @@
 (local process pool, dask.distributed) or task grouping; a sweep whose worker dies resumes and
 completes without losing or repeating a finished task."""
 
+import concurrent.futures as cf
 import functools
+import json
 import os
 
 import numpy as np
@@ -148,3 +150,128 @@ def test_cli_sweep_from_toml(tmp_path, capsys):
     lines = [line.split() for line in text.splitlines()]
     assert lines[0][:2] == ["depth", "fits"]
     assert float(lines[2][3]) == float(f"{table[1]['test_error']:.3e}")
+
+
+def test_grid_axes_are_lists_of_values():
+    points = sweep_mod.grid_points({"widths": [None, [4, 3]], "record": [("log", 5), 50]})
+    assert points == [{"widths": None, "record": ["log", 5]}, {"widths": None, "record": 50},
+                      {"widths": [4, 3], "record": ["log", 5]},
+                      {"widths": [4, 3], "record": 50}]
+    assert sweep_mod.grid_points({"widths": [2, [4, 3]]}) == [{"widths": 2},
+                                                              {"widths": [4, 3]}]
+    assert sweep_mod.grid_points({"shape": [20, 30], "record": ("log", 5)}) == [
+        {"shape": [20, 30], "record": ["log", 5]}]
+
+
+def test_sweep_of_record_schedules_and_widths(tmp_path):
+    grid = {"record": [("log", 5), ("log", 8), 50], "widths": [None, [4, 3]]}
+    fit = dict(lr=1e-2, max_steps=100)
+    with cf.ThreadPoolExecutor(1) as ex:
+        table = fastdmf.sweep(grid, out=tmp_path, problem=SPEC, executor=ex, **fit)
+    assert table.complete and len(table) == 6
+    assert [r["record"] for r in table] == [["log", 5]] * 2 + [["log", 8]] * 2 + [50] * 2
+    assert [r["widths"] for r in table] == [None, [4, 3]] * 3
+    problem = fastdmf.synthetic_completion(**{k: v for k, v in SPEC.items() if k != "kind"})
+    for k, row in enumerate(table):
+        record = tuple(row["record"]) if isinstance(row["record"], list) else row["record"]
+        ref = fastdmf.fit(problem, seed=row["seed"], parallel=False, record=record,
+                          widths=row["widths"], **fit)
+        np.testing.assert_array_equal(table.trajectory(k).step, ref.trajectory.step)
+        assert [w.shape for w in table.factors(k)] == [w.shape for w in ref.factors]
+        for got, want in zip(table.factors(k), ref.factors, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_rerun_with_the_axes_in_another_order_is_refused(tmp_path):
+    fit = dict(lr=1e-2, max_steps=20, record=None)
+    with cf.ThreadPoolExecutor(1) as ex:
+        first = fastdmf.sweep({"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC,
+                              executor=ex, **fit)
+        os.remove(tmp_path / "tasks" / "task-000001.npz")  # as if interrupted
+        with pytest.raises(ValueError, match=r"axes in the order \['depth', 'repeat'\]"):
+            fastdmf.sweep({"repeat": 2, "depth": [1, 2]}, out=tmp_path, problem=SPEC,
+                          executor=ex, **fit)
+        assert sorted(os.listdir(tmp_path / "tasks")) == [
+            "task-000000.npz", "task-000002.npz", "task-000003.npz"]  # nothing run
+        again = fastdmf.sweep({"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC,
+                              executor=ex, **fit)
+    assert again.complete
+    assert [(r["depth"], r["repeat"], r["seed"]) for r in again] == [
+        (r["depth"], r["repeat"], r["seed"]) for r in first]
+
+
+def test_task_files_of_another_sweep_are_refused(tmp_path):
+    fit = dict(lr=1e-2, max_steps=20, record=None)
+    a, b = tmp_path / "a", tmp_path / "b"
+    with cf.ThreadPoolExecutor(1) as ex:
+        fastdmf.sweep({"depth": [1, 2]}, out=a, problem=SPEC, executor=ex, **fit)
+        fastdmf.sweep({"depth": [3, 4]}, out=b, problem=SPEC, executor=ex, **fit)
+        # a task file of sweep b among sweep a's: refused by a rerun and by load_sweep
+        os.replace(b / "tasks" / "task-000001.npz", a / "tasks" / "task-000001.npz")
+        for call in (lambda: fastdmf.sweep({"depth": [1, 2]}, out=a, problem=SPEC,
+                                           executor=ex, **fit),
+                     lambda: fastdmf.load_sweep(a)):
+            with pytest.raises(ValueError, match=r"task-000001\.npz is not a result of the "
+                                                 r"sweep.*another sweep identity"):
+                call()
+        # tasks without sweep.json: a new sweep there is refused, the files are kept
+        os.remove(b / "sweep.json")
+        with pytest.raises(ValueError, match="holds files but .* has no sweep.json"):
+            fastdmf.sweep({"depth": [5, 6]}, out=b, problem=SPEC, executor=ex, **fit)
+        assert os.listdir(b / "tasks") == ["task-000000.npz"] and not (b / "sweep.json").exists()
+    # a task file that names no sweep
+    src = a / "tasks" / "task-000000.npz"
+    with np.load(src) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    del meta["sweep"]
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(src, **arrays)
+    with pytest.raises(ValueError, match=r"task-000000\.npz .* holds no sweep identity"):
+        fastdmf.load_sweep(a)
+
+
+@pytest.mark.parametrize("text", ["[]", '{"format": 1}', "not json"])
+def test_a_sweep_json_that_is_not_a_sweeps_settings_is_refused(tmp_path, text):
+    (tmp_path / "sweep.json").write_text(text)
+    with pytest.raises(ValueError, match="does not hold a sweep's settings"):
+        fastdmf.sweep({"depth": [1]}, out=tmp_path, problem=SPEC, max_steps=5, workers=1)
+    with pytest.raises(ValueError, match="does not hold a sweep's settings"):
+        fastdmf.load_sweep(tmp_path)
+    assert os.listdir(tmp_path) == ["sweep.json"]
+
+
+@pytest.mark.parametrize("grid, kw, error, match", [
+    ({"lr": [1e-2, "fast"]}, {}, TypeError,
+     r"grid points with \{'lr': 'fast'\}: lr must be a real number, got 'fast'"),
+    ({"depth": [1, 2]}, {"optimizer": "sgd"}, ValueError,
+     r"settings of the grid points with \{'depth': 1\}: unknown optimizer 'sgd'"),
+    ({"depth": [2, 3], "widths": [[4]]}, {}, ValueError,
+     r"\{'depth': 3, 'widths': \[4\]\}: depth 3 needs 2 hidden width"),
+    ({"repeat": 2}, {"optimizer": "flow"}, ValueError,
+     r"settings of the fits: optimizer='flow' integrates up to a flow time"),
+    ({"shape": [[20, 20], [3, 3]]}, {"widths": 2, "depth": 2, "record": ["log", 0]},
+     ValueError, r"\{'shape': \[20, 20\]\}: record=\('log', 0\)"),
+    ({"init": ["gaussian", "gauss"]}, {}, ValueError,
+     r"\{'init': 'gauss'\}: unknown init 'gauss'"),
+])
+def test_bad_fit_settings_fail_before_anything_is_written(tmp_path, grid, kw, error, match):
+    with pytest.raises(error, match=match):
+        fastdmf.sweep(grid, out=tmp_path, problem=SPEC, max_steps=5, workers=1, **kw)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_typo_in_the_toml_fit_table_can_be_fixed_and_rerun(tmp_path):
+    from fastdmf.experiments.sweep_cli import run_config
+
+    config = tmp_path / "sweep.toml"
+    text = ('[problem]\nshape = [20, 20]\nrank = 2\nn_observed = 150\nseed = 4\n'
+            '[grid]\ndepth = [1, 2]\n[fit]\nlr = {lr}\nmax_steps = 20\nrecord = ["log", 5]\n')
+    config.write_text(text.format(lr='"fast"'))
+    with pytest.raises(TypeError, match="lr must be a real number, got 'fast'"):
+        run_config(config, out=tmp_path / "out", workers=1)
+    assert not (tmp_path / "out" / "sweep.json").exists()
+    config.write_text(text.format(lr="1e-2"))
+    table = run_config(config, out=tmp_path / "out", workers=1)
+    assert table.complete and [r["depth"] for r in table] == [1, 2]
+    assert table.config["fit"]["lr"] == 1e-2

@@ -7,8 +7,9 @@ init_scale, lr, ...), problem settings (n_observed, rank, shape, problem_seed) a
 reproducible from its row alone. Consecutive points are grouped into tasks of
 ``fits_per_task``; a task builds its problem inside the worker from a small spec (nothing big
 is pickled), runs its fits with one Numba thread and the serial kernels, and returns its
-results; the caller writes one file per task, atomically, named by task index. A sweep run
-again with the same settings skips the tasks that have a file: an interrupted sweep resumes
+results; the caller writes one file per task, atomically, named by task index and marked with
+the sweep's identity (:func:`config_digest`). A sweep run again with the same settings (the
+grid's axes in the same order) skips the tasks that have a file: an interrupted sweep resumes
 where it stopped and never loses nor repeats a finished task.
 """
 
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import glob
+import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
 import time as _time
+import zipfile
 
 import numba
 import numpy as np
@@ -48,8 +52,11 @@ NOT_IN_SWEEPS = ("observed", "shape", "checkpoint", "checkpoint_every", "progres
 
 
 def grid_points(grid: dict) -> list[dict]:
-    """The points of ``grid`` in order (the first axis slowest). ``repeat: k`` is short for
-    ``repeat: [0, ..., k-1]``; a scalar value is a one-value axis.
+    """The points of ``grid`` in order (the first axis slowest). An axis's list (or tuple,
+    range, array) holds its values, whatever they are (``widths: [None, [4, 3]]`` is two
+    values); ``repeat: k`` is short for ``repeat: [0, ..., k-1]``; anything else is a
+    one-value axis, and so are a ``shape`` of numbers (``shape: [20, 20]``) and a
+    ``record: ("log", k)`` tuple.
 
     Example
     -------
@@ -65,14 +72,19 @@ def grid_points(grid: dict) -> list[dict]:
             if values < 1:
                 raise ValueError(f"grid repeat={values}: give a positive number of repetitions")
             values = list(range(int(values)))
-        elif isinstance(values, (str, bytes, dict)) or np.ndim(values) == 0 or (
-                key == "shape" and np.ndim(values) == 1):
+        elif not _is_sequence(values) or (
+                key == "shape" and not any(_is_sequence(v) for v in values)) or (
+                key == "record" and isinstance(values, tuple) and values[:1] == ("log",)):
             values = [values]
-        values = [_plain(v) for v in values]
+        values = [_plain(v) for v in values]  # lists of values stay lists: never np.asarray
         if not values:
             raise ValueError(f"grid axis {key!r} has no values")
         axes[key] = values
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def _is_sequence(v) -> bool:
+    return isinstance(v, (list, tuple, range, np.ndarray))
 
 
 def point_seed(base_seed: int, index: int) -> int:
@@ -140,6 +152,10 @@ def sweep(
 
     Raises
     ------
+    TypeError, ValueError
+        Settings that fit refuses, for any setting of the grid (checked before anything is
+        written or run); an ``out`` folder that holds another sweep (other settings, the
+        same axes in another order, or task files that are not this sweep's).
     RuntimeError
         When tasks failed (e.g. a worker died); the finished ones are saved, and running the
         same sweep again runs only the rest.
@@ -158,9 +174,13 @@ def sweep(
     points = grid_points(grid)
     fit_kwargs = _check_fit_kwargs(fit_kwargs, grid)
     spec = _problem_spec(problem, grid)
+    _check_fit_settings(grid, spec, fit_kwargs)
     out = os.fspath(out)
     config = _config(grid, spec, fit_kwargs, base_seed, fits_per_task, len(points), batch)
     fits_per_task = _settle_config(out, config)
+    digest = config_digest(config)
+    for file in sorted(glob.glob(os.path.join(out, TASK_DIR, "task-*.npz"))):
+        check_task(file, read_task_meta(file), digest, out)
     n_tasks = -(-len(points) // fits_per_task)
     tasks = []
     for t in range(n_tasks):
@@ -171,7 +191,7 @@ def sweep(
         tasks.append((t, (t, fits, spec, fit_kwargs, batch, save_factors)))
     log.info("sweep %s: %d points, %d tasks, %d to run", out, len(points), n_tasks, len(tasks))
     if tasks:
-        _run_tasks(tasks, out, executor, workers, progress)
+        _run_tasks(tasks, out, executor, workers, progress, digest)
     return load_sweep(out)
 
 
@@ -179,7 +199,7 @@ def task_path(out, t: int) -> str:
     return os.path.join(out, TASK_DIR, f"task-{t:06d}.npz")
 
 
-def _run_tasks(tasks, out, executor, workers, progress):
+def _run_tasks(tasks, out, executor, workers, progress, digest):
     from .._progress import progress_bar
 
     own = executor is None
@@ -205,6 +225,9 @@ def _run_tasks(tasks, out, executor, workers, progress):
                 log.error("sweep task %d failed: %r", t, exc)
                 failed.append((t, exc))
             else:
+                meta = json.loads(str(result["__meta__"]))
+                meta["sweep"] = digest  # the task file's owner (see check_task)
+                result["__meta__"] = np.array(json.dumps(meta))
                 atomic_savez(task_path(out, t), result)
                 log.info("sweep task %d finished", t)
             bar.update(1)
@@ -276,8 +299,7 @@ def _run_group(group, spec, fit_kwargs, batch):
 
     point = group[0][1]
     problem = _build_problem(spec, point)
-    settings = {**fit_kwargs, **{k: v for k, v in point.items()
-                                 if k not in PROBLEM_AXES and k != "repeat"}}
+    settings = _fit_settings(fit_kwargs, point)
     if len(group) > 1 and get_optimizer(settings.get("optimizer", "grouprmsprop")).code >= 0:
         start = _time.perf_counter()
         results = fit_batch(
@@ -291,8 +313,7 @@ def _run_group(group, spec, fit_kwargs, batch):
     out = []
     for f in group:
         i, point, seed = f
-        kw = {**fit_kwargs, **{k: v for k, v in point.items()
-                               if k not in PROBLEM_AXES and k != "repeat"}}
+        kw = _fit_settings(fit_kwargs, point)
         kw.setdefault("parallel", False)
         kw["progress"] = False  # workers share the caller's terminal: one bar, over tasks
         start = _time.perf_counter()
@@ -391,10 +412,78 @@ def _check_fit_kwargs(fit_kwargs, grid):
     both = set(fit_kwargs) & set(grid)
     if both:
         raise TypeError(f"{sorted(both)} given both as a grid axis and as a keyword")
-    kw = dict(fit_kwargs)
-    if isinstance(kw.get("record"), list) and kw["record"][:1] == ["log"]:
-        kw["record"] = tuple(kw["record"])  # TOML and JSON have no tuples
-    return kw
+    return {k: _fit_value(k, v) for k, v in fit_kwargs.items()}
+
+
+def _check_fit_settings(grid, spec, fit_kwargs) -> None:
+    """``fit``'s argument checks, without fitting, for every setting of the grid's fit axes
+    (and problem shape): a bad value fails here, before ``sweep.json`` is written, rather
+    than in every task."""
+    import inspect
+
+    from ..api import _check_args, _dtype_name, _widths, fit
+    from ..engine import resolve_backend
+    from ..factors import FactorLayout, initialize
+    from ..optim import get_optimizer
+    from ..trajectory import record_schedule, time_schedule
+
+    defaults = {k: p.default for k, p in inspect.signature(fit).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    axes = {k: v for k, v in grid.items()
+            if k == "shape" or (k not in PROBLEM_AXES and k != "repeat")}
+    for point in grid_points(axes) if axes else [{}]:
+        kw = {**defaults, **_fit_settings(fit_kwargs, point)}
+        shape = (tuple(_resolved_spec(spec, point)["shape"]) if isinstance(spec, dict)
+                 else spec.shape)
+        try:
+            init = _check_args(kw["depth"], kw["lr"], kw["init_scale"], kw["tol"], kw["init"],
+                               kw["optimizer_options"], kw["top_k"], kw["parallel"],
+                               kw["max_steps"])
+            _dtype_name(kw["dtype"])
+            opt = get_optimizer(kw["optimizer"])
+            opt.hyper(kw["lr"], kw["optimizer_options"] or {})
+            layout = FactorLayout.build(shape, kw["depth"], _widths(init, kw["widths"]))
+            if isinstance(init, str):  # the scheme's checks, on 1 x 1 factors
+                tiny = FactorLayout.build((1, 1), kw["depth"], [1] * (kw["depth"] - 1))
+                initialize(tiny, init, kw["init_scale"], np.random.default_rng(0))
+            else:
+                layout.pack(init)
+            max_time = kw["max_time"]
+            if opt.name.startswith("flow"):  # as fit checks it
+                if (max_time is None or isinstance(max_time, bool)
+                        or not isinstance(max_time, (int, float, np.integer, np.floating))
+                        or not (np.isfinite(max_time) and max_time >= 0)):
+                    raise ValueError(
+                        "optimizer='flow' integrates up to a flow time: give max_time= (a "
+                        f"finite number >= 0), got {max_time!r}")
+                time_schedule(kw["record"], max_time)
+            else:
+                if max_time is not None:
+                    raise ValueError("max_time= applies to optimizer='flow'; use max_steps= "
+                                     "here")
+                record_schedule(kw["record"], kw["max_steps"])
+            if kw["backend"] != "auto":  # "auto" is decided where the fit runs
+                resolve_backend(kw["backend"], opt.code)
+        except (TypeError, ValueError) as exc:
+            where = (f"the grid points with {point}" if point
+                     else "the fits")  # the keywords alone
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"sweep: fit refuses the settings of {where}: {exc} (nothing "
+                            "was run or written)") from exc
+
+
+def _fit_settings(fit_kwargs, point) -> dict:
+    """The keywords of ``fit`` for a grid point: the sweep's and the point's fit settings."""
+    return {**fit_kwargs, **{k: _fit_value(k, v) for k, v in point.items()
+                             if k not in PROBLEM_AXES and k != "repeat"}}
+
+
+def _fit_value(key, value):
+    """A setting as ``fit`` takes it: grid values are plain lists (JSON has no tuples), so a
+    ``["log", k]`` record becomes the tuple ``("log", k)`` again."""
+    if key == "record" and isinstance(value, list) and value[:1] == ["log"]:
+        return tuple(value)
+    return value
 
 
 # --------------------------------------------------------------------------- the out folder
@@ -418,13 +507,60 @@ def _config(grid, spec, fit_kwargs, base_seed, fits_per_task, n_points, batch) -
     return json.loads(json.dumps(config, default=_json_default))
 
 
+def read_config(out) -> dict:
+    """The settings of the sweep in folder ``out`` (its ``sweep.json``)."""
+    path = os.path.join(out, CONFIG_NAME)
+    with open(path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as exc:
+            config = exc
+    if not (isinstance(config, dict) and isinstance(config.get("grid"), dict)):
+        raise ValueError(
+            f"{path} does not hold a sweep's settings (a JSON object with a 'grid'): "
+            f"{config if isinstance(config, Exception) else type(config).__name__}; move it "
+            "away, or choose another out= folder")
+    return config
+
+
+def config_digest(config: dict) -> str:
+    """A sweep's identity, kept in each of its task files: the SHA-256 of its settings as
+    canonical JSON, the grid's axis order (which numbers the points) included."""
+    text = json.dumps({"axes": list(config["grid"]), "config": config}, sort_keys=True,
+                      separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_task_meta(file) -> dict:
+    """The ``__meta__`` record of a task file."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        meta = exc
+    if not (isinstance(meta, dict) and isinstance(meta.get("rows"), list)):
+        raise ValueError(f"{file} is not a sweep task file ({meta!r}); move it away or "
+                         "delete it (running the sweep again then runs its task again)")
+    return meta
+
+
+def check_task(file, meta, digest, out) -> None:
+    """Refuse a task file not written by the sweep whose identity is ``digest``."""
+    if meta.get("sweep") != digest:
+        raise ValueError(
+            f"{file} is not a result of the sweep in {out!r}: it holds "
+            f"{'no sweep identity' if 'sweep' not in meta else 'another sweep identity'} "
+            f"(this sweep's is {digest[:12]}...), so another sweep, or a fastdmf that did not "
+            "mark task files, wrote it; move it away or delete it (running the sweep again "
+            "then runs its task again), or choose another out= folder")
+
+
 def _settle_config(out, config) -> int:
     """Write ``sweep.json`` for a new sweep or check it matches the sweep in ``out``;
     returns fits_per_task."""
     path = os.path.join(out, CONFIG_NAME)
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = read_config(out)
         if config["fits_per_task"] is None:
             config["fits_per_task"] = old.get("fits_per_task")
         if old != config:
@@ -432,10 +568,22 @@ def _settle_config(out, config) -> int:
             raise ValueError(
                 f"{out!r} holds another sweep (differs in {diff}); choose another out= "
                 "folder, or delete this one to start over")
+        if list(old["grid"]) != list(config["grid"]):  # dict equality ignores the order
+            raise ValueError(
+                f"{out!r} holds a sweep with the grid axes in the order {list(old['grid'])}, "
+                f"not {list(config['grid'])}: grid points, and with them tasks and seeds, are "
+                "numbered in axis order; give the axes in the same order, or choose another "
+                "out= folder")
         return int(config["fits_per_task"])
+    tasks = os.path.join(out, TASK_DIR)
+    if os.path.isdir(tasks) and os.listdir(tasks):
+        raise ValueError(
+            f"{tasks!r} holds files but {out!r} has no {CONFIG_NAME}: they may be another "
+            "sweep's results; choose another out= folder, or move them away to start this "
+            "sweep there")
     if config["fits_per_task"] is None:
         config["fits_per_task"] = 1
-    os.makedirs(os.path.join(out, TASK_DIR), exist_ok=True)
+    os.makedirs(tasks, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(config, f, indent=1)

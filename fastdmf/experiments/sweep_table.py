@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import numpy as np
 
 from ..trajectory import Trajectory
-from .sweep import CONFIG_NAME, TASK_DIR
+from .sweep import CONFIG_NAME, TASK_DIR, check_task, config_digest, read_config, read_task_meta
 
 __all__ = ["load_sweep", "SweepTable"]
 
@@ -105,13 +104,14 @@ def load_sweep(path) -> SweepTable:
     cfg_path = os.path.join(path, CONFIG_NAME)
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path!r} is not a sweep folder (no {CONFIG_NAME})")
-    with open(cfg_path) as f:
-        config = json.load(f)
+    config = read_config(path)
+    digest = config_digest(config)
     depth_default = config.get("fit", {}).get("depth", 3)
     found = []
     for file in sorted(glob.glob(os.path.join(path, TASK_DIR, "task-*.npz"))):
+        meta = read_task_meta(file)
+        check_task(file, meta, digest, path)
         with np.load(file, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
             for k, row in enumerate(meta["rows"]):
                 arrays = {name[len(f"f{k}_traj_"):]: data[name] for name in data.files
                           if name.startswith(f"f{k}_traj_")}
