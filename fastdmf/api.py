@@ -239,29 +239,14 @@ def fit(
         )
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
-    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-                       max_steps)
-    dtype = args["dtype"] = _dtype_name(dtype)
-    spec = get_optimizer(optimizer)
-    hyper = spec.hyper(lr, optimizer_options or {})
-    layout = FactorLayout.build(problem.shape, depth, _widths(init, widths))
+    init, dtype, spec, hyper, layout, schedule, end = _plan(
+        problem.shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options,
+        max_steps, max_time, tol, record, top_k, dtype, parallel)
+    args["dtype"] = dtype
     seed = _resolve_seed(seed)
     args["seed"] = seed
     factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
     theta = layout.pack(factors0, dtype=_DTYPES[dtype])
-    if spec.name.startswith("flow"):
-        if (max_time is None or isinstance(max_time, bool)
-                or not isinstance(max_time, (int, float, np.integer, np.floating))
-                or not (np.isfinite(max_time) and max_time >= 0)):
-            raise ValueError(
-                "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
-                f"number >= 0), got {max_time!r}"
-            )
-        schedule, end = time_schedule(record, max_time), float(max_time)
-    else:
-        if max_time is not None:
-            raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
-        schedule, end = record_schedule(record, max_steps), max_steps
     where = resolve_backend(backend, spec.code, problem)
     with _threads(n_threads):
         engine = make_engine(problem, layout, theta, spec, hyper, parallel, where)
@@ -394,6 +379,32 @@ def _threads(n):
         yield
     finally:
         numba.set_num_threads(old)
+
+
+def _plan(shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options, max_steps,
+          max_time, tol, record, top_k, dtype, parallel):
+    """fit's checks of everything but the data, the seed and the backend, in fit's order
+    (sweeps run them before starting any fit). Returns ``(init, dtype name, optimizer spec,
+    hyper-parameters, layout, record schedule, end position)``."""
+    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
+                       max_steps)
+    dtype = _dtype_name(dtype)
+    spec = get_optimizer(optimizer)
+    hyper = spec.hyper(lr, optimizer_options or {})
+    layout = FactorLayout.build(shape, depth, _widths(init, widths))
+    if spec.name.startswith("flow"):
+        if (max_time is None or isinstance(max_time, bool)
+                or not isinstance(max_time, (int, float, np.integer, np.floating))
+                or not (np.isfinite(max_time) and max_time >= 0)):
+            raise ValueError(
+                "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
+                f"number >= 0), got {max_time!r}"
+            )
+        return init, dtype, spec, hyper, layout, time_schedule(record, max_time), \
+            float(max_time)
+    if max_time is not None:
+        raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
+    return init, dtype, spec, hyper, layout, record_schedule(record, max_steps), max_steps
 
 
 def _dtype_name(dtype) -> str:

@@ -421,11 +421,9 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
     than in every task."""
     import inspect
 
-    from ..api import _check_args, _dtype_name, _widths, fit
+    from ..api import _plan, fit
     from ..engine import resolve_backend
     from ..factors import FactorLayout, initialize
-    from ..optim import get_optimizer
-    from ..trajectory import record_schedule, time_schedule
 
     defaults = {k: p.default for k, p in inspect.signature(fit).parameters.items()
                 if p.default is not inspect.Parameter.empty}
@@ -436,32 +434,16 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
         shape = (tuple(_resolved_spec(spec, point)["shape"]) if isinstance(spec, dict)
                  else spec.shape)
         try:
-            init = _check_args(kw["depth"], kw["lr"], kw["init_scale"], kw["tol"], kw["init"],
-                               kw["optimizer_options"], kw["top_k"], kw["parallel"],
-                               kw["max_steps"])
-            _dtype_name(kw["dtype"])
-            opt = get_optimizer(kw["optimizer"])
-            opt.hyper(kw["lr"], kw["optimizer_options"] or {})
-            layout = FactorLayout.build(shape, kw["depth"], _widths(init, kw["widths"]))
+            init, _, opt, _, layout, _, _ = _plan(
+                shape, kw["depth"], kw["widths"], kw["init"], kw["init_scale"],
+                kw["optimizer"], kw["lr"], kw["optimizer_options"], kw["max_steps"],
+                kw["max_time"], kw["tol"], kw["record"], kw["top_k"], kw["dtype"],
+                kw["parallel"])
             if isinstance(init, str):  # the scheme's checks, on 1 x 1 factors
                 tiny = FactorLayout.build((1, 1), kw["depth"], [1] * (kw["depth"] - 1))
                 initialize(tiny, init, kw["init_scale"], np.random.default_rng(0))
             else:
                 layout.pack(init)
-            max_time = kw["max_time"]
-            if opt.name.startswith("flow"):  # as fit checks it
-                if (max_time is None or isinstance(max_time, bool)
-                        or not isinstance(max_time, (int, float, np.integer, np.floating))
-                        or not (np.isfinite(max_time) and max_time >= 0)):
-                    raise ValueError(
-                        "optimizer='flow' integrates up to a flow time: give max_time= (a "
-                        f"finite number >= 0), got {max_time!r}")
-                time_schedule(kw["record"], max_time)
-            else:
-                if max_time is not None:
-                    raise ValueError("max_time= applies to optimizer='flow'; use max_steps= "
-                                     "here")
-                record_schedule(kw["record"], kw["max_steps"])
             if kw["backend"] != "auto":  # "auto" is decided where the fit runs
                 resolve_backend(kw["backend"], opt.code)
         except (TypeError, ValueError) as exc:
