@@ -231,14 +231,16 @@ def fit(
     """
     args = {k: v for k, v in locals().items() if k not in ("observed", "callback", "test")}
     problem = as_problem(observed, shape)
-    test = None if test is None else as_problem(test, problem.shape)
+    if test is not None:  # a problem keeps its own shape (checked below); triplets take ours
+        test = as_problem(test, None if isinstance(test, (CompletionProblem, SensingProblem))
+                          else problem.shape)
     if test is not None and isinstance(test, SensingProblem) != isinstance(problem, SensingProblem):
         raise TypeError(
             "test= must be of the problem's kind: held-out measurements (a SensingProblem, "
             "e.g. from problem.split()) for a sensing problem, held-out entries otherwise"
         )
     if test is not None and test.shape != problem.shape:
-        raise ValueError(f"test entries have shape {test.shape}, the problem {problem.shape}")
+        raise ValueError(f"test= has shape {test.shape}, the fitted problem {problem.shape}")
     init, dtype, spec, hyper, layout, schedule, end = _plan(
         problem.shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options,
         max_steps, max_time, tol, record, top_k, dtype, parallel)

@@ -122,5 +122,5 @@ def test_malformed_observations_raise_clear_errors(case):
 
 def test_a_held_out_set_of_another_shape_is_refused():
     other = fastdmf.synthetic_completion(shape=(3, 3), rank=1, n_observed=3, seed=0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"test= has shape \(3, 3\), the fitted problem \(6, 5\)"):
         fastdmf.fit(GOOD, max_steps=2, test=other)

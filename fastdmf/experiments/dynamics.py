@@ -42,8 +42,8 @@ def half_rise_steps(steps, values, k: int = 5) -> list[float]:
 
     Example
     -------
-    >>> half_rise_steps([0, 10, 20], [[0.0], [1.0], [4.0]], k=1)
-    [15.0]
+    >>> half_rise_steps([0, 10, 20], [[0.0], [1.0], [6.0]], k=1)
+    [14.0]
     """
     steps = np.asarray(steps, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
