@@ -126,11 +126,15 @@ def drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callba
 
 
 def _warn_diverged(step, engine, good_step):
+    if engine.is_flow:  # lr is only the first trial step there; the tolerances steer it
+        advice = (f"Try smaller tolerances than optimizer_options rtol={engine.hyper[1]:g}, "
+                  f"atol={engine.hyper[3]:g}.")
+    else:
+        advice = f"Try a smaller learning rate than lr={engine.hyper[0]:g}."
     warnings.warn(
         f"fit diverged near step {step} (loss not finite or above "
         f"{config.DIVERGENCE_FACTOR:g} x its initial value); returning the state of the last "
-        f"good record (step {good_step}). Try a smaller learning rate than "
-        f"lr={engine.hyper[0]:g}.",
+        f"good record (step {good_step}). {advice}",
         RuntimeWarning,
         stacklevel=_outside_level(),
     )

@@ -108,10 +108,10 @@ class Engine:
         return self.time if self.is_flow else self.n_steps
 
     def out_of_budget(self, budget: int) -> bool:
-        """No further step fits in ``budget`` steps (gradient evaluations for the flow; one
-        Dormand-Prince step costs six)."""
+        """No further step fits in ``budget`` steps (gradient evaluations for the flow: a
+        Dormand-Prince step costs six, an RKC step at least two)."""
         if self.is_flow:
-            return self.n_evals + 6 > budget
+            return self.n_evals + (6 if self.spec.name == "flow_dopri5" else 2) > budget
         return self.n_steps >= budget
 
     def advance(self, target, tol: float, loss_cap: float, budget: int) -> int:

@@ -165,3 +165,35 @@ def test_flow_stops_when_a_step_no_longer_fits_the_budget(square, monkeypatch):
                       record=None, seed=0)
     assert res.status == "max_steps"
     assert 30 <= res.trajectory.n_evals[-1] <= 40 and len(calls) <= 4
+
+
+@pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
+@pytest.mark.parametrize("budget", [3, 7, 60, 200])
+def test_evaluations_never_exceed_the_budget(method, budget):
+    """max_steps caps gradient evaluations, the stiffness estimates of RKC included."""
+    p = fastdmf.synthetic_completion((8, 7), 2, 30, seed=0)
+    res = fastdmf.fit(p, depth=3, optimizer=method, max_time=1e4, init_scale=0.1,
+                      max_steps=budget, seed=0, progress=False)
+    assert res.status == "max_steps" and res.trajectory.n_evals[-1] <= budget
+
+
+@pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
+def test_float32_flow_follows_the_float64_flow(method):
+    """The RKC stiffness probe moves a float32 state by more than its rounding (a probe of
+    1e-7 relative left it unchanged: zero curvature seen, then a division by zero)."""
+    s = fastdmf.synthetic_sensing((4, 3), 1, 20, seed=2)
+    for seed in range(3):
+        kw = dict(depth=1, optimizer=method, max_time=5.0, seed=seed, progress=False)
+        r32 = fastdmf.fit(s, dtype="float32", **kw)
+        r64 = fastdmf.fit(s, dtype="float64", **kw)
+        assert r32.status == r64.status == "max_time"
+        w32, w64 = r32.factors[0].astype(np.float64), r64.factors[0]
+        assert np.abs(w32 - w64).max() <= 1e-3 * np.abs(w64).max()
+
+
+def test_flow_divergence_advice_names_the_tolerances(square):
+    with pytest.warns(RuntimeWarning, match=r"smaller tolerances than optimizer_options rtol"):
+        res = fastdmf.fit(square, depth=2, optimizer="flow_dopri5", max_time=1e4, lr=10.0,
+                          init_scale=0.5, optimizer_options={"rtol": 1e6, "atol": 1e6},
+                          seed=0, progress=False)
+    assert res.status == "diverged"

@@ -173,10 +173,10 @@ def _chebyshev(s, w0):
     return t, d1, d2
 
 
-def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk):
+def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk, max_iter=30):
     """Largest eigenvalue of the Hessian at y (the stiffness of the flow), by power
     iteration on finite differences of the gradient; the direction is kept in ks[3] for the
-    next estimate. Costs one gradient evaluation per iteration (at most 30)."""
+    next estimate. Costs one gradient evaluation per iteration (at most ``max_iter``)."""
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
     size = y.shape[0]
@@ -185,10 +185,15 @@ def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk):
         for i in range(size):
             v[i] = ks[0, i] if ks[0, i] != 0.0 else 1.0
     ynorm = np.sqrt(np.sum(y * y))
+    # the probe must move theta by far more than its rounding: ~sqrt(eps) relative, or a
+    # float32 probe can leave theta, and so the gradient, unchanged
+    rel = 3.5e-4 if theta.itemsize == 4 else 1e-7
     rho = 0.0
-    for _ in range(30):
+    for _ in range(max_iter):
         vnorm = np.sqrt(np.sum(v * v))
-        delta = 1e-7 * max(ynorm, 1e-8)
+        if vnorm == 0.0:  # the gradient did not move along v: no curvature seen there
+            break
+        delta = rel * max(ynorm, 1e-8)
         for i in range(size):
             theta[i] = y[i] + delta * v[i] / vnorm
         loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk)  # noqa: F821
@@ -200,7 +205,8 @@ def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk):
             rho = new
             break
         rho = new
-    fs[RHO] = 1.2 * rho
+    # 0 marks "not estimated": a flat direction keeps a tiny positive estimate instead
+    fs[RHO] = max(1.2 * rho, 1e-300)
     fs[RHO_AGE] = 0.0
     return fs[RHO]
 
@@ -226,7 +232,13 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
             theta[:] = y
             return int(fs[ACCEPTED] - start), code, fs[LOSS]
         if fs[RHO] == 0.0 or fs[RHO_AGE] >= _RHO_EVERY:
-            spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk)
+            # the estimate comes out of the evaluation budget too; a step needs 2 more
+            room = int(max_evals - fs[EVALS]) - 2
+            if room < 1:
+                theta[:] = y
+                return int(fs[ACCEPTED] - start), 0, fs[LOSS]
+            spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk,
+                            min(30, room))
         rho = fs[RHO]
         h = min(fs[H], t_end - fs[T])
         s = 1 + int(np.sqrt(1.0 + 1.54 * h * rho))
