@@ -59,7 +59,12 @@ __all__ = [
 def __getattr__(name):
     # DMFImputer needs scikit-learn (an optional extra): imported on first use only
     if name == "DMFImputer":
-        from .sklearn import DMFImputer
-
+        try:
+            from .sklearn import DMFImputer
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "sklearn":
+                raise
+            raise ImportError("fastdmf.DMFImputer needs scikit-learn: "
+                              "pip install \"fastdmf[sklearn]\"") from exc
         return DMFImputer
     raise AttributeError(f"module 'fastdmf' has no attribute {name!r}")

@@ -105,3 +105,28 @@ def test_step_never_forms_the_dense_matrix():
     # and the loss is right: compare with the entries computed from the factors
     pred = fastdmf.factors.predict_entries(eng.factors(), problem.rows, problem.cols)
     assert eng.evaluate() == pytest.approx(np.mean((pred - problem.values) ** 2), rel=1e-12)
+
+
+def test_import_without_a_writable_cache_folder_warns_and_runs():
+    """Where Numba has nowhere to cache (read-only install, no writable home), the kernels
+    compile uncached with a warning instead of failing at import."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import warnings
+        import numba.core.caching as caching
+        caching.CacheImpl._locator_classes = []  # no cache folder anywhere
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastdmf
+            from fastdmf.kernels import flow
+        assert fastdmf.kernels.CACHE is False
+        assert any("NUMBA_CACHE_DIR" in str(w.message) for w in caught)
+        t, d1, d2 = flow._chebyshev(3, 1.0)   # compiled, uncached
+        print(t[3], d1[3])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1.0", "9.0"]  # T_3(1) = 1, T_3'(1) = 9

@@ -134,3 +134,16 @@ def test_rows_with_nothing_observed_are_zero(depth):
     # an all-NaN row in a later transform is 0, not the leftovers of a training row
     np.testing.assert_array_equal(imp.transform(np.full((2, 20), np.nan)), 0.0)
     np.testing.assert_array_equal(imp.transform(Xm[[11, 0]]), filled[[11, 0]])
+
+
+def test_without_scikit_learn_the_imputer_says_what_to_install():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import fastdmf\n"
+            "try:\n    fastdmf.DMFImputer\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert 'pip install "fastdmf[sklearn]"' in out.stdout

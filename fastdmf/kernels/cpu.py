@@ -41,6 +41,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import CACHE
 from . import flow as _flow
 from .flow import run_flow, run_rkc, spectral_radius  # noqa: F401  (compiled per build)
 
@@ -132,7 +133,7 @@ def _update_range(theta, grad, code, hyper, ostate, step, t, lo, hi):
         theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=CACHE)
 def work_layout(dims, n_obs, nblk):
     """Offsets of the workspace blocks for ``dims`` (S_j, H_j: see module docstring).
 
@@ -386,7 +387,7 @@ def _build(parallel):
         py = globals()[name]
         fn = types.FunctionType(py.__code__, ns, name, py.__defaults__, py.__closure__)
         fn.__qualname__ = name
-        disp = numba.njit(cache=not parallel, **options[kind])(fn)
+        disp = numba.njit(cache=CACHE and not parallel, **options[kind])(fn)
         ns[name] = built[name] = disp
     return SimpleNamespace(parallel=parallel, **built)
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import CACHE
+
 # Dormand-Prince 5(4) tableau. Row s of _A holds a_{s+1, 1..s}; _B is the 5th-order weight
 # vector (equal to the last row, FSAL); _E = b - b* (5th minus 4th order).
 _A = np.array(
@@ -159,7 +161,7 @@ def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals
         _conclude(flow, theta, grad, h, t_end, err, stage_loss, 0.2, 0.2, 5.0, 0.9)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=CACHE)
 def _chebyshev(s, w0):
     """T_j(w0), T_j'(w0), T_j''(w0) for j = 0..s (three-term recurrences)."""
     t = np.zeros(s + 1)

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from .. import config
-from . import cpu
+from . import CACHE, cpu
 from . import flow as _flow
 from .cpu import _blk, _hblock, _suffix, blocked_sum, dense_ab, dense_atb, run, update
 
@@ -198,7 +198,7 @@ def _build(parallel):
         fn = types.FunctionType(py.__code__, ns, py.__name__, py.__defaults__, py.__closure__)
         fn.__qualname__ = py.__name__
         opts = {"kernel": dict(parallel=parallel), "driver": {}}[kind]
-        ns[name] = built[name] = numba.njit(cache=not parallel, **opts)(fn)
+        ns[name] = built[name] = numba.njit(cache=CACHE and not parallel, **opts)(fn)
     return SimpleNamespace(parallel=parallel, **built)
 
 
