@@ -1,10 +1,11 @@
 """Observed entries of a matrix: validated, canonical, ready for the kernels.
 
 A completion problem is the set Omega = {(i_k, j_k, y_k)} of observed entries of an m x n
-matrix. :func:`completion` builds one from a dense array with NaN for missing entries, from a
-scipy.sparse array (every stored entry is observed, a stored zero is a real zero) or from
-``(rows, cols, values)`` triplets with an explicit shape. :func:`synthetic_completion` draws
-the paper's problem (Arora, Cohen, Hu & Luo 2019, section 5).
+matrix. :func:`completion` builds one from a dense array with NaN for missing entries (or a
+masked array), from a scipy.sparse array (every stored entry is observed, a stored zero is a
+real zero) or from ``(rows, cols, values)``
+triplets with an explicit shape. :func:`synthetic_completion` draws the paper's problem
+(Arora, Cohen, Hu & Luo 2019, section 5).
 
 Entries are stored sorted by (row, col); that order is the order of every sum in the kernels,
 so a problem always gives the same floating-point results.
@@ -110,9 +111,14 @@ def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:
     Accepted forms::
 
         completion(M)                              # dense array, NaN = missing
+        completion(np.ma.masked_array(M, mask))    # masked entries missing (and NaN)
         completion(S)                              # scipy.sparse: stored entries observed
         completion(rows, cols, values, shape=(m, n))
         completion(problem)                        # returned as it is
+
+    In a dense array a NaN entry is missing and every other entry observed; in a masked
+    array the masked entries are missing too. In a scipy.sparse matrix every stored entry is
+    observed and a stored zero is an observed zero.
 
     Parameters
     ----------
@@ -488,7 +494,9 @@ def _from_matrix(mat, shape):
         rows, cols, values = coo.row, coo.col, coo.data
         mshape = coo.shape
     else:
-        arr = np.asarray(mat)
+        # np.asarray drops a masked array's mask: read the mask first, then the data
+        masked = np.ma.getmaskarray(mat) if isinstance(mat, np.ma.MaskedArray) else None
+        arr = np.asarray(mat.data if masked is not None else mat)
         if arr.dtype.kind not in "iuf":
             raise TypeError(
                 f"the matrix must hold real numbers (NaN for missing), got dtype {arr.dtype}"
@@ -496,6 +504,8 @@ def _from_matrix(mat, shape):
         if arr.ndim != 2:
             raise ValueError(f"the matrix must be two-dimensional, got shape {arr.shape}")
         arr = arr.astype(np.float64)
+        if masked is not None:
+            arr[masked] = np.nan  # a masked entry is missing, whatever value lies under it
         if np.isinf(arr).any():
             raise ValueError(
                 "the matrix holds infinite values; mark missing entries with NaN, not inf"

@@ -43,6 +43,20 @@ def test_sparse_stored_zero_is_observed():
     np.testing.assert_array_equal(p.values, [0.0, 2.0])
 
 
+def test_masked_entries_are_missing():
+    m = np.ma.masked_array([[1.0, -999.0, np.inf], [np.nan, 0.0, 3.0]],
+                           mask=[[0, 1, 1], [0, 0, 0]])
+    p = fastdmf.completion(m)
+    np.testing.assert_array_equal(p.rows, [0, 1, 1])
+    np.testing.assert_array_equal(p.cols, [0, 1, 2])
+    np.testing.assert_array_equal(p.values, [1.0, 0.0, 3.0])
+    # an integer masked array; every entry masked leaves nothing observed
+    q = fastdmf.completion(np.ma.masked_array([[1, 2]], mask=[[1, 0]]))
+    assert (q.rows.tolist(), q.cols.tolist(), q.values.tolist()) == ([0], [1], [2.0])
+    with pytest.raises(ValueError, match="no observed entries"):
+        fastdmf.completion(np.ma.masked_array([[1.0, 2.0]], mask=[[1, 1]]))
+
+
 def test_index_structures_match_entries(tall):
     rowptr, colptr, order = tall.index
     m, n = tall.shape
