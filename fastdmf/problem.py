@@ -3,7 +3,7 @@
 A completion problem is the set Omega = {(i_k, j_k, y_k)} of observed entries of an m x n
 matrix. :func:`completion` builds one from a dense array with NaN for missing entries (or a
 masked array), from a scipy.sparse array (every stored entry is observed, a stored zero is a
-real zero) or from ``(rows, cols, values)``
+real zero; DIA is the exception, see :func:`completion`) or from ``(rows, cols, values)``
 triplets with an explicit shape. :func:`synthetic_completion` draws the paper's problem
 (Arora, Cohen, Hu & Luo 2019, section 5).
 
@@ -118,7 +118,11 @@ def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:
 
     In a dense array a NaN entry is missing and every other entry observed; in a masked
     array the masked entries are missing too. In a scipy.sparse matrix every stored entry is
-    observed and a stored zero is an observed zero.
+    observed and a stored zero is an observed zero, except in the DIA format: a DIA matrix
+    stores whole diagonals, so it cannot tell a zero that was meant from one that only fills
+    its diagonal, and zeros on its diagonals are not observations. To observe zeros there,
+    build the matrix in COO or CSR form (scipy's conversion from DIA drops the zeros too).
+    BSR stores whole blocks: every entry of a stored block is observed, zeros included.
 
     Parameters
     ----------
@@ -491,6 +495,10 @@ def _check_values(values, name, ndim=1):
 def _from_matrix(mat, shape):
     if sp.issparse(mat):
         coo = sp.coo_matrix(mat)
+        if mat.format == "dia":
+            # a DIA matrix stores whole diagonals: its zeros fill them, they are not data
+            # (scipy's own conversion drops them; say so here rather than rely on it)
+            coo.eliminate_zeros()
         rows, cols, values = coo.row, coo.col, coo.data
         mshape = coo.shape
     else:

@@ -57,6 +57,21 @@ def test_masked_entries_are_missing():
         fastdmf.completion(np.ma.masked_array([[1.0, 2.0]], mask=[[1, 1]]))
 
 
+def test_dia_zeros_are_not_observations():
+    # DIA stores whole diagonals: its zeros are not observed, unlike COO/CSR stored zeros
+    dia = sp.dia_matrix((np.array([[1.0, 0.0, 3.0]]), [0]), shape=(3, 3))
+    p = fastdmf.completion(dia)
+    assert p.n_observed == 2
+    np.testing.assert_array_equal(p.rows, [0, 2])
+    np.testing.assert_array_equal(p.values, [1.0, 3.0])
+    kept = fastdmf.completion(sp.coo_array(([1.0, 0.0, 3.0], ([0, 1, 2], [0, 1, 2])),
+                                           shape=(3, 3)))
+    np.testing.assert_array_equal(kept.values, [1.0, 0.0, 3.0])
+    # BSR stores whole blocks: their zeros are observed
+    bsr = sp.bsr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]]), blocksize=(2, 2))
+    np.testing.assert_array_equal(fastdmf.completion(bsr).values, [1.0, 0.0, 0.0, 2.0])
+
+
 def test_index_structures_match_entries(tall):
     rowptr, colptr, order = tall.index
     m, n = tall.shape
