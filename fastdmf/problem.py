@@ -266,9 +266,9 @@ class SensingProblem:
         ``(m, n)``.
     A : ndarray of float64, shape (p, m, n)
         The measurement matrices, C-contiguous; ``A.reshape(p, m * n)`` is the operator as a
-        matrix acting on ``vec(M)`` (row-major).
+        matrix acting on ``vec(M)`` (row-major). :func:`sensing` copies the caller's array.
     y : ndarray of float64, shape (p,)
-        The measurements, finite.
+        The measurements, finite (a copy of the caller's).
     ground_truth, truth_factors, meta
         As in :class:`CompletionProblem`.
 
@@ -293,8 +293,12 @@ class SensingProblem:
         return self.A.reshape(self.n_observed, -1)
 
     def measure(self, w) -> np.ndarray:
-        """``<A[k], w>`` for every k."""
-        return self.operator @ np.asarray(w, dtype=np.float64).reshape(-1)
+        """``<A[k], w>`` for every k, for ``w`` of the problem's shape (m, n)."""
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != tuple(self.shape):
+            # a transposed or flattened w would multiply without error and give other numbers
+            raise ValueError(f"W has shape {w.shape}, the problem has shape {tuple(self.shape)}")
+        return self.operator @ w.reshape(-1)
 
     def __repr__(self) -> str:
         m, n = self.shape
@@ -326,6 +330,10 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
         sensing(A, y)                    # A of shape (p, m, n)
         sensing(A, y, shape=(m, n))      # A of shape (p, m * n), rows act on row-major vec(M)
         sensing(problem)                 # returned as it is
+
+    ``A`` and ``y`` are copied (as :func:`completion` copies its input), so later changes to
+    the caller's arrays do not reach the validated problem; the copy of ``A`` takes
+    p * m * n float64 numbers.
 
     Raises
     ------
@@ -373,7 +381,8 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
     y = _check_values(y, "y")
     if y.shape[0] != arr.shape[0]:
         raise ValueError(f"A holds {arr.shape[0]} measurement matrices but y has {y.shape[0]}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    # a copy, never a view: the caller's later edits must not reach a validated problem
+    arr = np.array(arr, dtype=np.float64, order="C", copy=True)
     if not np.isfinite(arr).all():
         raise ValueError("A holds NaN or infinite values")
     if ground_truth is not None:

@@ -226,6 +226,32 @@ def test_sensing_forms_and_split():
     np.testing.assert_array_equal(joined, np.sort(y))
 
 
+def test_sensing_copies_its_input():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 2, 2))
+    y = np.ones(3)
+    p = fastdmf.sensing(A, y)
+    flat = fastdmf.sensing(A.reshape(3, 4), y, shape=(2, 2))
+    before = A.copy()
+    A[0, 0, 0] = np.nan
+    y[1] = 5.0
+    for q in (p, flat):
+        assert not np.shares_memory(q.A, A) and not np.shares_memory(q.y, y)
+        np.testing.assert_array_equal(q.A, before)
+        np.testing.assert_array_equal(q.y, [1.0, 1.0, 1.0])
+
+
+def test_measure_checks_the_shape():
+    p = fastdmf.synthetic_sensing(shape=(4, 3), rank=1, n_measurements=20, seed=2)
+    np.testing.assert_allclose(p.measure(p.ground_truth), p.y, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"W has shape \(3, 4\), the problem has shape \(4, 3\)"):
+        p.measure(p.ground_truth.T)
+    with pytest.raises(ValueError, match=r"W has shape \(12,\), the problem has shape \(4, 3\)"):
+        p.measure(p.ground_truth.ravel())
+    with pytest.raises(ValueError, match=r"W has shape \(4, 4\), the problem has shape \(4, 3\)"):
+        p.measure(np.zeros((4, 4)))
+
+
 @pytest.mark.parametrize(
     "args, kwargs, exc, match",
     [
