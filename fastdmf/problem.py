@@ -331,15 +331,17 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
         sensing(A, y, shape=(m, n))      # A of shape (p, m * n), rows act on row-major vec(M)
         sensing(problem)                 # returned as it is
 
-    ``A`` and ``y`` are copied (as :func:`completion` copies its input), so later changes to
-    the caller's arrays do not reach the validated problem; the copy of ``A`` takes
-    p * m * n float64 numbers.
+    ``A`` is a dense array: the kernels hold the operator dense. A scipy.sparse ``A`` raises
+    ``TypeError``; pass ``A.toarray()``. ``A`` and ``y`` are copied (as :func:`completion`
+    copies its input), so later changes to the caller's arrays do not reach the validated
+    problem; the copy of ``A`` takes p * m * n float64 numbers.
 
     Raises
     ------
     ValueError, TypeError
         With a message naming the offending input: wrong dimensions, a shape that does not
-        match ``A``, NaN or inf in ``A`` or ``y``, no measurements, a length mismatch.
+        match ``A``, NaN or inf in ``A`` or ``y``, no measurements, a length mismatch, a
+        scipy.sparse ``A``.
 
     Example
     -------
@@ -353,6 +355,11 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
         return A
     if y is None:
         raise TypeError("sensing(A, y) needs the measurements y")
+    if sp.issparse(A):
+        raise TypeError(
+            f"A is a scipy.sparse {A.format.upper()} matrix; sensing takes dense operators only "
+            "(the kernels hold A dense): pass A.toarray()"
+        )
     arr = np.asarray(A)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"A must hold real numbers, got dtype {arr.dtype}")

@@ -265,6 +265,9 @@ def test_measure_checks_the_shape():
         ((np.zeros(5), np.zeros(5)), {}, ValueError, "must be \\(p, m, n\\)"),
         ((np.zeros((3, 2, 2)), np.zeros(3)), {"shape": (2, 3)}, ValueError, "disagrees"),
         ((np.array([[["a"]]]), np.zeros(1)), {}, TypeError, "real numbers"),
+        ((sp.csr_matrix(np.eye(4)), np.ones(4)), {"shape": (2, 2)}, TypeError,
+         r"A is a scipy.sparse CSR matrix; sensing takes dense operators only .*"
+         r"pass A.toarray\(\)"),
     ],
 )
 def test_sensing_rejects_bad_input(args, kwargs, exc, match):
