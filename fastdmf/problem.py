@@ -231,9 +231,13 @@ def synthetic_completion(
 def from_ratings(users, items, ratings) -> CompletionProblem:
     """A completion problem from rating triplets ``(user, item, rating)`` with arbitrary ids.
 
-    Users become rows and items columns, numbered in sorted id order; the ids are kept in
-    ``meta["user_ids"]`` and ``meta["item_ids"]`` (row i is user ``user_ids[i]``). A user and
-    item pair may appear once (duplicates raise, as in :func:`completion`); split with
+    Users become rows and items columns. The ids are kept as the objects they are, so
+    distinct ids stay distinct (``1`` and ``"1"`` are two users; ids equal in Python, such as
+    ``1`` and ``1.0``, are one); a NaN id raises. Rows and columns are numbered in sorted id order
+    when the ids can be sorted together (all numbers, or all strings), else in the order of
+    first appearance. The ids are kept in ``meta["user_ids"]`` and ``meta["item_ids"]`` (row
+    i is user ``user_ids[i]``; an object array when the ids mix types). A user and item pair
+    may appear once (duplicates raise, naming the pair); split with
     :meth:`CompletionProblem.split`.
 
     Example
@@ -241,17 +245,104 @@ def from_ratings(users, items, ratings) -> CompletionProblem:
     >>> p = from_ratings(["ann", "bob", "ann"], [10, 10, 30], [4.0, 3.5, 5.0])
     >>> p.shape, p.meta["user_ids"].tolist(), p.meta["item_ids"].tolist()
     ((2, 2), ['ann', 'bob'], [10, 30])
+    >>> from_ratings([2, "b", 1], ["x", "x", "x"], [1.0, 2.0, 3.0]).meta["user_ids"].tolist()
+    [2, 'b', 1]
     """
-    users, items = np.asarray(users), np.asarray(items)
-    if users.ndim != 1 or users.shape != items.shape:
+    users, items = _id_array(users, "users"), _id_array(items, "items")
+    ratings = _check_values(ratings, "ratings")
+    if not len(users) == len(items) == len(ratings):
         raise ValueError(
-            f"users and items must be 1-d of the same length, got {users.shape} and {items.shape}"
+            f"users, items and ratings must have the same length; got {len(users)}, "
+            f"{len(items)} and {len(ratings)}"
         )
-    user_ids, rows = np.unique(users, return_inverse=True)
-    item_ids, cols = np.unique(items, return_inverse=True)
+    if len(users) == 0:
+        raise ValueError("no ratings: a completion problem needs at least one")
+    user_ids, rows = _number_ids(users, "users")
+    item_ids, cols = _number_ids(items, "items")
+    order = np.lexsort((cols, rows))
+    dup = np.flatnonzero(
+        (rows[order][1:] == rows[order][:-1]) & (cols[order][1:] == cols[order][:-1])
+    )
+    if dup.size:
+        k = order[dup[0]]
+        raise ValueError(
+            f"{dup.size} duplicate (user, item) pair(s), first (user {_plain(users[k])!r}, "
+            f"item {_plain(items[k])!r}); each pair may be rated once (average or drop the "
+            "repeats first)"
+        )
     p = completion(rows, cols, ratings, shape=(len(user_ids), len(item_ids)))
     p.meta.update(kind="ratings", user_ids=user_ids, item_ids=item_ids)
     return p
+
+
+def _plain(x):
+    """A numpy scalar as the Python object it holds (for messages)."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _id_array(ids, name):
+    """The ids as a 1-d array that holds each id as it is: a typed array when numpy's
+    conversion keeps every id, else an object array."""
+    if isinstance(ids, (list, tuple)):
+        # np.asarray would turn [1, "1"] into ["1", "1"], and [2**63 - 1, 2**63] into two
+        # equal floats: convert a list only when its ids share one type numpy keeps exactly
+        kinds = {type(x) for x in ids}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        arr = None
+        if kind is int:
+            try:
+                arr = np.array(ids, dtype=np.int64)
+            except OverflowError:
+                pass
+        elif kind in (str, float, bool) or (kind is not None and issubclass(kind, np.generic)):
+            arr = np.asarray(ids)
+        if arr is None:
+            if any(isinstance(x, (list, np.ndarray)) for x in ids):
+                raise ValueError(f"{name} must be one-dimensional, got nested sequences")
+            arr = np.empty(len(ids), dtype=object)
+            for k, x in enumerate(ids):
+                arr[k] = x
+    else:
+        arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _number_ids(ids, name):
+    """``(distinct ids, index of each id)``: the ids sorted when they sort together, else in
+    the order of first appearance."""
+    if ids.dtype != object:
+        uniq, where = np.unique(ids, return_inverse=True)
+        where = where.reshape(-1)
+    else:
+        # one id per Python equality (a hash table), so ids that do not compare keep apart
+        first = {}
+        try:
+            where = np.fromiter(
+                (first.setdefault(x, len(first)) for x in ids), dtype=np.int64, count=len(ids)
+            )
+        except TypeError:
+            raise TypeError(
+                f"{name} holds an id that cannot be hashed; use numbers, strings or tuples"
+            ) from None
+        keys = list(first)
+        try:
+            keys = sorted(keys)
+        except TypeError:  # 1 and "1": keep the order of first appearance
+            pass
+        rank = np.empty(len(keys), dtype=np.int64)
+        rank[[first[x] for x in keys]] = np.arange(len(keys))
+        where = rank[where]
+        uniq = np.empty(len(keys), dtype=object)
+        for k, x in enumerate(keys):
+            uniq[k] = x
+    if uniq.dtype.kind == "f" or uniq.dtype == object:
+        if any(isinstance(x, (float, np.floating)) and x != x for x in uniq):
+            raise ValueError(
+                f"{name} holds a NaN id; drop the ratings without an id or give them one"
+            )
+    return uniq, where.astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True, eq=False)

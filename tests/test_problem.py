@@ -192,6 +192,57 @@ def test_from_ratings_maps_ids_to_rows_and_columns():
         fastdmf.from_ratings([1, 2], [2], [3.0, 4.0])
 
 
+def test_from_ratings_keeps_ids_as_they_are():
+    # 1 and "1" are two users; ids that do not sort together keep their first appearance
+    p = fastdmf.from_ratings([1, "1", 1], [5, 5, 6], [1.0, 2.0, 3.0])
+    assert p.shape == (2, 2) and p.meta["user_ids"].tolist() == [1, "1"]
+    assert [type(x) for x in p.meta["user_ids"]] == [int, str]
+    got = {(p.meta["user_ids"][i], p.meta["item_ids"][j]): v
+           for i, j, v in zip(p.rows.tolist(), p.cols.tolist(), p.values.tolist())}
+    assert got == {(1, 5): 1.0, ("1", 5): 2.0, (1, 6): 3.0}
+    q = fastdmf.from_ratings([3, "b", 1.5, "a"], ["x"] * 4, [1.0, 2.0, 3.0, 4.0])
+    assert q.meta["user_ids"].tolist() == [3, "b", 1.5, "a"]
+    np.testing.assert_array_equal(q.rows, [0, 1, 2, 3])
+    # ids that sort together are sorted, whatever their types; equal ids are one
+    r = fastdmf.from_ratings([2, 1.0, 1, 0.5], [0, 0, 1, 0], [1.0, 2.0, 3.0, 4.0])
+    assert r.meta["user_ids"].tolist() == [0.5, 1.0, 2] and r.shape == (3, 2)
+    # ints beyond float64's precision stay distinct
+    big = fastdmf.from_ratings([2**63 - 1, 2**63], [0, 0], [1.0, 2.0])
+    assert big.meta["user_ids"].tolist() == [2**63 - 1, 2**63]
+    # tuples are ids too
+    t = fastdmf.from_ratings([(1, 2), (0, 1), (1, 2)], [1, 1, 2], [1.0, 2.0, 3.0])
+    assert t.meta["user_ids"].tolist() == [(0, 1), (1, 2)]
+    np.testing.assert_array_equal(t.rows, [0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "args, exc, match",
+    [
+        (([], [], []), ValueError,
+         r"^no ratings: a completion problem needs at least one$"),
+        ((["a", "b"], [1, 2], [1.0]), ValueError,
+         r"^users, items and ratings must have the same length; got 2, 2 and 1$"),
+        (([1, 2, 3], [1, 2], [1.0, 2.0, 3.0]), ValueError,
+         r"^users, items and ratings must have the same length; got 3, 2 and 3$"),
+        ((np.zeros((2, 2)), [1, 2], [1.0, 2.0]), ValueError,
+         r"^users must be one-dimensional, got shape \(2, 2\)$"),
+        (([1, 2], [[1], [2]], [1.0, 2.0]), ValueError,
+         r"^items must be one-dimensional, got nested sequences$"),
+        (([np.nan, 1.0], [1, 2], [1.0, 2.0]), ValueError, r"^users holds a NaN id"),
+        ((["a", float("nan")], [1, 2], [1.0, 2.0]), ValueError, r"^users holds a NaN id"),
+        (([1, 2], [{1}, {2}], [1.0, 2.0]), TypeError,
+         r"^items holds an id that cannot be hashed; use numbers, strings or tuples$"),
+        ((["ann", "bob", "ann"], [10, 10, 10], [1.0, 2.0, 3.0]), ValueError,
+         r"^1 duplicate \(user, item\) pair\(s\), first \(user 'ann', item 10\); each pair"),
+        (([1, 2], [1, 2], [1.0, np.inf]), ValueError, r"^ratings holds 1 NaN or infinite"),
+        (([1, 2], [1, 2], ["a", "b"]), TypeError, r"^ratings must be real numbers"),
+    ],
+)
+def test_from_ratings_errors_name_its_arguments(args, exc, match):
+    with pytest.raises(exc, match=match):
+        fastdmf.from_ratings(*args)
+
+
 # --------------------------------------------------------------------------- sensing
 
 
