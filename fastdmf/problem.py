@@ -1,10 +1,11 @@
 """Observed entries of a matrix: validated, canonical, ready for the kernels.
 
 A completion problem is the set Omega = {(i_k, j_k, y_k)} of observed entries of an m x n
-matrix. :func:`completion` builds one from a dense array with NaN for missing entries, from a
-scipy.sparse array (every stored entry is observed, a stored zero is a real zero) or from
-``(rows, cols, values)`` triplets with an explicit shape. :func:`synthetic_completion` draws
-the paper's problem (Arora, Cohen, Hu & Luo 2019, section 5).
+matrix. :func:`completion` builds one from a dense array with NaN for missing entries (or a
+masked array), from a scipy.sparse array (every stored entry is observed, a stored zero is a
+real zero; DIA is the exception, see :func:`completion`) or from ``(rows, cols, values)``
+triplets with an explicit shape. :func:`synthetic_completion` draws the paper's problem
+(Arora, Cohen, Hu & Luo 2019, section 5).
 
 Entries are stored sorted by (row, col); that order is the order of every sum in the kernels,
 so a problem always gives the same floating-point results.
@@ -110,9 +111,18 @@ def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:
     Accepted forms::
 
         completion(M)                              # dense array, NaN = missing
+        completion(np.ma.masked_array(M, mask))    # masked entries missing (and NaN)
         completion(S)                              # scipy.sparse: stored entries observed
         completion(rows, cols, values, shape=(m, n))
         completion(problem)                        # returned as it is
+
+    In a dense array a NaN entry is missing and every other entry observed; in a masked
+    array the masked entries are missing too. In a scipy.sparse matrix every stored entry is
+    observed and a stored zero is an observed zero, except in the DIA format: a DIA matrix
+    stores whole diagonals, so it cannot tell a zero that was meant from one that only fills
+    its diagonal, and zeros on its diagonals are not observations. To observe zeros there,
+    build the matrix in COO or CSR form (scipy's conversion from DIA drops the zeros too).
+    BSR stores whole blocks: every entry of a stored block is observed, zeros included.
 
     Parameters
     ----------
@@ -221,9 +231,13 @@ def synthetic_completion(
 def from_ratings(users, items, ratings) -> CompletionProblem:
     """A completion problem from rating triplets ``(user, item, rating)`` with arbitrary ids.
 
-    Users become rows and items columns, numbered in sorted id order; the ids are kept in
-    ``meta["user_ids"]`` and ``meta["item_ids"]`` (row i is user ``user_ids[i]``). A user and
-    item pair may appear once (duplicates raise, as in :func:`completion`); split with
+    Users become rows and items columns. The ids are kept as the objects they are, so
+    distinct ids stay distinct (``1`` and ``"1"`` are two users; ids equal in Python, such as
+    ``1`` and ``1.0``, are one); a NaN id raises. Rows and columns are numbered in sorted id order
+    when the ids can be sorted together (all numbers, or all strings), else in the order of
+    first appearance. The ids are kept in ``meta["user_ids"]`` and ``meta["item_ids"]`` (row
+    i is user ``user_ids[i]``; an object array when the ids mix types). A user and item pair
+    may appear once (duplicates raise, naming the pair); split with
     :meth:`CompletionProblem.split`.
 
     Example
@@ -231,17 +245,104 @@ def from_ratings(users, items, ratings) -> CompletionProblem:
     >>> p = from_ratings(["ann", "bob", "ann"], [10, 10, 30], [4.0, 3.5, 5.0])
     >>> p.shape, p.meta["user_ids"].tolist(), p.meta["item_ids"].tolist()
     ((2, 2), ['ann', 'bob'], [10, 30])
+    >>> from_ratings([2, "b", 1], ["x", "x", "x"], [1.0, 2.0, 3.0]).meta["user_ids"].tolist()
+    [2, 'b', 1]
     """
-    users, items = np.asarray(users), np.asarray(items)
-    if users.ndim != 1 or users.shape != items.shape:
+    users, items = _id_array(users, "users"), _id_array(items, "items")
+    ratings = _check_values(ratings, "ratings")
+    if not len(users) == len(items) == len(ratings):
         raise ValueError(
-            f"users and items must be 1-d of the same length, got {users.shape} and {items.shape}"
+            f"users, items and ratings must have the same length; got {len(users)}, "
+            f"{len(items)} and {len(ratings)}"
         )
-    user_ids, rows = np.unique(users, return_inverse=True)
-    item_ids, cols = np.unique(items, return_inverse=True)
+    if len(users) == 0:
+        raise ValueError("no ratings: a completion problem needs at least one")
+    user_ids, rows = _number_ids(users, "users")
+    item_ids, cols = _number_ids(items, "items")
+    order = np.lexsort((cols, rows))
+    dup = np.flatnonzero(
+        (rows[order][1:] == rows[order][:-1]) & (cols[order][1:] == cols[order][:-1])
+    )
+    if dup.size:
+        k = order[dup[0]]
+        raise ValueError(
+            f"{dup.size} duplicate (user, item) pair(s), first (user {_plain(users[k])!r}, "
+            f"item {_plain(items[k])!r}); each pair may be rated once (average or drop the "
+            "repeats first)"
+        )
     p = completion(rows, cols, ratings, shape=(len(user_ids), len(item_ids)))
     p.meta.update(kind="ratings", user_ids=user_ids, item_ids=item_ids)
     return p
+
+
+def _plain(x):
+    """A numpy scalar as the Python object it holds (for messages)."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _id_array(ids, name):
+    """The ids as a 1-d array that holds each id as it is: a typed array when numpy's
+    conversion keeps every id, else an object array."""
+    if isinstance(ids, (list, tuple)):
+        # np.asarray would turn [1, "1"] into ["1", "1"], and [2**63 - 1, 2**63] into two
+        # equal floats: convert a list only when its ids share one type numpy keeps exactly
+        kinds = {type(x) for x in ids}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        arr = None
+        if kind is int:
+            try:
+                arr = np.array(ids, dtype=np.int64)
+            except OverflowError:
+                pass
+        elif kind in (str, float, bool) or (kind is not None and issubclass(kind, np.generic)):
+            arr = np.asarray(ids)
+        if arr is None:
+            if any(isinstance(x, (list, np.ndarray)) for x in ids):
+                raise ValueError(f"{name} must be one-dimensional, got nested sequences")
+            arr = np.empty(len(ids), dtype=object)
+            for k, x in enumerate(ids):
+                arr[k] = x
+    else:
+        arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _number_ids(ids, name):
+    """``(distinct ids, index of each id)``: the ids sorted when they sort together, else in
+    the order of first appearance."""
+    if ids.dtype != object:
+        uniq, where = np.unique(ids, return_inverse=True)
+        where = where.reshape(-1)
+    else:
+        # one id per Python equality (a hash table), so ids that do not compare keep apart
+        first = {}
+        try:
+            where = np.fromiter(
+                (first.setdefault(x, len(first)) for x in ids), dtype=np.int64, count=len(ids)
+            )
+        except TypeError:
+            raise TypeError(
+                f"{name} holds an id that cannot be hashed; use numbers, strings or tuples"
+            ) from None
+        keys = list(first)
+        try:
+            keys = sorted(keys)
+        except TypeError:  # 1 and "1": keep the order of first appearance
+            pass
+        rank = np.empty(len(keys), dtype=np.int64)
+        rank[[first[x] for x in keys]] = np.arange(len(keys))
+        where = rank[where]
+        uniq = np.empty(len(keys), dtype=object)
+        for k, x in enumerate(keys):
+            uniq[k] = x
+    if uniq.dtype.kind == "f" or uniq.dtype == object:
+        if any(isinstance(x, (float, np.floating)) and x != x for x in uniq):
+            raise ValueError(
+                f"{name} holds a NaN id; drop the ratings without an id or give them one"
+            )
+    return uniq, where.astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,9 +357,9 @@ class SensingProblem:
         ``(m, n)``.
     A : ndarray of float64, shape (p, m, n)
         The measurement matrices, C-contiguous; ``A.reshape(p, m * n)`` is the operator as a
-        matrix acting on ``vec(M)`` (row-major).
+        matrix acting on ``vec(M)`` (row-major). :func:`sensing` copies the caller's array.
     y : ndarray of float64, shape (p,)
-        The measurements, finite.
+        The measurements, finite (a copy of the caller's).
     ground_truth, truth_factors, meta
         As in :class:`CompletionProblem`.
 
@@ -283,8 +384,12 @@ class SensingProblem:
         return self.A.reshape(self.n_observed, -1)
 
     def measure(self, w) -> np.ndarray:
-        """``<A[k], w>`` for every k."""
-        return self.operator @ np.asarray(w, dtype=np.float64).reshape(-1)
+        """``<A[k], w>`` for every k, for ``w`` of the problem's shape (m, n)."""
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != tuple(self.shape):
+            # a transposed or flattened w would multiply without error and give other numbers
+            raise ValueError(f"W has shape {w.shape}, the problem has shape {tuple(self.shape)}")
+        return self.operator @ w.reshape(-1)
 
     def __repr__(self) -> str:
         m, n = self.shape
@@ -317,11 +422,17 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
         sensing(A, y, shape=(m, n))      # A of shape (p, m * n), rows act on row-major vec(M)
         sensing(problem)                 # returned as it is
 
+    ``A`` is a dense array: the kernels hold the operator dense. A scipy.sparse ``A`` raises
+    ``TypeError``; pass ``A.toarray()``. ``A`` and ``y`` are copied (as :func:`completion`
+    copies its input), so later changes to the caller's arrays do not reach the validated
+    problem; the copy of ``A`` takes p * m * n float64 numbers.
+
     Raises
     ------
     ValueError, TypeError
         With a message naming the offending input: wrong dimensions, a shape that does not
-        match ``A``, NaN or inf in ``A`` or ``y``, no measurements, a length mismatch.
+        match ``A``, NaN or inf in ``A`` or ``y``, no measurements, a length mismatch, a
+        scipy.sparse ``A``.
 
     Example
     -------
@@ -335,6 +446,11 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
         return A
     if y is None:
         raise TypeError("sensing(A, y) needs the measurements y")
+    if sp.issparse(A):
+        raise TypeError(
+            f"A is a scipy.sparse {A.format.upper()} matrix; sensing takes dense operators only "
+            "(the kernels hold A dense): pass A.toarray()"
+        )
     arr = np.asarray(A)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"A must hold real numbers, got dtype {arr.dtype}")
@@ -363,7 +479,8 @@ def sensing(A, y=None, shape=None, ground_truth=None) -> SensingProblem:
     y = _check_values(y, "y")
     if y.shape[0] != arr.shape[0]:
         raise ValueError(f"A holds {arr.shape[0]} measurement matrices but y has {y.shape[0]}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    # a copy, never a view: the caller's later edits must not reach a validated problem
+    arr = np.array(arr, dtype=np.float64, order="C", copy=True)
     if not np.isfinite(arr).all():
         raise ValueError("A holds NaN or infinite values")
     if ground_truth is not None:
@@ -485,10 +602,16 @@ def _check_values(values, name, ndim=1):
 def _from_matrix(mat, shape):
     if sp.issparse(mat):
         coo = sp.coo_matrix(mat)
+        if mat.format == "dia":
+            # a DIA matrix stores whole diagonals: its zeros fill them, they are not data
+            # (scipy's own conversion drops them; say so here rather than rely on it)
+            coo.eliminate_zeros()
         rows, cols, values = coo.row, coo.col, coo.data
         mshape = coo.shape
     else:
-        arr = np.asarray(mat)
+        # np.asarray drops a masked array's mask: read the mask first, then the data
+        masked = np.ma.getmaskarray(mat) if isinstance(mat, np.ma.MaskedArray) else None
+        arr = np.asarray(mat.data if masked is not None else mat)
         if arr.dtype.kind not in "iuf":
             raise TypeError(
                 f"the matrix must hold real numbers (NaN for missing), got dtype {arr.dtype}"
@@ -496,6 +619,8 @@ def _from_matrix(mat, shape):
         if arr.ndim != 2:
             raise ValueError(f"the matrix must be two-dimensional, got shape {arr.shape}")
         arr = arr.astype(np.float64)
+        if masked is not None:
+            arr[masked] = np.nan  # a masked entry is missing, whatever value lies under it
         if np.isinf(arr).any():
             raise ValueError(
                 "the matrix holds infinite values; mark missing entries with NaN, not inf"

@@ -254,7 +254,8 @@ def integrate_end_to_end(
     depth : int
         N >= 1.
     t_eval : array_like of float, shape (T,)
-        Non-decreasing times >= 0 at which to return W.
+        Non-decreasing times >= 0 at which to return W; a repeated time gives identical
+        rows.
     rtol, atol : float
         Tolerances of the integrator (``atol`` is absolute, per entry of W).
     method : {"DOP853", "RK45"}
@@ -291,12 +292,14 @@ def integrate_end_to_end(
         w = y.reshape(shape)
         return end_to_end_rhs(w, completion_grad(w, problem), n_layers).ravel()
 
+    # solve_ivp wants strictly increasing times: solve at the distinct ones, repeat the rows
+    times, where = np.unique(t_eval, return_inverse=True)
     sol = solve_ivp(
-        field, (0.0, t_eval[-1]), w0.ravel(), method=method, t_eval=t_eval, rtol=rtol, atol=atol
+        field, (0.0, times[-1]), w0.ravel(), method=method, t_eval=times, rtol=rtol, atol=atol
     )
     if not sol.success:
         raise RuntimeError(f"end-to-end integration failed: {sol.message}")
-    return sol.y.T.reshape(t_eval.size, *shape), int(sol.nfev)
+    return sol.y.T[where].reshape(t_eval.size, *shape), int(sol.nfev)
 
 
 def singular_value_rates(w, grad_w, depth: float) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,35 @@ def test_sparse_stored_zero_is_observed():
     np.testing.assert_array_equal(p.values, [0.0, 2.0])
 
 
+def test_masked_entries_are_missing():
+    m = np.ma.masked_array([[1.0, -999.0, np.inf], [np.nan, 0.0, 3.0]],
+                           mask=[[0, 1, 1], [0, 0, 0]])
+    p = fastdmf.completion(m)
+    np.testing.assert_array_equal(p.rows, [0, 1, 1])
+    np.testing.assert_array_equal(p.cols, [0, 1, 2])
+    np.testing.assert_array_equal(p.values, [1.0, 0.0, 3.0])
+    # an integer masked array; every entry masked leaves nothing observed
+    q = fastdmf.completion(np.ma.masked_array([[1, 2]], mask=[[1, 0]]))
+    assert (q.rows.tolist(), q.cols.tolist(), q.values.tolist()) == ([0], [1], [2.0])
+    with pytest.raises(ValueError, match="no observed entries"):
+        fastdmf.completion(np.ma.masked_array([[1.0, 2.0]], mask=[[1, 1]]))
+
+
+def test_dia_zeros_are_not_observations():
+    # DIA stores whole diagonals: its zeros are not observed, unlike COO/CSR stored zeros
+    dia = sp.dia_matrix((np.array([[1.0, 0.0, 3.0]]), [0]), shape=(3, 3))
+    p = fastdmf.completion(dia)
+    assert p.n_observed == 2
+    np.testing.assert_array_equal(p.rows, [0, 2])
+    np.testing.assert_array_equal(p.values, [1.0, 3.0])
+    kept = fastdmf.completion(sp.coo_array(([1.0, 0.0, 3.0], ([0, 1, 2], [0, 1, 2])),
+                                           shape=(3, 3)))
+    np.testing.assert_array_equal(kept.values, [1.0, 0.0, 3.0])
+    # BSR stores whole blocks: their zeros are observed
+    bsr = sp.bsr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]]), blocksize=(2, 2))
+    np.testing.assert_array_equal(fastdmf.completion(bsr).values, [1.0, 0.0, 0.0, 2.0])
+
+
 def test_index_structures_match_entries(tall):
     rowptr, colptr, order = tall.index
     m, n = tall.shape
@@ -163,6 +192,57 @@ def test_from_ratings_maps_ids_to_rows_and_columns():
         fastdmf.from_ratings([1, 2], [2], [3.0, 4.0])
 
 
+def test_from_ratings_keeps_ids_as_they_are():
+    # 1 and "1" are two users; ids that do not sort together keep their first appearance
+    p = fastdmf.from_ratings([1, "1", 1], [5, 5, 6], [1.0, 2.0, 3.0])
+    assert p.shape == (2, 2) and p.meta["user_ids"].tolist() == [1, "1"]
+    assert [type(x) for x in p.meta["user_ids"]] == [int, str]
+    got = {(p.meta["user_ids"][i], p.meta["item_ids"][j]): v
+           for i, j, v in zip(p.rows.tolist(), p.cols.tolist(), p.values.tolist())}
+    assert got == {(1, 5): 1.0, ("1", 5): 2.0, (1, 6): 3.0}
+    q = fastdmf.from_ratings([3, "b", 1.5, "a"], ["x"] * 4, [1.0, 2.0, 3.0, 4.0])
+    assert q.meta["user_ids"].tolist() == [3, "b", 1.5, "a"]
+    np.testing.assert_array_equal(q.rows, [0, 1, 2, 3])
+    # ids that sort together are sorted, whatever their types; equal ids are one
+    r = fastdmf.from_ratings([2, 1.0, 1, 0.5], [0, 0, 1, 0], [1.0, 2.0, 3.0, 4.0])
+    assert r.meta["user_ids"].tolist() == [0.5, 1.0, 2] and r.shape == (3, 2)
+    # ints beyond float64's precision stay distinct
+    big = fastdmf.from_ratings([2**63 - 1, 2**63], [0, 0], [1.0, 2.0])
+    assert big.meta["user_ids"].tolist() == [2**63 - 1, 2**63]
+    # tuples are ids too
+    t = fastdmf.from_ratings([(1, 2), (0, 1), (1, 2)], [1, 1, 2], [1.0, 2.0, 3.0])
+    assert t.meta["user_ids"].tolist() == [(0, 1), (1, 2)]
+    np.testing.assert_array_equal(t.rows, [0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "args, exc, match",
+    [
+        (([], [], []), ValueError,
+         r"^no ratings: a completion problem needs at least one$"),
+        ((["a", "b"], [1, 2], [1.0]), ValueError,
+         r"^users, items and ratings must have the same length; got 2, 2 and 1$"),
+        (([1, 2, 3], [1, 2], [1.0, 2.0, 3.0]), ValueError,
+         r"^users, items and ratings must have the same length; got 3, 2 and 3$"),
+        ((np.zeros((2, 2)), [1, 2], [1.0, 2.0]), ValueError,
+         r"^users must be one-dimensional, got shape \(2, 2\)$"),
+        (([1, 2], [[1], [2]], [1.0, 2.0]), ValueError,
+         r"^items must be one-dimensional, got nested sequences$"),
+        (([np.nan, 1.0], [1, 2], [1.0, 2.0]), ValueError, r"^users holds a NaN id"),
+        ((["a", float("nan")], [1, 2], [1.0, 2.0]), ValueError, r"^users holds a NaN id"),
+        (([1, 2], [{1}, {2}], [1.0, 2.0]), TypeError,
+         r"^items holds an id that cannot be hashed; use numbers, strings or tuples$"),
+        ((["ann", "bob", "ann"], [10, 10, 10], [1.0, 2.0, 3.0]), ValueError,
+         r"^1 duplicate \(user, item\) pair\(s\), first \(user 'ann', item 10\); each pair"),
+        (([1, 2], [1, 2], [1.0, np.inf]), ValueError, r"^ratings holds 1 NaN or infinite"),
+        (([1, 2], [1, 2], ["a", "b"]), TypeError, r"^ratings must be real numbers"),
+    ],
+)
+def test_from_ratings_errors_name_its_arguments(args, exc, match):
+    with pytest.raises(exc, match=match):
+        fastdmf.from_ratings(*args)
+
+
 # --------------------------------------------------------------------------- sensing
 
 
@@ -197,6 +277,32 @@ def test_sensing_forms_and_split():
     np.testing.assert_array_equal(joined, np.sort(y))
 
 
+def test_sensing_copies_its_input():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 2, 2))
+    y = np.ones(3)
+    p = fastdmf.sensing(A, y)
+    flat = fastdmf.sensing(A.reshape(3, 4), y, shape=(2, 2))
+    before = A.copy()
+    A[0, 0, 0] = np.nan
+    y[1] = 5.0
+    for q in (p, flat):
+        assert not np.shares_memory(q.A, A) and not np.shares_memory(q.y, y)
+        np.testing.assert_array_equal(q.A, before)
+        np.testing.assert_array_equal(q.y, [1.0, 1.0, 1.0])
+
+
+def test_measure_checks_the_shape():
+    p = fastdmf.synthetic_sensing(shape=(4, 3), rank=1, n_measurements=20, seed=2)
+    np.testing.assert_allclose(p.measure(p.ground_truth), p.y, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"W has shape \(3, 4\), the problem has shape \(4, 3\)"):
+        p.measure(p.ground_truth.T)
+    with pytest.raises(ValueError, match=r"W has shape \(12,\), the problem has shape \(4, 3\)"):
+        p.measure(p.ground_truth.ravel())
+    with pytest.raises(ValueError, match=r"W has shape \(4, 4\), the problem has shape \(4, 3\)"):
+        p.measure(np.zeros((4, 4)))
+
+
 @pytest.mark.parametrize(
     "args, kwargs, exc, match",
     [
@@ -210,6 +316,9 @@ def test_sensing_forms_and_split():
         ((np.zeros(5), np.zeros(5)), {}, ValueError, "must be \\(p, m, n\\)"),
         ((np.zeros((3, 2, 2)), np.zeros(3)), {"shape": (2, 3)}, ValueError, "disagrees"),
         ((np.array([[["a"]]]), np.zeros(1)), {}, TypeError, "real numbers"),
+        ((sp.csr_matrix(np.eye(4)), np.ones(4)), {"shape": (2, 2)}, TypeError,
+         r"A is a scipy.sparse CSR matrix; sensing takes dense operators only .*"
+         r"pass A.toarray\(\)"),
     ],
 )
 def test_sensing_rejects_bad_input(args, kwargs, exc, match):

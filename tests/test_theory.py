@@ -273,3 +273,16 @@ def test_integration_at_time_zero_only_and_bad_times(small):
     np.testing.assert_array_equal(ws[1], w0)
     with pytest.raises(ValueError, match="non-decreasing"):
         theory.integrate_end_to_end(small, w0, 2, [1.0, 0.5])
+
+
+def test_integration_at_repeated_times(small):
+    """Repeated times (allowed: non-decreasing) give identical rows, the same numbers as the
+    distinct times alone."""
+    w0 = np.random.default_rng(3).standard_normal(small.shape)
+    ws, nfev = theory.integrate_end_to_end(small, w0, 2, [0.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    once, nfev_once = theory.integrate_end_to_end(small, w0, 2, [0.0, 1.0, 2.0])
+    assert ws.shape == (6, *small.shape) and nfev == nfev_once > 0
+    np.testing.assert_array_equal(ws[0], w0)
+    for k, j in enumerate([0, 1, 1, 2, 2, 2]):
+        np.testing.assert_array_equal(ws[k], once[j])
+    assert not np.array_equal(ws[1], ws[3])
