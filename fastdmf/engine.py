@@ -211,10 +211,7 @@ class CudaEngine(Engine):
     def __init__(self, problem, layout, theta, optimizer="gd", hyper=None, launch=None):
         spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
         if spec.code < 0:
-            raise ValueError(
-                f"optimizer {spec.name!r} runs on the CPU only; use backend='cpu' (or one of "
-                "gd, grouprmsprop, adam on the GPU)"
-            )
+            raise ValueError(_CPU_ONLY)
         from .kernels import cuda as kc
 
         kc.require()
@@ -235,6 +232,10 @@ class CudaEngine(Engine):
         self.device.upload()
 
 
+_CPU_ONLY = ("the flow optimisers ('flow', 'flow_dopri5') run on the CPU only; use "
+             "backend='cpu' (or one of gd, grouprmsprop, adam on the GPU)")
+
+
 def resolve_backend(backend: str, optimizer_code: int, problem=None) -> str:
     """``"cpu"`` or ``"cuda"`` for a ``backend`` argument (``"auto"``: a real CUDA GPU when
     one is usable and the optimiser and problem run there, else the CPU)."""
@@ -246,6 +247,8 @@ def resolve_backend(backend: str, optimizer_code: int, problem=None) -> str:
             "backend='cuda' runs completion problems; matrix sensing runs on the CPU "
             "(backend='cpu')"
         )
+    if backend == "cuda" and optimizer_code < 0:
+        raise ValueError(_CPU_ONLY)
     if backend != "auto":
         return backend
     if optimizer_code < 0 or is_sensing:

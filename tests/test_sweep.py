@@ -254,6 +254,8 @@ def test_a_sweep_json_that_is_not_a_sweeps_settings_is_refused(tmp_path, text):
      ValueError, r"\{'shape': \[20, 20\]\}: record=\('log', 0\)"),
     ({"init": ["gaussian", "gauss"]}, {}, ValueError,
      r"\{'init': 'gauss'\}: unknown init 'gauss'"),
+    ({"depth": [2]}, {"optimizer": "flow", "max_time": 1.0, "backend": "cuda"}, ValueError,
+     r"the flow optimisers .* run on the CPU only"),
 ])
 def test_bad_fit_settings_fail_before_anything_is_written(tmp_path, grid, kw, error, match):
     with pytest.raises(error, match=match):
