@@ -112,7 +112,7 @@ def test_batch_statuses_and_bits(small):
 def test_backend_errors(small, monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         fastdmf.fit(small, depth=2, backend="gpu", max_steps=1)
-    with pytest.raises(ValueError, match="runs on the CPU only"):
+    with pytest.raises(ValueError, match="flow optimisers .* run on the CPU only"):
         fastdmf.fit(small, depth=2, optimizer="flow", max_time=1.0, backend="cuda")
     # "auto" never picks the simulator
     r = fastdmf.fit(small, depth=2, max_steps=2, backend="auto", seed=0)
