@@ -87,6 +87,20 @@ def fit_batch(
     if spec.code < 0:
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
     layout = FactorLayout.build(problem.shape, depth, _widths(init, widths))
+    where = resolve_backend(backend, spec.code, problem)
+    if where == "cuda":
+        from .kernels.cuda import max_trials
+
+        most = max_trials(problem.shape[0], depth)
+        if n > most:  # more trials than one launch holds: consecutive batches (same bits)
+            kw = dict(depth=depth, shape=shape, widths=widths, init=init, optimizer=optimizer,
+                      optimizer_options=optimizer_options, max_steps=max_steps, tol=tol,
+                      record=record, top_k=top_k, dtype=dtype, n_threads=n_threads,
+                      backend=backend)
+            return [res for lo in range(0, n, most)
+                    for res in fit_batch(problem, seeds=seeds[lo:lo + most],
+                                         init_scale=scales[lo:lo + most],
+                                         lr=rates[lo:lo + most], **kw)]
     engines = []
     for seed, scale, rate in zip(seeds, scales, rates, strict=True):
         factors = initialize(layout, init, scale, np.random.default_rng(seed))
@@ -96,7 +110,6 @@ def fit_batch(
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = _stack(engines)
     schedule = record_schedule(record, max_steps)
-    where = resolve_backend(backend, spec.code, problem)
     if where == "cuda":
         from .kernels.cuda import DeviceBatch
 

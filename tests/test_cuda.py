@@ -146,3 +146,23 @@ def test_sensing_is_not_sent_to_the_gpu():
     with pytest.raises(ValueError, match="matrix sensing runs on the CPU"):
         fastdmf.fit(p, depth=2, max_steps=1, backend="cuda")
     assert fastdmf.fit(p, depth=2, max_steps=1, backend="auto").settings["kernels"] != "cuda"
+
+
+def test_a_batch_beyond_the_grid_limit_runs_in_consecutive_batches(small, monkeypatch):
+    """The trial axis is a grid's y (z times the splits in the products): a batch beyond
+    CUDA's limit is refused by DeviceBatch and split by fit_batch, with the same bits."""
+    kw = dict(depth=3, seeds=[0, 1, 2], lr=[0.02, 0.03, 0.04], init_scale=0.5, max_steps=2,
+              record=None, tol=0.0, backend="cuda")
+    whole = fastdmf.fit_batch(small, **kw)
+    monkeypatch.setattr(kc, "GRID_YZ", 6)  # 9 rows, split_k 4: 3 splits, 2 trials a launch
+    assert kc.max_trials(9, 3) == 2 and kc.max_trials(9, 2) == 6
+    layout = FactorLayout.build(small.shape, 3)
+    _, state = batch(small, layout, 3)
+    with pytest.raises(ValueError, match="3 trials exceed the 2 one GPU batch"):
+        kc.DeviceBatch(small, layout.dims, *state)
+    parts = fastdmf.fit_batch(small, **kw)
+    for a, b in zip(whole, parts, strict=True):
+        assert a.status == b.status and a.n_steps == b.n_steps
+        for wa, wb in zip(a.factors, b.factors, strict=True):
+            np.testing.assert_array_equal(wa, wb)
+        np.testing.assert_array_equal(a.trajectory.train_loss, b.trajectory.train_loss)

@@ -40,7 +40,7 @@ except Exception as _exc:  # noqa: BLE001  (numba.cuda broken or absent)
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["available", "require", "kernels", "DeviceBatch"]
+__all__ = ["available", "require", "kernels", "max_trials", "DeviceBatch"]
 
 RUNNING, CONVERGED, DIVERGED, IDLE = 0, 1, 2, 3
 
@@ -56,6 +56,26 @@ SPLIT_K = 2048
 # Under the simulator (every thread a Python thread): tiny blocks and partitions, so that
 # small test problems run every multi-block path in bounded time.
 SIMULATOR_LAUNCH = {"tile": 2, "threads": 8, "split_k": 4, "resid_block": 8, "sq_block": 64}
+# CUDA's limit on a grid's y and z sizes: the trial axis runs along y (z in the products,
+# times the number of splits), so it bounds the trials of one DeviceBatch.
+GRID_YZ = 65535
+
+
+def _launch(launch=None) -> dict:
+    """Launch and partition shapes: the defaults (the simulator's under the simulator)
+    updated with ``launch``."""
+    return {**(SIMULATOR_LAUNCH if simulated() else {}), **(launch or {})}
+
+
+def _ksplit(m, depth, split_k) -> int:
+    """Splits of the products that sum over the m rows (depth >= 3 has them)."""
+    return max(1, -(-m // split_k)) if depth > 2 else 1
+
+
+def max_trials(m, depth, launch=None) -> int:
+    """The most trials one :class:`DeviceBatch` of an m-row problem at ``depth`` launches
+    (``fit_batch`` runs more in consecutive batches of this size)."""
+    return GRID_YZ // _ksplit(m, depth, int(_launch(launch).get("split_k", SPLIT_K)))
 
 
 def available() -> bool:
@@ -417,7 +437,7 @@ class DeviceBatch:
     def __init__(self, problem, dims, thetas, codes, hyper, ostate, scalars, launch=None):
         require()
         dtype = thetas.dtype
-        launch = {**(SIMULATOR_LAUNCH if simulated() else {}), **(launch or {})}
+        launch = _launch(launch)
         self.split_k = int(launch.pop("split_k", SPLIT_K))
         self.k = kernels(np.dtype(dtype).name, **launch)
         self.host = (thetas, ostate, scalars)
@@ -450,6 +470,13 @@ class DeviceBatch:
             self.lay["H", j] = pos
             pos += m * self.dims[j - 1]
         self.ksplit = max(1, -(-m // self.split_k))
+        most = GRID_YZ // _ksplit(m, self.depth, self.split_k)
+        if self.B > most:
+            raise ValueError(
+                f"{self.B} trials exceed the {most} one GPU batch of this problem can launch "
+                f"(a CUDA grid holds at most {GRID_YZ} blocks along y and z); run them in "
+                f"batches of at most {most} (fit_batch does so itself)"
+            )
         self.part_off = pos
         if self.ksplit > 1 and self.depth > 2:
             pos += self.ksplit * max(self.dims[j] * self.dims[j - 1] for j in range(2, self.depth))
