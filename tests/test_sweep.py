@@ -277,3 +277,11 @@ def test_a_typo_in_the_toml_fit_table_can_be_fixed_and_rerun(tmp_path):
     table = run_config(config, out=tmp_path / "out", workers=1)
     assert table.complete and [r["depth"] for r in table] == [1, 2]
     assert table.config["fit"]["lr"] == 1e-2
+
+
+def test_a_bad_problem_at_any_grid_point_fails_before_anything_is_written(tmp_path):
+    grid = {"n_observed": [30, 500], "repeat": 2}  # 500 > 20 x 20 entries
+    with pytest.raises(ValueError, match=r"problem of the grid points with \{'n_observed': 500\}"):
+        fastdmf.sweep(grid, out=tmp_path, problem=dict(shape=(20, 20), rank=2), max_steps=5,
+                      workers=1)
+    assert os.listdir(tmp_path) == []

@@ -391,8 +391,16 @@ def _problem_spec(problem, grid):
                          f"{kind!r} spec takes {sorted(defaults)}")
     spec = {"kind": kind, **defaults, **problem}
     spec["shape"] = [int(s) for s in spec["shape"]]
-    # build the first point's problem now, so a bad spec fails here, not in every worker
-    _build_problem(spec, grid_points(grid)[0])
+    # build a problem for every setting of the problem axes but the seed now, so that a bad
+    # spec fails here, before anything is written, not in every worker
+    axes = {k: v for k, v in grid.items() if k in PROBLEM_AXES and k != "problem_seed"}
+    for point in grid_points(axes) if axes else [{}]:
+        try:
+            _build_problem(spec, point)
+        except (TypeError, ValueError) as exc:
+            where = f"the grid points with {point}" if point else "the sweep"
+            raise type(exc)(f"sweep: the problem of {where} cannot be built: {exc} (nothing "
+                            "was run or written)") from exc
     return spec
 
 
