@@ -250,7 +250,7 @@ def test_a_sweep_json_that_is_not_a_sweeps_settings_is_refused(tmp_path, text):
      r"\{'depth': 3, 'widths': \[4\]\}: depth 3 needs 2 hidden width"),
     ({"repeat": 2}, {"optimizer": "flow"}, ValueError,
      r"settings of the fits: optimizer='flow' integrates up to a flow time"),
-    ({"shape": [[20, 20], [3, 3]]}, {"widths": 2, "depth": 2, "record": ["log", 0]},
+    ({"shape": [[20, 20], [15, 15]]}, {"widths": 2, "depth": 2, "record": ["log", 0]},
      ValueError, r"\{'shape': \[20, 20\]\}: record=\('log', 0\)"),
     ({"init": ["gaussian", "gauss"]}, {}, ValueError,
      r"\{'init': 'gauss'\}: unknown init 'gauss'"),
