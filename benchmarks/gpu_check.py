@@ -11,8 +11,9 @@ machine with an NVIDIA GPU.
    running the batch as one batched tensor program (bmm, autograd), and against fit_batch on
    this host's CPU with 2 threads (the reference machine's 2-core number is in
    benchmarks/RESULTS_batch.md).
-3. Large sparse problem: m = n = 100,000, width 64, depth 3, 5,000,000 observed entries: seconds
-   per step on the GPU (the dense product would need 80 GB in float64).
+3. Large sparse problem: m = n = 100,000, width 64, depth 3, 5,000,000 observed entries
+   (1,000,000 with --quick): seconds per step on the GPU (the dense product would need 80 GB
+   in float64).
 
 Prints a stamped markdown report (device name, versions, git commit) and writes it to --out.
 """
@@ -198,15 +199,44 @@ def torch_rate(problem, B, steps, dtype):
     return B * steps / (time.perf_counter() - t0)
 
 
+# ATen operator names (the CPU profile's keys), without leading/trailing underscores
+ATEN_GEMM = {"mm", "bmm", "matmul", "addmm", "addbmm", "baddbmm", "mv", "addmv", "dot", "vdot",
+             "linear", "einsum", "tensordot"}
+ATEN_GATHER = {"take", "put", "embedding", "embedding_backward", "embedding_dense_backward",
+               "masked_select"}
+ATEN_REDUCE = {"sum", "mean", "prod", "nansum", "nanmean", "norm", "linalg_vector_norm",
+               "frobenius_norm", "amax", "amin", "aminmax", "max", "min", "argmax", "argmin",
+               "var", "std", "var_mean", "std_mean", "logsumexp", "all", "any", "count_nonzero",
+               "cumsum", "cumprod"}
+
+
 def kernel_kind(name):
-    """Coarse class of a GPU kernel from its name: the products (cuBLAS / CUTLASS GEMMs),
-    gathers and scatters (advanced indexing), reductions, and the rest (elementwise)."""
+    """Coarse class of a profiled kernel or operator from its name: the products (cuBLAS /
+    CUTLASS GEMMs; ``aten::mm``, ``aten::bmm``, ...), gathers and scatters (advanced indexing),
+    reductions (``reduce_kernel``; ``aten::sum``, ``aten::mean``, ...), and the rest
+    (elementwise). Takes GPU kernel names (``sm90_xmma_gemm_...``, ``void
+    at::native::reduce_kernel<...>``) and the CPU profile's ATen operator names alike."""
     low = name.lower()
-    if any(k in low for k in ("gemm", "xmma", "cutlass", "sm90_", "sm80_", "matmul", "bmm")):
+    if low.startswith("aten::"):
+        op = low[len("aten::"):].strip("_")  # add_ -> add, _index_put_impl_ -> index_put_impl
+        if op in ATEN_GEMM:
+            return "GEMM"
+        if op.startswith("index") or "scatter" in op or "gather" in op or op in ATEN_GATHER:
+            return "gather/scatter"
+        if op in ATEN_REDUCE:
+            return "reduction"
+        return "elementwise/other"
+    # GPU kernels. cuBLAS's split-K epilogue (splitKreduce_kernel) belongs to its GEMM; scatter
+    # kernels carry functor names like ReduceAdd, so the specific reduction kernels come first
+    # and the bare word "reduce" only after the gathers and scatters.
+    if any(k in low for k in ("gemm", "gemv", "xmma", "cutlass", "sm90_", "sm80_", "matmul",
+                              "bmm", "splitkreduce")):
         return "GEMM"
+    if any(k in low for k in ("reduce_kernel", "devicereduce", "devicesegmentedreduce")):
+        return "reduction"
     if any(k in low for k in ("index", "scatter", "gather")):
         return "gather/scatter"
-    if "reduce" in low:
+    if "reduce" in low or "reduction" in low:
         return "reduction"
     return "elementwise/other"
 
@@ -368,9 +398,9 @@ def ceilings():
 
 
 def large(quick):
-    say("## Large sparse: m = n = 100,000, width 64, depth 3, 5,000,000 observed, gd")
     m = 100_000
     k = 1_000_000 if quick else 5_000_000
+    say(f"## Large sparse: m = n = {m:,}, width 64, depth 3, {k:,} observed, gd")
     p = fastdmf.synthetic_completion(shape=(m, m), rank=5, n_observed=k, seed=0)
     layout = FactorLayout.build(p.shape, 3, [64, 64])
     say("| dtype | s/step | steps timed |")
