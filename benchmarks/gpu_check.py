@@ -21,8 +21,6 @@ Prints a stamped markdown report (device name, versions, git commit) and writes 
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -52,26 +50,18 @@ def say(line=""):
 
 
 def stamp():
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "?"
-    import numba
+    """The device line, then the common benchmark stamp (bench_step.stamp: date, host, CPU,
+    versions, fastdmf commit)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_step import stamp as common_stamp
 
     dev = kc.cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
-    try:
-        import torch
-
-        tv = torch.__version__
-    except ImportError:
-        tv = "not installed"
-    say(f"# fastdmf GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    say("# fastdmf GPU check")
     say(f"- GPU: {name} (compute capability {dev.compute_capability}, "
-        f"{dev.MULTIPROCESSOR_COUNT} SMs); host {platform.processor() or platform.machine()}")
-    say(f"- fastdmf {fastdmf.__version__} commit {commit or '?'}, numba {numba.__version__}, "
-        f"numpy {np.__version__}, torch {tv}, python {platform.python_version()}")
+        f"{dev.MULTIPROCESSOR_COUNT} SMs)")
+    for line in common_stamp(torch_threads=None):
+        say(line)
     say("")
 
 
@@ -421,7 +411,7 @@ def large(quick):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="write the report (markdown) here too")
     ap.add_argument("--quick", action="store_true", help="fewer steps, a smaller large case")
     args = ap.parse_args(argv)
