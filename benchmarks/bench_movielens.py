@@ -31,7 +31,7 @@ import fastdmf  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-2)
