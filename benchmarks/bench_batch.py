@@ -13,16 +13,23 @@ Usage: ``PYTHONPATH=. python benchmarks/bench_batch.py [--trials 64] [--steps 30
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
+import sys
 import time
+from pathlib import Path
 
-import numba
 import numpy as np
 
-import fastdmf
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_step import stamp  # noqa: E402
+
+import fastdmf  # noqa: E402
 
 SCALES = (1e-3, 1e-4, 1e-5, 1e-6)
+SERIAL_TRIALS = 8  # the loop of serial fits times at most this many trials
+TORCH_THREADS = 2
 
 
 def torch_steps_per_second(problem, steps):
@@ -30,7 +37,7 @@ def torch_steps_per_second(problem, steps):
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     m, n = problem.shape
     rng = np.random.default_rng(0)
     ws = [torch.nn.Parameter(torch.tensor(rng.standard_normal((m if j == 2 else n, n))
@@ -72,18 +79,17 @@ def main(argv=None):
                           n_threads=threads, **kw)
         rows.append((f"fit_batch, {threads} thread(s)",
                      args.trials * args.steps / (time.perf_counter() - t)))
+    n_serial = min(SERIAL_TRIALS, args.trials)
     t = time.perf_counter()
-    for s, sc in zip(seeds[:8], scales[:8], strict=True):
+    for s, sc in zip(seeds[:n_serial], scales[:n_serial], strict=True):
         fastdmf.fit(problem, seed=s, init_scale=sc, max_steps=args.steps, parallel=False, **kw)
-    rows.append(("fit per trial, serial (8 trials)", 8 * args.steps / (time.perf_counter() - t)))
+    rows.append((f"fit per trial, serial ({n_serial} trials)",
+                 n_serial * args.steps / (time.perf_counter() - t)))
     torch_rate = torch_steps_per_second(problem, args.steps)
     if torch_rate is not None:
         rows.append(("PyTorch per trial (dense, autograd, SGD)", torch_rate))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    print(f"# Batch throughput, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
-    print(f"- {platform.platform()}, {numba.config.NUMBA_NUM_THREADS} cores, fastdmf "
-          f"{fastdmf.__version__} commit {commit}, numba {numba.__version__}")
+    print("# Batch throughput")
+    print("\n".join(stamp(torch_threads=TORCH_THREADS)))
     print(f"- paper grid cell (100x100, 2000 obs, depth 3, width 100), {args.trials} trials x "
           f"{args.steps} steps, float64")
     print()

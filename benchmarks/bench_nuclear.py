@@ -15,10 +15,8 @@ optimum, so the gap measures each solver's suboptimality). Then the reconstructi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -94,29 +92,20 @@ def run(solver, shape, nobs, seed, timeout):
 
 
 def stamp() -> list[str]:
-    import numpy as np
-    import scipy
+    """The common benchmark stamp (bench_step.stamp) plus what this comparison adds: cvxpy's
+    version, the load at the start, and the BLAS thread setting. Imported here, not at the top,
+    so the solve subprocesses do not load numba, torch and fastdmf's kernels for it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_step import stamp as common_stamp
 
     try:
         import cvxpy
         cvx = cvxpy.__version__
     except ImportError:
         cvx = "not installed"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    cpu = "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return [
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {platform.platform()}, {cpu}, {os.cpu_count()} cores "
-        f"(shared, load average {os.getloadavg()[0]:.1f} at the start)",
-        f"- python {platform.python_version()}, numpy {np.__version__}, scipy "
-        f"{scipy.__version__}, cvxpy {cvx}",
-        f"- fastdmf commit {commit}",
+        *common_stamp(torch_threads=None),
+        f"- cvxpy {cvx}; machine shared, load average {os.getloadavg()[0]:.1f} at the start",
         f"- BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}"
         " for every solve",
     ]

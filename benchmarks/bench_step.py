@@ -390,22 +390,30 @@ def git_commit() -> str:
     return commit + (" + uncommitted changes under fastdmf/" if dirty else "")
 
 
-def stamp() -> list[str]:
+def stamp(torch_threads: int | None = TORCH_THREADS) -> list[str]:
+    """The stamp every benchmark report starts with: date, machine, versions, fastdmf commit.
+
+    ``torch_threads``: the thread count the benchmark gives torch, or None where it does not
+    time torch (its version is listed all the same). ``numba.get_num_threads()`` starts Numba's
+    thread pool, which fixes the threading layer the parallel kernels use, so the layer is known
+    here even before any parallel kernel has run; it is named only if Numba reports one."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     torch = torch_or_none()
     tv = torch.__version__ if torch is not None else "not installed"
+    if torch is not None and torch_threads is not None:
+        tv += f" ({torch_threads} threads)"
+    threads = numba.get_num_threads()  # launches the pool: the layer is chosen from here on
     try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "not yet initialised"
+        layer = f", {numba.threading_layer()} layer"
+    except ValueError:  # no layer chosen: leave it out rather than guess
+        layer = ""
     return [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- machine: {platform.platform()}; {cpu_model()}; {os.cpu_count()} cores "
         f"({usable} usable)",
         f"- versions: python {platform.python_version()}, numpy {np.__version__}, numba "
-        f"{numba.__version__} ({numba.get_num_threads()} threads, {layer} layer), scipy "
-        f"{scipy.__version__}, torch {tv}"
-        + (f" ({TORCH_THREADS} threads)" if torch is not None else ""),
+        f"{numba.__version__} ({threads} threads{layer}), scipy "
+        f"{scipy.__version__}, torch {tv}",
         f"- fastdmf {fastdmf.__version__}, commit {git_commit()}",
     ]
 

@@ -11,8 +11,9 @@ machine with an NVIDIA GPU.
    running the batch as one batched tensor program (bmm, autograd), and against fit_batch on
    this host's CPU with 2 threads (the reference machine's 2-core number is in
    benchmarks/RESULTS_batch.md).
-3. Large sparse problem: m = n = 100,000, width 64, depth 3, 5,000,000 observed entries: seconds
-   per step on the GPU (the dense product would need 80 GB in float64).
+3. Large sparse problem: m = n = 100,000, width 64, depth 3, 5,000,000 observed entries
+   (1,000,000 with --quick): seconds per step on the GPU (the dense product would need 80 GB
+   in float64).
 
 Prints a stamped markdown report (device name, versions, git commit) and writes it to --out.
 """
@@ -20,8 +21,6 @@ Prints a stamped markdown report (device name, versions, git commit) and writes 
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -51,26 +50,18 @@ def say(line=""):
 
 
 def stamp():
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "?"
-    import numba
+    """The device line, then the common benchmark stamp (bench_step.stamp: date, host, CPU,
+    versions, fastdmf commit)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_step import stamp as common_stamp
 
     dev = kc.cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
-    try:
-        import torch
-
-        tv = torch.__version__
-    except ImportError:
-        tv = "not installed"
-    say(f"# fastdmf GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    say("# fastdmf GPU check")
     say(f"- GPU: {name} (compute capability {dev.compute_capability}, "
-        f"{dev.MULTIPROCESSOR_COUNT} SMs); host {platform.processor() or platform.machine()}")
-    say(f"- fastdmf {fastdmf.__version__} commit {commit or '?'}, numba {numba.__version__}, "
-        f"numpy {np.__version__}, torch {tv}, python {platform.python_version()}")
+        f"{dev.MULTIPROCESSOR_COUNT} SMs)")
+    for line in common_stamp(torch_threads=None):
+        say(line)
     say("")
 
 
@@ -198,15 +189,44 @@ def torch_rate(problem, B, steps, dtype):
     return B * steps / (time.perf_counter() - t0)
 
 
+# ATen operator names (the CPU profile's keys), without leading/trailing underscores
+ATEN_GEMM = {"mm", "bmm", "matmul", "addmm", "addbmm", "baddbmm", "mv", "addmv", "dot", "vdot",
+             "linear", "einsum", "tensordot"}
+ATEN_GATHER = {"take", "put", "embedding", "embedding_backward", "embedding_dense_backward",
+               "masked_select"}
+ATEN_REDUCE = {"sum", "mean", "prod", "nansum", "nanmean", "norm", "linalg_vector_norm",
+               "frobenius_norm", "amax", "amin", "aminmax", "max", "min", "argmax", "argmin",
+               "var", "std", "var_mean", "std_mean", "logsumexp", "all", "any", "count_nonzero",
+               "cumsum", "cumprod"}
+
+
 def kernel_kind(name):
-    """Coarse class of a GPU kernel from its name: the products (cuBLAS / CUTLASS GEMMs),
-    gathers and scatters (advanced indexing), reductions, and the rest (elementwise)."""
+    """Coarse class of a profiled kernel or operator from its name: the products (cuBLAS /
+    CUTLASS GEMMs; ``aten::mm``, ``aten::bmm``, ...), gathers and scatters (advanced indexing),
+    reductions (``reduce_kernel``; ``aten::sum``, ``aten::mean``, ...), and the rest
+    (elementwise). Takes GPU kernel names (``sm90_xmma_gemm_...``, ``void
+    at::native::reduce_kernel<...>``) and the CPU profile's ATen operator names alike."""
     low = name.lower()
-    if any(k in low for k in ("gemm", "xmma", "cutlass", "sm90_", "sm80_", "matmul", "bmm")):
+    if low.startswith("aten::"):
+        op = low[len("aten::"):].strip("_")  # add_ -> add, _index_put_impl_ -> index_put_impl
+        if op in ATEN_GEMM:
+            return "GEMM"
+        if op.startswith("index") or "scatter" in op or "gather" in op or op in ATEN_GATHER:
+            return "gather/scatter"
+        if op in ATEN_REDUCE:
+            return "reduction"
+        return "elementwise/other"
+    # GPU kernels. cuBLAS's split-K epilogue (splitKreduce_kernel) belongs to its GEMM; scatter
+    # kernels carry functor names like ReduceAdd, so the specific reduction kernels come first
+    # and the bare word "reduce" only after the gathers and scatters.
+    if any(k in low for k in ("gemm", "gemv", "xmma", "cutlass", "sm90_", "sm80_", "matmul",
+                              "bmm", "splitkreduce")):
         return "GEMM"
+    if any(k in low for k in ("reduce_kernel", "devicereduce", "devicesegmentedreduce")):
+        return "reduction"
     if any(k in low for k in ("index", "scatter", "gather")):
         return "gather/scatter"
-    if "reduce" in low:
+    if "reduce" in low or "reduction" in low:
         return "reduction"
     return "elementwise/other"
 
@@ -368,9 +388,9 @@ def ceilings():
 
 
 def large(quick):
-    say("## Large sparse: m = n = 100,000, width 64, depth 3, 5,000,000 observed, gd")
     m = 100_000
     k = 1_000_000 if quick else 5_000_000
+    say(f"## Large sparse: m = n = {m:,}, width 64, depth 3, {k:,} observed, gd")
     p = fastdmf.synthetic_completion(shape=(m, m), rank=5, n_observed=k, seed=0)
     layout = FactorLayout.build(p.shape, 3, [64, 64])
     say("| dtype | s/step | steps timed |")
@@ -391,7 +411,7 @@ def large(quick):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="write the report (markdown) here too")
     ap.add_argument("--quick", action="store_true", help="fewer steps, a smaller large case")
     args = ap.parse_args(argv)
