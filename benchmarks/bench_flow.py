@@ -23,12 +23,8 @@ Usage: ``PYTHONPATH=. python benchmarks/bench_flow.py [--h0 1.0] [--out FILE]``
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import subprocess
 import time
 
-import numba
 import numpy as np
 
 import fastdmf
@@ -62,13 +58,11 @@ def main(argv=None):
         print(text, flush=True)
         lines.append(text)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    now = datetime.datetime.now(datetime.UTC)
-    say(f"# optimizer='flow' vs small-step GD, {now:%Y-%m-%d %H:%M} UTC")
-    say(f"- machine: {platform.platform()}, {numba.config.NUMBA_NUM_THREADS} cores; "
-        f"fastdmf {fastdmf.__version__} commit {commit}, numpy {np.__version__}, "
-        f"numba {numba.__version__}")
+    from bench_step import stamp  # the common stamp (this folder is on sys.path)
+
+    say("# optimizer='flow' vs small-step GD")
+    for line in stamp(None):
+        say(line)
     say("- problem: 100x100 rank 5, 2000 observed (seed 0); depth 3, gaussian init 1e-3, seed 0")
     say()
     conv, t_conv = timed(optimizer="flow", lr=1e-3, max_time=1e7, tol=1e-6, max_steps=10**8)

@@ -12,9 +12,7 @@ Usage: ``PYTHONPATH=. python benchmarks/bench_large.py [--quick] [--out FILE]``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -72,10 +70,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args.child == "parallel", repeats, k)))
         return
-    import numba
-    import numpy as np
 
-    import fastdmf
 
     rows = []
     for which in ("serial", "parallel"):
@@ -83,15 +78,11 @@ def main(argv=None):
                              + (["--quick"] if args.quick else []),
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "fastdmf"], capture_output=True,
-                           text=True).stdout.strip()
+    from bench_step import stamp  # the common stamp (this folder is on sys.path)
+
     lines = [
-        f"# Large sparse problem, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.platform()}, {numba.config.NUMBA_NUM_THREADS} cores; fastdmf "
-        f"{fastdmf.__version__} commit {commit}{' + uncommitted changes' if dirty else ''}, "
-        f"numpy {np.__version__}, numba {numba.__version__}",
+        "# Large sparse problem",
+        *stamp(None),
         f"- m = n = {M:,}, width {WIDTH}, depth {DEPTH}, {K:,} observed (rank {RANK}), float64 "
         f"plain GD; {repeats} repeats of {k} steps per compiled call; fresh process per row",
         f"- dense approaches: one m x n float64 array is {M * N * 8 / 1e9:.0f} GB: they cannot "

@@ -12,7 +12,6 @@ steps each) take about 30 minutes per executor here (docs/reproduction.md).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -48,10 +47,10 @@ def main(argv=None):
         same &= rows_p[k]["seed"] == rows_d[k]["seed"]
         same &= all(np.array_equal(a, b)
                     for a, b in zip(pool.factors(k), dask.factors(k), strict=True))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# 144-fit grid through fastdmf.sweep, {stamp}, commit {commit}")
+    from bench_step import stamp  # the common stamp (this folder is on sys.path)
+
+    print("# 144-fit grid through fastdmf.sweep")
+    print("\n".join(stamp(None)))
     print(f"- fits: {len(rows_p)} (pool) and {len(rows_d)} (LocalCluster, 2 workers x 1 thread),"
           f" each truncated at {args.max_steps} steps")
     print(f"- wall: pool {t_pool:.1f} s, LocalCluster {t_dask:.1f} s")
