@@ -300,6 +300,23 @@ def factored_error(factors, u, v) -> float:
     return float(max(ww - 2.0 * wt + tt, 0.0) / tt)
 
 
+def record_test_error(factors, problem, test=None) -> float:
+    """The record's ``test_error`` of the float64 ``factors``: the relative reconstruction
+    error against the problem's ground truth (from its factors when it has them), else the
+    MSE on the held-out entries or measurements ``test``, else NaN."""
+    if problem.truth_factors is not None:
+        return factored_error(factors, *problem.truth_factors)
+    if problem.ground_truth is not None:
+        truth = problem.ground_truth
+        return float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
+    if test is not None and hasattr(test, "measure"):  # held-out sensing measurements
+        return float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
+    if test is not None:
+        pred = predict_entries(factors, test.rows, test.cols, config.PREDICT_BLOCK)
+        return float(np.mean((pred - test.values) ** 2))
+    return np.nan
+
+
 def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k):
     """One record's values at the current state (called between compiled chunks), computed
     in float64 from the factors whatever the fit's dtype."""
@@ -307,18 +324,7 @@ def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top
     depth = len(factors)
     sv = singular_values(factors)
     total = float(sv.sum())
-    if problem.truth_factors is not None:
-        test_error = factored_error(factors, *problem.truth_factors)
-    elif problem.ground_truth is not None:
-        truth = problem.ground_truth
-        test_error = float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
-    elif test is not None and hasattr(test, "measure"):  # held-out sensing measurements
-        test_error = float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
-    elif test is not None:
-        pred = predict_entries(factors, test.rows, test.cols, config.PREDICT_BLOCK)
-        test_error = float(np.mean((pred - test.values) ** 2))
-    else:
-        test_error = np.nan
+    test_error = record_test_error(factors, problem, test)
     return {
         "step": int(step),
         "time": float(time),

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..api import FitResult, versions
 from ..reference import effective_rank
-from ..trajectory import Grid, Trajectory, factored_error, record_schedule
+from ..trajectory import Grid, Trajectory, record_schedule, record_test_error
 
 
 def check_common(tol, max_iter, record):
@@ -30,14 +30,7 @@ def record_row(obs, w, sv, iteration, n_evals) -> dict:
     k = min(len(sv), len(full))
     full[:k] = sv[:k]
     loss, grad_norm = obs.loss_grad_norm(w)
-    problem = obs.problem
-    if problem.truth_factors is not None:
-        test_error = factored_error([w], *problem.truth_factors)
-    elif problem.ground_truth is not None:
-        truth = problem.ground_truth
-        test_error = float(np.sum((w - truth) ** 2) / np.sum(truth**2))
-    else:
-        test_error = np.nan
+    test_error = record_test_error([w], obs.problem)
     return {
         "step": int(iteration),
         "time": float(iteration),
