@@ -13,26 +13,16 @@ import numba
 import numpy as np
 
 from . import config
-from .api import (
-    _DTYPES,
-    FitResult,
-    _check_args,
-    _dtype_name,
-    _resolve_seed,
-    _settings,
-    _threads,
-    _widths,
-    as_problem,
-)
+from .api import _DTYPES, FitResult, _plan, _resolve_seed, _settings, _threads, as_problem
 from .drive import Watch
 from .engine import Engine, resolve_backend
-from .factors import FactorLayout, initialize
+from .factors import initialize
 from .kernels import cpu
 from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.blas import blas_threads
 from .optim import get_optimizer
 from .problem import SensingProblem
-from .trajectory import Trajectory, record_schedule
+from .trajectory import Trajectory
 
 __all__ = ["fit_batch"]
 
@@ -80,13 +70,12 @@ def fit_batch(
         raise ValueError("seeds is empty: fit_batch runs one trial per seed, give at least one")
     scales = _per_trial(init_scale, n, "init_scale")
     rates = _per_trial(lr, n, "lr")
-    init = _check_args(depth, rates[0], scales[0], tol, init, optimizer_options, top_k, False,
-                       max_steps)
-    dtype = _dtype_name(dtype)
-    spec = get_optimizer(optimizer)
-    if spec.code < 0:
+    if get_optimizer(optimizer).code < 0:
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
-    layout = FactorLayout.build(problem.shape, depth, _widths(init, widths))
+    # fit's checks (the first trial's lr and init_scale; each trial's hyper checks the rest)
+    init, dtype, spec, _, layout, schedule, _ = _plan(
+        problem.shape, depth, widths, init, scales[0], optimizer, rates[0], optimizer_options,
+        max_steps, None, tol, record, top_k, dtype, False)
     where = resolve_backend(backend, spec.code, problem)
     if where == "cuda":
         from .kernels.cuda import max_trials
@@ -109,7 +98,6 @@ def fit_batch(
         engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = _stack(engines)
-    schedule = record_schedule(record, max_steps)
     if where == "cuda":
         from .kernels.cuda import DeviceBatch
 
