@@ -8,38 +8,41 @@ reproducible from its row alone. Consecutive points are grouped into tasks of
 ``fits_per_task``; a task builds its problem inside the worker from a small spec (nothing big
 is pickled), runs its fits with one Numba thread and the serial kernels, and returns its
 results; the caller writes one file per task, atomically, named by task index and marked with
-the sweep's identity (:func:`config_digest`). A sweep run again with the same settings (the
-grid's axes in the same order) skips the tasks that have a file: an interrupted sweep resumes
-where it stopped and never loses nor repeats a finished task.
+the sweep's identity (:mod:`fastdmf.experiments.sweep_store`). A sweep run again with the
+same settings (the grid's axes in the same order) skips the tasks that have a file: an
+interrupted sweep resumes where it stopped and never loses nor repeats a finished task.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import glob
-import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
 import time as _time
-import zipfile
 
 import numba
 import numpy as np
 
-from ..checkpoint import _digest, _json_default, atomic_savez, problem_to_arrays
+from ..checkpoint import _json_default
 from ..problem import CompletionProblem, synthetic_completion
+from .sweep_store import (
+    FORMAT,
+    config_digest,
+    make_config,
+    owned_tasks,
+    save_task,
+    settle_config,
+    task_path,
+)
 
 __all__ = ["sweep", "grid_points", "point_seed", "PROBLEM_KINDS"]
 
 log = logging.getLogger("fastdmf")
 
-FORMAT = 1
-CONFIG_NAME = "sweep.json"
-TASK_DIR = "tasks"
 # problem spec kinds: name -> (builder, default spec); builders take the spec's other keys
 PROBLEM_KINDS = {
     "completion": (synthetic_completion,
@@ -176,11 +179,11 @@ def sweep(
     spec = _problem_spec(problem, grid)
     _check_fit_settings(grid, spec, fit_kwargs)
     out = os.fspath(out)
-    config = _config(grid, spec, fit_kwargs, base_seed, fits_per_task, len(points), batch)
-    fits_per_task = _settle_config(out, config)
+    config = make_config(grid, spec, fit_kwargs, base_seed, fits_per_task, len(points), batch)
+    fits_per_task = settle_config(out, config)
     digest = config_digest(config)
-    for file in sorted(glob.glob(os.path.join(out, TASK_DIR, "task-*.npz"))):
-        check_task(file, read_task_meta(file), digest, out)
+    for _ in owned_tasks(out, digest):  # refuse another sweep's task files before running
+        pass
     n_tasks = -(-len(points) // fits_per_task)
     tasks = []
     for t in range(n_tasks):
@@ -193,10 +196,6 @@ def sweep(
     if tasks:
         _run_tasks(tasks, out, executor, workers, progress, digest)
     return load_sweep(out)
-
-
-def task_path(out, t: int) -> str:
-    return os.path.join(out, TASK_DIR, f"task-{t:06d}.npz")
 
 
 def _run_tasks(tasks, out, executor, workers, progress, digest):
@@ -225,10 +224,7 @@ def _run_tasks(tasks, out, executor, workers, progress, digest):
                 log.error("sweep task %d failed: %r", t, exc)
                 failed.append((t, exc))
             else:
-                meta = json.loads(str(result["__meta__"]))
-                meta["sweep"] = digest  # the task file's owner (see check_task)
-                result["__meta__"] = np.array(json.dumps(meta))
-                atomic_savez(task_path(out, t), result)
+                save_task(out, t, result, digest)
                 log.info("sweep task %d finished", t)
             bar.update(1)
     finally:
@@ -398,9 +394,7 @@ def _problem_spec(problem, grid):
         try:
             _build_problem(spec, point)
         except (TypeError, ValueError) as exc:
-            where = f"the grid points with {point}" if point else "the sweep"
-            raise type(exc)(f"sweep: the problem of {where} cannot be built: {exc} (nothing "
-                            "was run or written)") from exc
+            raise _refused(exc, "the problem of", point) from exc
     return spec
 
 
@@ -455,11 +449,14 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
             if kw["backend"] != "auto":  # "auto" is decided where the fit runs
                 resolve_backend(kw["backend"], opt.code)
         except (TypeError, ValueError) as exc:
-            where = (f"the grid points with {point}" if point
-                     else "the fits")  # the keywords alone
-            kind = TypeError if isinstance(exc, TypeError) else ValueError
-            raise kind(f"sweep: fit refuses the settings of {where}: {exc} (nothing "
-                            "was run or written)") from exc
+            raise _refused(exc, "fit refuses the settings of", point) from exc
+
+
+def _refused(exc, what, point):
+    """The TypeError or ValueError that says which grid points a check refused, and why."""
+    where = f"the grid points with {point}" if point else "the fits"
+    kind = TypeError if isinstance(exc, TypeError) else ValueError
+    return kind(f"sweep: {what} {where}: {exc} (nothing was run or written)")
 
 
 def _fit_settings(fit_kwargs, point) -> dict:
@@ -474,120 +471,6 @@ def _fit_value(key, value):
     if key == "record" and isinstance(value, list) and value[:1] == ["log"]:
         return tuple(value)
     return value
-
-
-# --------------------------------------------------------------------------- the out folder
-
-
-def _config(grid, spec, fit_kwargs, base_seed, fits_per_task, n_points, batch) -> dict:
-    if not (isinstance(base_seed, (int, np.integer)) and base_seed >= 0):
-        raise TypeError(f"base_seed must be a non-negative int, got {base_seed!r}")
-    if fits_per_task is not None and not (
-            isinstance(fits_per_task, (int, np.integer)) and fits_per_task >= 1):
-        raise ValueError(f"fits_per_task must be a positive int, got {fits_per_task!r}")
-    if isinstance(spec, dict):
-        problem = spec
-    else:
-        problem = {"object": repr(spec), "sha256": _digest(problem_to_arrays(spec, "p")[0])}
-    fit_kwargs = {k: _describe(v) if callable(v) else v for k, v in fit_kwargs.items()}
-    config = {"format": FORMAT, "grid": grid, "problem": problem, "fit": fit_kwargs,
-              "base_seed": int(base_seed), "n_points": n_points,
-              "fits_per_task": None if fits_per_task is None else int(fits_per_task),
-              "batch": bool(batch)}
-    return json.loads(json.dumps(config, default=_json_default))
-
-
-def read_config(out) -> dict:
-    """The settings of the sweep in folder ``out`` (its ``sweep.json``)."""
-    path = os.path.join(out, CONFIG_NAME)
-    with open(path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as exc:
-            config = exc
-    if not (isinstance(config, dict) and isinstance(config.get("grid"), dict)):
-        raise ValueError(
-            f"{path} does not hold a sweep's settings (a JSON object with a 'grid'): "
-            f"{config if isinstance(config, Exception) else type(config).__name__}; move it "
-            "away, or choose another out= folder")
-    return config
-
-
-def config_digest(config: dict) -> str:
-    """A sweep's identity, kept in each of its task files: the SHA-256 of its settings as
-    canonical JSON, the grid's axis order (which numbers the points) included."""
-    text = json.dumps({"axes": list(config["grid"]), "config": config}, sort_keys=True,
-                      separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def read_task_meta(file) -> dict:
-    """The ``__meta__`` record of a task file."""
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        meta = exc
-    if not (isinstance(meta, dict) and isinstance(meta.get("rows"), list)):
-        raise ValueError(f"{file} is not a sweep task file ({meta!r}); move it away or "
-                         "delete it (running the sweep again then runs its task again)")
-    return meta
-
-
-def check_task(file, meta, digest, out) -> None:
-    """Refuse a task file not written by the sweep whose identity is ``digest``."""
-    if meta.get("sweep") != digest:
-        raise ValueError(
-            f"{file} is not a result of the sweep in {out!r}: it holds "
-            f"{'no sweep identity' if 'sweep' not in meta else 'another sweep identity'} "
-            f"(this sweep's is {digest[:12]}...), so another sweep, or a fastdmf that did not "
-            "mark task files, wrote it; move it away or delete it (running the sweep again "
-            "then runs its task again), or choose another out= folder")
-
-
-def _settle_config(out, config) -> int:
-    """Write ``sweep.json`` for a new sweep or check it matches the sweep in ``out``;
-    returns fits_per_task."""
-    path = os.path.join(out, CONFIG_NAME)
-    if os.path.exists(path):
-        old = read_config(out)
-        if config["fits_per_task"] is None:
-            config["fits_per_task"] = old.get("fits_per_task")
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise ValueError(
-                f"{out!r} holds another sweep (differs in {diff}); choose another out= "
-                "folder, or delete this one to start over")
-        if list(old["grid"]) != list(config["grid"]):  # dict equality ignores the order
-            raise ValueError(
-                f"{out!r} holds a sweep with the grid axes in the order {list(old['grid'])}, "
-                f"not {list(config['grid'])}: grid points, and with them tasks and seeds, are "
-                "numbered in axis order; give the axes in the same order, or choose another "
-                "out= folder")
-        return int(config["fits_per_task"])
-    tasks = os.path.join(out, TASK_DIR)
-    if os.path.isdir(tasks) and os.listdir(tasks):
-        raise ValueError(
-            f"{tasks!r} holds files but {out!r} has no {CONFIG_NAME}: they may be another "
-            "sweep's results; choose another out= folder, or move them away to start this "
-            "sweep there")
-    if config["fits_per_task"] is None:
-        config["fits_per_task"] = 1
-    os.makedirs(tasks, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return int(config["fits_per_task"])
-
-
-def _describe(fn) -> str:
-    """A callable by name (its repr holds a memory address, which differs between runs)."""
-    inner = getattr(fn, "func", fn)  # functools.partial
-    name = f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}"
-    return f"<callable {name}>"
 
 
 def _plain(v):

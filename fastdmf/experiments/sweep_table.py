@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 
 from ..trajectory import Trajectory
-from .sweep import CONFIG_NAME, TASK_DIR, check_task, config_digest, read_config, read_task_meta
+from .sweep_store import CONFIG_NAME, config_digest, owned_tasks, read_config
 
 __all__ = ["load_sweep", "SweepTable"]
 
@@ -108,9 +107,7 @@ def load_sweep(path) -> SweepTable:
     digest = config_digest(config)
     depth_default = config.get("fit", {}).get("depth", 3)
     found = []
-    for file in sorted(glob.glob(os.path.join(path, TASK_DIR, "task-*.npz"))):
-        meta = read_task_meta(file)
-        check_task(file, meta, digest, path)
+    for file, meta in owned_tasks(path, digest):
         with np.load(file, allow_pickle=False) as data:
             for k, row in enumerate(meta["rows"]):
                 arrays = {name[len(f"f{k}_traj_"):]: data[name] for name in data.files

@@ -470,7 +470,7 @@ class DeviceBatch:
             self.lay["H", j] = pos
             pos += m * self.dims[j - 1]
         self.ksplit = max(1, -(-m // self.split_k))
-        most = GRID_YZ // _ksplit(m, self.depth, self.split_k)
+        most = max_trials(m, self.depth, {"split_k": self.split_k})
         if self.B > most:
             raise ValueError(
                 f"{self.B} trials exceed the {most} one GPU batch of this problem can launch "
