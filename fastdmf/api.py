@@ -21,6 +21,9 @@ from ._progress import fit_progress
 from .drive import drive
 from .engine import Engine, make_engine, resolve_backend
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
+from ._defaults import is_real_data
+from ._defaults import resolve as resolve_defaults
+from .offsets import Offsets, check_validation, fit_offsets, validation_split
 from .optim import get_optimizer
 from .problem import CompletionProblem, SensingProblem, check_index, completion
 from .trajectory import Trajectory, record_schedule, time_schedule
@@ -43,11 +46,18 @@ class FitResult:
     status : str
         ``"converged"`` (train loss <= tol), ``"max_steps"``, ``"max_time"`` (the flow
         reached ``max_time``), ``"diverged"`` (factors and
-        trajectory are those of the last good record) or ``"stopped"`` (by the callback).
+        trajectory are those of the last good record), ``"stopped"`` (by the callback), and
+        with validation entries ``"early_stopped"`` (factors, steps and trajectory are those
+        of the record with the lowest validation error, a later one than the first) or
+        ``"no_improvement"`` (no record improved on the initial state, which is returned).
     settings : dict
         Everything needed to rerun the fit: arguments, seed, library versions.
     n_steps : int
         Optimiser steps taken (for a diverged fit: up to the last good record).
+    offsets : Offsets or None
+        The offsets ``mu + b_i + c_j`` fitted before the factorization (``fit(offsets=...)``;
+        see :mod:`fastdmf.offsets`); :meth:`matrix` and :meth:`predict` include them. The
+        factors and the trajectory's losses are those of the residuals.
     """
 
     factors: list
@@ -55,6 +65,7 @@ class FitResult:
     status: str
     settings: dict = field(repr=False)
     n_steps: int = 0
+    offsets: Offsets | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,17 +77,20 @@ class FitResult:
         return float(self.trajectory.train_loss[-1])
 
     def matrix(self) -> np.ndarray:
-        """The dense end-to-end matrix W = W_N ... W_1 (m x n)."""
-        return end_to_end(self.factors)
+        """The dense fitted matrix W = W_N ... W_1 (m x n), plus the offsets if any."""
+        w = end_to_end(self.factors)
+        return w if self.offsets is None else w + self.offsets.matrix()
 
     def predict(self, rows, cols) -> np.ndarray:
-        """Entries ``W[rows[k], cols[k]]``, computed from the factors without forming W."""
+        """Entries ``W[rows[k], cols[k]]`` (plus their offsets, if any), computed from the
+        factors without forming W."""
         m, n = self.shape
         rows = check_index(rows, "rows", m)
         cols = check_index(cols, "cols", n)
         if rows.shape != cols.shape:
             raise ValueError(f"rows and cols differ in length: {rows.size} and {cols.size}")
-        return predict_entries(self.factors, rows, cols, config.PREDICT_BLOCK)
+        pred = predict_entries(self.factors, rows, cols, config.PREDICT_BLOCK)
+        return pred if self.offsets is None else pred + self.offsets.at(rows, cols)
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.shape))
@@ -105,21 +119,25 @@ def as_problem(observed, shape=None) -> CompletionProblem | SensingProblem:
 
 def fit(
     observed,
-    depth: int = 3,
+    depth: int | None = None,
     *,
     shape=None,
     widths=None,
     init="gaussian",
     init_scale: float = 1e-3,
     optimizer: str = "grouprmsprop",
-    lr: float = 1e-3,
+    lr: float | None = None,
     optimizer_options: dict | None = None,
     max_steps: int = 1_000_000,
     max_time: float | None = None,
     tol: float = 1e-6,
-    record=1000,
+    record="auto",
     top_k: int | None = None,
     test=None,
+    validation="auto",
+    patience="auto",
+    validation_seed: int = 0,
+    offsets="auto",
     seed=None,
     dtype: str = "float64",
     n_threads: int | None = None,
@@ -140,8 +158,16 @@ def fit(
     sensing loss ``(1/p) sum_k (<A_k, W_N ... W_1> - y_k)^2`` instead, with every optimiser
     (see ``fastdmf.kernels.sensing``; a step then forms the m x n product).
 
-    The defaults are the paper's setup: full-dimensional widths, gaussian init of scale 1e-3,
-    GroupRMSprop with lr 1e-3, stop at train loss 1e-6 or 10^6 steps, a record every 1000.
+    The defaults depend on the observations (see :mod:`fastdmf._defaults` and
+    docs/realdata.md). A problem with a known ground truth (the paper's synthetic problems,
+    and sensing problems) gets the paper's setup: depth 3, full-dimensional widths, gaussian
+    init of scale 1e-3, GroupRMSprop with lr 1e-3, stop at train loss 1e-6 or 10^6 steps, a
+    record every 1000, no offsets, no validation. Observed entries without a ground truth (a
+    table with NaN, a sparse matrix, ratings) get a fit that generalises: offsets
+    (``"biases"``) fitted first, 10% of the entries held out as validation entries, a record
+    every 25 steps and early stopping after 20 records without improvement (the state of
+    the best validation record is returned), depth 2, hidden width min(m, n, 32), lr 1e-2.
+    Any argument given explicitly is used as given.
 
     Parameters
     ----------
@@ -149,12 +175,13 @@ def fit(
         or SensingProblem
         The observed entries (see :func:`fastdmf.completion`); triplets need ``shape``. Or
         linear measurements (see :func:`fastdmf.sensing`).
-    depth : int
-        Number of factors N >= 1.
+    depth : int, optional
+        Number of factors N >= 1; default 3 (2 for observations without a ground truth).
     shape : (int, int), optional
         Matrix shape for ``(rows, cols, values)`` input.
     widths : int or list of int, optional
-        Hidden widths d_1..d_{N-1}; default min(m, n) each.
+        Hidden widths d_1..d_{N-1}; default min(m, n) each (min(m, n, 32) for observations
+        without a ground truth).
     init : str or list of arrays
         ``"gaussian"``, ``"identity"``, ``"orthogonal"``, ``"balanced"`` (see
         :mod:`fastdmf.factors`), or the initial factors ``[W_1, ..., W_N]``.
@@ -162,8 +189,9 @@ def fit(
         Scale of the initial end-to-end matrix (``||W(0)||_F ~ init_scale sqrt(m)``).
     optimizer : str
         ``"gd"``, ``"grouprmsprop"``, ``"adam"`` or ``"flow"`` (see :mod:`fastdmf.optim`).
-    lr : float
-        Learning rate (for ``"flow"``: the first trial step of the integrator).
+    lr : float, optional
+        Learning rate (for ``"flow"``: the first trial step of the integrator); default 1e-3
+        (1e-2 for observations without a ground truth).
     optimizer_options : dict, optional
         E.g. ``{"alpha": 0.99, "eps": 1e-4}`` for grouprmsprop.
     max_steps : int
@@ -172,8 +200,9 @@ def fit(
         ``"flow"`` only (and required there): the flow time to integrate to.
     tol : float
         Stop once the train loss is <= tol (0 disables).
-    record : int, list of int, "log", ("log", count) or None
-        When to record (see :func:`fastdmf.trajectory.record_schedule`); for ``"flow"``,
+    record : int, list of int, "log", ("log", count), None or "auto"
+        When to record (see :func:`fastdmf.trajectory.record_schedule`); ``"auto"``: every
+        1000 steps (every 25 for observations without a ground truth); for ``"flow"``,
         flow times: a float interval, a list of times, "log", ("log", count) or None (see
         :func:`fastdmf.trajectory.time_schedule`).
     top_k : int, optional
@@ -182,7 +211,30 @@ def fit(
         Held-out entries of the same shape (for a sensing problem: held-out measurements, a
         SensingProblem, e.g. from :meth:`SensingProblem.split`); the trajectory's test error
         is their MSE when the problem has no ground truth (with a ground truth, the
-        reconstruction error is used).
+        reconstruction error is used). They are never trained on, and do not steer the fit.
+    validation : float, any input form of ``observed``, None or "auto"
+        Entries that steer early stopping: a fraction in (0, 1) of the observed entries held
+        out at random (drawn with ``validation_seed``; never a row's or column's last entry),
+        or the validation entries themselves (held out of ``observed`` by the caller; every
+        row and column they touch must keep a training entry). Their MSE is recorded as the
+        trajectory's ``val_error``; the fit returns the state of the record where it is
+        lowest (status ``"early_stopped"`` or ``"no_improvement"`` when that is not the last
+        record), and stops once ``patience`` records in a row have not improved it. There is
+        no refit on all entries: the returned factors are trained on the training part.
+        ``"auto"``: 0.1 for observations without a ground truth, else None. Completion only.
+    patience : int or "auto"
+        Records without a relative improvement of the validation error of
+        ``config.MIN_IMPROVEMENT`` (1e-4) before the fit stops; ``"auto"``: 20.
+    validation_seed : int
+        Seed of the validation split of ``validation=<fraction>`` (0 by default, so that
+        fits with different ``seed`` share one split).
+    offsets : {"biases", "mean"}, None or "auto"
+        Offsets fitted on the training entries before the factorization, which then trains
+        on the residuals (see :mod:`fastdmf.offsets`): ``"mean"`` the global mean,
+        ``"biases"`` the mean plus ridge row and column biases (the ridge strength chosen
+        on the validation entries when there are some). ``result.predict`` and
+        ``result.matrix`` add them back. ``"auto"``: ``"biases"`` for observations without a
+        ground truth, else None. Completion only.
     seed : int or None
         Seed of the initialisation; None draws one, which is kept in ``settings``.
     dtype : {"float64", "float32"}
@@ -229,7 +281,8 @@ def fit(
     >>> fastdmf.fit(sensed, depth=2, optimizer="adam", lr=1e-2, max_steps=500, seed=0).shape
     (10, 10)
     """
-    args = {k: v for k, v in locals().items() if k not in ("observed", "callback", "test")}
+    args = {k: v for k, v in locals().items()
+            if k not in ("observed", "callback", "test", "validation")}
     problem = as_problem(observed, shape)
     if test is not None:  # a problem keeps its own shape (checked below); triplets take ours
         test = as_problem(test, None if isinstance(test, (CompletionProblem, SensingProblem))
@@ -241,10 +294,22 @@ def fit(
         )
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test= has shape {test.shape}, the fitted problem {problem.shape}")
+    auto = resolve_defaults({"depth": depth, "lr": lr, "record": record, "widths": widths,
+                             "init": init, "validation": validation, "offsets": offsets,
+                             "patience": patience}, is_real_data(problem), problem.shape)
+    depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
+    problem, val, patience, fitted = _generalization(
+        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
+        isinstance(validation, str) and validation == "auto")
     init, dtype, spec, hyper, layout, schedule, end = _plan(
         problem.shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options,
         max_steps, max_time, tol, record, top_k, dtype, parallel)
-    args["dtype"] = dtype
+    if fitted is not None:
+        test = None if test is None else fitted.remove(test)
+        val = None if val is None else fitted.remove(val)
+    args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=dtype,
+                validation=_validation_arg(auto["validation"]), patience=patience,
+                offsets=auto["offsets"])
     seed = _resolve_seed(seed)
     args["seed"] = seed
     factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
@@ -255,17 +320,22 @@ def fit(
         traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
         kind = "cuda" if where == "cuda" else ("parallel" if engine.kernels.parallel else "serial")
         settings = _settings(args, seed, problem, kind)
+        if fitted is not None:
+            settings["offsets"] = fitted.describe()
+        if val is not None:
+            settings["validation_entries"] = val.n_observed
         saver = None
         if checkpoint is not None:
             from .checkpoint import Checkpointer
 
             saver = Checkpointer(checkpoint, checkpoint_every, {
                 "settings": settings, "problem": problem, "test": test, "schedule": schedule,
-                "end": end, "budget": max_steps, "tol": tol, "top_k": top_k})
+                "end": end, "budget": max_steps, "tol": tol, "top_k": top_k, "val": val,
+                "patience": patience, "offsets": fitted})
         bar = fit_progress(end, "time" if engine.is_flow else "step", progress)
         try:
             status = drive(engine, problem, test, traj, schedule, end, max_steps, tol,
-                            top_k, callback, bar, saver=saver)
+                            top_k, callback, bar, saver=saver, val=val, patience=patience)
         finally:
             if bar is not None:
                 bar.close()
@@ -273,7 +343,57 @@ def fit(
             saver.finish(status)
     n_steps = engine.n_steps
     factors = [np.array(w) for w in engine.factors()]
-    return FitResult(factors, traj, status, settings, n_steps)
+    return FitResult(factors, traj, status, settings, n_steps, fitted)
+
+
+def _validation_arg(validation):
+    """How ``settings`` keeps ``validation=``: a fraction or None as it is, entries as a
+    marker (the entries themselves are the caller's)."""
+    if validation is None or isinstance(validation, (int, float, np.integer, np.floating)):
+        return _plain(validation)
+    return "<entries>"
+
+
+def _generalization(problem, validation, patience, validation_seed, offsets, val_auto=False):
+    """``(training problem, validation entries or None, patience, Offsets or None)`` from
+    fit's ``validation``, ``patience`` and ``offsets`` (defaults already resolved); the
+    offsets are fitted on the training entries but not yet removed from anything. A default
+    (``val_auto``) fraction that finds no entry to hold out (every entry is the last of its
+    row or column: tiny inputs) means no validation."""
+    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) \
+            or patience < 1:
+        raise ValueError(f"patience must be a positive number of records, got {patience!r}")
+    if isinstance(problem, SensingProblem) and (validation is not None or offsets is not None):
+        raise TypeError("validation= and offsets= apply to observed entries (completion); "
+                        "pass validation=None, offsets=None for a sensing problem")
+    val = None
+    if isinstance(validation, (int, float, np.integer, np.floating)) \
+            and not isinstance(validation, bool):
+        try:
+            problem, val = validation_split(problem, validation, validation_seed)
+        except ValueError:
+            if not val_auto:
+                raise
+    elif validation is not None:
+        if isinstance(validation, (bool, str)):
+            raise TypeError("validation= takes a fraction in (0, 1), validation entries, "
+                            f"None or 'auto', not {validation!r}")
+        val = as_problem(validation, None if isinstance(validation, CompletionProblem)
+                         else problem.shape)
+        if isinstance(val, SensingProblem):
+            raise TypeError("validation= of a completion problem takes entries, not "
+                            "measurements")
+        check_validation(problem, val)
+    if offsets is None:
+        return problem, val, int(patience), None
+    if not is_real_data(problem):
+        raise ValueError(
+            "offsets= applies to observations without a ground truth: the reconstruction "
+            "error of a synthetic problem is measured on the factorization alone. Pass "
+            "offsets=None, or remove the offsets yourself (fastdmf.offsets.fit_offsets)")
+    fitted = fit_offsets(problem, offsets, validation=val)
+    return fitted.remove(problem), val, int(patience), fitted
+
 
 
 def _settings(args, seed, problem, kernels) -> dict:

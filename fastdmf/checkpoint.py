@@ -32,6 +32,7 @@ import zipfile
 import numpy as np
 
 from .factors import FactorLayout
+from .offsets import Offsets
 from .optim import get_optimizer
 from .problem import CompletionProblem, SensingProblem
 from .trajectory import MATRICES, SCALARS, Grid, Trajectory
@@ -186,6 +187,16 @@ class Checkpointer:
         if self.plan["test"] is not None:
             test_arrays, _, _ = problem_to_arrays(self.plan["test"], "test")
             arrays.update(test_arrays)
+        if self.plan.get("val") is not None:  # early stopping: the entries and the best record
+            val_arrays, _, _ = problem_to_arrays(self.plan["val"], "val")
+            arrays.update(val_arrays)
+            best = watch.best
+            state["patience"] = int(self.plan["patience"])
+            state["best"] = {k: best[k] for k in ("val", "ref", "index", "since")}
+            arrays["best_params"], arrays["best_scalars"] = best["snap"]
+        if self.plan.get("offsets") is not None:
+            state["offsets_kind"] = self.plan["offsets"].kind
+            arrays.update(self.plan["offsets"].to_arrays())
         arrays["__state__"] = np.array(json.dumps(state, default=_json_default))
         atomic_savez(self.path, arrays)
         self.last_step, self.last_time = engine.n_steps, _time.monotonic()
@@ -220,9 +231,11 @@ def _trajectory_from(data, state) -> Trajectory:
     traj = Trajectory(state["traj_depth"], state["top_k"], state["traj_meta"])
     n = len(data["traj_step"])
     for i in range(n):
-        row = {name: data[f"traj_{name}"][i] for name in SCALARS + MATRICES}
+        row = {name: data[f"traj_{name}"][i] for name in SCALARS + MATRICES
+               if f"traj_{name}" in data.files}
         for name in SCALARS:
-            row[name] = row[name].item()
+            if name in row:
+                row[name] = row[name].item()
         traj.append(row)
     return traj
 
@@ -378,9 +391,14 @@ def resume(path, **overrides):
     data = _Arrays(raw)
     settings = state["settings"]
     problem = problem_from_arrays(data, "problem", state["problem_kind"], state["problem_meta"])
-    test = None
+    test = val = offsets = best = None
     if "test_shape" in data.files:
         test = problem_from_arrays(data, "test", state["problem_kind"])
+    if "val_shape" in data.files:
+        val = problem_from_arrays(data, "val", state["problem_kind"])
+        best = dict(state["best"], snap=(raw["best_params"].copy(), raw["best_scalars"].copy()))
+    if "offsets_kind" in state:
+        offsets = Offsets.from_arrays(state["offsets_kind"], data)
     dims = state["dims"]
     layout = FactorLayout.build((dims[-1], dims[0]), len(dims) - 1, dims[1:-1])
     spec = get_optimizer(state["optimizer"])
@@ -400,14 +418,15 @@ def resume(path, **overrides):
             watch = Watch.resumed(engine, problem, test, traj, state["top_k"], state["loss"],
                                    state["cap"], (raw["good_params"].copy(),
                                                   raw["good_scalars"].copy()),
-                                   state["good_step"])
+                                   state["good_step"], val, state.get("patience"), best)
             every = overrides.get("checkpoint_every",
                                   settings["arguments"].get("checkpoint_every"))
             target = overrides.get("checkpoint", path)
             schedule = _schedule_from(state, raw)
             plan = {"settings": settings, "problem": problem, "test": test,
                     "schedule": schedule, "end": state["end"],
-                    "budget": state["budget"], "tol": state["tol"], "top_k": state["top_k"]}
+                    "budget": state["budget"], "tol": state["tol"], "top_k": state["top_k"],
+                    "val": val, "patience": state.get("patience"), "offsets": offsets}
             saver = None if target is None else Checkpointer(target, every, plan)
             if saver is not None:
                 saver.attach(engine, watch, traj)
@@ -424,4 +443,4 @@ def resume(path, **overrides):
             if saver is not None:
                 saver.finish(status)
     factors = [np.array(w) for w in engine.factors()]
-    return FitResult(factors, traj, status, settings, engine.n_steps)
+    return FitResult(factors, traj, status, settings, engine.n_steps, offsets)

@@ -23,6 +23,9 @@ _DEFAULTS = {
     "DIVERGENCE_FACTOR": 1e8,
     # synthetic_completion keeps a dense ground truth up to this many entries (m n).
     "DENSE_TRUTH_MAX": 10_000_000,
+    # Early stopping: a validation record counts as an improvement when it lowers the best
+    # validation error so far by at least this fraction.
+    "MIN_IMPROVEMENT": 1e-4,
     # Entries evaluated at once by FitResult.predict and held-out errors (bounds memory).
     "PREDICT_BLOCK": 65_536,
 }
@@ -32,6 +35,7 @@ DENSE_BLOCKS: int = _DEFAULTS["DENSE_BLOCKS"]
 MAX_CHUNK_STEPS: int = _DEFAULTS["MAX_CHUNK_STEPS"]
 DIVERGENCE_FACTOR: float = _DEFAULTS["DIVERGENCE_FACTOR"]
 PREDICT_BLOCK: int = _DEFAULTS["PREDICT_BLOCK"]
+MIN_IMPROVEMENT: float = _DEFAULTS["MIN_IMPROVEMENT"]
 DENSE_TRUTH_MAX: int = _DEFAULTS["DENSE_TRUTH_MAX"]
 
 

@@ -27,22 +27,29 @@ class Watch:
     """One fit's bookkeeping between compiled chunks: its records, the divergence cap, and
     the last good state a diverged fit returns to. Shared by ``fit`` and ``fit_batch``."""
 
-    def __init__(self, engine, problem, test, traj, top_k):
+    def __init__(self, engine, problem, test, traj, top_k, val=None, patience=None):
         self.engine, self.problem, self.test, self.traj, self.top_k = (
             engine, problem, test, traj, top_k)
+        self.val, self.patience = val, patience
         self.loss = self.record()
         if not np.isfinite(self.loss):
             raise ValueError("the initial loss is not finite; check the initial factors")
         self.cap = config.DIVERGENCE_FACTOR * max(self.loss, np.finfo(np.float64).tiny)
         self.good, self.good_step = engine.snapshot(), 0
+        if val is not None:
+            first = float(traj.last()["val_error"])
+            self.best = {"val": first, "ref": first, "index": 0, "since": 0,
+                         "snap": self.good}
 
     @classmethod
-    def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step):
+    def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step, val=None,
+                patience=None, best=None):
         """A watch continuing from a checkpoint (its records are already in ``traj``)."""
         watch = cls.__new__(cls)
         watch.engine, watch.problem, watch.test, watch.traj, watch.top_k = (
             engine, problem, test, traj, top_k)
         watch.loss, watch.cap, watch.good, watch.good_step = loss, cap, good, good_step
+        watch.val, watch.patience, watch.best = val, patience, best
         return watch
 
     def record(self) -> float:
@@ -51,7 +58,8 @@ class Watch:
         loss = eng.evaluate()
         if np.isfinite(loss):
             self.traj.append(measure(eng.factors(), eng.grads(), loss, eng.n_steps, eng.time,
-                                     eng.n_evals, self.problem, self.test, self.top_k))
+                                     eng.n_evals, self.problem, self.test, self.top_k,
+                                     self.val))
         return loss
 
     def settle(self, code: int, at_record: bool, tol: float):
@@ -74,19 +82,59 @@ class Watch:
         if at_record:
             self.loss = loss
             self.good, self.good_step = self.engine.snapshot(), self.engine.n_steps
+            if self.val is not None and self._no_longer_improving():
+                return "early_stopped"
         return None
+
+    def _no_longer_improving(self) -> bool:
+        """Track the best validation record (its state is the fit's result, see
+        :meth:`finish`); true once ``patience`` records in a row have not lowered the
+        validation error by a relative ``config.MIN_IMPROVEMENT`` below the last record that
+        did."""
+        best, val = self.best, float(self.traj.last()["val_error"])
+        if val < best["val"]:
+            best.update(val=val, index=len(self.traj) - 1, snap=self.good)
+        if val < best["ref"] * (1.0 - config.MIN_IMPROVEMENT):
+            best.update(ref=val, since=0)
+        else:
+            best["since"] += 1
+        return best["since"] >= self.patience
+
+    def finish(self, status: str) -> str:
+        """The fit's status once it has ended with ``status``; with validation entries the
+        state and records go back to the best validation record: ``"early_stopped"`` when
+        that is a later record than the first but not the last, ``"no_improvement"`` when
+        no record improved on the initial state. A diverged or stopped fit keeps its state."""
+        if self.val is None or status in ("diverged", "stopped"):
+            return status
+        best = self.best
+        if best["index"] == len(self.traj) - 1:
+            return status
+        self.engine.restore(best["snap"])
+        self.traj.truncate(best["index"] + 1)
+        self.loss = float(self.traj.last()["train_loss"])
+        return "no_improvement" if best["index"] == 0 else "early_stopped"
 
 
 def drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
-           progress, saver=None, watch=None):
+           progress, saver=None, watch=None, val=None, patience=None):
     """Alternate compiled chunks and records; returns the status.
 
     Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
     position, ``budget`` the most steps (gradient evaluations for the flow). ``saver`` (a
     :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks; ``watch``
-    is given when resuming from one."""
+    is given when resuming from one. ``val`` (validation entries) and ``patience`` turn on
+    early stopping (see :meth:`Watch.finish`)."""
+    fresh = watch is None
     if watch is None:
-        watch = Watch(engine, problem, test, traj, top_k)
+        watch = Watch(engine, problem, test, traj, top_k, val, patience)
+    return watch.finish(_loop(engine, traj, schedule, end, budget, tol, callback, progress,
+                              saver, watch, fresh))
+
+
+def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, watch, fresh):
+    """drive's chunks and records; returns the status before :meth:`Watch.finish`."""
+    if fresh:
         if saver is not None:
             saver.started(engine, watch, traj)
         if watch.loss <= tol:

@@ -9,6 +9,7 @@ A record is taken at the steps of the schedule (always step 0 and the final step
 ``train_loss``      (1/|Omega|) sum_k (W[i_k, j_k] - y_k)^2; sensing: (1/p) sum_k (<A_k, W> - y_k)^2
 ``test_error``      ||W - W*||_F^2 / ||W*||_F^2 with a known ground truth W*, else the MSE on
                     held-out entries (sensing: held-out measurements <A_k, W>), else NaN
+``val_error``       MSE on the validation entries (``fit(validation=...)``), else NaN
 ``singular_values`` top-k singular values of W (records x k)
 ``nuclear_norm``    sum sigma
 ``effective_rank``  exp(entropy of sigma / sum sigma) (Roy & Vetterli 2007)
@@ -46,6 +47,7 @@ SCALARS = (
     "n_evals",
     "train_loss",
     "test_error",
+    "val_error",
     "nuclear_norm",
     "effective_rank",
     "schatten",
@@ -225,7 +227,9 @@ class Trajectory:
         rows, self._rows = self._rows, []
         old = self._arrays
         for name in SCALARS + MATRICES:
-            new = np.array([r[name] for r in rows])
+            # a row without a scalar field (a record written before it existed) holds NaN
+            new = np.array([r.get(name, np.nan) if name in SCALARS else r[name]
+                            for r in rows])
             # an earlier block counts by its rows, whatever their width: depth 1 records
             # balancedness as rows of width 0
             if name in old and len(old[name]):
@@ -311,15 +315,22 @@ def record_test_error(factors, problem, test=None) -> float:
         return float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
     if test is not None and hasattr(test, "measure"):  # held-out sensing measurements
         return float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
-    if test is not None:
-        pred = predict_entries(factors, test.rows, test.cols, config.PREDICT_BLOCK)
-        return float(np.mean((pred - test.values) ** 2))
-    return np.nan
+    return held_out_mse(factors, test)
 
 
-def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k):
+def held_out_mse(factors, entries) -> float:
+    """MSE of the float64 ``factors`` on the entries of a completion problem, or NaN for
+    None."""
+    if entries is None:
+        return np.nan
+    pred = predict_entries(factors, entries.rows, entries.cols, config.PREDICT_BLOCK)
+    return float(np.mean((pred - entries.values) ** 2))
+
+
+def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k, val=None):
     """One record's values at the current state (called between compiled chunks), computed
-    in float64 from the factors whatever the fit's dtype."""
+    in float64 from the factors whatever the fit's dtype; ``val`` holds the validation
+    entries, if any."""
     factors = [np.asarray(w, dtype=np.float64) for w in factors]
     depth = len(factors)
     sv = singular_values(factors)
@@ -331,6 +342,7 @@ def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top
         "n_evals": int(n_evals),
         "train_loss": float(loss),
         "test_error": test_error,
+        "val_error": held_out_mse(factors, val),
         "nuclear_norm": total,
         "effective_rank": effective_rank(sv),
         "schatten": float(np.sum(sv ** (2.0 / depth))),

@@ -37,6 +37,7 @@ def record_row(obs, w, sv, iteration, n_evals) -> dict:
         "n_evals": int(n_evals),
         "train_loss": loss,
         "test_error": test_error,
+        "val_error": np.nan,
         "nuclear_norm": float(full.sum()),
         "effective_rank": effective_rank(full),
         "schatten": float(np.sum(full**2)),
