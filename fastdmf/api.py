@@ -137,6 +137,7 @@ def fit(
     validation="auto",
     patience="auto",
     validation_seed: int = 0,
+    refit: bool = False,
     offsets="auto",
     seed=None,
     dtype: str = "float64",
@@ -219,9 +220,16 @@ def fit(
         row and column they touch must keep a training entry). Their MSE is recorded as the
         trajectory's ``val_error``; the fit returns the state of the record where it is
         lowest (status ``"early_stopped"`` or ``"no_improvement"`` when that is not the last
-        record), and stops once ``patience`` records in a row have not improved it. There is
-        no refit on all entries: the returned factors are trained on the training part.
+        record), and stops once ``patience`` records in a row have not improved it (see
+        ``refit``).
         ``"auto"``: 0.1 for observations without a ground truth, else None. Completion only.
+    refit : bool
+        With validation entries: once the fit has chosen its record, train again on all the
+        observed entries (validation entries included) from the same initialisation, for
+        the chosen number of steps (or flow time) times |Omega| / |Omega_train|, with the
+        offsets refitted at the chosen ridge strength. The result is that second fit (its
+        status is the first's; ``settings["refit"]`` says what was chosen). False (default):
+        the chosen record's state, trained on the training part.
     patience : int or "auto"
         Records without a relative improvement of the validation error of
         ``config.MIN_IMPROVEMENT`` (1e-4) before the fit stops; ``"auto"``: 20.
@@ -283,6 +291,8 @@ def fit(
     """
     args = {k: v for k, v in locals().items()
             if k not in ("observed", "callback", "test", "validation")}
+    again = {k: v for k, v in args.items() if k not in ("validation_seed", "patience", "refit",
+                                                       "checkpoint", "checkpoint_every")}
     problem = as_problem(observed, shape)
     if test is not None:  # a problem keeps its own shape (checked below); triplets take ours
         test = as_problem(test, None if isinstance(test, (CompletionProblem, SensingProblem))
@@ -298,6 +308,7 @@ def fit(
                              "init": init, "validation": validation, "offsets": offsets,
                              "patience": patience}, is_real_data(problem), problem.shape)
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
+    observed_problem, test_given = problem, test
     problem, val, patience, fitted = _generalization(
         problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
         isinstance(validation, str) and validation == "auto")
@@ -309,7 +320,8 @@ def fit(
         val = None if val is None else fitted.remove(val)
     args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=dtype,
                 validation=_validation_arg(auto["validation"]), patience=patience,
-                offsets=auto["offsets"])
+                offsets=(auto["offsets"].kind if isinstance(auto["offsets"], Offsets)
+                         else auto["offsets"]))
     seed = _resolve_seed(seed)
     args["seed"] = seed
     factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
@@ -343,7 +355,30 @@ def fit(
             saver.finish(status)
     n_steps = engine.n_steps
     factors = [np.array(w) for w in engine.factors()]
+    if refit and val is not None:
+        return _refit(observed_problem, problem, test_given, fitted, again, seed, engine,
+                      status, callback)
     return FitResult(factors, traj, status, settings, n_steps, fitted)
+
+
+def _refit(observed, train, test, fitted, args, seed, engine, status, callback) -> FitResult:
+    """fit(refit=True)'s second fit: all observed entries, the chosen length scaled by
+    |Omega| / |Omega_train|, the offsets refitted at the chosen ridge strength."""
+    ratio = observed.n_observed / train.n_observed
+    args = {**args, "seed": seed, "validation": None, "test": test, "callback": callback,
+            "offsets": None if fitted is None else fit_offsets(observed, fitted.kind,
+                                                               lam=fitted.lam)}
+    if engine.is_flow:
+        chosen = engine.time
+        args["max_time"] = chosen * ratio
+    else:
+        chosen = engine.n_steps
+        args["max_steps"] = int(round(chosen * ratio))
+    res = fit(observed, **args)
+    res.settings["refit"] = {"chosen_status": status, "chosen_step": engine.n_steps,
+                             "chosen_time": engine.time, "ratio": ratio}
+    res.status = status
+    return res
 
 
 def _validation_arg(validation):
@@ -386,6 +421,11 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
         check_validation(problem, val)
     if offsets is None:
         return problem, val, int(patience), None
+    if isinstance(offsets, Offsets):  # given as they are (fit(refit=True) passes its own)
+        if (offsets.row.shape, offsets.col.shape) != ((problem.shape[0],), (problem.shape[1],)):
+            raise ValueError(f"offsets= of shape {(offsets.row.size, offsets.col.size)} for "
+                             f"a problem of shape {problem.shape}")
+        return offsets.remove(problem), val, int(patience), offsets
     if not is_real_data(problem):
         raise ValueError(
             "offsets= applies to observations without a ground truth: the reconstruction "

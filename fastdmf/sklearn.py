@@ -50,7 +50,8 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     The defaults are :func:`fastdmf.fit`'s for observations without a ground truth: depth
     2, hidden width min(n_samples, n_features, 32), GroupRMSprop lr 1e-2, offsets
-    (``"biases"``), 10% of the observed entries held out for early stopping.
+    (``"biases"``), 10% of the observed entries held out for early stopping, then a refit on
+    all of them to the chosen point.
 
     Parameters
     ----------
@@ -74,6 +75,10 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     optimizer_options : dict, optional
     validation, patience, offsets : see :func:`fastdmf.fit`
         ``validation=None`` trains on every observed entry to ``tol`` or ``max_steps``.
+    refit : bool
+        Once validation has chosen where to stop, train again on every observed entry to
+        the same point (see :func:`fastdmf.fit`; True by default: a table's held-out 10% is
+        worth having back).
     standardize : bool
         Fit on each column minus its observed mean, over its observed standard deviation
         (True); False: on the table over the RMS of its observed entries.
@@ -121,8 +126,8 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def __init__(self, depth=None, *, init_scale=1e-3, lr=None, optimizer="grouprmsprop",
                  max_steps=100_000, tol=1e-6, widths=None, init="gaussian",
-                 optimizer_options=None, validation="auto", patience="auto", offsets="auto",
-                 standardize=True, random_state=None, dtype="float64"):
+                 optimizer_options=None, validation="auto", patience="auto", refit=True,
+                 offsets="auto", standardize=True, random_state=None, dtype="float64"):
         self.depth = depth
         self.init_scale = init_scale
         self.lr = lr
@@ -134,6 +139,7 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.optimizer_options = optimizer_options
         self.validation = validation
         self.patience = patience
+        self.refit = refit
         self.offsets = offsets
         self.standardize = standardize
         self.random_state = random_state
@@ -166,7 +172,7 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                   init_scale=self.init_scale, optimizer=self.optimizer, lr=self.lr,
                   optimizer_options=self.optimizer_options, max_steps=self.max_steps,
                   tol=self.tol, validation=self.validation, validation_seed=split_seed,
-                  patience=self.patience, offsets=self.offsets, seed=seed, dtype=self.dtype,
+                  patience=self.patience, refit=self.refit, offsets=self.offsets, seed=seed, dtype=self.dtype,
                   progress=False)
         self.result_ = res
         self.factors_ = res.factors

@@ -25,9 +25,12 @@ GOOD = fastdmf.synthetic_completion(shape=(6, 5), rank=1, n_observed=12, seed=0)
 NAN, INF = float("nan"), float("inf")
 
 not_numbers = st.one_of(st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=2))
+# None is a valid depth and lr (the default that depends on the observations)
+not_numbers_nor_none = st.one_of(st.text(max_size=4), st.lists(st.integers(), max_size=2))
 BAD_ARGS = {
-    "depth": st.one_of(st.integers(max_value=0), st.floats(), not_numbers),
-    "lr": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF), not_numbers),
+    "depth": st.one_of(st.integers(max_value=0), st.floats(), not_numbers_nor_none),
+    "lr": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF),
+                    not_numbers_nor_none),
     "init_scale": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF),
                             not_numbers),
     "max_steps": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),

@@ -193,7 +193,7 @@ def reproduce_razin_cohen(out="fastdmf-razin-cohen", full: bool = False,
     t0 = time.perf_counter()
     res = fit(problem, 3, init=init, optimizer="gd", lr=cfg["lr"], tol=cfg["tol"],
               max_steps=cfg["max_steps"], record=("log", cfg["records"]), callback=keep,
-              seed=cfg["seed"])
+              seed=cfg["seed"], validation=None, offsets=None)  # the paper's plain fit
     mats[res.n_steps] = res.matrix()
     traj = res.trajectory
     rows = []

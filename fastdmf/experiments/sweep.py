@@ -423,6 +423,8 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
     than in every task."""
     import inspect
 
+    from .._defaults import is_real_data
+    from .._defaults import resolve as resolve_defaults
     from ..api import _plan, fit
     from ..engine import resolve_backend
     from ..factors import FactorLayout, initialize
@@ -435,6 +437,8 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
         kw = {**defaults, **_fit_settings(fit_kwargs, point)}
         shape = (tuple(_resolved_spec(spec, point)["shape"]) if isinstance(spec, dict)
                  else spec.shape)
+        # the defaults that depend on the observations (a spec dict is a synthetic problem)
+        kw = resolve_defaults(kw, not isinstance(spec, dict) and is_real_data(spec), shape)
         try:
             init, _, opt, _, layout, _, _ = _plan(
                 shape, kw["depth"], kw["widths"], kw["init"], kw["init_scale"],
