@@ -261,10 +261,11 @@ def fit(
         Records are also logged at DEBUG level on the ``fastdmf`` logger.
     checkpoint : str or os.PathLike, optional
         Write checkpoints to this file (atomically: temp file, fsync, rename) so that
-        :func:`fastdmf.resume` can continue the fit, bit for bit, after a crash, a kill or
-        Ctrl-C (the last checkpoint survives; see :mod:`fastdmf.checkpoint`). One is written
-        after the initial record, then at chunk boundaries (record points, and every
-        ``config.MAX_CHUNK_STEPS`` steps), and a final one holding the status.
+        :func:`fastdmf.resume` can continue the fit, bit for bit on the same machine, after a
+        crash, a kill or Ctrl-C (the last checkpoint survives; see
+        :mod:`fastdmf.checkpoint`). One is written after the initial record, then at chunk
+        boundaries (record points, and every ``config.MAX_CHUNK_STEPS`` steps), and a final
+        one holding the status.
     checkpoint_every : int or float, optional
         An int: at least this many steps between checkpoints; a float: at least this many
         seconds (default 60.0).

@@ -4,7 +4,8 @@ Trials differ by seed, init scale and learning rate (same problem, depth, widths
 optimiser). Their buffers are stacked with a leading trial axis and one compiled call
 (:func:`fastdmf.kernels.batch.run_batch`) advances every running trial to the next record
 point, one trial per task; Python records each trial between calls. Every trial runs the
-serial kernels, so its result is the serial ``fit`` of the same settings, bit for bit.
+serial kernels, so its result is the serial ``fit`` of the same settings on the same
+machine, bit for bit.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ needed to continue: the settings, the engine's full state (parameters, optimiser
 counter, running average, time, integrator state), the trajectory so far, the last good
 record a diverging fit returns to, and the problem's arrays (with a SHA-256 of them, checked
 on load). :func:`resume` rebuilds the fit from it and runs the remaining chunks; the result
-(factors, trajectory, status, steps) is bit for bit that of the uninterrupted fit.
+(factors, trajectory, status, steps) is bit for bit that of the uninterrupted fit on the same
+machine (another CPU or BLAS kernel rounds differently: docs/kernels.md, "Same bits").
 
 Why this is exact: a discrete optimiser's compiled call evaluates the loss and gradient afresh
 at every step, so where a run is cut into compiled calls does not change its arithmetic; the

@@ -107,16 +107,27 @@ def test_resume_after_sigkill_is_bit_identical(square, tmp_path):
 
 
 def test_diverged_fit_resumes_to_the_same_last_good_state(square, tmp_path):
-    kw = dict(depth=2, optimizer="gd", lr=10.0, init_scale=1.0, max_steps=400, record=10,
-              seed=0)
-    with pytest.warns(RuntimeWarning, match="diverged"):
+    """A divergence that is certain on any CPU: at depth 1, gradient descent maps every
+    observed residual r to r (1 - 2 lr / |Omega|) = -1.5 r, so the loss is L_0 2.25^k and
+    crosses the cap (1e8 L_0) between steps 22 and 23, a factor 2.25 away from any rounding.
+    (A chaotic divergence, such as depth 2 at a large step, blows up at a step that moves
+    with the last bits of every product, so it moves from one CPU to the next.)"""
+    grow = 1.5
+    lr = (1 + grow) * square.n_observed / 2
+    kw = dict(depth=1, optimizer="gd", lr=lr, init_scale=1.0, max_steps=400, record=5, seed=0)
+    with pytest.warns(RuntimeWarning, match="diverged near step 23"):
         ref = fastdmf.fit(square, **kw)
-    assert ref.status == "diverged"
+    assert ref.status == "diverged" and ref.n_steps == 20  # the last good record
+    traj = ref.trajectory
+    np.testing.assert_array_equal(traj.step, np.arange(0, 21, 5))
+    np.testing.assert_allclose(traj.train_loss, traj.train_loss[0] * grow ** (2 * traj.step),
+                               rtol=1e-9)
     path = tmp_path / "d.ckpt"
     with pytest.raises(KeyboardInterrupt):
         fastdmf.fit(square, **kw, checkpoint=path, checkpoint_every=1,
-                    callback=_interrupt_at(200))
-    with pytest.warns(RuntimeWarning, match="diverged"):
+                    callback=_interrupt_at(15))
+    assert read_checkpoint(path)[0]["n_steps"] == 10  # written before the callback at 15
+    with pytest.warns(RuntimeWarning, match="diverged near step 23"):
         res = fastdmf.resume(path)
     assert_same_fit(ref, res)
 
