@@ -1,7 +1,7 @@
 """Check fastdmf's CUDA kernels against the CPU reference and time them: one script for any
 machine with an NVIDIA GPU.
 
-    python benchmarks/gpu_check.py [--out results.md] [--quick]
+    python benchmarks/gpu_check.py [--out results.md] [--quick] [--sections batch,large]
 
 1. Correctness: loss and gradients of the CUDA kernels against the NumPy reference (depths 1-4,
    uneven widths, float64 and float32); a short GroupRMSprop fit on the GPU against the same fit
@@ -473,12 +473,14 @@ def large(quick):
         db = kc.DeviceBatch(p, layout.dims, *state)
         st = np.zeros(1, np.int64)
         db.run(2, 0.0, [np.inf], [True], st)
-        kc.cuda.synchronize()
-        steps = 20
-        t = time.perf_counter()
-        db.run(steps, 0.0, [np.inf], [True], st, poll=10**9)
-        kc.cuda.synchronize()
-        say(f"| {dtype} | {(time.perf_counter() - t) / steps:.4f} | {steps} |")
+        steps, best = 50, np.inf
+        for _ in range(2):  # the better of two timed runs
+            kc.cuda.synchronize()
+            t = time.perf_counter()
+            db.run(steps, 0.0, [np.inf], [True], st, poll=10**9)
+            kc.cuda.synchronize()
+            best = min(best, (time.perf_counter() - t) / steps)
+        say(f"| {dtype} | {best:.4f} | 2 x {steps}, the better |")
     say(f"\n(|Omega| = {k:,}; a dense m x n float64 product would need {m * m * 8 / 1e9:.0f} GB.)")
     say("")
 
@@ -489,15 +491,18 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer steps, a smaller large case")
     ap.add_argument("--commit", default=None,
                     help="the fastdmf commit run, for the stamp, where the copy has no git")
+    ap.add_argument("--sections", default="correctness,batch,large,profile,ceilings",
+                    help="comma-separated sections to run, in this order")
     args = ap.parse_args(argv)
     kc.require()
     # small grids are expected for the small checks; the timed runs are large
     warnings.filterwarnings("ignore", message=".*Grid size")
     stamp(args.commit)
     ok = True
-    sections = (check_correctness, lambda: paper_batch(args.quick), lambda: large(args.quick),
-                profile, ceilings)
-    for section in sections:
+    sections = {"correctness": check_correctness, "batch": lambda: paper_batch(args.quick),
+                "large": lambda: large(args.quick), "profile": profile, "ceilings": ceilings}
+    for name in args.sections.split(","):
+        section = sections[name]
         try:
             res = section()
             ok &= res is not False
