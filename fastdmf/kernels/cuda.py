@@ -17,6 +17,9 @@ shape only, never on B or on the GPU, and are summed in a fixed order. A trial t
 the same bits whatever batch it runs in, and the same bits on every run; the bits differ from
 the CPU kernels' (another summation order), within rounding.
 
+Small, densely observed problems take the dense step of :mod:`fastdmf.kernels.cuda_dense`
+instead (cuBLAS products of the whole m x n matrix, a fused update): see :class:`DeviceBatch`.
+
 Kernels are compiled per (dtype, tile, threads per block) by :func:`kernels`; the CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1``) runs them on tiny shapes with small tiles in the tests.
 """
