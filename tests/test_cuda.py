@@ -6,13 +6,15 @@ reduction blocks), so every multi-block path runs on tiny problems. With a GPU,
 ``NUMBA_ENABLE_CUDASIM=0 pytest tests/test_cuda.py`` runs them on the device.
 """
 
+import ctypes
+
 import numpy as np
 import pytest
 
 import fastdmf
 from fastdmf import reference
 from fastdmf.factors import FactorLayout, initialize
-from fastdmf.kernels import cpu
+from fastdmf.kernels import cpu, cuda_dense
 from fastdmf.kernels import cuda as kc
 from fastdmf.optim import get_optimizer
 
@@ -42,10 +44,13 @@ def batch(problem, layout, n, dtype="float64", scale=1.0, optimizer="gd", lr=1e-
     [(1, None, "float64"), (2, [5], "float64"), (3, [6, 5], "float64"),
      (4, [5, 6, 4], "float64"), (3, [6, 5], "float32")],
 )
-def test_loss_and_gradients_match_reference(small, depth, widths, dtype):
+@pytest.mark.parametrize("dense", [False, True])
+def test_loss_and_gradients_match_reference(small, depth, widths, dtype, dense):
+    """Both steps (sparse passes; dense product and gradient on the Numba tiles)."""
     layout = FactorLayout.build(small.shape, depth, widths)
     factors, state = batch(small, layout, 2, dtype)
-    db = kc.DeviceBatch(small, layout.dims, *state)
+    db = kc.DeviceBatch(small, layout.dims, *state, {"dense": dense})
+    assert db.path == ("dense (numba tiles)" if dense and depth > 1 else "sparse")
     assert db.ksplit > 1 and db.nres > 1  # the split-K and multi-block reductions run
     loss, grads = db.evaluate()
     tol = 1e-12 if dtype == "float64" else 2e-5
@@ -59,12 +64,14 @@ def test_loss_and_gradients_match_reference(small, depth, widths, dtype):
 
 @pytest.mark.parametrize("depth, optimizer, lr", [(2, "gd", 0.05), (2, "grouprmsprop", 1e-2),
                                                   (2, "adam", 1e-2), (3, "grouprmsprop", 1e-2)])
-def test_step_loop_matches_cpu_run(small, depth, optimizer, lr):
+@pytest.mark.parametrize("dense", [False, True])
+def test_step_loop_matches_cpu_run(small, depth, optimizer, lr, dense):
+    """Both steps' updates (three kernels; the dense step's fused one) against the CPU."""
     layout = FactorLayout.build(small.shape, depth, [6] * (depth - 1))
     steps = 4 if depth == 2 else 2
     _, state = batch(small, layout, 2, optimizer=optimizer, lr=lr)
     cpu_state = [a.copy() for a in state]
-    db = kc.DeviceBatch(small, layout.dims, *state)
+    db = kc.DeviceBatch(small, layout.dims, *state, {"dense": dense})
     status = np.zeros(2, np.int64)
     db.run(steps, 0.0, [np.inf, np.inf], [True, True], status)
     assert status.tolist() == [kc.RUNNING, kc.RUNNING]
@@ -166,3 +173,90 @@ def test_a_batch_beyond_the_grid_limit_runs_in_consecutive_batches(small, monkey
         for wa, wb in zip(a.factors, b.factors, strict=True):
             np.testing.assert_array_equal(wa, wb)
         np.testing.assert_array_equal(a.trajectory.train_loss, b.trajectory.train_loss)
+
+
+class _FakeCublas:
+    """cublas<t>gemmStridedBatched in NumPy, column-major as cuBLAS: it runs the dense step's
+    operand swap and strides (``cuda_dense._Cublas``) on the simulator's host memory."""
+
+    CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def _mat(self, ptr, rows, cols, ld):
+        """The column-major rows x cols matrix at ``ptr`` with leading dimension ``ld``."""
+        item = self.dtype.itemsize
+        raw = np.ctypeslib.as_array((ctypes.c_char * (((cols - 1) * ld + rows) * item))
+                                    .from_address(ptr))
+        flat = raw.view(self.dtype)
+        return np.lib.stride_tricks.as_strided(flat, (rows, cols), (item, ld * item))
+
+    def gemm(self, handle, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc,
+             batch):
+        item = self.dtype.itemsize
+        a_ = self._mat(alpha, 1, 1, 1)[0, 0]
+        b_ = self._mat(beta, 1, 1, 1)[0, 0]
+        for i in range(batch):
+            opa = self._mat(A + i * sa * item, *((k, m) if ta else (m, k)), lda)
+            opb = self._mat(B + i * sb * item, *((n, k) if tb else (k, n)), ldb)
+            c = self._mat(C + i * sc * item, m, n, ldc)
+            prod = a_ * ((opa.T if ta else opa) @ (opb.T if tb else opb))
+            c[...] = prod if b_ == 0 else prod + b_ * c  # beta = 0: C is not read
+
+    dgemmStridedBatched = sgemmStridedBatched = gemm
+
+
+class _HostPointers(cuda_dense._Cublas):
+    """Device pointers of the simulator's arrays: their host memory."""
+
+    def _ptr(self, arr, off):
+        return arr._ary.__array_interface__["data"][0] + int(off) * self.item
+
+
+@pytest.mark.parametrize("depth, widths, dtype", [(2, [5], "float64"), (3, [6, 5], "float64"),
+                                                  (4, [5, 6, 4], "float64"),
+                                                  (3, [6, 5], "float32"),
+                                                  (4, [5, 6, 4], "float32")])
+def test_dense_step_with_cublas_call_matches_reference(small, monkeypatch, depth, widths, dtype):
+    """The dense step through the cuBLAS call (row-major operands given to a column-major
+    GEMM, strided over the trials) against the NumPy reference, and 3 GroupRMSprop steps of
+    it against the CPU engine."""
+    monkeypatch.setattr(cuda_dense, "cublas_products",
+                        lambda dt: _HostPointers(_FakeCublas(dt), 0, np.dtype(dt)))
+    layout = FactorLayout.build(small.shape, depth, widths)
+    factors, state = batch(small, layout, 2, dtype, optimizer="grouprmsprop", lr=1e-2)
+    cpu_state = [a.copy() for a in state]
+    db = kc.DeviceBatch(small, layout.dims, *state)
+    assert db.path == "dense (cublas)"
+    loss, grads = db.evaluate()
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    for b, fs in enumerate(factors):
+        f = [w.astype(dtype).astype(np.float64) for w in fs]
+        ref_loss, ref_grads = reference.loss_and_grad(f, small.rows, small.cols, small.values)
+        assert loss[b] == pytest.approx(ref_loss, rel=tol)
+        for got, want in zip(layout.unpack(grads[b]), ref_grads, strict=True):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    status = np.zeros(2, np.int64)
+    db.run(3, 0.0, [np.inf, np.inf], [True, True], status)
+    thetas, codes, hyper, ostate, scalars = cpu_state
+    for b in range(2):
+        eng = fastdmf.engine.Engine(small, layout, thetas[b], "grouprmsprop", hyper[b],
+                                    parallel=False)
+        eng.run(3, 0.0, np.inf)
+        np.testing.assert_allclose(state[0][b], eng.theta, rtol=10 * tol, atol=tol)
+        np.testing.assert_allclose(state[4][b], eng.scalars, rtol=10 * tol)
+
+
+def test_dense_step_is_chosen_by_shape(small):
+    """Dense when m n <= DENSE_RATIO |Omega| (and depth >= 2), sparse otherwise; ``dense`` in
+    ``launch`` overrides the choice."""
+    assert cuda_dense.choose_dense(100, 100, 2000, 3, None, True)
+    assert not cuda_dense.choose_dense(100, 100, 2000, 3, None, False) or kc.simulated()
+    assert not cuda_dense.choose_dense(10**5, 10**5, 5 * 10**6, 3, None, True)
+    assert not cuda_dense.choose_dense(100, 100, 2000, 1, True, True)
+    assert cuda_dense.choose_dense(10**5, 10**5, 10, 3, True, True)
+    layout = FactorLayout.build(small.shape, 3, [6, 5])
+    _, state = batch(small, layout, 1)
+    assert kc.DeviceBatch(small, layout.dims, *state).path == "dense (numba tiles)"
+    assert kc.DeviceBatch(small, layout.dims, *state, {"dense": False}).path == "sparse"

@@ -17,6 +17,9 @@ shape only, never on B or on the GPU, and are summed in a fixed order. A trial t
 the same bits whatever batch it runs in, and the same bits on every run; the bits differ from
 the CPU kernels' (another summation order), within rounding.
 
+Small, densely observed problems take the dense step of :mod:`fastdmf.kernels.cuda_dense`
+instead (cuBLAS products of the whole m x n matrix, a fused update): see :class:`DeviceBatch`.
+
 Kernels are compiled per (dtype, tile, threads per block) by :func:`kernels`; the CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1``) runs them on tiny shapes with small tiles in the tests.
 """
@@ -55,7 +58,8 @@ SQNORM_PER_BLOCK = 16384
 SPLIT_K = 2048
 # Under the simulator (every thread a Python thread): tiny blocks and partitions, so that
 # small test problems run every multi-block path in bounded time.
-SIMULATOR_LAUNCH = {"tile": 2, "threads": 8, "split_k": 4, "resid_block": 8, "sq_block": 64}
+SIMULATOR_LAUNCH = {"tile": 2, "threads": 8, "split_k": 4, "resid_block": 8, "sq_block": 64,
+                    "update_threads": 8}
 # CUDA's limit on a grid's y and z sizes: the trial axis runs along y (z in the products,
 # times the number of splits), so it bounds the trials of one DeviceBatch.
 GRID_YZ = 65535
@@ -425,20 +429,29 @@ class DeviceBatch:
         and ``scalars`` (B, 3) as in :class:`fastdmf.engine.Engine`.
     launch : dict, optional
         Launch and partition shapes: ``tile``, ``threads``, ``resid_block``, ``sq_block``
-        (see :func:`kernels`) and ``split_k`` (inner length per split of the products that sum
-        over the m rows); defaults are the module constants, or ``SIMULATOR_LAUNCH`` under
-        the CUDA simulator, so that every multi-block path runs on tiny problems.
+        (see :func:`kernels`), ``split_k`` (inner length per split of the products that sum
+        over the m rows), ``dense`` (True or False: take the dense step of
+        :mod:`fastdmf.kernels.cuda_dense` or the sparse one; None, the default, chooses by the
+        problem's shape, see :func:`~fastdmf.kernels.cuda_dense.choose_dense`) and
+        ``update_threads`` (the dense step's fused update); defaults are the module
+        constants, or ``SIMULATOR_LAUNCH`` under the CUDA simulator, so that every
+        multi-block path runs on tiny problems.
 
     The device holds the parameters, optimiser state and workspace between calls; :meth:`run`
     returns with the parameters and optimiser state copied back into the host arrays given at
-    construction (which it updates in place).
+    construction (which it updates in place). ``path`` names the step taken: ``"sparse"``,
+    ``"dense (cublas)"`` or ``"dense (numba tiles)"``.
     """
 
     def __init__(self, problem, dims, thetas, codes, hyper, ostate, scalars, launch=None):
         require()
         dtype = thetas.dtype
+        from . import cuda_dense
+
         launch = _launch(launch)
         self.split_k = int(launch.pop("split_k", SPLIT_K))
+        dense = launch.pop("dense", None)
+        update_threads = int(launch.pop("update_threads", cuda_dense.UPDATE_THREADS))
         self.k = kernels(np.dtype(dtype).name, **launch)
         self.host = (thetas, ostate, scalars)
         self.dims = [int(d) for d in dims]
@@ -470,6 +483,10 @@ class DeviceBatch:
             self.lay["H", j] = pos
             pos += m * self.dims[j - 1]
         self.ksplit = max(1, -(-m // self.split_k))
+        products = cuda_dense.cublas_products(dtype) if self.depth > 1 else None
+        dense = cuda_dense.choose_dense(m, n, self.nobs, self.depth, dense, products is not None)
+        if dense and products is None and self.B * self.ksplit > GRID_YZ:
+            dense = False  # the Numba tiles' split products would exceed the grid
         most = max_trials(m, self.depth, {"split_k": self.split_k})
         if self.B > most:
             raise ValueError(
@@ -478,8 +495,10 @@ class DeviceBatch:
                 f"batches of at most {most} (fit_batch does so itself)"
             )
         self.part_off = pos
-        if self.ksplit > 1 and self.depth > 2:
-            pos += self.ksplit * max(self.dims[j] * self.dims[j - 1] for j in range(2, self.depth))
+        if self.ksplit > 1 and (self.depth > 2 or dense):
+            # split-K partials of the products over the m rows (dW_1^T too in the dense step)
+            sizes = [self.dims[j] * self.dims[j - 1] for j in range(2, self.depth)]
+            pos += self.ksplit * max(sizes + ([n * self.dims[1]] if dense else []))
         self.work = cuda.device_array((self.B, max(pos, 1)), dtype)
         self.g = cuda.device_array((self.B, max(self.nobs, 1)), dtype)
         self.nres = -(-self.nobs // self.k.resid_block)
@@ -493,6 +512,8 @@ class DeviceBatch:
         self.scale = 2.0 / self.nobs
         self._tol = 0.0  # set by run / evaluate for the loss check
         self.timings = None
+        self.dense = cuda_dense.DensePath(self, products, update_threads) if dense else None
+        self.path = f"dense ({self.dense.name})" if dense else "sparse"
 
     # ------------------------------------------------------------------ one evaluation
     def _factor(self, j):
@@ -539,6 +560,9 @@ class DeviceBatch:
 
     def _evaluate(self):
         """Loss (into self.loss, with the stopping checks) and gradients of running trials."""
+        if self.dense is not None:
+            self.dense.evaluate()
+            return
         k, N, d, B, TPB = self.k, self.depth, self.dims, self.B, self.k.threads
         m, n = self.m, self.n
         if N == 1:
@@ -608,6 +632,9 @@ class DeviceBatch:
         )
 
     def _update(self):
+        if self.dense is not None:
+            self.dense.update()
+            return
         k, B, TPB = self.k, self.B, self.k.threads
         self._go(
             "sqnorm", k.sqnorm[(self.nsq, B), TPB], self.grad, self.P, self.sqpart, self.status
