@@ -26,21 +26,32 @@ def low_rank(m=30, n=20, rank=2, missing=0.3, seed=0):
     return X, X_missing, v
 
 
+def standardise(Xm):
+    """Column means and standard deviations of the observed entries (the oracle of
+    DMFImputer's standardisation)."""
+    return np.nanmean(Xm, axis=0), np.nanstd(Xm, axis=0)
+
+
+# every observed entry, no offsets, the paper's learning rate
+PLAIN = dict(validation=None, offsets=None, lr=1e-3)
+
+
 def test_fills_with_the_fitted_factorization():
     X, Xm, _ = low_rank()
-    imp = DMFImputer(depth=3, max_steps=20_000, random_state=0)
+    imp = DMFImputer(depth=3, max_steps=20_000, random_state=0, **PLAIN)
     filled = imp.fit_transform(Xm)
     obs = ~np.isnan(Xm)
     np.testing.assert_array_equal(filled[obs], Xm[obs])  # observed entries kept
-    # the oracle: fastdmf.fit on the observed entries, scaled to unit RMS
+    mean, std = standardise(Xm)
+    np.testing.assert_allclose(imp.mean_, mean, rtol=1e-13)
+    np.testing.assert_allclose(imp.scale_, std, rtol=1e-13)
+    # the oracle: fastdmf.fit on the standardised observed entries
     rows, cols = np.nonzero(obs)
-    scale = np.sqrt(np.mean(Xm[obs] ** 2))
-    assert imp.scale_ == scale
-    ref = fastdmf.fit((rows, cols, Xm[obs] / scale), shape=Xm.shape, depth=3, lr=1e-3,
-                      init_scale=1e-3, max_steps=20_000, record=None, seed=imp.result_.settings
-                      ["seed"])
-    np.testing.assert_allclose(filled[~obs], scale * ref.matrix()[~obs], rtol=1e-12,
-                               atol=1e-12)
+    z = (Xm[obs] - mean[cols]) / std[cols]
+    ref = fastdmf.fit((rows, cols, z), shape=Xm.shape, depth=3, max_steps=20_000,
+                      seed=imp.result_.settings["seed"], progress=False, **PLAIN)
+    want = ref.matrix() * std + mean
+    np.testing.assert_allclose(filled[~obs], want[~obs], rtol=1e-10, atol=1e-10)
     assert imp.status_ == ref.status == "converged" and imp.n_steps_ == ref.n_steps
     err = np.linalg.norm(filled - X) / np.linalg.norm(X)
     assert err < 1e-2  # depth 3 recovers the rank-2 matrix from 70% of its entries
@@ -51,22 +62,60 @@ def test_fills_with_the_fitted_factorization():
 
 def test_new_rows_are_projected_on_the_learned_columns():
     X, Xm, v = low_rank()
-    imp = DMFImputer(depth=3, max_steps=20_000, random_state=1).fit(Xm)
+    imp = DMFImputer(depth=3, max_steps=20_000, random_state=1, **PLAIN).fit(Xm)
     rng = np.random.default_rng(9)
     new = rng.standard_normal((4, 2)) @ v * 5.0  # new samples from the same row space
+    centred = (new - imp.mean_) / imp.scale_
+    # the fitted W's row space holds the rank-2 standardised truth and the centring
+    # direction only approximately; project the oracle the same way: least squares on C
+    comp = imp.components_ / imp.scale_
     new_missing = new.copy()
     new_missing[:, ::3] = np.nan
     out = imp.transform(new_missing)
-    # the rank-2 truth lies in the learned row space: the projection recovers it
-    np.testing.assert_allclose(out, new, rtol=0, atol=1e-2 * np.abs(new).max())
-    assert np.all(imp.transform(np.full((1, 20), np.nan)) == 0.0)
+    keep = ~np.isnan(new_missing[0])
+    for r in range(4):
+        u, *_ = np.linalg.lstsq(comp[:, keep].T, centred[r, keep], rcond=1e-3)
+        np.testing.assert_allclose(out[r, ~keep], (u @ comp * imp.scale_ + imp.mean_)[~keep],
+                                   rtol=1e-9, atol=1e-9)
+    # a row with nothing observed: each column's mean (0 in standardised units)
+    np.testing.assert_allclose(imp.transform(np.full((1, 20), np.nan))[0], imp.mean_)
 
 
-def test_depth_one_leaves_unseen_entries_at_zero():
+def test_new_rows_with_offsets_are_projected_with_their_own_row_offset():
+    X, Xm, _ = low_rank(m=40, n=12)
+    Xm = Xm + np.arange(12.0) + np.linspace(0.0, 3.0, 40)[:, None]  # column and row effects
+    imp = DMFImputer(random_state=0).fit(Xm)
+    off = imp.offsets_
+    assert off is not None and off.kind == "biases"
+    rng = np.random.default_rng(2)
+    sample = Xm[~np.isnan(Xm).any(axis=1)][0] + 0.3 * rng.standard_normal(12)  # unseen
+    sample[[1, 4, 8]] = np.nan
+    out = imp.transform(sample[None])[0]
+    obs = ~np.isnan(sample)
+    np.testing.assert_array_equal(out[obs], sample[obs])
+    # the oracle: the minimum-norm least-squares coefficients on [C; 1] (pseudo-inverse with
+    # the same cut-off) of the standardised sample minus the column offsets
+    comp = imp.components_ / imp.scale_
+    basis = np.vstack([comp, np.ones((1, 12))])
+    z = (sample - imp.mean_) / imp.scale_
+    base = off.mean + off.col
+    coef = np.linalg.pinv(basis[:, obs].T, rcond=1e-3) @ (z[obs] - base[obs])
+    want = (base + coef @ basis) * imp.scale_ + imp.mean_
+    np.testing.assert_allclose(out[~obs], want[~obs], rtol=1e-9, atol=1e-9)
+
+
+def test_depth_one_fills_new_rows_with_offsets():
     _, Xm, _ = low_rank(m=8, n=6)
     imp = DMFImputer(depth=1, max_steps=2000, random_state=0).fit(Xm)
     row = np.array([[1.0, np.nan, 2.0, np.nan, 3.0, 4.0]])
-    np.testing.assert_array_equal(imp.transform(row), [[1.0, 0.0, 2.0, 0.0, 3.0, 4.0]])
+    off = imp.offsets_
+    z = (row[0] - imp.mean_) / imp.scale_
+    obs = ~np.isnan(row[0])
+    base = off.mean + off.col
+    b = np.mean(z[obs] - base[obs])  # the new row's own offset, by least squares
+    want = row[0].copy()
+    want[~obs] = ((base + b) * imp.scale_ + imp.mean_)[~obs]
+    np.testing.assert_allclose(imp.transform(row)[0], want, rtol=1e-12)
 
 
 def test_errors_and_lazy_import():
@@ -117,23 +166,42 @@ def test_feature_names_out_and_pandas_output():
 
 
 @pytest.mark.parametrize("depth", [1, 3])
-def test_rows_with_nothing_observed_are_zero(depth):
+def test_rows_with_nothing_observed_get_the_column_offsets(depth):
     _, Xm, _ = low_rank()
     Xm[[5, 11]] = np.nan  # two samples with nothing observed
     imp = DMFImputer(depth=depth, max_steps=2000, random_state=0)
     filled = imp.fit_transform(Xm)
-    np.testing.assert_array_equal(filled[[5, 11]], 0.0)
-    # the other rows are still filled from their rows of the fitted W
+    off = imp.offsets_
+    col_fill = (off.mean + off.col) * imp.scale_ + imp.mean_
+    np.testing.assert_allclose(filled[[5, 11]], np.tile(col_fill, (2, 1)), rtol=1e-12)
+    # the other rows are still filled from their rows of the fitted model
     obs = ~np.isnan(Xm)
     keep = np.setdiff1d(np.arange(len(Xm)), [5, 11])
-    full = imp.scale_ * imp.result_.matrix()
+    full = imp.result_.matrix() * imp.scale_ + imp.mean_
     np.testing.assert_allclose(filled[keep][~obs[keep]], full[keep][~obs[keep]], rtol=1e-12,
                                atol=1e-12)
     np.testing.assert_array_equal(filled[obs], Xm[obs])
     np.testing.assert_array_equal(imp.transform(Xm), filled)
-    # an all-NaN row in a later transform is 0, not the leftovers of a training row
-    np.testing.assert_array_equal(imp.transform(np.full((2, 20), np.nan)), 0.0)
+    # an all-NaN row in a later transform gets the same, not the leftovers of a training row
+    np.testing.assert_allclose(imp.transform(np.full((2, 20), np.nan)),
+                               np.tile(col_fill, (2, 1)), rtol=1e-12)
     np.testing.assert_array_equal(imp.transform(Xm[[11, 0]]), filled[[11, 0]])
+
+
+def test_defaults_beat_column_means_on_noisy_data():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((120, 3)) @ rng.standard_normal((3, 15)) * 2.0 + 10.0
+    noisy = X + 0.5 * rng.standard_normal(X.shape)
+    Xm = noisy.copy()
+    Xm[rng.random(X.shape) < 0.3] = np.nan
+    imp = DMFImputer(random_state=0)
+    filled = imp.fit_transform(Xm)
+    gap = np.isnan(Xm)
+    err = np.sqrt(np.mean((filled[gap] - X[gap]) ** 2))
+    base = np.sqrt(np.mean((np.nanmean(Xm, axis=0)[np.nonzero(gap)[1]] - X[gap]) ** 2))
+    assert err < 0.4 * base
+    assert imp.result_.settings["refit"]["chosen_status"] == imp.status_
+    assert imp.status_ in ("early_stopped", "no_improvement")
 
 
 def test_without_scikit_learn_the_imputer_says_what_to_install():
