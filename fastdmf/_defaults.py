@@ -5,7 +5,7 @@ exactly: depth 3, full-dimensional widths, GroupRMSprop lr 1e-3, a record every 
 offsets, no validation. Observations without one (real tables and ratings) are noisy and
 offset, and get what makes such a fit generalise, in seconds (docs/realdata.md): offsets
 fitted first, 10% of the entries held out for early stopping on a record every 25 steps,
-depth 2 with hidden width at most 32 and lr 1e-2. Arguments given explicitly always win.
+depth 2 with hidden width at most 32 and lr 3e-2. Arguments given explicitly always win.
 """
 
 from __future__ import annotations

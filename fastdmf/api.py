@@ -167,7 +167,7 @@ def fit(
     table with NaN, a sparse matrix, ratings) get a fit that generalises: offsets
     (``"biases"``) fitted first, 10% of the entries held out as validation entries, a record
     every 25 steps and early stopping after 20 records without improvement (the state of
-    the best validation record is returned), depth 2, hidden width min(m, n, 32), lr 1e-2.
+    the best validation record is returned), depth 2, hidden width min(m, n, 32), lr 3e-2.
     Any argument given explicitly is used as given.
 
     Parameters
@@ -192,7 +192,7 @@ def fit(
         ``"gd"``, ``"grouprmsprop"``, ``"adam"`` or ``"flow"`` (see :mod:`fastdmf.optim`).
     lr : float, optional
         Learning rate (for ``"flow"``: the first trial step of the integrator); default 1e-3
-        (1e-2 for observations without a ground truth).
+        (3e-2 for observations without a ground truth).
     optimizer_options : dict, optional
         E.g. ``{"alpha": 0.99, "eps": 1e-4}`` for grouprmsprop.
     max_steps : int

@@ -14,7 +14,19 @@ import numba
 import numpy as np
 
 from . import config
-from .api import _DTYPES, FitResult, _plan, _resolve_seed, _settings, _threads, as_problem
+from ._defaults import is_real_data
+from ._defaults import resolve as resolve_defaults
+from .api import (
+    _DTYPES,
+    FitResult,
+    _generalization,
+    _plan,
+    _resolve_seed,
+    _settings,
+    _threads,
+    _validation_arg,
+    as_problem,
+)
 from .drive import Watch
 from .engine import Engine, resolve_backend
 from .factors import initialize
@@ -30,11 +42,11 @@ __all__ = ["fit_batch"]
 
 def fit_batch(
     observed,
-    depth: int = 3,
+    depth: int | None = None,
     *,
     seeds,
     init_scale=1e-3,
-    lr=1e-3,
+    lr=None,
     shape=None,
     widths=None,
     init: str = "gaussian",
@@ -42,15 +54,21 @@ def fit_batch(
     optimizer_options: dict | None = None,
     max_steps: int = 1_000_000,
     tol: float = 1e-6,
-    record=1000,
+    record="auto",
     top_k: int | None = None,
+    validation="auto",
+    patience="auto",
+    validation_seed: int = 0,
+    offsets="auto",
     dtype: str = "float64",
     n_threads: int | None = None,
     backend: str = "cpu",
 ) -> list[FitResult]:
     """Fit one trial per seed, all together; ``init_scale`` and ``lr`` are scalars or one
-    value per trial. Other arguments as in :func:`fastdmf.fit` (the flow optimisers, held-out
-    entries and callbacks are not batched). Returns one :class:`FitResult` per trial, in the
+    value per trial. Other arguments as in :func:`fastdmf.fit`, the defaults that depend on
+    the observations included (the flow optimisers, held-out test entries, callbacks and
+    ``refit`` are not batched). The trials share one validation split and one set of
+    offsets; each stops early on its own. Returns one :class:`FitResult` per trial, in the
     order of ``seeds``; each equals ``fit(observed, depth, seed=s, init_scale=..., lr=...,
     parallel=False, ...)`` exactly. ``backend="cuda"`` advances all trials on the GPU
     (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
@@ -64,7 +82,16 @@ def fit_batch(
     >>> [r.n_steps for r in results]
     [200, 200, 200]
     """
-    problem = as_problem(observed, shape)
+    problem = source = as_problem(observed, shape)
+    auto = resolve_defaults({"depth": depth, "lr": lr, "record": record, "widths": widths,
+                             "init": init, "validation": validation, "offsets": offsets,
+                             "patience": patience}, is_real_data(problem), problem.shape)
+    depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
+    problem, val, patience, fitted = _generalization(
+        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
+        isinstance(validation, str) and validation == "auto")
+    if fitted is not None and val is not None:
+        val = fitted.remove(val)
     seeds = [_resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
     n = len(seeds)
     if n == 0:
@@ -86,9 +113,11 @@ def fit_batch(
             kw = dict(depth=depth, shape=shape, widths=widths, init=init, optimizer=optimizer,
                       optimizer_options=optimizer_options, max_steps=max_steps, tol=tol,
                       record=record, top_k=top_k, dtype=dtype, n_threads=n_threads,
-                      backend=backend)
+                      backend=backend, validation=validation, patience=patience,
+                      validation_seed=validation_seed, offsets=offsets)
+            # each launch splits the observations and fits the offsets the same way
             return [res for lo in range(0, n, most)
-                    for res in fit_batch(problem, seeds=seeds[lo:lo + most],
+                    for res in fit_batch(source, seeds=seeds[lo:lo + most],
                                          init_scale=scales[lo:lo + most],
                                          lr=rates[lo:lo + most], **kw)]
     engines = []
@@ -107,19 +136,25 @@ def fit_batch(
                                         stacked["scalars"])
     with _threads(n_threads):
         trajs, statuses = _drive_batch(engines, stacked, problem, schedule, max_steps, tol,
-                                       top_k, depth)
+                                       top_k, depth, val, patience)
     common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
               "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
               "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
-              "backend": backend}
+              "backend": backend, "validation": _validation_arg(auto["validation"]),
+              "patience": patience, "validation_seed": validation_seed,
+              "offsets": fitted.kind if fitted is not None else None}
     results = []
     for eng, traj, status, seed, scale, rate in zip(engines, trajs, statuses, seeds, scales,
                                                     rates, strict=True):
         args = {**common, "seed": seed, "init_scale": scale, "lr": rate}
         settings = _settings(args, seed, problem,
                              "cuda (batched)" if where == "cuda" else "serial (batched)")
+        if fitted is not None:
+            settings["offsets"] = fitted.describe()
+        if val is not None:
+            settings["validation_entries"] = val.n_observed
         results.append(FitResult([np.array(w) for w in eng.factors()], traj, status,
-                                 settings, eng.n_steps))
+                                 settings, eng.n_steps, fitted))
     return results
 
 
@@ -145,15 +180,18 @@ def _stack(engines):
     return stacked
 
 
-def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
+def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth, val=None,
+                 patience=None):
     """The batched counterpart of ``drive.drive``: one :class:`~fastdmf.drive.Watch` per trial
     (records, statuses, divergence), all trials advanced by one compiled call per chunk."""
     n = len(engines)
     trajs = [Trajectory(depth, top_k, {"shape": list(problem.shape)}) for _ in range(n)]
-    watches = [Watch(e, problem, None, t, top_k) for e, t in zip(engines, trajs, strict=True)]
+    watches = [Watch(e, problem, None, t, top_k, val, patience)
+               for e, t in zip(engines, trajs, strict=True)]
     statuses: list = ["converged" if w.loss <= tol else None for w in watches]
     if max_steps == 0:
-        return trajs, [s or "max_steps" for s in statuses]
+        return trajs, [w.finish(s or "max_steps") for w, s in zip(watches, statuses,
+                                                                    strict=True)]
     caps = np.array([w.cap for w in watches])
     status = np.zeros(n, np.int64)
     eng0, step, nxt = engines[0], 0, 1
@@ -174,7 +212,7 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth):
             statuses[b] = watches[b].settle(code, at_record, tol)
             if statuses[b] is None and step >= max_steps:
                 statuses[b] = "max_steps"
-    return trajs, statuses
+    return trajs, [w.finish(s) for w, s in zip(watches, statuses, strict=True)]
 
 
 def _run_cpu(st, eng0, problem, chunk, tol, caps, active, status):

@@ -49,7 +49,7 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Fill missing entries (NaN) with a deep matrix factorization (Arora et al. 2019).
 
     The defaults are :func:`fastdmf.fit`'s for observations without a ground truth: depth
-    2, hidden width min(n_samples, n_features, 32), GroupRMSprop lr 1e-2, offsets
+    2, hidden width min(n_samples, n_features, 32), GroupRMSprop lr 3e-2, offsets
     (``"biases"``), 10% of the observed entries held out for early stopping, then a refit on
     all of them to the chosen point.
 
@@ -60,7 +60,7 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     init_scale : float
         Scale of the initial end-to-end matrix (small: stronger bias to low rank).
     lr : float, optional
-        Learning rate (default: fit's, 1e-2 for such data).
+        Learning rate (default: fit's, 3e-2 for such data).
     optimizer : str
         ``"grouprmsprop"`` (the paper's), ``"adam"`` or ``"gd"``.
     max_steps : int

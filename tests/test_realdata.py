@@ -283,7 +283,7 @@ def test_paper_problems_keep_the_paper_setup():
 def test_real_data_defaults_and_explicit_arguments_win(problem):
     res = fastdmf.fit(problem, seed=0, max_steps=5, progress=False)
     args = res.settings["arguments"]
-    assert (args["depth"], args["lr"], args["record"], args["widths"]) == (2, 1e-2, 25, 25)
+    assert (args["depth"], args["lr"], args["record"], args["widths"]) == (2, 3e-2, 25, 25)
     assert args["validation"] == 0.1 and args["offsets"] == "biases"
     assert res.settings["validation_entries"] == round(0.1 * problem.n_observed)
     res = fastdmf.fit(problem, 3, lr=1e-3, validation=None, offsets=None, seed=0,
@@ -303,3 +303,18 @@ def test_defaults_beat_column_means_on_a_noisy_table():
     base = np.sqrt(np.mean((col_means - clean[rows, cols]) ** 2))
     assert res.status in ("early_stopped", "no_improvement")
     assert err < 0.5 * base
+
+
+def test_fit_batch_trials_equal_their_serial_fits_with_validation(problem):
+    kw = dict(max_steps=3000, progress=False)
+    results = fastdmf.fit_batch(problem, seeds=[0, 1], init_scale=[1e-3, 1e-2],
+                                max_steps=3000)
+    for res, seed, scale in zip(results, [0, 1], [1e-3, 1e-2], strict=True):
+        one = fastdmf.fit(problem, seed=seed, init_scale=scale, parallel=False, **kw)
+        assert res.status == one.status and res.n_steps == one.n_steps
+        assert res.status in ("early_stopped", "no_improvement")
+        for a, b in zip(res.factors, one.factors, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(res.trajectory.val_error, one.trajectory.val_error)
+        np.testing.assert_array_equal(res.offsets.row, one.offsets.row)
+        assert res.settings["arguments"]["validation"] == 0.1
