@@ -174,12 +174,12 @@ def spectrum_matrix(rng, m, n, values):
 def test_subspace_svt_matches_full_svd():
     """The warm-started subspace step equals the full-SVD threshold when its block spans the
     top singular vectors, and converges to it from a perturbed block."""
-    from fastdmf.baselines.nuclear import _Thresholder
+    from fastdmf.baselines._svt import Thresholder
 
     rng = np.random.default_rng(0)
     a = spectrum_matrix(rng, 50, 40, np.r_[np.linspace(9.0, 3.0, 5), np.linspace(1.5, 0.1, 35)])
     ref, ref_s = reference_svt(a, 2.0)
-    thr = _Thresholder(a.shape, spare=6)
+    thr = Thresholder(a.shape, spare=6)
     z, s = thr.exact(a, 2.0)  # full SVD; keeps 5 + 6 right singular vectors
     assert thr.v.shape == (40, 11) and (thr.n_full, thr.n_fast) == (1, 0)
     np.testing.assert_allclose(z, ref, atol=1e-12)
@@ -195,21 +195,21 @@ def test_subspace_svt_matches_full_svd():
 
 
 def test_subspace_svt_falls_back_when_the_buffer_thins():
-    """Fewer than _MIN_SPARE Ritz values below tau: the block may miss a singular value above
+    """Fewer than MIN_SPARE Ritz values below tau: the block may miss a singular value above
     tau, so the step is a full SVD (and the thresholded rank grows past the old block)."""
-    from fastdmf.baselines.nuclear import _MIN_SPARE, _Thresholder
+    from fastdmf.baselines._svt import MIN_SPARE, Thresholder
 
     rng = np.random.default_rng(1)
     a = spectrum_matrix(rng, 60, 60, np.r_[np.arange(20.0, 8.0, -1.0), np.linspace(1.5, 0.1, 48)])
-    thr = _Thresholder(a.shape, spare=_MIN_SPARE)
-    thr.exact(a, 14.5)  # 6 values above 14.5: a block of 6 + _MIN_SPARE vectors
-    assert thr.v.shape[1] == 6 + _MIN_SPARE
+    thr = Thresholder(a.shape, spare=MIN_SPARE)
+    thr.exact(a, 14.5)  # 6 values above 14.5: a block of 6 + MIN_SPARE vectors
+    assert thr.v.shape[1] == 6 + MIN_SPARE
     z, s = thr(a, 5.0)  # 12 values above 5: more than the block holds
     assert (thr.n_full, thr.n_fast) == (2, 0)
     ref, ref_s = reference_svt(a, 5.0)
     np.testing.assert_allclose(z, ref, atol=1e-12)
     np.testing.assert_allclose(s, ref_s, rtol=1e-12)
-    assert len(s) == 12 and thr.v.shape[1] == 12 + _MIN_SPARE
+    assert len(s) == 12 and thr.v.shape[1] == 12 + MIN_SPARE
 
 
 @pytest.mark.parametrize("kind, shape, rank, n_observed, seed, recovers", [
