@@ -17,7 +17,7 @@ __all__ = ["AUTO", "PAPER", "REAL_DATA", "is_real_data", "resolve"]
 AUTO = "auto"
 PAPER = {"depth": 3, "lr": 1e-3, "record": 1000, "validation": None, "offsets": None,
          "patience": 20, "width_cap": None}
-REAL_DATA = {"depth": 2, "lr": 3e-2, "record": 25, "validation": 0.1, "offsets": "biases",
+REAL_DATA = {"depth": 2, "lr": 3e-2, "record": 25, "validation": 0.1, "offsets": "auto",
              "patience": 20, "width_cap": 32}
 
 

@@ -79,7 +79,7 @@ class FitResult:
     def matrix(self) -> np.ndarray:
         """The dense fitted matrix W = W_N ... W_1 (m x n), plus the offsets if any."""
         w = end_to_end(self.factors)
-        return w if self.offsets is None else w + self.offsets.matrix()
+        return w if self.offsets is None else self.offsets.predict_matrix(w)
 
     def predict(self, rows, cols) -> np.ndarray:
         """Entries ``W[rows[k], cols[k]]`` (plus their offsets, if any), computed from the
@@ -90,7 +90,7 @@ class FitResult:
         if rows.shape != cols.shape:
             raise ValueError(f"rows and cols differ in length: {rows.size} and {cols.size}")
         pred = predict_entries(self.factors, rows, cols, config.PREDICT_BLOCK)
-        return pred if self.offsets is None else pred + self.offsets.at(rows, cols)
+        return pred if self.offsets is None else self.offsets.predict(pred, rows, cols)
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.shape))
@@ -427,6 +427,9 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
             raise ValueError(f"offsets= of shape {(offsets.row.size, offsets.col.size)} for "
                              f"a problem of shape {problem.shape}")
         return offsets.remove(problem), val, int(patience), offsets
+    if offsets not in ("mean", "biases", "scaled", "auto"):
+        raise ValueError(f"offsets must be 'biases', 'scaled', 'mean', 'auto', an Offsets or "
+                         f"None, got {offsets!r}")
     if not is_real_data(problem):
         raise ValueError(
             "offsets= applies to observations without a ground truth: the reconstruction "

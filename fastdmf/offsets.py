@@ -32,7 +32,13 @@ from .problem import CompletionProblem
 __all__ = ["Offsets", "fit_offsets", "validation_split", "check_validation", "OFFSET_KINDS",
            "RIDGE_GRID"]
 
-OFFSET_KINDS = ("mean", "biases")
+OFFSET_KINDS = ("mean", "biases", "scaled")
+# prior weight (in degrees of freedom) of the typical column's log variance in a column's
+# scale (``"scaled"``): a column with few entries takes the typical scale, one with many its own
+SCALE_PRIOR = 2.0
+# kind="auto" scales the columns when their scales span more than this factor (columns in
+# different units, a table); below it (ratings, a survey on one scale) the plain biases
+SCALE_SPREAD = 10.0
 # ridge strengths tried when a validation split chooses lam (per observation count, as the
 # usual count-shrunk bias estimate b_i = sum(resid) / (lam + n_i))
 RIDGE_GRID = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -44,15 +50,21 @@ _MAX_CG = 1000  # most conjugate-gradient iterations (they converge in tens)
 class Offsets:
     """``mu + row[i] + col[j]``, the part of the model fitted before the factorization.
 
+    With ``kind="scaled"`` each column also has a scale s_j and the model is
+    ``s_j (mu + row[i] + col[j] + W[i, j])``: the factorization trains on
+    ``y / s_j - mu - row[i] - col[j]``.
+
     Attributes
     ----------
-    kind : {"mean", "biases"}
+    kind : {"mean", "biases", "scaled"}
     mean : float
         mu, the mean of the observed values the offsets were fitted on.
     row, col : ndarray, shapes (m,), (n,)
         Row and column biases (zeros for ``kind="mean"``).
     lam : float
         The ridge strength of the biases (NaN for ``kind="mean"``).
+    scale : ndarray, shape (n,), or None
+        Column scales s_j (``kind="scaled"``), else None (all 1).
     """
 
     kind: str
@@ -60,18 +72,35 @@ class Offsets:
     row: np.ndarray
     col: np.ndarray
     lam: float = np.nan
+    scale: np.ndarray | None = None
 
     def at(self, rows, cols) -> np.ndarray:
-        """The offsets of entries ``(rows[k], cols[k])``."""
-        return self.mean + self.row[rows] + self.col[cols]
+        """The offsets of entries ``(rows[k], cols[k])``, in the data's units."""
+        base = self.mean + self.row[rows] + self.col[cols]
+        return base if self.scale is None else base * self.scale[cols]
 
     def matrix(self) -> np.ndarray:
-        """The m x n matrix of offsets."""
-        return self.mean + self.row[:, None] + self.col[None, :]
+        """The m x n matrix of offsets, in the data's units."""
+        base = self.mean + self.row[:, None] + self.col[None, :]
+        return base if self.scale is None else base * self.scale[None, :]
+
+    def predict(self, fitted, rows, cols) -> np.ndarray:
+        """The model's entries from the factorization's entries ``fitted`` (of the
+        residuals): ``s_j (offset + fitted)``."""
+        out = self.mean + self.row[rows] + self.col[cols] + fitted
+        return out if self.scale is None else out * self.scale[cols]
+
+    def predict_matrix(self, fitted) -> np.ndarray:
+        """:meth:`predict` for the whole m x n matrix ``fitted``."""
+        out = self.mean + self.row[:, None] + self.col[None, :] + fitted
+        return out if self.scale is None else out * self.scale[None, :]
 
     def remove(self, problem: CompletionProblem) -> CompletionProblem:
-        """The problem with its observed values minus their offsets (same entries)."""
-        resid = problem.values - self.at(problem.rows, problem.cols)
+        """The problem the factorization trains on: the same entries, their values scaled
+        (``"scaled"``) and minus their offsets."""
+        rows, cols = problem.rows, problem.cols
+        values = problem.values if self.scale is None else problem.values / self.scale[cols]
+        resid = values - (self.mean + self.row[rows] + self.col[cols])
         return replace(problem, values=resid)
 
     def describe(self) -> dict:
@@ -79,14 +108,19 @@ class Offsets:
         return {"kind": self.kind, "mean": float(self.mean), "lam": float(self.lam)}
 
     def to_arrays(self, prefix: str = "offsets") -> dict:
-        return {f"{prefix}_row": self.row, f"{prefix}_col": self.col,
-                f"{prefix}_scalars": np.array([self.mean, self.lam])}
+        out = {f"{prefix}_row": self.row, f"{prefix}_col": self.col,
+               f"{prefix}_scalars": np.array([self.mean, self.lam])}
+        if self.scale is not None:
+            out[f"{prefix}_scale"] = self.scale
+        return out
 
     @classmethod
     def from_arrays(cls, kind: str, data, prefix: str = "offsets") -> Offsets:
         mean, lam = (float(v) for v in data[f"{prefix}_scalars"])
+        key = f"{prefix}_scale"
+        scale = np.array(data[key]) if key in data.files else None
         return cls(kind, mean, np.array(data[f"{prefix}_row"]), np.array(data[f"{prefix}_col"]),
-                   lam)
+                   lam, scale)
 
 
 def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
@@ -96,8 +130,14 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
     Parameters
     ----------
     problem : CompletionProblem
-    kind : {"mean", "biases"}
-        ``"mean"``: mu only; ``"biases"``: mu plus ridge row and column biases.
+    kind : {"mean", "biases", "scaled"}
+        ``"mean"``: mu only; ``"biases"``: mu plus ridge row and column biases;
+        ``"scaled"``: the biases of the values divided by column scales s_j (the standard
+        deviation of the column's entries, shrunk toward the typical column's in log scale:
+        :func:`column_scale`), so that columns in different units (a table) weigh alike and
+        a column with few entries (ratings) takes the typical scale; ``"auto"``:
+        ``"scaled"`` when the column scales span more than ``SCALE_SPREAD`` (10), else
+        ``"biases"``.
     lam : float, optional
         Ridge strength of the biases. None: the value of ``RIDGE_GRID`` with the smallest
         squared error on ``validation`` (fitted on ``problem``), or ``DEFAULT_RIDGE`` (10)
@@ -105,9 +145,20 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
     validation : CompletionProblem, optional
         Held-out entries of the same shape, used only to choose ``lam``.
     """
-    if kind not in OFFSET_KINDS:
-        raise ValueError(f"offsets must be one of {list(OFFSET_KINDS)} or None, got {kind!r}")
+    if kind not in OFFSET_KINDS + ("auto",):
+        raise ValueError(f"offsets must be one of {list(OFFSET_KINDS)}, 'auto' or None, got "
+                         f"{kind!r}")
     m, n = problem.shape
+    if kind == "auto":
+        scale = column_scale(problem)
+        kind = "scaled" if scale.max() > SCALE_SPREAD * scale.min() else "biases"
+    if kind == "scaled":
+        scale = column_scale(problem)
+        unit = Offsets("mean", 0.0, np.zeros(m), np.zeros(n), scale=scale)
+        z = unit.remove(problem)  # values / s_j
+        zval = None if validation is None else unit.remove(validation)
+        inner = fit_offsets(z, "biases", lam, zval)
+        return Offsets("scaled", inner.mean, inner.row, inner.col, inner.lam, scale)
     mean = float(np.mean(problem.values)) if problem.n_observed else 0.0
     if kind == "mean":
         return Offsets("mean", mean, np.zeros(m), np.zeros(n))
@@ -126,6 +177,29 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
         raise ValueError(f"the ridge strength of the biases must be a finite number >= 0, "
                          f"got {lam!r}")
     return _ridge_biases(problem, mean, float(lam))
+
+
+def column_scale(problem: CompletionProblem) -> np.ndarray:
+    """Column scales s_j: the standard deviation of column j's entries about their mean,
+    shrunk in log scale toward the typical column's, ``log s_j^2 = (d_j log v_j + k log v) /
+    (d_j + k)`` with d_j = n_j - 1 degrees of freedom, k = ``SCALE_PRIOR`` and log v the
+    d-weighted mean of the columns' log v_j. Log scale, because a table's columns are in
+    different units (a column of 80 entries keeps nearly its own scale whatever the others');
+    a column of one entry (ratings) takes the typical scale. 1 for constant data."""
+    n = problem.shape[1]
+    cols, values = problem.cols, problem.values
+    count = np.bincount(cols, minlength=n).astype(np.float64)
+    col_mean = np.divide(np.bincount(cols, values, n), count, out=np.zeros(n),
+                         where=count > 0)
+    ss = np.bincount(cols, (values - col_mean[cols]) ** 2, n)
+    dof = np.maximum(count - 1.0, 0.0)
+    var = np.divide(ss, dof, out=np.zeros(n), where=dof > 0)
+    weight = np.where(var > 0, dof, 0.0)
+    if not weight.any():
+        return np.ones(n)
+    log_var = np.log(np.where(var > 0, var, 1.0))
+    typical = float(np.sum(weight * log_var) / np.sum(weight))
+    return np.exp(0.5 * (weight * log_var + SCALE_PRIOR * typical) / (weight + SCALE_PRIOR))
 
 
 def _ridge_biases(problem, mean, lam) -> Offsets:

@@ -168,11 +168,17 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         split_seed = int(rng.randint(np.iinfo(np.int32).max))
         z = (values - self.mean_[cols]) / self.scale_[cols]
         problem = completion(rows, cols, z, shape=X.shape)
+        offsets = self.offsets
+        if isinstance(offsets, str) and offsets == "scaled":
+            raise ValueError("DMFImputer scales the columns itself (standardize=True): use "
+                             "offsets='biases', 'mean', None or 'auto'")
+        if isinstance(offsets, str) and offsets == "auto":
+            offsets = "biases"  # fit's real-data default scales the columns: done above
         res = fit(problem, self.depth, widths=self.widths, init=self.init,
                   init_scale=self.init_scale, optimizer=self.optimizer, lr=self.lr,
                   optimizer_options=self.optimizer_options, max_steps=self.max_steps,
                   tol=self.tol, validation=self.validation, validation_seed=split_seed,
-                  patience=self.patience, refit=self.refit, offsets=self.offsets, seed=seed, dtype=self.dtype,
+                  patience=self.patience, refit=self.refit, offsets=offsets, seed=seed, dtype=self.dtype,
                   progress=False)
         self.result_ = res
         self.factors_ = res.factors
