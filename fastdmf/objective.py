@@ -79,13 +79,14 @@ class Objective:
         self.layout = FactorLayout.build(self.problem.shape, depth, widths)
         self._engine = Engine(self.problem, self.layout, np.zeros(self.layout.size, self.dtype),
                               parallel=parallel)
+        self._size = self.layout.size  # FactorLayout.size recomputes the offsets: read once
         self.n_calls = 0
 
     # ------------------------------------------------------------------ shape of x
     @property
     def size(self) -> int:
         """Length of the flat parameter vector x."""
-        return self.layout.size
+        return self._size
 
     @property
     def shape(self) -> tuple[int, int]:
