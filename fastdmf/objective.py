@@ -228,6 +228,8 @@ class Objective:
                 "obj.pack([W_1, ..., W_N]) builds one; was it made for another problem shape "
                 "or depth?")
         x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not x.flags.writeable:  # Numba types read-only arrays apart: a copy, not a
+            x = x.copy()           # second compilation of the kernels (JAX hands these)
         if finite and not np.isfinite(x.sum()) and not np.all(np.isfinite(x)):
             bad = int(np.flatnonzero(~np.isfinite(x))[0])
             raise ValueError(f"x holds a non-finite value (x[{bad}] = {x[bad]}); the "

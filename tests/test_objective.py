@@ -77,6 +77,19 @@ def test_out_buffer_is_overwritten_and_never_aliases_x(square):
         obj.loss_and_grad(x, out=np.zeros(obj.size, np.float32))
 
 
+def test_read_only_and_strided_vectors(square):
+    obj = fastdmf.Objective(square, 2, widths=4)
+    x = obj.x0(init_scale=1.0, seed=8)
+    loss, grad = obj(x)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    strided = np.repeat(x, 2)[::2]
+    for other in (frozen, strided, list(x)):
+        got_loss, got_grad = obj(other)
+        assert got_loss == loss
+        np.testing.assert_array_equal(got_grad, grad)
+
+
 def test_x0_pack_unpack_are_fits_layout(square):
     obj = fastdmf.Objective(square, 3)
     start = fastdmf.fit(square, depth=3, max_steps=0, record=None, seed=11)
