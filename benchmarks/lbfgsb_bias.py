@@ -7,11 +7,14 @@ loss 1e-6 (L-BFGS-B through a callback that ends it there, or after 20,000 itera
 
 - gradient flow: ``fit(problem, depth, optimizer="flow", max_time=1e7, tol=1e-6)``;
 - L-BFGS-B: ``scipy.optimize.minimize(obj, obj.x0(), jac=True, method="L-BFGS-B")``, its
-  answer read through ``obj.result`` (records computed as fit computes them).
+  answer read through ``obj.result`` (records computed as fit computes them); SciPy's
+  OpenBLAS pinned to one thread around it (multithreaded, it made each iteration several
+  times slower on a shared 2-core machine; see benchmarks/RESULTS_objective.md).
 
 Reported per run: reconstruction error ||W - W*||_F^2 / ||W*||_F^2, effective rank, nuclear
 norm, the 6th singular value over the 5th (what is left outside the true rank), gradient
-evaluations, wall time. Used by docs/embedding.md.
+evaluations, wall time (JIT compilation excluded: both solvers run on a tiny problem first).
+Used by docs/embedding.md.
 
 Usage::
 
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import stamp  # noqa: E402
 
 import fastdmf  # noqa: E402
+from fastdmf.kernels.blas import blas_threads  # noqa: E402
 
 TOL = 1e-6
 INIT_SCALE = 1e-3
@@ -56,9 +60,11 @@ def run_lbfgsb(problem, depth):
             raise StopIteration
 
     t0 = time.perf_counter()
-    out = scipy.optimize.minimize(obj, x0, jac=True, method="L-BFGS-B", callback=stop_at_tol,
-                                  options={"maxiter": MAXITER, "maxfun": 2 * MAXITER,
-                                           "ftol": 0.0, "gtol": 0.0})
+    with blas_threads(1):  # SciPy's own BLAS calls on one thread (see bench_objective.py)
+        out = scipy.optimize.minimize(obj, x0, jac=True, method="L-BFGS-B",
+                                      callback=stop_at_tol,
+                                      options={"maxiter": MAXITER, "maxfun": 2 * MAXITER,
+                                               "ftol": 0.0, "gtol": 0.0})
     wall = time.perf_counter() - t0
     return obj.result(out.x, n_steps=out.nit, tol=TOL), out.nfev, wall
 
@@ -75,6 +81,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="also write the report (markdown) here")
     args = parser.parse_args(argv)
+    tiny = fastdmf.synthetic_completion(shape=(6, 5), rank=1, n_observed=15, seed=0)
+    for depth in (2, 3):  # JIT compilation, kept out of the wall times
+        run_flow(tiny, depth)
+        run_lbfgsb(tiny, depth)
     problem = fastdmf.synthetic_completion(seed=0)
     lines = ["# L-BFGS-B (through fastdmf.Objective) against the gradient flow", "",
              "Produced by `PYTHONPATH=. python benchmarks/lbfgsb_bias.py --out "
