@@ -108,7 +108,8 @@ def make_rows(problem, obj, x0, least_iters, parallel):
         t0 = time.perf_counter()
         with blas_threads(1) if one_thread else nullcontext():
             scipy.optimize.minimize(obj, x0, jac=True, method="L-BFGS-B",
-                                    options={"maxiter": iters, "maxfun": iters})
+                                    options={"maxiter": iters, "maxfun": iters, "ftol": 0.0,
+                                             "gtol": 0.0})
         run = lbfgsb_1 if one_thread else lbfgsb
         run.evals = obj.n_calls - before
         run.per_eval = (time.perf_counter() - t0) / max(run.evals, 1)
