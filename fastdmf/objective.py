@@ -173,7 +173,7 @@ class Objective:
             Keep only the top-k singular values per record.
         status : str, optional
             Default: ``"converged"`` when the train loss at ``x`` is <= ``tol``, else
-            ``"max_steps"`` (the solver stopped before that).
+            ``"stopped"`` (the outside solver stopped before that).
         n_steps : int
             The solver's iteration count, kept as the last record's step.
         tol : float
@@ -204,7 +204,7 @@ class Objective:
             traj.append(measure(self.layout.unpack(point), self.layout.unpack(grad), loss,
                                 step, np.nan, n_evals, self.problem, test, top_k))
         if status is None:
-            status = "converged" if loss <= tol else "max_steps"
+            status = "converged" if loss <= tol else "stopped"
         factors = [np.array(w, dtype=self.dtype) for w in self.layout.unpack(x)]
         return FitResult(factors, traj, status, self._settings(), int(steps[-1]))
 
