@@ -17,6 +17,7 @@ from .checkpoint import resume
 from .experiments.sweep import sweep
 from .experiments.sweep_table import SweepTable, load_sweep
 from .factors import INITS
+from .objective import Objective
 from .optim import OPTIMIZERS
 from .problem import (
     CompletionProblem,
@@ -39,6 +40,7 @@ __all__ = [
     "SweepTable",
     "FitResult",
     "loss_and_grad",
+    "Objective",
     "warmup",
     "completion",
     "synthetic_completion",

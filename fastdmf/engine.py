@@ -148,10 +148,17 @@ class Engine:
 
     def evaluate(self) -> float:
         """Loss at the current parameters; fills the gradient."""
+        return self.evaluate_at(self.theta, self.grad)
+
+    def evaluate_at(self, theta, grad) -> float:
+        """Loss at ``theta``, its gradient written into ``grad`` (every entry), with this
+        engine's workspace; the engine's own parameters are left alone. For a solver that
+        owns its iterate (:class:`fastdmf.Objective`): no copy in or out. Unchecked: both
+        must be C-contiguous vectors of ``layout.size`` entries in the engine's dtype."""
         scale = 2.0 / self.obs[0].shape[0]
         with self._blas():
             return self.kernels.loss_and_grad(
-                self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
+                theta, grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
                 scale, self.nblk,
             )
 

@@ -8,9 +8,9 @@ import pytest
 
 MODULES = [
     "fastdmf", "fastdmf.api", "fastdmf.batch", "fastdmf.checkpoint", "fastdmf.config",
-    "fastdmf.problem", "fastdmf.theory", "fastdmf.sklearn", "fastdmf.baselines.frobenius",
-    "fastdmf.baselines.nuclear", "fastdmf.baselines.schatten", "fastdmf.baselines.softimpute",
-    "fastdmf.experiments.dynamics",
+    "fastdmf.objective", "fastdmf.problem", "fastdmf.theory", "fastdmf.sklearn",
+    "fastdmf.baselines.frobenius", "fastdmf.baselines.nuclear", "fastdmf.baselines.schatten",
+    "fastdmf.baselines.softimpute", "fastdmf.experiments.dynamics",
     "fastdmf.experiments.paper", "fastdmf.experiments.sweep", "fastdmf.experiments.sweep_table",
 ]
 
