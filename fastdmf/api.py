@@ -17,12 +17,12 @@ import numpy as np
 import scipy
 
 from . import __version__, config
+from ._defaults import is_real_data
+from ._defaults import resolve as resolve_defaults
 from ._progress import fit_progress
 from .drive import drive
 from .engine import Engine, make_engine, resolve_backend
 from .factors import FactorLayout, end_to_end, initialize, predict_entries
-from ._defaults import is_real_data
-from ._defaults import resolve as resolve_defaults
 from .offsets import Offsets, check_validation, fit_offsets, validation_split
 from .optim import get_optimizer
 from .problem import CompletionProblem, SensingProblem, check_index, completion

@@ -132,7 +132,8 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
     problem : CompletionProblem
     kind : {"mean", "biases", "scaled"}
         ``"mean"``: mu only; ``"biases"``: mu plus ridge row and column biases;
-        ``"scaled"``: the biases of the values divided by column scales s_j (the standard
+        ``"scaled"``: each column minus its mean, over a column scale s_j, then the biases
+        of those values (the column means added to the column offsets); s_j is the standard
         deviation of the column's entries, shrunk toward the typical column's in log scale:
         :func:`column_scale`), so that columns in different units (a table) weigh alike and
         a column with few entries (ratings) takes the typical scale; ``"auto"``:
@@ -153,12 +154,17 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
         scale = column_scale(problem)
         kind = "scaled" if scale.max() > SCALE_SPREAD * scale.min() else "biases"
     if kind == "scaled":
+        # standardise each column (its mean, not shrunk by the ridge; its scale), then the
+        # biases of the standardised values; the column means go into the column offsets
         scale = column_scale(problem)
-        unit = Offsets("mean", 0.0, np.zeros(m), np.zeros(n), scale=scale)
-        z = unit.remove(problem)  # values / s_j
+        count = np.bincount(problem.cols, minlength=n)
+        centre = np.divide(np.bincount(problem.cols, problem.values, n), count,
+                           out=np.zeros(n), where=count > 0) / scale
+        unit = Offsets("mean", 0.0, np.zeros(m), centre, scale=scale)
+        z = unit.remove(problem)  # (values - column mean) / s_j
         zval = None if validation is None else unit.remove(validation)
         inner = fit_offsets(z, "biases", lam, zval)
-        return Offsets("scaled", inner.mean, inner.row, inner.col, inner.lam, scale)
+        return Offsets("scaled", inner.mean, inner.row, inner.col + centre, inner.lam, scale)
     mean = float(np.mean(problem.values)) if problem.n_observed else 0.0
     if kind == "mean":
         return Offsets("mean", mean, np.zeros(m), np.zeros(n))

@@ -178,8 +178,8 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                   init_scale=self.init_scale, optimizer=self.optimizer, lr=self.lr,
                   optimizer_options=self.optimizer_options, max_steps=self.max_steps,
                   tol=self.tol, validation=self.validation, validation_seed=split_seed,
-                  patience=self.patience, refit=self.refit, offsets=offsets, seed=seed, dtype=self.dtype,
-                  progress=False)
+                  patience=self.patience, refit=self.refit, offsets=offsets, seed=seed,
+                  dtype=self.dtype, progress=False)
         self.result_ = res
         self.factors_ = res.factors
         self.offsets_ = res.offsets

@@ -284,7 +284,8 @@ def test_real_data_defaults_and_explicit_arguments_win(problem):
     res = fastdmf.fit(problem, seed=0, max_steps=5, progress=False)
     args = res.settings["arguments"]
     assert (args["depth"], args["lr"], args["record"], args["widths"]) == (2, 3e-2, 25, 25)
-    assert args["validation"] == 0.1 and args["offsets"] == "biases"
+    assert args["validation"] == 0.1 and args["offsets"] == "auto"
+    assert res.settings["offsets"]["kind"] == "biases"  # one unit: no column scales
     assert res.settings["validation_entries"] == round(0.1 * problem.n_observed)
     res = fastdmf.fit(problem, 3, lr=1e-3, validation=None, offsets=None, seed=0,
                       max_steps=5, record=1000, progress=False)
@@ -318,3 +319,66 @@ def test_fit_batch_trials_equal_their_serial_fits_with_validation(problem):
         np.testing.assert_array_equal(res.trajectory.val_error, one.trajectory.val_error)
         np.testing.assert_array_equal(res.offsets.row, one.offsets.row)
         assert res.settings["arguments"]["validation"] == 0.1
+
+
+def mixed_units_table(seed=0):
+    """A rank-2 table whose columns are in very different units, with NaN."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((90, 2)) @ rng.standard_normal((2, 6))
+    z += 0.3 * rng.standard_normal(z.shape)
+    units = np.array([1e-2, 1.0, 50.0, 3e3, 0.5, 10.0])
+    clean = z * units + 10.0 * units
+    table = clean.copy()
+    table[rng.random(clean.shape) < 0.25] = np.nan
+    return clean, table, units
+
+
+def test_column_scale_against_its_formula():
+    _, table, _ = mixed_units_table()
+    p = fastdmf.completion(table)
+    got = fastdmf.offsets.column_scale(p)
+    dof, logv = [], []
+    for j in range(6):
+        col = table[:, j][~np.isnan(table[:, j])]
+        dof.append(len(col) - 1)
+        logv.append(np.log(np.var(col, ddof=1)))
+    dof, logv = np.array(dof, float), np.array(logv)
+    typical = np.sum(dof * logv) / np.sum(dof)
+    k = fastdmf.offsets.SCALE_PRIOR
+    np.testing.assert_allclose(got, np.exp(0.5 * (dof * logv + k * typical) / (dof + k)),
+                               rtol=1e-12)
+
+
+def test_scaled_offsets_predict_in_the_data_units():
+    _, table, units = mixed_units_table()
+    p = fastdmf.completion(table)
+    off = fit_offsets(p, "auto")
+    assert off.kind == "scaled"  # columns span 3e5 in scale
+    assert fit_offsets(fastdmf.completion(table / units), "auto").kind == "biases"
+    # the residual problem is y / s_j - offsets; the model maps back
+    resid = off.remove(p)
+    s = off.scale[p.cols]
+    np.testing.assert_allclose(resid.values,
+                               p.values / s - off.mean - off.row[p.rows] - off.col[p.cols],
+                               rtol=1e-13)
+    np.testing.assert_allclose(off.predict(resid.values, p.rows, p.cols), p.values,
+                               rtol=1e-12)
+    # the biases are the ridge solution on the standardised values (each column minus its
+    # mean, over its scale); the column means go into the column offsets
+    off = fit_offsets(p, "scaled", lam=3.0)
+    colmean = np.nanmean(table, axis=0)
+    z = (p.values - colmean[p.cols]) / off.scale[p.cols]
+    row, col = ridge_reference(fastdmf.completion(p.rows, p.cols, z, shape=p.shape), 3.0)
+    np.testing.assert_allclose(off.row, row, atol=1e-9)
+    np.testing.assert_allclose(off.col, col + colmean / off.scale, atol=1e-9)
+
+
+def test_defaults_beat_column_means_on_a_table_in_mixed_units():
+    clean, table, units = mixed_units_table(seed=1)
+    res = fastdmf.fit(table, seed=0, progress=False)
+    assert res.offsets.kind == "scaled"
+    rows, cols = np.nonzero(np.isnan(table))
+    std = np.nanstd(table, axis=0)[cols]
+    err = np.sqrt(np.mean(((res.predict(rows, cols) - clean[rows, cols]) / std) ** 2))
+    base = np.sqrt(np.mean(((np.nanmean(table, axis=0)[cols] - clean[rows, cols]) / std) ** 2))
+    assert err < 0.5 * base
