@@ -236,13 +236,16 @@ def fit(
     validation_seed : int
         Seed of the validation split of ``validation=<fraction>`` (0 by default, so that
         fits with different ``seed`` share one split).
-    offsets : {"biases", "mean"}, None or "auto"
+    offsets : {"biases", "scaled", "mean", "auto"}, Offsets, None or "auto"
         Offsets fitted on the training entries before the factorization, which then trains
         on the residuals (see :mod:`fastdmf.offsets`): ``"mean"`` the global mean,
         ``"biases"`` the mean plus ridge row and column biases (the ridge strength chosen
-        on the validation entries when there are some). ``result.predict`` and
-        ``result.matrix`` add them back. ``"auto"``: ``"biases"`` for observations without a
-        ground truth, else None. Completion only.
+        on the validation entries when there are some), ``"scaled"`` the biases of the
+        columns standardised (for columns in different units), an ``Offsets`` as given.
+        ``result.predict`` and ``result.matrix`` add them back. The default ``"auto"``:
+        for observations without a ground truth ``"scaled"`` when the columns' scales span
+        more than a factor 10, else ``"biases"``; None for a problem with a ground truth.
+        Completion only.
     seed : int or None
         Seed of the initialisation; None draws one, which is kept in ``settings``.
     dtype : {"float64", "float32"}
