@@ -313,6 +313,10 @@ def fit(
                              "patience": patience}, is_real_data(problem), problem.shape)
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
     observed_problem, test_given = problem, test
+    if refit and checkpoint is not None:
+        raise ValueError("refit=True runs a second fit that checkpoints do not cover; "
+                         "checkpoint the fit with refit=False, then refit from its result "
+                         "(settings and n_steps)")
     problem, val, patience, fitted = _generalization(
         problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
         isinstance(validation, str) and validation == "auto")

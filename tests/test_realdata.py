@@ -382,3 +382,23 @@ def test_defaults_beat_column_means_on_a_table_in_mixed_units():
     err = np.sqrt(np.mean(((res.predict(rows, cols) - clean[rows, cols]) / std) ** 2))
     base = np.sqrt(np.mean(((np.nanmean(table, axis=0)[cols] - clean[rows, cols]) / std) ** 2))
     assert err < 0.5 * base
+
+
+def test_refit_trains_on_every_entry_for_the_scaled_length(problem, tmp_path):
+    kw = dict(seed=0, progress=False, record=10, max_steps=4000)
+    chosen = fastdmf.fit(problem, **kw)
+    res = fastdmf.fit(problem, refit=True, **kw)
+    info = res.settings["refit"]
+    assert info["chosen_step"] == chosen.n_steps and res.status == chosen.status
+    ratio = problem.n_observed / (problem.n_observed - chosen.settings["validation_entries"])
+    assert info["ratio"] == pytest.approx(ratio, rel=1e-12)
+    assert res.n_steps == round(chosen.n_steps * ratio)
+    # the second fit: every entry, offsets refitted at the chosen ridge, no validation
+    again = fastdmf.fit(problem, validation=None,
+                        offsets=fit_offsets(problem, chosen.offsets.kind,
+                                            lam=chosen.offsets.lam),
+                        **{**kw, "max_steps": res.n_steps})
+    for a, b in zip(res.factors, again.factors, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="refit"):
+        fastdmf.fit(problem, refit=True, checkpoint=tmp_path / "c.ckpt", **kw)
