@@ -323,8 +323,7 @@ def fit(
     init, dtype, spec, hyper, layout, schedule, end = _plan(
         problem.shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options,
         max_steps, max_time, tol, record, top_k, dtype, parallel)
-    if fitted is not None:
-        test = None if test is None else fitted.remove(test)
+    if fitted is not None:  # test entries stay in the data's units (see measure)
         val = None if val is None else fitted.remove(val)
     args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=dtype,
                 validation=_validation_arg(auto["validation"]), patience=patience,
@@ -355,7 +354,8 @@ def fit(
         bar = fit_progress(end, "time" if engine.is_flow else "step", progress)
         try:
             status = drive(engine, problem, test, traj, schedule, end, max_steps, tol,
-                            top_k, callback, bar, saver=saver, val=val, patience=patience)
+                            top_k, callback, bar, saver=saver, val=val, patience=patience,
+                            offsets=fitted)
         finally:
             if bar is not None:
                 bar.close()

@@ -419,7 +419,8 @@ def resume(path, **overrides):
             watch = Watch.resumed(engine, problem, test, traj, state["top_k"], state["loss"],
                                    state["cap"], (raw["good_params"].copy(),
                                                   raw["good_scalars"].copy()),
-                                   state["good_step"], val, state.get("patience"), best)
+                                   state["good_step"], val, state.get("patience"), best,
+                                   offsets)
             every = overrides.get("checkpoint_every",
                                   settings["arguments"].get("checkpoint_every"))
             target = overrides.get("checkpoint", path)

@@ -27,10 +27,11 @@ class Watch:
     """One fit's bookkeeping between compiled chunks: its records, the divergence cap, and
     the last good state a diverged fit returns to. Shared by ``fit`` and ``fit_batch``."""
 
-    def __init__(self, engine, problem, test, traj, top_k, val=None, patience=None):
+    def __init__(self, engine, problem, test, traj, top_k, val=None, patience=None,
+                 offsets=None):
         self.engine, self.problem, self.test, self.traj, self.top_k = (
             engine, problem, test, traj, top_k)
-        self.val, self.patience = val, patience
+        self.val, self.patience, self.offsets = val, patience, offsets
         self.loss = self.record()
         if not np.isfinite(self.loss):
             raise ValueError("the initial loss is not finite; check the initial factors")
@@ -43,13 +44,13 @@ class Watch:
 
     @classmethod
     def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step, val=None,
-                patience=None, best=None):
+                patience=None, best=None, offsets=None):
         """A watch continuing from a checkpoint (its records are already in ``traj``)."""
         watch = cls.__new__(cls)
         watch.engine, watch.problem, watch.test, watch.traj, watch.top_k = (
             engine, problem, test, traj, top_k)
         watch.loss, watch.cap, watch.good, watch.good_step = loss, cap, good, good_step
-        watch.val, watch.patience, watch.best = val, patience, best
+        watch.val, watch.patience, watch.best, watch.offsets = val, patience, best, offsets
         return watch
 
     def record(self) -> float:
@@ -59,7 +60,7 @@ class Watch:
         if np.isfinite(loss):
             self.traj.append(measure(eng.factors(), eng.grads(), loss, eng.n_steps, eng.time,
                                      eng.n_evals, self.problem, self.test, self.top_k,
-                                     self.val))
+                                     self.val, self.offsets))
         return loss
 
     def settle(self, code: int, at_record: bool, tol: float):
@@ -117,17 +118,18 @@ class Watch:
 
 
 def drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
-           progress, saver=None, watch=None, val=None, patience=None):
+           progress, saver=None, watch=None, val=None, patience=None, offsets=None):
     """Alternate compiled chunks and records; returns the status.
 
     Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
     position, ``budget`` the most steps (gradient evaluations for the flow). ``saver`` (a
     :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks; ``watch``
     is given when resuming from one. ``val`` (validation entries) and ``patience`` turn on
-    early stopping (see :meth:`Watch.finish`)."""
+    early stopping (see :meth:`Watch.finish`); ``offsets`` map the factors' predictions to the
+    data's units for ``test``."""
     fresh = watch is None
     if watch is None:
-        watch = Watch(engine, problem, test, traj, top_k, val, patience)
+        watch = Watch(engine, problem, test, traj, top_k, val, patience, offsets)
     return watch.finish(_loop(engine, traj, schedule, end, budget, tol, callback, progress,
                               saver, watch, fresh))
 

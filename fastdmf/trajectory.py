@@ -8,8 +8,11 @@ A record is taken at the steps of the schedule (always step 0 and the final step
 ``n_evals``         gradient evaluations spent by the optimiser (= steps, except for "flow")
 ``train_loss``      (1/|Omega|) sum_k (W[i_k, j_k] - y_k)^2; sensing: (1/p) sum_k (<A_k, W> - y_k)^2
 ``test_error``      ||W - W*||_F^2 / ||W*||_F^2 with a known ground truth W*, else the MSE on
-                    held-out entries (sensing: held-out measurements <A_k, W>), else NaN
-``val_error``       MSE on the validation entries (``fit(validation=...)``), else NaN
+                    held-out entries in the data's units (offsets included; sensing:
+                    held-out measurements <A_k, W>), else NaN
+``val_error``       MSE on the validation entries (``fit(validation=...)``), in the units the
+                    factors train on (after the offsets; standardised for "scaled" ones),
+                    else NaN
 ``singular_values`` top-k singular values of W (records x k)
 ``nuclear_norm``    sum sigma
 ``effective_rank``  exp(entropy of sigma / sum sigma) (Roy & Vetterli 2007)
@@ -304,10 +307,11 @@ def factored_error(factors, u, v) -> float:
     return float(max(ww - 2.0 * wt + tt, 0.0) / tt)
 
 
-def record_test_error(factors, problem, test=None) -> float:
+def record_test_error(factors, problem, test=None, offsets=None) -> float:
     """The record's ``test_error`` of the float64 ``factors``: the relative reconstruction
     error against the problem's ground truth (from its factors when it has them), else the
-    MSE on the held-out entries or measurements ``test``, else NaN."""
+    MSE on the held-out entries or measurements ``test`` (in the data's units: the
+    factors' predictions through ``offsets`` when the fit has them), else NaN."""
     if problem.truth_factors is not None:
         return factored_error(factors, *problem.truth_factors)
     if problem.ground_truth is not None:
@@ -315,27 +319,31 @@ def record_test_error(factors, problem, test=None) -> float:
         return float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
     if test is not None and hasattr(test, "measure"):  # held-out sensing measurements
         return float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
-    return held_out_mse(factors, test)
+    return held_out_mse(factors, test, offsets)
 
 
-def held_out_mse(factors, entries) -> float:
-    """MSE of the float64 ``factors`` on the entries of a completion problem, or NaN for
-    None."""
+def held_out_mse(factors, entries, offsets=None) -> float:
+    """MSE of the float64 ``factors`` (mapped through ``offsets``, if any) on the entries of a
+    completion problem, or NaN for None."""
     if entries is None:
         return np.nan
     pred = predict_entries(factors, entries.rows, entries.cols, config.PREDICT_BLOCK)
+    if offsets is not None:
+        pred = offsets.predict(pred, entries.rows, entries.cols)
     return float(np.mean((pred - entries.values) ** 2))
 
 
-def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k, val=None):
+def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k, val=None,
+            offsets=None):
     """One record's values at the current state (called between compiled chunks), computed
     in float64 from the factors whatever the fit's dtype; ``val`` holds the validation
-    entries, if any."""
+    entries in the units the factors train on (residuals), ``test`` held-out entries in the
+    data's units, predicted through ``offsets``."""
     factors = [np.asarray(w, dtype=np.float64) for w in factors]
     depth = len(factors)
     sv = singular_values(factors)
     total = float(sv.sum())
-    test_error = record_test_error(factors, problem, test)
+    test_error = record_test_error(factors, problem, test, offsets)
     return {
         "step": int(step),
         "time": float(time),

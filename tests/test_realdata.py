@@ -382,6 +382,11 @@ def test_defaults_beat_column_means_on_a_table_in_mixed_units():
     err = np.sqrt(np.mean(((res.predict(rows, cols) - clean[rows, cols]) / std) ** 2))
     base = np.sqrt(np.mean(((np.nanmean(table, axis=0)[cols] - clean[rows, cols]) / std) ** 2))
     assert err < 0.5 * base
+    # test_error is in the data's units, whatever units the factors train in
+    held = fastdmf.completion(rows, cols, clean[rows, cols], shape=table.shape)
+    res = fastdmf.fit(table, seed=0, progress=False, test=held, max_steps=100)
+    mse = np.mean((res.predict(rows, cols) - clean[rows, cols]) ** 2)
+    assert res.trajectory.test_error[-1] == pytest.approx(mse, rel=1e-10)
 
 
 def test_refit_trains_on_every_entry_for_the_scaled_length(problem, tmp_path):
