@@ -164,8 +164,9 @@ def fit(
     and sensing problems) gets the paper's setup: depth 3, full-dimensional widths, gaussian
     init of scale 1e-3, GroupRMSprop with lr 1e-3, stop at train loss 1e-6 or 10^6 steps, a
     record every 1000, no offsets, no validation. Observed entries without a ground truth (a
-    table with NaN, a sparse matrix, ratings) get a fit that generalises: offsets
-    (``"biases"``) fitted first, 10% of the entries held out as validation entries, a record
+    table with NaN, a sparse matrix, ratings) get a fit that generalises: offsets (biases;
+    columns standardised first when in different units) fitted first, 10% of the entries
+    held out as validation entries, a record
     every 25 steps and early stopping after 20 records without improvement (the state of
     the best validation record is returned), depth 2, hidden width min(m, n, 32), lr 3e-2.
     Any argument given explicitly is used as given.
@@ -312,7 +313,7 @@ def fit(
                              "init": init, "validation": validation, "offsets": offsets,
                              "patience": patience}, is_real_data(problem), problem.shape)
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
-    observed_problem, test_given = problem, test
+    observed_problem = problem
     if refit and checkpoint is not None:
         raise ValueError("refit=True runs a second fit that checkpoints do not cover; "
                          "checkpoint the fit with refit=False, then refit from its result "
@@ -364,7 +365,7 @@ def fit(
     n_steps = engine.n_steps
     factors = [np.array(w) for w in engine.factors()]
     if refit and val is not None:
-        return _refit(observed_problem, problem, test_given, fitted, again, seed, engine,
+        return _refit(observed_problem, problem, test, fitted, again, seed, engine,
                       status, callback)
     return FitResult(factors, traj, status, settings, n_steps, fitted)
 
