@@ -78,14 +78,14 @@ class Watch:
             _warn_diverged(self.engine.n_steps, self.engine, self.good_step)
             self.engine.restore(self.good)
             return "diverged"
+        # every kept record counts for the best validation record, the last one included
+        stalled = at_record and self.val is not None and self._no_longer_improving()
         if code == cpu.CONVERGED or (at_record and loss <= tol):
             return "converged"
         if at_record:
             self.loss = loss
             self.good, self.good_step = self.engine.snapshot(), self.engine.n_steps
-            if self.val is not None and self._no_longer_improving():
-                return "early_stopped"
-        return None
+        return "early_stopped" if stalled else None
 
     def _no_longer_improving(self) -> bool:
         """Track the best validation record (its state is the fit's result, see
@@ -94,7 +94,7 @@ class Watch:
         did."""
         best, val = self.best, float(self.traj.last()["val_error"])
         if val < best["val"]:
-            best.update(val=val, index=len(self.traj) - 1, snap=self.good)
+            best.update(val=val, index=len(self.traj) - 1, snap=self.engine.snapshot())
         if val < best["ref"] * (1.0 - config.MIN_IMPROVEMENT):
             best.update(ref=val, since=0)
         else:

@@ -407,3 +407,17 @@ def test_refit_trains_on_every_entry_for_the_scaled_length(problem, tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="refit"):
         fastdmf.fit(problem, refit=True, checkpoint=tmp_path / "c.ckpt", **kw)
+
+
+def test_a_fit_that_converges_at_its_best_record_keeps_it(problem):
+    # a tolerance reached while the validation error still falls: the converged state is
+    # the best record, and the fit ends "converged" there
+    train, val = validation_split(problem, 0.15, seed=1)
+    kw = dict(depth=2, lr=3e-2, record=10, offsets=None, seed=0, progress=False)
+    free = fastdmf.fit(train, validation=None, test=val, max_steps=400, **kw)
+    falling = np.flatnonzero(np.diff(free.trajectory.test_error) < 0)
+    k = int(falling[len(falling) // 2]) + 1  # a record whose validation error fell
+    tol = float(free.trajectory.train_loss[k]) * (1 + 1e-12)
+    res = fastdmf.fit(train, validation=val, patience=50, max_steps=400, tol=tol, **kw)
+    assert res.status == "converged"
+    assert res.trajectory.val_error[-1] == np.min(res.trajectory.val_error)
