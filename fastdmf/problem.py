@@ -34,8 +34,11 @@ __all__ = [
 class CompletionProblem:
     """Observed entries ``values[k] = M[rows[k], cols[k]]`` of an m x n matrix ``M``.
 
-    Build it with :func:`completion` or :func:`synthetic_completion`, which validate their
-    input; the constructor trusts its arguments.
+    Build it with :func:`completion` or :func:`synthetic_completion`, which accept any input
+    (sorting the entries, converting the types). The constructor converts nothing; it checks
+    (in O(|Omega|)) that its arrays already are what the kernels read, since unsorted rows give
+    a wrong loss silently and an index out of range reads out of bounds, and raises
+    ``TypeError`` or ``ValueError`` otherwise.
 
     Attributes
     ----------
@@ -60,6 +63,9 @@ class CompletionProblem:
     ground_truth: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     truth_factors: tuple | None = None
+
+    def __post_init__(self):
+        _check_canonical(self)
 
     @property
     def n_observed(self) -> int:
@@ -103,6 +109,58 @@ class CompletionProblem:
             dict(self.meta),
             self.truth_factors,
         )
+
+
+_FIX = "; fastdmf.completion(rows, cols, values, shape=(m, n)) builds a valid problem from them"
+
+
+def _check_canonical(p) -> None:
+    """Refuse a :class:`CompletionProblem` whose arrays the kernels cannot read as they are."""
+    shape = p.shape
+    if not (isinstance(shape, tuple) and len(shape) == 2
+            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                    for s in shape)):
+        raise ValueError(f"CompletionProblem shape must be a tuple of two positive ints, got "
+                         f"{shape!r}{_FIX}")
+    m, n = shape
+    for name, kind in (("rows", np.int64), ("cols", np.int64), ("values", np.float64)):
+        arr = getattr(p, name)
+        if not (isinstance(arr, np.ndarray) and arr.dtype == kind):
+            what = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise TypeError(f"CompletionProblem {name} must be a numpy array of "
+                            f"{np.dtype(kind)}, got {what}{_FIX}")
+        if arr.ndim != 1:
+            raise ValueError(f"CompletionProblem {name} must be one-dimensional, got shape "
+                             f"{arr.shape}{_FIX}")
+    k = p.rows.shape[0]
+    if not k == p.cols.shape[0] == p.values.shape[0]:
+        raise ValueError(f"CompletionProblem rows, cols and values must have the same length; "
+                         f"got {k}, {p.cols.shape[0]} and {p.values.shape[0]}{_FIX}")
+    if k == 0:
+        raise ValueError("CompletionProblem has no observed entries: it needs at least one")
+    for name, arr, bound in (("rows", p.rows, m), ("cols", p.cols, n)):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= bound:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"CompletionProblem {name} has index {bad} out of range for a "
+                             f"dimension of size {bound}{_FIX}")
+    # sorted by (row, col), no repeat: each step raises the row, or keeps it and raises the col
+    dr = np.diff(p.rows)
+    bad = np.flatnonzero((dr < 0) | ((dr == 0) & (np.diff(p.cols) <= 0)))
+    if bad.size:
+        at = int(bad[0]) + 1
+        same = p.rows[at] == p.rows[at - 1] and p.cols[at] == p.cols[at - 1]
+        what = "repeats the position before it" if same else "comes before the one before it"
+        raise ValueError(f"CompletionProblem entries must be sorted by row then column, each "
+                         f"position once; entry {at} (row {int(p.rows[at])}, col "
+                         f"{int(p.cols[at])}) {what}{_FIX} (sorting, and refusing repeats)")
+    if not np.isfinite(p.values).all():
+        at = int(np.flatnonzero(~np.isfinite(p.values))[0])
+        raise ValueError(f"CompletionProblem values must be finite; entry {at} is "
+                         f"{p.values[at]}{_FIX}")
+    if p.ground_truth is not None and np.shape(p.ground_truth) != (m, n):
+        raise ValueError(f"CompletionProblem ground_truth has shape {np.shape(p.ground_truth)}, "
+                         f"the problem has shape {shape}")
 
 
 def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:

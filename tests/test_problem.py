@@ -114,6 +114,57 @@ def test_triplets_need_shape():
         fastdmf.completion(*triplets())
 
 
+def _hand(shape=(3, 4), rows=(0, 1, 2, 2), cols=(0, 3, 0, 1), vals=(-2.0, 0.0, 4.0, 1.5)):
+    return (shape, np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64),
+            np.array(vals, dtype=np.float64))
+
+
+def test_hand_built_valid_problem_equals_completions():
+    p = fastdmf.CompletionProblem(*_hand())
+    ref = fastdmf.completion(*triplets(), shape=(3, 4))
+    assert p.shape == ref.shape
+    for name in ("rows", "cols", "values"):
+        np.testing.assert_array_equal(getattr(p, name), getattr(ref, name))
+    for a, b in zip(p.index, ref.index):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "args, err, match",
+    [
+        (_hand(rows=(0, 2, 1, 2)), ValueError, r"sorted by row then column.*entry 2"),
+        (_hand(cols=(0, 3, 1, 0)), ValueError, r"entry 3 \(row 2, col 0\) comes before"),
+        (_hand(cols=(0, 3, 1, 1)), ValueError, r"entry 3 \(row 2, col 1\) repeats"),
+        (_hand(rows=(0, 1, 2, 3)), ValueError, r"rows has index 3 out of range.*size 3"),
+        (_hand(cols=(-1, 3, 0, 1)), ValueError, r"cols has index -1 out of range"),
+        (_hand(vals=(1.0, np.nan, 0.0, 1.0)), ValueError, r"values must be finite; entry 1"),
+        (_hand(vals=(1.0, 2.0, np.inf, 1.0)), ValueError, r"values must be finite; entry 2"),
+        (_hand(vals=(1.0, 2.0, 3.0)), ValueError, r"same length; got 4, 4 and 3"),
+        (_hand(shape=(3, 0)), ValueError, r"shape must be a tuple of two positive ints"),
+        (_hand(shape=[3, 4]), ValueError, r"shape must be a tuple"),
+        (_hand(shape=(3.0, 4)), ValueError, r"shape must be a tuple"),
+        (_hand(rows=(), cols=(), vals=()), ValueError, r"no observed entries"),
+        ((((3, 4), np.array([0, 1, 2, 2], dtype=np.int32)) + _hand()[2:]), TypeError,
+         r"rows must be a numpy array of int64, got dtype int32"),
+        ((((3, 4), [0, 1, 2, 2]) + _hand()[2:]), TypeError, r"rows must be a numpy array"),
+        (_hand()[:3] + (np.array([1, 2, 3, 4]),), TypeError, r"values .* float64"),
+        (_hand()[:1] + (np.zeros((4, 1), dtype=np.int64),) + _hand()[2:], ValueError,
+         r"rows must be one-dimensional"),
+    ],
+)
+def test_hand_built_problem_is_checked_where_it_is_made(args, err, match):
+    # the constructor raises, so no such problem can reach fit or a kernel
+    with pytest.raises(err, match=match) as info:
+        fastdmf.CompletionProblem(*args)
+    if "no observed" not in match:
+        assert "fastdmf.completion(" in str(info.value)
+
+
+def test_hand_built_ground_truth_must_match_the_shape():
+    with pytest.raises(ValueError, match=r"ground_truth has shape \(4, 3\)"):
+        fastdmf.CompletionProblem(*_hand(), np.zeros((4, 3)))
+
+
 def test_matrix_errors():
     with pytest.raises(ValueError, match="infinite values"):
         fastdmf.completion(np.array([[1.0, np.inf]]))
