@@ -201,7 +201,8 @@ def fit(
     max_time : float, optional
         ``"flow"`` only (and required there): the flow time to integrate to.
     tol : float
-        Stop once the train loss is <= tol (0 disables).
+        Stop once the train loss is <= tol. ``tol=0`` disables the threshold except at an
+        exact zero loss, which no step can improve (the fit stops there, ``"converged"``).
     record : int, list of int, "log", ("log", count), None or "auto"
         When to record (see :func:`fastdmf.trajectory.record_schedule`); ``"auto"``: every
         1000 steps (every 25 for observations without a ground truth); for ``"flow"``,

@@ -232,6 +232,14 @@ def test_more_bad_arguments(square, kwargs, err):
         fastdmf.fit(square, max_steps=1, **kwargs)
 
 
+@pytest.mark.parametrize("optimizer", ["grouprmsprop", "adam"])
+@pytest.mark.parametrize("eps", [0, 0.0, -1e-8])
+def test_eps_must_be_positive_where_it_divides(square, optimizer, eps):
+    default = fastdmf.optim.get_optimizer(optimizer).defaults["eps"]
+    with pytest.raises(ValueError, match=rf"option eps must be > 0 .*0 by 0.*default is {default}"):
+        fastdmf.fit(square, optimizer=optimizer, max_steps=1, optimizer_options={"eps": eps})
+
+
 def test_loss_and_grad_takes_triplets(tall):
     rng = np.random.default_rng(2)
     factors = [rng.standard_normal((3, 9)), rng.standard_normal((17, 3))]

@@ -66,7 +66,14 @@ class OptimizerSpec:
                                                              np.floating)):
                 raise TypeError(f"optimizer option {key} must be a real number, got {val!r}")
             hi = 1.0 if key in self.rates else np.inf
-            if not (0 <= val < hi) or (key in self.positive and val == 0):
+            if key in self.positive and not (0 < val < hi):
+                why = (" (it is added to a root that is 0 for a zero gradient, so 0 would "
+                       "divide 0 by 0)" if key == "eps" else "")
+                raise ValueError(
+                    f"optimizer option {key} must be > 0{why}, got {val!r}; the default is "
+                    f"{self.defaults[key]!r}"
+                )
+            if not (0 <= val < hi):
                 raise ValueError(
                     f"optimizer option {key} must lie in [0, {hi:g}), got {val!r}"
                 )
@@ -102,6 +109,7 @@ register_optimizer(
         ("alpha", None, "eps"),
         0,
         ("alpha",),
+        ("eps",),
     )
 )
 register_optimizer(
@@ -120,5 +128,6 @@ register_optimizer(
         ("beta1", "beta2", "eps"),
         2,
         ("beta1", "beta2"),
+        ("eps",),
     )
 )
