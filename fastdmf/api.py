@@ -310,23 +310,19 @@ def fit(
         )
     if test is not None and test.shape != problem.shape:
         raise ValueError(f"test= has shape {test.shape}, the fitted problem {problem.shape}")
-    auto = resolve_defaults({"depth": depth, "lr": lr, "record": record, "widths": widths,
-                             "init": init, "validation": validation, "offsets": offsets,
-                             "patience": patience}, is_real_data(problem), problem.shape)
-    depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
-    observed_problem = problem
     if refit and checkpoint is not None:
         raise ValueError("refit=True runs a second fit that checkpoints do not cover; "
                          "checkpoint the fit with refit=False, then refit from its result "
                          "(settings and n_steps)")
-    problem, val, patience, fitted = _generalization(
-        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
-        isinstance(validation, str) and validation == "auto")
+    observed_problem = problem
+    auto, problem, val, patience, fitted = prepare_observations(
+        problem, {"depth": depth, "lr": lr, "record": record, "widths": widths, "init": init,
+                  "validation": validation, "offsets": offsets, "patience": patience},
+        validation_seed)
+    depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
     init, dtype, spec, hyper, layout, schedule, end = _plan(
         problem.shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options,
         max_steps, max_time, tol, record, top_k, dtype, parallel)
-    if fitted is not None:  # test entries stay in the data's units (see measure)
-        val = None if val is None else fitted.remove(val)
     args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=dtype,
                 validation=_validation_arg(auto["validation"]), patience=patience,
                 offsets=(auto["offsets"].kind if isinstance(auto["offsets"], Offsets)
@@ -389,6 +385,22 @@ def _refit(observed, train, test, fitted, args, seed, engine, status, callback) 
                              "chosen_time": engine.time, "ratio": ratio}
     res.status = status
     return res
+
+
+def prepare_observations(problem, kw, validation_seed):
+    """``(resolved arguments, training problem, validation entries, patience, offsets)``:
+    fit's and fit_batch's defaults that depend on the observations filled in (``kw`` holds
+    depth, lr, record, widths, init, validation, offsets, patience as given), the validation
+    entries held out and the offsets fitted and removed from the training and validation
+    entries (held-out test entries stay in the data's units: see ``trajectory.measure``)."""
+    auto = resolve_defaults(kw, is_real_data(problem), problem.shape)
+    val_auto = isinstance(kw["validation"], str) and kw["validation"] == "auto"
+    problem, val, patience, fitted = _generalization(
+        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
+        val_auto)
+    if fitted is not None and val is not None:
+        val = fitted.remove(val)
+    return auto, problem, val, patience, fitted
 
 
 def _validation_arg(validation):

@@ -14,18 +14,16 @@ import numba
 import numpy as np
 
 from . import config
-from ._defaults import is_real_data
-from ._defaults import resolve as resolve_defaults
 from .api import (
     _DTYPES,
     FitResult,
-    _generalization,
     _plan,
     _resolve_seed,
     _settings,
     _threads,
     _validation_arg,
     as_problem,
+    prepare_observations,
 )
 from .drive import Watch
 from .engine import Engine, resolve_backend
@@ -82,16 +80,12 @@ def fit_batch(
     >>> [r.n_steps for r in results]
     [200, 200, 200]
     """
-    problem = source = as_problem(observed, shape)
-    auto = resolve_defaults({"depth": depth, "lr": lr, "record": record, "widths": widths,
-                             "init": init, "validation": validation, "offsets": offsets,
-                             "patience": patience}, is_real_data(problem), problem.shape)
+    source = as_problem(observed, shape)
+    auto, problem, val, patience, fitted = prepare_observations(
+        source, {"depth": depth, "lr": lr, "record": record, "widths": widths, "init": init,
+                 "validation": validation, "offsets": offsets, "patience": patience},
+        validation_seed)
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
-    problem, val, patience, fitted = _generalization(
-        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
-        isinstance(validation, str) and validation == "auto")
-    if fitted is not None and val is not None:
-        val = fitted.remove(val)
     seeds = [_resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
     n = len(seeds)
     if n == 0:
