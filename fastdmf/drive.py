@@ -78,23 +78,25 @@ class Watch:
             _warn_diverged(self.engine.n_steps, self.engine, self.good_step)
             self.engine.restore(self.good)
             return "diverged"
+        snap = self.engine.snapshot() if at_record else None
         # every kept record counts for the best validation record, the last one included
-        stalled = at_record and self.val is not None and self._no_longer_improving()
+        stalled = at_record and self.val is not None and self._no_longer_improving(snap)
         if code == cpu.CONVERGED or (at_record and loss <= tol):
             return "converged"
         if at_record:
             self.loss = loss
-            self.good, self.good_step = self.engine.snapshot(), self.engine.n_steps
+            self.good, self.good_step = snap, self.engine.n_steps
         return "early_stopped" if stalled else None
 
-    def _no_longer_improving(self) -> bool:
+    def _no_longer_improving(self, snap) -> bool:
         """Track the best validation record (its state is the fit's result, see
         :meth:`finish`); true once ``patience`` records in a row have not lowered the
         validation error by a relative ``config.MIN_IMPROVEMENT`` below the last record that
-        did."""
+        did. ``snap`` is the state of the record just taken (one copy, shared with the last
+        good state; snapshots are never written to)."""
         best, val = self.best, float(self.traj.last()["val_error"])
         if val < best["val"]:
-            best.update(val=val, index=len(self.traj) - 1, snap=self.engine.snapshot())
+            best.update(val=val, index=len(self.traj) - 1, snap=snap)
         if val < best["ref"] * (1.0 - config.MIN_IMPROVEMENT):
             best.update(ref=val, since=0)
         else:

@@ -76,13 +76,11 @@ class Offsets:
 
     def at(self, rows, cols) -> np.ndarray:
         """The offsets of entries ``(rows[k], cols[k])``, in the data's units."""
-        base = self.mean + self.row[rows] + self.col[cols]
-        return base if self.scale is None else base * self.scale[cols]
+        return self.predict(0.0, rows, cols)
 
     def matrix(self) -> np.ndarray:
         """The m x n matrix of offsets, in the data's units."""
-        base = self.mean + self.row[:, None] + self.col[None, :]
-        return base if self.scale is None else base * self.scale[None, :]
+        return self.predict_matrix(0.0)
 
     def predict(self, fitted, rows, cols) -> np.ndarray:
         """The model's entries from the factorization's entries ``fitted`` (of the
@@ -271,12 +269,7 @@ def validation_split(problem: CompletionProblem, fraction: float, seed=0):
             f"validation={fraction!r} leaves no validation entry: every observed entry is the "
             "last of its row or column. Give a larger fraction, validation entries, or "
             "validation=None")
-    return _subset(problem, ~pick), _subset(problem, pick)
-
-
-def _subset(problem, mask):
-    return replace(problem, rows=problem.rows[mask], cols=problem.cols[mask],
-                   values=problem.values[mask], meta=dict(problem.meta))
+    return problem.subset(~pick), problem.subset(pick)
 
 
 def _pick(order, rows, cols, m, n, want) -> np.ndarray:

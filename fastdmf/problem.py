@@ -97,9 +97,11 @@ class CompletionProblem:
         accepts.
         """
         pick = _test_pick(self.n_observed, test_fraction, seed, "entry", "entries")
-        return self._subset(~pick), self._subset(pick)
+        return self.subset(~pick), self.subset(pick)
 
-    def _subset(self, mask):
+    def subset(self, mask) -> CompletionProblem:
+        """The problem of the entries where ``mask`` (a boolean array over the entries) is
+        true; shape, ground truth and meta kept."""
         return CompletionProblem(
             self.shape,
             self.rows[mask],
