@@ -39,6 +39,18 @@ def batch(problem, layout, n, dtype="float64", scale=1.0, optimizer="gd", lr=1e-
     return factors, state
 
 
+def assert_matches_reference(db, small, layout, factors, dtype):
+    """Each trial's loss and gradients of ``db.evaluate()`` against the NumPy reference."""
+    loss, grads = db.evaluate()
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    for b, fs in enumerate(factors):
+        f = [w.astype(dtype).astype(np.float64) for w in fs]
+        ref_loss, ref_grads = reference.loss_and_grad(f, small.rows, small.cols, small.values)
+        assert loss[b] == pytest.approx(ref_loss, rel=tol)
+        for got, want in zip(layout.unpack(grads[b]), ref_grads, strict=True):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     "depth, widths, dtype",
     [(1, None, "float64"), (2, [5], "float64"), (3, [6, 5], "float64"),
@@ -52,14 +64,7 @@ def test_loss_and_gradients_match_reference(small, depth, widths, dtype, dense):
     db = kc.DeviceBatch(small, layout.dims, *state, {"dense": dense})
     assert db.path == ("dense (numba tiles)" if dense and depth > 1 else "sparse")
     assert db.ksplit > 1 and db.nres > 1  # the split-K and multi-block reductions run
-    loss, grads = db.evaluate()
-    tol = 1e-12 if dtype == "float64" else 2e-5
-    for b, fs in enumerate(factors):
-        f = [w.astype(dtype).astype(np.float64) for w in fs]
-        ref_loss, ref_grads = reference.loss_and_grad(f, small.rows, small.cols, small.values)
-        assert loss[b] == pytest.approx(ref_loss, rel=tol)
-        for got, want in zip(layout.unpack(grads[b]), ref_grads, strict=True):
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert_matches_reference(db, small, layout, factors, dtype)
 
 
 @pytest.mark.parametrize("depth, optimizer, lr", [(2, "gd", 0.05), (2, "grouprmsprop", 1e-2),
@@ -229,14 +234,8 @@ def test_dense_step_with_cublas_call_matches_reference(small, monkeypatch, depth
     cpu_state = [a.copy() for a in state]
     db = kc.DeviceBatch(small, layout.dims, *state)
     assert db.path == "dense (cublas)"
-    loss, grads = db.evaluate()
+    assert_matches_reference(db, small, layout, factors, dtype)
     tol = 1e-12 if dtype == "float64" else 2e-5
-    for b, fs in enumerate(factors):
-        f = [w.astype(dtype).astype(np.float64) for w in fs]
-        ref_loss, ref_grads = reference.loss_and_grad(f, small.rows, small.cols, small.values)
-        assert loss[b] == pytest.approx(ref_loss, rel=tol)
-        for got, want in zip(layout.unpack(grads[b]), ref_grads, strict=True):
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
     status = np.zeros(2, np.int64)
     db.run(3, 0.0, [np.inf, np.inf], [True, True], status)
     thetas, codes, hyper, ostate, scalars = cpu_state
