@@ -93,6 +93,10 @@ _EPS = np.finfo(np.float64).eps
 #: relative rounding error near ``eps / (1 - |z|)``, about 1e-8)
 MIN_BOUNDARY_DISTANCE = 1e-8
 _ARMIJO = 1e-4
+_MAX_MOVE = 20.0  # most a D = 2 Newton step may move one z_i
+#: scaled targets ``|y| / alpha^D`` (in the row basis) must lie within these bounds: beyond,
+#: ``H_D`` under- or overflows
+_TARGET_RANGE = (1e-150, 1e150)
 
 
 def _check_depth(depth) -> float:
@@ -228,7 +232,8 @@ def potential(w, init_scale, depth=2) -> float:
     """
     alpha, depth = _check_scale(init_scale), _check_depth(depth)
     w = np.asarray(w, dtype=np.float64)
-    scale = alpha**depth
+    with np.errstate(over="ignore", under="ignore"):
+        scale = float(np.float64(alpha) ** depth)
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"init_scale**depth = {alpha}**{depth} is not a positive float64")
     return float(scale * np.sum(unit_potential(w / scale, depth)))
@@ -247,11 +252,25 @@ def diagonal_limit(problem, init_scale, depth=2, *, tol: float = 1e-12, max_iter
     ``w = alpha^D h_D(X^T mu)`` satisfies stationarity exactly, and Newton drives the
     relative primal residual ``||Xw - y|| / ||y||`` to ``tol``.
 
-    Supported range: any ``alpha`` with ``alpha^D`` and ``alpha^-D`` finite for D = 2
-    (z grows like ``log(|w| / alpha^2)``; checked for alpha from 1e-6 to 1e3); for D > 2 the
-    largest ``|z|`` must stay ``1 - |z| >= 1e-8`` (``MIN_BOUNDARY_DISTANCE``), i.e. about
-    ``|w|_max / alpha^D <= 1e8 D / (D - 2)`` — for ``|w| ~ 1``: alpha >= 1e-2.6 at D = 3
-    (alpha >= 2.5e-3), alpha >= 1e-4 at D = 4; smaller alpha raises a ValueError.
+    Supported range. The limit for ``(c y, c^{1/D} alpha)`` is ``c`` times the limit for
+    ``(y, alpha)``, so what matters is the size of ``y / alpha^D``, i.e. of
+    ``|w| / alpha^D``:
+
+    - it must lie within ``[1e-150, 1e150]`` (beyond, ``H_D`` under- or overflows): for
+      ``|y| ~ 1`` that is ``1e-75 <= alpha <= 1e75`` at D = 2, ``1e-50 <= alpha <= 1e50`` at
+      D = 3; outside it raises a ValueError;
+    - for D > 2 the largest ``|z|`` must keep ``1 - |z| >= 1e-8`` (``MIN_BOUNDARY_DISTANCE``;
+      ``w`` then carries a relative rounding error up to about 1e-8). As
+      ``1 - |z| ~ (|w| / alpha^D)^{-(D-2)/D}``, that is ``|w|_max / alpha^D <= 1e{8 D/(D-2)}``:
+      for ``|w| ~ 1``, alpha >= 1e-8 at D = 3, 1e-4 at D = 4, 3e-3 at D = 5, 1e-2 at D = 6;
+      smaller alpha raises a ValueError (basis pursuit is then the answer to 8 digits).
+
+    Checked (tests/test_diagonal_theory.py and the docs) for alpha from 1e-2 to 3 against the
+    flow itself, and from 1e-60 (D = 2) or the limits above to 1e70 for convergence. The
+    relative residual reaches ``tol`` (default 1e-12) except where rounding forbids it: then
+    Newton stops at the rounding floor ``~ eps * max |z h_D'(z) / h_D(z)|`` (1e-13 at D = 2,
+    up to ~1e-8 next to the boundary for D > 2) with status ``"converged"``, and the
+    certificate's ``residual`` says what was reached.
 
     Parameters
     ----------
@@ -300,14 +319,23 @@ def diagonal_limit(problem, init_scale, depth=2, *, tol: float = 1e-12, max_iter
     if isinstance(max_iter, bool) or not (isinstance(max_iter, (int, np.integer))
                                           and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    scale = alpha**depth
-    if not (np.isfinite(scale) and scale > 0 and np.isfinite(1.0 / scale)):
-        raise ValueError(f"init_scale**depth = {alpha:g}**{depth:g} is outside float64; "
-                         "rescale X or y instead")
+    log_scale = depth * np.log(alpha)
     rows = RowSpace.of(data.X)
-    target = rows.reduced_targets(data.y) / scale
-    if not np.all(np.isfinite(target)):
-        raise ValueError(f"y / alpha^D overflows for alpha = {alpha:g}, D = {depth:g}")
+    reduced = rows.reduced_targets(data.y)
+    size = float(np.max(np.abs(reduced), initial=0.0))
+    if size > 0 and not (np.log(_TARGET_RANGE[0]) <= np.log(size) - log_scale
+                         <= np.log(_TARGET_RANGE[1])):
+        raise ValueError(
+            f"init_scale = {alpha:g} at depth {depth:g} puts y / alpha^D at "
+            f"{size:.1e} / {alpha:g}^{depth:g}, outside [{_TARGET_RANGE[0]:g}, "
+            f"{_TARGET_RANGE[1]:g}] where float64 holds the potential. Choose alpha nearer "
+            "|y|^(1/D), or rescale: the limit for (c y, c^(1/D) alpha) is c times the limit "
+            "for (y, alpha)"
+        )
+    scale = float(np.exp(log_scale))
+    if not (0 < scale < np.inf):
+        raise ValueError(f"init_scale**depth = {alpha:g}**{depth:g} is outside float64")
+    target = reduced / scale
     c, it, converged = _newton(rows.Vt, target, depth, tol, int(max_iter))
     z = rows.Vt.T @ c
     boundary = float(1.0 - np.max(np.abs(z))) if depth > 2 else np.inf
@@ -358,6 +386,19 @@ def _rounding_floor(z, depth) -> float:
     return float(16 * _EPS * max(1.0, np.max(cond)))
 
 
+def _first_step(z, dz, depth) -> float:
+    """The first step length tried along ``dz``: 1, cut so that no ``|z_i|`` moves by more
+    than ``_MAX_MOVE`` (D = 2: ``h_2`` grows like ``e^|z|``, and far from the optimum a full
+    Newton step overflows it) or, for D > 2, so that ``z`` covers at most 99% of its distance
+    to the boundary ``|z| = 1`` (the interior-point fraction-to-boundary rule)."""
+    big = float(np.max(np.abs(dz), initial=0.0))
+    if depth == 2:
+        return min(1.0, _MAX_MOVE / big) if big > 0 else 1.0
+    toward = dz != 0
+    room = (1.0 - np.sign(dz[toward]) * z[toward]) / np.abs(dz[toward])
+    return min(1.0, 0.99 * float(np.min(room, initial=np.inf)))
+
+
 def _newton(vt, target, depth, tol, max_iter):
     """Damped Newton on the scaled dual; returns ``(c, iterations, converged)``. Stops at
     ``tol`` or, below ``tol``'s reach, once the residual is at the rounding floor and three
@@ -390,7 +431,7 @@ def _newton(vt, target, depth, tol, max_iter):
         # rounding allowance of the objective: near the optimum the decrease is below it
         noise = 64 * _EPS * (float(np.sum(np.abs(link_potential(z, depth))))
                              + abs(float(target @ c)) + 1e-300)
-        t = 1.0
+        t = _first_step(z, vt.T @ step, depth)
         for _ in range(80):
             f_new, z_new = _dual(vt, target, depth, c + t * step)
             if f_new <= f + _ARMIJO * t * slope + noise:

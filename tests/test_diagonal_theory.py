@@ -168,6 +168,21 @@ def test_large_alpha_approaches_the_minimum_l2_interpolant(depth):
         assert np.linalg.norm(w - w_l2) <= rtol * np.linalg.norm(w_l2)
 
 
+@pytest.mark.parametrize(("depth", "alpha"), [(2, 1e-20), (2, 1e-60), (2, 1e70), (3, 1e-6),
+                                            (3, 1e40), (5, 3e-3)])
+def test_limit_at_extreme_scales(depth, alpha):
+    """Far outside the flow's reach: still an interpolant of the KKT form, and the scaling
+    law (c y, c^(1/D) alpha) -> c w holds."""
+    X, y = small_instance()
+    cert = diagonal_limit((X, y), alpha, depth).settings["certificate"]
+    assert cert["residual"] < 1e-7
+    assert cert["kkt_residual"] < 1e-12
+    c = 7.0
+    w = diagonal_limit((X, y), alpha, depth).settings["coef"]
+    w_c = diagonal_limit((X, c * y), c ** (1 / depth) * alpha, depth).settings["coef"]
+    np.testing.assert_allclose(w_c, c * w, rtol=1e-6, atol=1e-9 * np.abs(w).max())
+
+
 def test_limit_handles_dependent_samples_and_zero_targets():
     X, y = small_instance()
     X2, y2 = np.vstack([X, X[:2] + X[2:4]]), np.concatenate([y, y[:2] + y[2:4]])
@@ -301,6 +316,10 @@ def test_clear_errors():
             diagonal_limit((X, y), alpha, 2)
     with pytest.raises(ValueError, match="depth must be >= 2"):
         diagonal_limit((X, y), 0.1, 1)
+    with pytest.raises(ValueError, match=r"outside \[1e-150, 1e\+150\]"):
+        diagonal_limit((X, y), 1e-80, 2)
+    with pytest.raises(ValueError, match=r"outside \[1e-150, 1e\+150\]"):
+        diagonal_limit((X, y), 1e60, 3)
     with pytest.raises(ValueError, match="too small for depth 4"):
         diagonal_limit((X, 1e3 * y), 1e-4, 4)
     with pytest.raises(ValueError, match="init_scale"):
