@@ -69,7 +69,8 @@ References
 ----------
 B. Woodworth, S. Gunasekar, J. D. Lee, E. Moroshko, P. Savarese, I. Golan, D. Soudry,
 N. Srebro. Kernel and rich regimes in overparametrized models. COLT 2020, arXiv:2002.09277,
-Theorem 1 (D = 2) and section 4 (depth D).
+Theorem 1 (D = 2). The paper also treats depth D > 2; the potential here is derived
+independently (above) and checked against the integrated flow (tests/test_diagonal_theory.py).
 """
 
 from __future__ import annotations
