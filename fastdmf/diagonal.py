@@ -1,0 +1,386 @@
+"""Deep diagonal networks for sparse regression: the problem, the parameter layout, the
+NumPy reference and the record values.
+
+The model (Woodworth et al. 2020, "Kernel and rich regimes in overparametrized models"): a
+depth-N diagonal network predicts ``x -> w . x`` with
+
+    w = u^N - v^N    (elementwise powers),    u(0) = v(0) = alpha * 1,
+
+trained on the mean squared loss ``L = (1/n) ||X w - y||^2`` (the paper's convention for the
+matrix kinds: mean, no 1/2). With ``g = (2/n) X^T (X w - y)`` the gradient of L in w,
+
+    dL/du = N u^(N-1) * g,    dL/dv = -N v^(N-1) * g.
+
+It is the simplest deep factorization (each coordinate a product of N scalars), and its
+gradient flow has an exact limit (:mod:`fastdmf.diagonal_theory`): small alpha tends to basis
+pursuit (min ||w||_1), large alpha to the minimum-l2 interpolant.
+
+The parameters live in one flat vector ``theta = [u; v]`` (2 d entries, u first), so the
+optimisers and step loops of the matrix kinds run on it unchanged; :class:`DiagonalLayout`
+plays the part of :class:`fastdmf.factors.FactorLayout`. The compiled kernels are in
+:mod:`fastdmf.kernels.diagonal`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .problem import _test_pick
+
+__all__ = [
+    "SparseRegressionProblem",
+    "sparse_regression",
+    "synthetic_sparse_regression",
+    "DiagonalLayout",
+    "initialize",
+    "coef",
+    "reference_loss_and_grad",
+    "record_values",
+    "SUPPORT_RTOL",
+]
+
+#: A coordinate of w is in the support when ``|w_i| > SUPPORT_RTOL * max_j |w_j|``. Relative,
+#: so the count does not depend on the scale of y; 1e-3 sits far above float32 rounding
+#: (~1e-7 relative) and above the leak ``~alpha^N`` of the off-support coordinates of a
+#: small-alpha fit, and far below the smallest nonzero of the synthetic ground truths (all of
+#: magnitude 1, so 1e-3 of the largest).
+SUPPORT_RTOL = 1e-3
+
+
+# --------------------------------------------------------------------------- the problem
+
+
+@dataclass(frozen=True, eq=False)
+class SparseRegressionProblem:
+    """Linear regression data ``y ~ X w*`` with n samples and d features (n < d allowed).
+
+    Build it with :func:`sparse_regression` or :func:`synthetic_sparse_regression`; the
+    constructor checks its arguments (and raises ``TypeError`` or ``ValueError`` saying what
+    is wrong) but converts nothing, since the kernels read ``X`` and ``y`` as they are.
+
+    Attributes
+    ----------
+    X : ndarray of float64, shape (n, d)
+        The design, C-contiguous (the kernels stream its rows), finite.
+    y : ndarray of float64, shape (n,)
+        The targets, finite.
+    ground_truth : ndarray of float64, shape (d,), or None
+        ``w*`` when known (synthetic problems): the test error is measured against it.
+    meta : dict
+        How the problem was made (the generator's arguments), for records.
+
+    ``n_observed`` is n, so code written for the matrix kinds, which divides by the number of
+    observations, reads the number of samples here.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    ground_truth: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_canonical(self)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n, d)``: samples, features."""
+        return (int(self.X.shape[0]), int(self.X.shape[1]))
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def n_observed(self) -> int:
+        """The number of samples n (the loss is a mean over them)."""
+        return int(self.X.shape[0])
+
+    def __repr__(self) -> str:
+        n, d = self.shape
+        gt = ""
+        if self.ground_truth is not None:
+            gt = f", {int(np.count_nonzero(self.ground_truth))}-sparse ground truth"
+        return f"SparseRegressionProblem({n} samples x {d} features{gt})"
+
+    def split(self, test_fraction: float = 0.1, seed=None):
+        """Split the samples at random into ``(train, test)`` problems (held-out samples;
+        both keep the ground truth and the meta)."""
+        pick = _test_pick(self.n_samples, test_fraction, seed, "sample", "samples")
+        return self._subset(~pick), self._subset(pick)
+
+    def _subset(self, mask):
+        return SparseRegressionProblem(
+            np.ascontiguousarray(self.X[mask]), self.y[mask].copy(), self.ground_truth,
+            dict(self.meta),
+        )
+
+    def to_arrays(self) -> dict:
+        """The arrays a checkpoint stores (``ground_truth`` only when known); the inverse of
+        :meth:`from_arrays`. ``meta`` is not included (it may hold any Python object)."""
+        out = {"X": self.X, "y": self.y}
+        if self.ground_truth is not None:
+            out["ground_truth"] = self.ground_truth
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, meta=None) -> SparseRegressionProblem:
+        """The problem back from :meth:`to_arrays`'s dict (validated again)."""
+        return sparse_regression(arrays["X"], arrays["y"], arrays.get("ground_truth"),
+                                 meta=meta)
+
+
+def _check_canonical(p) -> None:
+    """What the kernels rely on: float64 arrays of matching, non-empty shapes, finite."""
+    for name in ("X", "y"):
+        arr = getattr(p, name)
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float64:
+            raise TypeError(
+                f"SparseRegressionProblem {name} must be a numpy array of float64, got "
+                f"{type(arr).__name__}{'' if not hasattr(arr, 'dtype') else ' of ' + str(arr.dtype)}"
+                "; build the problem with fastdmf.sparse_regression(X, y), which converts"
+            )
+    X, y = p.X, p.y
+    if X.ndim != 2:
+        raise ValueError(
+            f"X must be two-dimensional (n samples x d features), got shape {X.shape}; "
+            "reshape a single sample to (1, d) or a single feature to (n, 1)"
+        )
+    if y.ndim != 1:
+        raise ValueError(
+            f"y must be one-dimensional (one target per sample), got shape {y.shape}; "
+            "for a column vector pass y.ravel()"
+        )
+    n, d = X.shape
+    if n == 0 or d == 0:
+        raise ValueError(
+            f"X has shape {X.shape}: a sparse-regression problem needs at least one sample "
+            "and one feature"
+        )
+    if y.shape[0] != n:
+        raise ValueError(
+            f"X has {n} rows (samples) but y has {y.shape[0]} entries: they must have one "
+            "target per sample (is X transposed?)"
+        )
+    if not X.flags.c_contiguous:
+        raise ValueError("SparseRegressionProblem X must be C-contiguous; build the problem "
+                         "with fastdmf.sparse_regression(X, y), which copies it")
+    for name, arr in (("X", X), ("y", y)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} must be finite; {name}{list(at)} is {arr[at]}: drop or impute the "
+                "samples with missing values first"
+            )
+    truth = p.ground_truth
+    if truth is not None:
+        if not isinstance(truth, np.ndarray) or truth.shape != (d,):
+            raise ValueError(f"ground_truth has shape {np.shape(truth)}, expected ({d},): one "
+                             "coefficient per feature")
+        if not np.all(np.isfinite(truth)):
+            raise ValueError("ground_truth must be finite")
+
+
+def _real_array(a, name) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64, order="C")  # a copy: the caller keeps theirs
+
+
+def sparse_regression(X, y, ground_truth=None, meta=None) -> SparseRegressionProblem:
+    """A validated sparse-regression problem from a design ``X`` (n x d) and targets ``y``.
+
+    The arrays are copied (float64, C order), so later changes to the caller's arrays do not
+    reach the problem. Raises ``ValueError`` for mismatched lengths, NaN or inf, an empty
+    ``X`` or wrong dimensions, ``TypeError`` for non-numeric input.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> p = sparse_regression(np.eye(2, 3), [1.0, 2.0])
+    >>> p.shape, p.n_observed
+    ((2, 3), 2)
+    """
+    X = _real_array(X, "X")
+    y = _real_array(y, "y")
+    if ground_truth is not None:
+        ground_truth = _real_array(ground_truth, "ground_truth")
+    return SparseRegressionProblem(X, y, ground_truth, dict(meta or {}))
+
+
+def synthetic_sparse_regression(n_samples, n_features, sparsity, noise=0.0, seed=0
+                                ) -> SparseRegressionProblem:
+    """Gaussian design, sparse ground truth: ``y = X w* + noise * e``.
+
+    ``X`` has i.i.d. N(0, 1) entries; ``w*`` has ``sparsity`` nonzeros on a support drawn
+    uniformly without replacement, each ``+1`` or ``-1`` with a fair random sign (so every
+    nonzero has magnitude 1 and the support is unambiguous); ``e`` has i.i.d. N(0, 1) entries.
+    ``sparsity = 0`` gives ``w* = 0``. One ``numpy.random.default_rng(seed)`` draws X, then
+    the support, the signs and the noise, in that order.
+    """
+    for name, v, low in (("n_samples", n_samples, 1), ("n_features", n_features, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if (not isinstance(sparsity, (int, np.integer)) or isinstance(sparsity, bool)
+            or not 0 <= sparsity <= n_features):
+        raise ValueError(
+            f"sparsity must be an integer in [0, n_features = {n_features}] (the number of "
+            f"nonzeros of w*), got {sparsity!r}"
+        )
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (a standard deviation), got "
+                         f"{noise!r}")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_features))
+    truth = np.zeros(n_features)
+    support = rng.choice(n_features, size=int(sparsity), replace=False)
+    truth[support] = rng.choice([-1.0, 1.0], size=int(sparsity))
+    y = X @ truth
+    if noise > 0:
+        y = y + noise * rng.standard_normal(n_samples)
+    meta = {"generator": "synthetic_sparse_regression", "n_samples": int(n_samples),
+            "n_features": int(n_features), "sparsity": int(sparsity), "noise": float(noise),
+            "seed": seed}
+    return SparseRegressionProblem(X, y, truth, meta)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class DiagonalLayout:
+    """The flat parameters ``theta = [u; v]`` of a depth-``depth`` diagonal network with
+    ``n_features`` coordinates: the interface of :class:`fastdmf.factors.FactorLayout`
+    (``dims``, ``offsets``, ``size``, ``pack``, ``unpack``) with the two "factors" u and v.
+
+    ``dims = (d, d)`` are the lengths of u and v (not matrix shapes); ``depth`` is N."""
+
+    n_features: int
+    depth: int
+
+    def __post_init__(self):
+        d, N = self.n_features, self.depth
+        if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
+            raise ValueError(f"n_features must be a positive integer, got {d!r}")
+        if not isinstance(N, (int, np.integer)) or isinstance(N, bool) or N < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {N!r}")
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return (int(self.n_features), int(self.n_features))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``[0, d, 2d]``: u is ``theta[0:d]``, v is ``theta[d:2d]``."""
+        d = int(self.n_features)
+        return np.array([0, d, 2 * d], dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return 2 * int(self.n_features)
+
+    def pack(self, params, dtype=np.float64) -> np.ndarray:
+        """Flatten ``[u, v]`` into ``theta``, checking shapes and values."""
+        params = list(params)
+        if len(params) != 2:
+            raise ValueError(f"a diagonal network has two parameter vectors [u, v], got "
+                             f"{len(params)}")
+        theta = np.empty(self.size, dtype=dtype)
+        for k, (name, p) in enumerate(zip("uv", params)):
+            p = np.asarray(p)
+            if p.shape != (self.n_features,):
+                raise ValueError(f"{name} has shape {p.shape}, expected ({self.n_features},)")
+            if p.dtype.kind not in "iuf" or not np.all(np.isfinite(p)):
+                raise ValueError(f"{name} must hold finite real numbers")
+            theta[k * self.n_features : (k + 1) * self.n_features] = p
+        return theta
+
+    def unpack(self, theta) -> list[np.ndarray]:
+        """Views ``[u, v]`` into ``theta``."""
+        d = int(self.n_features)
+        return [theta[:d], theta[d : 2 * d]]
+
+
+def initialize(layout: DiagonalLayout, init_scale: float) -> list[np.ndarray]:
+    """``[u, v]`` with ``u = v = alpha * 1`` (so ``w(0) = 0``), ``alpha = init_scale > 0``.
+
+    alpha must be positive: at alpha = 0 every gradient vanishes (each is a multiple of
+    ``u^(N-1)`` or ``v^(N-1)``) and training never starts for N >= 2."""
+    alpha = init_scale
+    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating))
+            or not (np.isfinite(alpha) and alpha > 0)):
+        raise ValueError(
+            f"init_scale (alpha) must be a positive finite number, got {alpha!r}: u = v = "
+            "alpha at the start, and alpha = 0 is a stationary point"
+        )
+    d = layout.n_features
+    return [np.full(d, float(alpha)), np.full(d, float(alpha))]
+
+
+def coef(params, depth: int) -> np.ndarray:
+    """``w = u^N - v^N`` from the flat ``theta = [u; v]`` (or the pair ``[u, v]``), in
+    float64."""
+    if isinstance(params, np.ndarray) and params.ndim == 1:
+        d = params.shape[0] // 2
+        u, v = params[:d], params[d:]
+    else:
+        u, v = params
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    return u**depth - v**depth
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_loss_and_grad(u, v, X, y, depth):
+    """``(loss, du, dv)`` in plain NumPy (float64): the oracle of the kernels.
+
+    ``loss = mean((X w - y)^2)``, ``g = (2/n) X^T (X w - y)``, ``du = N u^(N-1) g``,
+    ``dv = -N v^(N-1) g``, with ``w = u^N - v^N``."""
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = u**depth - v**depth
+    r = X @ w - y
+    n = X.shape[0]
+    g = (2.0 / n) * (X.T @ r)
+    return float(r @ r / n), depth * u ** (depth - 1) * g, -depth * v ** (depth - 1) * g
+
+
+def record_values(w, init_scale, depth, ground_truth=None) -> dict:
+    """The values a trajectory record holds for the coefficients ``w``.
+
+    ``l1``, ``l2``: ``||w||_1``, ``||w||_2``; ``support``: the number of ``|w_i| >
+    SUPPORT_RTOL * max|w|``; ``potential``: ``Q_alpha(w)`` from
+    :func:`fastdmf.diagonal_theory.potential` (NaN for depth 1, where no potential is
+    defined, or when that module is unavailable); ``test_error``: ``||w - w*||^2 /
+    ||w*||^2`` when a nonzero ground truth is given, else NaN."""
+    w = np.asarray(w, dtype=np.float64)
+    big = float(np.max(np.abs(w))) if w.size else 0.0
+    out = {
+        "l1": float(np.sum(np.abs(w))),
+        "l2": float(np.linalg.norm(w)),
+        "support": int(np.count_nonzero(np.abs(w) > SUPPORT_RTOL * big)) if big > 0 else 0,
+        "potential": np.nan,
+        "test_error": np.nan,
+    }
+    if depth >= 2:
+        try:
+            from .diagonal_theory import potential
+        except ImportError:  # pragma: no cover  (the oracle module lands separately)
+            potential = None
+        if potential is not None:
+            out["potential"] = float(potential(w, init_scale, depth))
+    if ground_truth is not None and np.any(ground_truth):
+        truth = np.asarray(ground_truth, dtype=np.float64)
+        out["test_error"] = float(np.sum((w - truth) ** 2) / np.sum(truth**2))
+    return out
