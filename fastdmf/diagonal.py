@@ -140,10 +140,10 @@ def _check_canonical(p) -> None:
     for name in ("X", "y"):
         arr = getattr(p, name)
         if not isinstance(arr, np.ndarray) or arr.dtype != np.float64:
+            got = type(arr).__name__ + (f" of {arr.dtype}" if hasattr(arr, "dtype") else "")
             raise TypeError(
-                f"SparseRegressionProblem {name} must be a numpy array of float64, got "
-                f"{type(arr).__name__}{'' if not hasattr(arr, 'dtype') else ' of ' + str(arr.dtype)}"
-                "; build the problem with fastdmf.sparse_regression(X, y), which converts"
+                f"SparseRegressionProblem {name} must be a numpy array of float64, got {got}; "
+                "build the problem with fastdmf.sparse_regression(X, y), which converts"
             )
     X, y = p.X, p.y
     if X.ndim != 2:
@@ -293,7 +293,7 @@ class DiagonalLayout:
             raise ValueError(f"a diagonal network has two parameter vectors [u, v], got "
                              f"{len(params)}")
         theta = np.empty(self.size, dtype=dtype)
-        for k, (name, p) in enumerate(zip("uv", params)):
+        for k, (name, p) in enumerate(zip("uv", params, strict=True)):
             p = np.asarray(p)
             if p.shape != (self.n_features,):
                 raise ValueError(f"{name} has shape {p.shape}, expected ({self.n_features},)")
