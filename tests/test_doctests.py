@@ -9,7 +9,7 @@ import pytest
 MODULES = [
     "fastdmf", "fastdmf.api", "fastdmf.batch", "fastdmf.checkpoint", "fastdmf.config",
     "fastdmf.objective", "fastdmf.problem", "fastdmf.theory", "fastdmf.sklearn",
-    "fastdmf.diagonal_theory", "fastdmf.baselines.basis_pursuit",
+    "fastdmf.diagonal", "fastdmf.diagonal_theory", "fastdmf.baselines.basis_pursuit",
     "fastdmf.baselines.frobenius", "fastdmf.baselines.nuclear", "fastdmf.baselines.schatten",
     "fastdmf.baselines.softimpute", "fastdmf.experiments.dynamics",
     "fastdmf.experiments.paper", "fastdmf.experiments.sweep", "fastdmf.experiments.sweep_table",
