@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_step import stamp  # noqa: E402
+from _harness import stamp  # noqa: E402
 
 import fastdmf  # noqa: E402
 

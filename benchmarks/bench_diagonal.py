@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_step import contention, cpu_snapshot, stamp  # noqa: E402
+from _harness import contention, cpu_snapshot, stamp  # noqa: E402
 
 from fastdmf import diagonal as D  # noqa: E402
 from fastdmf.kernels import diagonal as K  # noqa: E402

@@ -58,7 +58,7 @@ def main(argv=None):
         print(text, flush=True)
         lines.append(text)
 
-    from bench_step import stamp  # the common stamp (this folder is on sys.path)
+    from _harness import stamp  # the common stamp (this folder is on sys.path)
 
     say("# optimizer='flow' vs small-step GD")
     for line in stamp(None):

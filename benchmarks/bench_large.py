@@ -78,7 +78,7 @@ def main(argv=None):
                              + (["--quick"] if args.quick else []),
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    from bench_step import stamp  # the common stamp (this folder is on sys.path)
+    from _harness import stamp  # the common stamp (this folder is on sys.path)
 
     lines = [
         "# Large sparse problem",

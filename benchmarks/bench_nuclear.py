@@ -92,11 +92,11 @@ def run(solver, shape, nobs, seed, timeout):
 
 
 def stamp() -> list[str]:
-    """The common benchmark stamp (bench_step.stamp) plus what this comparison adds: cvxpy's
+    """The common benchmark stamp (_harness.stamp) plus what this comparison adds: cvxpy's
     version, the load at the start, and the BLAS thread setting. Imported here, not at the top,
     so the solve subprocesses do not load numba, torch and fastdmf's kernels for it."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_step import stamp as common_stamp
+    from _harness import stamp as common_stamp
 
     try:
         import cvxpy

@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_step import contention, cpu_snapshot, stamp  # noqa: E402
+from _harness import contention, cpu_snapshot, stamp  # noqa: E402
 
 import fastdmf  # noqa: E402
 from fastdmf import config  # noqa: E402

@@ -379,7 +379,7 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    from bench_step import stamp
+    from _harness import stamp
 
     args = parse(argv)
     table_methods, rating_methods = _methods(args.methods)

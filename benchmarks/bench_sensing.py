@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_step import (  # noqa: E402
+from _harness import (  # noqa: E402
     TORCH_THREADS,
     TorchDense,
     check_agreement,
@@ -119,12 +119,13 @@ class NumpyDense:
 
 
 class TorchSensing(TorchDense):
-    """bench_step's PyTorch step with the sensing loss: ``pred = A_mat @ W.flatten()``."""
+    """The harness's PyTorch step with the sensing loss: ``pred = A_mat @ W.flatten()``."""
 
     def __init__(self, problem, layout):
         import torch
 
         self.torch = torch
+        self.lr = LR
         torch.set_num_threads(TORCH_THREADS)
         self.dtype = torch.float64
         self.amat = torch.from_numpy(problem.operator)

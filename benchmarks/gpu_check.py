@@ -50,10 +50,10 @@ def say(line=""):
 
 
 def stamp(commit=None):
-    """The device line, then the common benchmark stamp (bench_step.stamp: date, host, CPU,
+    """The device line, then the common benchmark stamp (_harness.stamp: date, host, CPU,
     versions, fastdmf commit; ``commit`` names the code run where the copy has no git)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_step import stamp as common_stamp
+    from _harness import stamp as common_stamp
 
     dev = kc.cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name

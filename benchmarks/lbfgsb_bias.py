@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_step import stamp  # noqa: E402
+from _harness import stamp  # noqa: E402
 
 import fastdmf  # noqa: E402
 from fastdmf.kernels.blas import blas_threads  # noqa: E402

@@ -47,7 +47,7 @@ def main(argv=None):
         same &= rows_p[k]["seed"] == rows_d[k]["seed"]
         same &= all(np.array_equal(a, b)
                     for a, b in zip(pool.factors(k), dask.factors(k), strict=True))
-    from bench_step import stamp  # the common stamp (this folder is on sys.path)
+    from _harness import stamp  # the common stamp (this folder is on sys.path)
 
     print("# 144-fit grid through fastdmf.sweep")
     print("\n".join(stamp(None)))

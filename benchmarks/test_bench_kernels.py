@@ -5,7 +5,7 @@ Run it explicitly (``testpaths = ["tests"]`` keeps it out of the main suite)::
 
     PYTHONPATH=. python -m pytest benchmarks/ --benchmark-group-by=group
 
-Each group holds fastdmf and the dense NumPy step of ``bench_step.py`` doing the same work,
+Each group holds fastdmf and the dense NumPy step of ``_harness.py`` doing the same work,
 so the relative column of pytest-benchmark's table reads as a ratio:
 
 - ``loss+grad N=k``: ``Engine.evaluate`` (serial and parallel kernels) against the dense
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bench_step import LR, NumpyDense
+from _harness import LR, NumpyDense
 
 import fastdmf
 from fastdmf.engine import Engine
