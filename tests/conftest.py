@@ -9,6 +9,8 @@ import numba.core.config  # noqa: E402  (pytest already imported numba for filte
 
 numba.core.config.reload_config()
 
+from pathlib import Path  # noqa: E402
+
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -16,6 +18,21 @@ import pytest  # noqa: E402
 import fastdmf  # noqa: E402
 from fastdmf.engine import Engine  # noqa: E402
 from fastdmf.factors import FactorLayout  # noqa: E402
+
+
+@pytest.fixture
+def same_fastdmf(tmp_path):
+    """Keyword arguments (``env``, ``cwd``) for ``subprocess.run``/``Popen`` of
+    ``sys.executable`` that make the child import the fastdmf this process imported (the
+    installed package, or the checkout where PYTHONPATH names it): the folder holding that
+    package first on PYTHONPATH, and an empty working folder, since ``python -c`` and
+    ``python -m`` put the working folder first on ``sys.path`` and, run from a checkout, would
+    import the checkout."""
+    parent = str(Path(fastdmf.__file__).resolve().parents[1])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return dict(env=dict(os.environ, PYTHONPATH=os.pathsep.join([parent, *rest])), cwd=cwd)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,11 @@
 """Checkpoints and resume: a fit killed (SIGKILL, Ctrl-C) and resumed from its last checkpoint
 ends bit for bit where the uninterrupted fit ends."""
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ import pytest
 import fastdmf
 from fastdmf.checkpoint import problem_from_arrays, problem_to_arrays, read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 KW = dict(depth=3, lr=1e-2, max_steps=1200, record=100, seed=0, tol=1e-9)
 
 
@@ -77,7 +74,7 @@ def test_ctrl_c_then_resume_is_bit_identical(square, tmp_path, case, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["fit.ckpt"]  # no stray temp files
 
 
-def test_resume_after_sigkill_is_bit_identical(square, tmp_path):
+def test_resume_after_sigkill_is_bit_identical(square, tmp_path, same_fastdmf):
     """A subprocess runs the fit with checkpoints and is SIGKILLed mid-run."""
     path = tmp_path / "fit.ckpt"
     script = textwrap.dedent(f"""
@@ -86,8 +83,7 @@ def test_resume_after_sigkill_is_bit_identical(square, tmp_path):
         fastdmf.fit(p, **{KW!r}, checkpoint={str(path)!r}, checkpoint_every=100,
                     callback=lambda r: time.sleep(0.1))   # slow, so the kill lands mid-run
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", script], **same_fastdmf)
     try:
         deadline = time.monotonic() + 120
         step = 0

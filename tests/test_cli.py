@@ -42,10 +42,10 @@ def test_bad_input_prints_its_message_and_exits_2(capsys, tmp_path):
         main(["--traceback", "sweep", str(tmp_path / "missing.toml")])
 
 
-def test_python_dash_m_runs_the_command_line():
+def test_python_dash_m_runs_the_command_line(same_fastdmf):
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-m", "fastdmf", "--version"], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, **same_fastdmf)
     assert out.stdout.strip() == f"fastdmf {fastdmf.__version__}"

@@ -107,7 +107,7 @@ def test_step_never_forms_the_dense_matrix():
     assert eng.evaluate() == pytest.approx(np.mean((pred - problem.values) ** 2), rel=1e-12)
 
 
-def test_import_without_a_writable_cache_folder_warns_and_runs():
+def test_import_without_a_writable_cache_folder_warns_and_runs(same_fastdmf):
     """Where Numba has nowhere to cache (read-only install, no writable home), the kernels
     compile uncached with a warning instead of failing at import."""
     import subprocess
@@ -127,6 +127,7 @@ def test_import_without_a_writable_cache_folder_warns_and_runs():
         t, d1, d2 = flow._chebyshev(3, 1.0)   # compiled, uncached
         print(t[3], d1[3])
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         **same_fastdmf)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1.0", "9.0"]  # T_3(1) = 1, T_3'(1) = 9

@@ -118,7 +118,7 @@ def test_depth_one_fills_new_rows_with_offsets():
     np.testing.assert_allclose(imp.transform(row)[0], want, rtol=1e-12)
 
 
-def test_errors_and_lazy_import():
+def test_errors_and_lazy_import(same_fastdmf):
     with pytest.raises(ValueError, match="no observed entries"):
         DMFImputer().fit(np.full((3, 3), np.nan))
     with pytest.raises(ValueError, match="infinity"):
@@ -131,7 +131,7 @@ def test_errors_and_lazy_import():
 
     code = "import sys, fastdmf; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, **same_fastdmf)
     assert out.stdout.strip() == "False"
 
 
@@ -204,7 +204,7 @@ def test_defaults_beat_column_means_on_noisy_data():
     assert imp.status_ in ("early_stopped", "no_improvement")
 
 
-def test_without_scikit_learn_the_imputer_says_what_to_install():
+def test_without_scikit_learn_the_imputer_says_what_to_install(same_fastdmf):
     import subprocess
     import sys
 
@@ -213,5 +213,5 @@ def test_without_scikit_learn_the_imputer_says_what_to_install():
             "try:\n    fastdmf.DMFImputer\n"
             "except ImportError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, **same_fastdmf)
     assert 'pip install "fastdmf[sklearn]"' in out.stdout

@@ -82,17 +82,14 @@ def test_dask_cluster_gives_the_same_results(pool_table, tmp_path):
             np.testing.assert_array_equal(wa, wb)
 
 
-def _die_once(marker, record):
-    """Fit callback: the first depth-2 fit to reach a record kills its worker process."""
-    if len(record["factors"]) == 2 and not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
+def test_killed_worker_then_rerun_completes_without_loss_or_repeats(tmp_path, monkeypatch):
+    # the spawned workers import the callback's module by name, from this folder
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    from _worker_callbacks import die_once
 
-
-def test_killed_worker_then_rerun_completes_without_loss_or_repeats(tmp_path):
     out = tmp_path / "sweep"
     grid = {"depth": [1, 2], "repeat": 3}
-    kw = dict(FIT, callback=functools.partial(_die_once, str(tmp_path / "marker")))
+    kw = dict(FIT, callback=functools.partial(die_once, str(tmp_path / "marker")))
     with pytest.raises(RuntimeError, match="run the same sweep again"):
         fastdmf.sweep(grid, out=out, problem=SPEC, workers=2, **kw)
     done = {f: os.stat(out / "tasks" / f).st_mtime_ns for f in os.listdir(out / "tasks")}
