@@ -11,7 +11,8 @@ def test_batch_equals_single_fits(square):
     seeds, lrs, scales = [0, 1, 2, 3], [1e-2, 1e-2, 3e-3, 1e-2], [1e-2, 1e-3, 1e-2, 1e-1]
     kw = dict(depth=3, max_steps=2000, record=250, tol=1e-4)
     batch = fastdmf.fit_batch(square, seeds=seeds, lr=lrs, init_scale=scales, **kw)
-    assert len({r.status for r in batch}) >= 1
+    # trials that stop early (tol) run beside trials that run to max_steps
+    assert {r.status for r in batch} == {"converged", "max_steps"}
     for res, seed, lr, scale in zip(batch, seeds, lrs, scales):
         single = fastdmf.fit(square, seed=seed, lr=lr, init_scale=scale, parallel=False, **kw)
         assert res.status == single.status and res.n_steps == single.n_steps

@@ -8,7 +8,6 @@ import scipy.sparse as sp
 
 import fastdmf
 from fastdmf import reference
-from fastdmf.factors import end_to_end
 
 SMALL = dict(depth=3, lr=1e-2, seed=0, record=None)
 
@@ -18,7 +17,12 @@ def test_result_type_and_fields(square):
     assert isinstance(res, fastdmf.FitResult)
     assert res.status == "max_steps" and res.n_steps == 50
     assert [w.shape for w in res.factors] == [(12, 12)] * 3
-    np.testing.assert_allclose(res.matrix(), end_to_end(res.factors))
+    # W = W_3 W_2 W_1 written out, and it is the matrix the kernels trained: its mean squared
+    # error on the observed entries is the loss recorded at the last step
+    w = res.factors[2] @ res.factors[1] @ res.factors[0]
+    np.testing.assert_allclose(res.matrix(), w, rtol=1e-12, atol=1e-15)
+    mse = np.mean((w[square.rows, square.cols] - square.values) ** 2)
+    assert res.trajectory.train_loss[-1] == pytest.approx(mse, rel=1e-10)
     traj = res.trajectory
     np.testing.assert_array_equal(traj.step, [0, 10, 20, 30, 40, 50])
     assert res.settings["seed"] == 1
@@ -60,9 +64,28 @@ def test_converges_to_tolerance(square):
     res = fastdmf.fit(square, tol=1e-4, max_steps=200_000, **SMALL)
     assert res.status == "converged"
     assert res.train_loss <= 1e-4
-    assert res.trajectory.train_loss[-2:].min() <= 1e-4 if len(res.trajectory) > 1 else True
     ref = reference.loss(res.factors, square.rows, square.cols, square.values)
     assert res.train_loss == pytest.approx(ref, rel=1e-10)
+    # it stopped at the first step that reached tol: one step fewer is still above it
+    short = fastdmf.fit(square, tol=1e-4, max_steps=res.n_steps - 1, **SMALL)
+    assert short.status == "max_steps" and short.train_loss > 1e-4
+
+
+def test_tol_zero_stops_only_at_an_exact_zero_loss():
+    """tol=0 turns the threshold off except at a loss of exactly 0, which no step improves.
+    Depth 1, GD with lr = |Omega| / 2 from W = 0 lands on the observed values in one step
+    (W - lr (2 / |Omega|) (W - Y) = Y exactly); lr = |Omega| / 4 only halves the residual."""
+    p = fastdmf.completion([0, 0, 1, 1], [0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0], shape=(2, 2))
+    kw = dict(depth=1, init=[np.zeros((2, 2))], optimizer="gd", tol=0, max_steps=10, record=1,
+              validation=None, offsets=None)
+    exact = fastdmf.fit(p, lr=2.0, **kw)
+    assert exact.status == "converged" and exact.n_steps == 1
+    np.testing.assert_array_equal(exact.factors[0], [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(exact.trajectory.train_loss, [7.5, 0.0])  # mean of y^2
+    halving = fastdmf.fit(p, lr=1.0, **kw)
+    assert halving.status == "max_steps" and halving.n_steps == 10
+    np.testing.assert_allclose(halving.trajectory.train_loss, 7.5 * 0.25 ** np.arange(11),
+                               rtol=1e-14)
 
 
 def test_tol_zero_runs_all_steps(square):

@@ -34,7 +34,10 @@ def test_fields_match_reference(tall):
     sv = reference.singular_values(factors)[:4]
     np.testing.assert_allclose(traj.singular_values[-1], sv, rtol=1e-10, atol=1e-13)
     assert traj.nuclear_norm[-1] == pytest.approx(sv.sum(), rel=1e-10)
-    assert traj.effective_rank[-1] == pytest.approx(reference.effective_rank(sv), rel=1e-10)
+    # exp of the entropy of sigma / sum(sigma), written out (Roy & Vetterli 2007)
+    all_sv = np.linalg.svd(factors[2] @ factors[1] @ factors[0], compute_uv=False)
+    p = all_sv[all_sv > 0] / all_sv.sum()
+    assert traj.effective_rank[-1] == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-10)
     assert traj.schatten[-1] == pytest.approx(np.sum(sv ** (2 / 3)), rel=1e-10)
     loss, grads = reference.loss_and_grad(factors, tall.rows, tall.cols, tall.values)
     assert traj.train_loss[-1] == pytest.approx(loss, rel=1e-12)
@@ -42,10 +45,23 @@ def test_fields_match_reference(tall):
     assert traj.grad_norm[-1] == pytest.approx(gnorm, rel=1e-10)
     assert traj.param_norm[-1] == pytest.approx(
         np.sqrt(sum(np.sum(w**2) for w in factors)), rel=1e-12)
-    np.testing.assert_allclose(traj.balancedness[-1], balancedness(factors), rtol=1e-10)
+    w1, w2, w3 = factors  # ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F, written out
+    np.testing.assert_allclose(traj.balancedness[-1],
+                               [np.linalg.norm(w2.T @ w2 - w1 @ w1.T),
+                                np.linalg.norm(w3.T @ w3 - w2 @ w2.T)], rtol=1e-10)
     assert traj.balancedness.shape == (3, 2)
     assert np.all(np.isnan(traj.test_error))  # no ground truth, no held-out entries
     assert np.all(np.diff(traj.time) > 0)
+
+
+def test_effective_rank_of_known_spectra():
+    # p = sigma / sum(sigma); exp(entropy): k equal values give k, zeros add nothing
+    assert reference.effective_rank([2.0, 2.0, 0.0]) == pytest.approx(2.0, rel=1e-15)
+    assert reference.effective_rank([0.5] * 4) == pytest.approx(4.0, rel=1e-15)
+    assert reference.effective_rank([5.0]) == 1.0
+    assert reference.effective_rank([0.0, 0.0]) == 0.0
+    # p = (3/4, 1/4): exp(ln 4 - (3/4) ln 3) = 4 / 3^(3/4)
+    assert reference.effective_rank([3.0, 1.0]) == pytest.approx(4 / 3**0.75, rel=1e-14)
 
 
 def test_reconstruction_error_and_held_out_mse(square):
