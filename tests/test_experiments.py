@@ -36,14 +36,6 @@ TINY = paper.Grid(kinds=("completion",), n_observed=(150,), methods=("depth1", "
                   seeds=(0, 1), max_steps=400)
 
 
-def _has_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _direct(problem, grid, depth, trial):
     return fastdmf.fit(problem, depth, seed=trial["seed"], init_scale=trial["init_scale"],
                        lr=trial["lr"], init=grid.init, optimizer=grid.optimizer, tol=grid.tol,
@@ -117,8 +109,7 @@ def test_reproduce_init_scale_files(tiny_table, tmp_path):
                                      progress=False)
     assert sorted({s["init_scale"] for s in got["summary"]}) == [1e-3, 1e-2]
     assert "| depth3 | 0.01 | 0.01 | 2 |" in (tmp_path / "init_scale.md").read_text()
-    if _has_matplotlib():
-        assert (tmp_path / "init_scale_completion_150.png").stat().st_size > 1000
+    assert (tmp_path / "init_scale_completion_150.png").stat().st_size > 1000
 
 
 def test_unknown_method_and_kind_are_named():
@@ -148,8 +139,7 @@ def test_reproduce_dynamics_records_are_the_direct_fit(tmp_path):
     assert res[2]["half_rise"] == half_rise_steps(direct.trajectory.step,
                                                   direct.trajectory.singular_values)
     assert (tmp_path / "stagger.csv").exists() and (tmp_path / "dynamics.md").exists()
-    if _has_matplotlib():
-        assert (tmp_path / "dynamics.png").stat().st_size > 1000
+    assert (tmp_path / "dynamics.png").stat().st_size > 1000
 
 
 def test_razin_cohen_unobserved_entry_grows_while_rank_falls(tmp_path):

@@ -4,6 +4,7 @@ Drawn on matplotlib's Agg backend (no display). The experiments close their figu
 saving, so ``savefig`` is wrapped to keep each figure for inspection.
 """
 
+import sys
 import types
 
 import matplotlib
@@ -116,6 +117,14 @@ def test_razin_cohen_figure_draws_the_table(tmp_path, saved):
             np.testing.assert_array_equal(y, ys)
     assert loss_ax.get_xscale() == loss_ax.get_yscale() == "log"
     assert norm_ax.get_yscale() == "linear"
+
+
+def test_without_matplotlib_the_experiments_write_their_tables_only(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    rows = dynamics.reproduce_razin_cohen(tmp_path, config={"tol": 0.1}, progress=False)
+    assert rows[-1]["train_loss"] <= 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["razin_cohen.csv", "razin_cohen.md"]
 
 
 def test_init_scale_figure_draws_means_and_std_bars(tmp_path, saved):

@@ -1,5 +1,7 @@
 """Record schedules, trajectory fields against the reference, save/load; initialisations."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -126,18 +128,14 @@ def test_rows_appended_after_reading_keep_every_record(square, depth):
     assert parts.singular_values.shape[0] == 7
 
 
-def test_plot_needs_matplotlib_or_draws(square):
+def test_plot_without_matplotlib_says_what_to_install(square, monkeypatch):
+    # what it draws is checked in test_plot.py; here matplotlib cannot be imported
     res = fastdmf.fit(square, depth=2, max_steps=20, record=5, seed=0)
-    try:
-        import matplotlib
-    except ImportError:
-        with pytest.raises(ImportError, match="fastdmf\\[plot\\]"):
-            res.trajectory.plot()
-        return
-    matplotlib.use("Agg")
-    ax = res.trajectory.plot(k=3)
-    assert len(ax.lines) == 3
-    np.testing.assert_array_equal(ax.lines[0].get_xdata(), res.trajectory.step)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"Trajectory.plot needs matplotlib: pip install "
+                                          r"'fastdmf\[plot\]'"):
+        res.trajectory.plot()
 
 
 @pytest.mark.parametrize("shape, depth", [((40, 40), 3), ((30, 50), 2), ((50, 30), 4)])
