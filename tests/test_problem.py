@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 import fastdmf
+from fastdmf import reference
 
 
 def triplets():
@@ -127,6 +128,26 @@ def test_hand_built_valid_problem_equals_completions():
         np.testing.assert_array_equal(getattr(p, name), getattr(ref, name))
     for a, b in zip(p.index, ref.index):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_hand_built_problem_gives_the_numpy_loss(depth):
+    """The kernels read a valid hand-built problem as it is: loss and gradients equal the
+    NumPy reference on the same arrays, at depth 1 (W itself) and deeper (the factored
+    passes over the entries)."""
+    shape, rows, cols, vals = _hand()
+    p = fastdmf.CompletionProblem(shape, rows, cols, vals)
+    rng = np.random.default_rng(depth)
+    dims = [4, *([3] * (depth - 1)), 3]
+    factors = [rng.standard_normal((dims[j + 1], dims[j])) for j in range(depth)]
+    loss, grads = fastdmf.loss_and_grad(factors, p)
+    w = factors[0]
+    for f in factors[1:]:
+        w = f @ w
+    assert loss == pytest.approx(np.mean((w[rows, cols] - vals) ** 2), rel=1e-13)
+    _, want = reference.loss_and_grad(factors, rows, cols, vals)
+    for g, r in zip(grads, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize(
