@@ -44,6 +44,7 @@ def torch_or_none():
         return None
     return torch
 
+
 # --------------------------------------------------------------------------- dense peers
 
 
@@ -138,6 +139,7 @@ class TorchDense:
     def grads(self):
         return [p.grad.numpy().copy() for p in self.params]
 
+
 # --------------------------------------------------------------------------- checks and timing
 
 
@@ -193,6 +195,7 @@ def time_impls(impls, factors0, repeats, target_s):
             k = ks[impl.name]
             samples[impl.name].append(timed(impl, k) / k)
     return {name: (float(np.median(s)), float(np.min(s)), ks[name]) for name, s in samples.items()}
+
 
 # --------------------------------------------------------------------------- machine
 
