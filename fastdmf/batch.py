@@ -29,10 +29,8 @@ from .drive import Watch
 from .engine import Engine, resolve_backend
 from .factors import initialize
 from .kernels import cpu
-from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.blas import blas_threads
 from .optim import get_optimizer
-from .problem import SensingProblem
 from .trajectory import Trajectory
 
 __all__ = ["fit_batch"]
@@ -211,7 +209,7 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth, v
 
 def _run_cpu(st, eng0, problem, chunk, tol, caps, active, status):
     """One compiled call advancing every active trial on the CPU, one trial per task."""
-    kernel = run_batch_sensing if isinstance(problem, SensingProblem) else run_batch
+    kernel = eng0.kind.batch_run
     with blas_threads(1):
         old = numba.get_parallel_chunksize()
         numba.set_parallel_chunksize(1)

@@ -32,10 +32,10 @@ import zipfile
 
 import numpy as np
 
+from ._kinds import by_name, kind_of
 from .factors import FactorLayout
 from .offsets import Offsets
 from .optim import get_optimizer
-from .problem import CompletionProblem, SensingProblem
 from .trajectory import MATRICES, SCALARS, Grid, Trajectory
 
 __all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
@@ -242,40 +242,17 @@ def _trajectory_from(data, state) -> Trajectory:
 
 
 def problem_to_arrays(problem, prefix):
-    """``({name: array}, kind, meta)`` for a completion or sensing problem."""
-    if isinstance(problem, CompletionProblem):
-        kind = "completion"
-        arrays = {"rows": problem.rows, "cols": problem.cols, "values": problem.values}
-    elif isinstance(problem, SensingProblem):
-        kind = "sensing"
-        arrays = {"A": problem.A, "y": problem.y}
-    else:  # pragma: no cover - fit validates its input first
-        raise TypeError(f"cannot checkpoint a problem of type {type(problem).__name__}")
-    arrays["shape"] = np.asarray(problem.shape, dtype=np.int64)
-    if problem.ground_truth is not None:
-        arrays["ground_truth"] = problem.ground_truth
-    if problem.truth_factors is not None:
-        arrays["truth_u"], arrays["truth_v"] = problem.truth_factors
-    out = {f"{prefix}_{k}": np.asarray(v) for k, v in arrays.items()}
-    return out, kind, dict(problem.meta)
+    """``({prefix_name: array}, kind name, meta)`` of a problem (see ``to_arrays``)."""
+    kind = kind_of(problem)
+    out = {f"{prefix}_{k}": np.asarray(v) for k, v in problem.to_arrays().items()}
+    return out, kind.name, dict(problem.meta)
 
 
 def problem_from_arrays(data, prefix, kind, meta=None):
-    def get(name):
-        key = f"{prefix}_{name}"
-        return data[key] if key in data.files else None
-
-    shape = tuple(int(s) for s in get("shape"))
-    truth = get("ground_truth")
-    u, v = get("truth_u"), get("truth_v")
-    factors = None if u is None else (u, v)
-    meta = dict(meta or {})
-    if kind == "completion":
-        return CompletionProblem(shape, get("rows"), get("cols"), get("values"), truth, meta,
-                                 factors)
-    if kind == "sensing":
-        return SensingProblem(shape, get("A"), get("y"), truth, meta, factors)
-    raise ValueError(f"unknown problem kind {kind!r} in the checkpoint")
+    """The problem of kind name ``kind`` back from :func:`problem_to_arrays`'s arrays."""
+    head = f"{prefix}_"
+    arrays = {k[len(head):]: data[k] for k in data.files if k.startswith(head)}
+    return by_name(kind).problem_type.from_arrays(arrays, meta)
 
 
 def _digest(arrays) -> str:

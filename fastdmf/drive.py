@@ -60,7 +60,7 @@ class Watch:
         if np.isfinite(loss):
             self.traj.append(measure(eng.factors(), eng.grads(), loss, eng.n_steps, eng.time,
                                      eng.n_evals, self.problem, self.test, self.top_k,
-                                     self.val, self.offsets))
+                                     self.val, self.offsets, held_out=eng.kind.score))
         return loss
 
     def settle(self, code: int, at_record: bool, tol: float):

@@ -7,28 +7,17 @@ has size m x n (except depth 1, whose single factor is W itself).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from . import config
-from .factors import FactorLayout
-from .kernels import cpu, flow, sensing
+from ._kinds import COMPLETION, kind_of, select_kernels
+from .kernels import flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
-from .problem import SensingProblem
 
 __all__ = ["Engine", "CudaEngine", "make_engine", "select_kernels", "BACKENDS"]
 
 BACKENDS = ("cpu", "cuda", "auto")
-
-
-def select_kernels(n_observed: int, layout: FactorLayout, parallel=None):
-    """The kernel family to use: ``parallel`` True/False, or None to decide by problem size
-    (``config.PARALLEL_MIN_WORK``) and thread count."""
-    if parallel is None:
-        work = n_observed * max(layout.dims[1:-1], default=1)
-        parallel = numba.get_num_threads() > 1 and work >= config.PARALLEL_MIN_WORK
-    return cpu.PARALLEL if parallel else cpu.SERIAL
 
 
 class Engine:
@@ -56,11 +45,9 @@ class Engine:
         self.grad = np.zeros_like(theta)
         self.dims = np.asarray(layout.dims, dtype=np.int64)
         self.offs = layout.offsets
-        if isinstance(problem, SensingProblem):
-            self.kernels, self.nblk, self.obs, self.work, self.rowloss = sensing.prepare(
-                problem, layout, dtype, parallel)
-        else:
-            self._completion_buffers(problem, layout, dtype, parallel)
+        self.kind = kind_of(problem)
+        self.kernels, self.nblk, self.obs, self.work, self.rowloss = self.kind.prepare(
+            problem, layout, dtype, parallel)
         self.spec = spec
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
         self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
@@ -70,18 +57,6 @@ class Engine:
             fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
             fs[flow.METHOD] = flow.DOPRI5 if spec.name == "flow_dopri5" else flow.RKC2
             self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=dtype), fs)
-
-    def _completion_buffers(self, problem, layout, dtype, parallel):
-        rowptr, colptr, order = problem.index
-        values = problem.values.astype(dtype)
-        col_rows = problem.rows[order]
-        self.obs = (problem.rows, problem.cols, values, rowptr, colptr, col_rows, order)
-        self.kernels = select_kernels(problem.n_observed, layout, parallel)
-        # dense products: one BLAS call (serial build) or fixed blocks, one per task
-        self.nblk = config.DENSE_BLOCKS if self.kernels.parallel else 1
-        size = cpu.work_layout(self.dims, problem.n_observed, self.nblk)[-1]
-        self.work = np.zeros(size, dtype=dtype)
-        self.rowloss = np.zeros(problem.shape[0])
 
     @property
     def is_flow(self) -> bool:
@@ -219,8 +194,10 @@ class CudaEngine(Engine):
         spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
         if spec.code < 0:
             raise ValueError(_CPU_ONLY)
-        from .kernels import cuda as kc
-
+        kind = kind_of(problem)
+        if kind.cuda is None:
+            raise ValueError(kind.cpu_only)
+        kc = kind.cuda()
         kc.require()
         super().__init__(problem, layout, theta, spec, hyper, parallel=False)
         self.device = kc.DeviceBatch(
@@ -248,20 +225,18 @@ def resolve_backend(backend: str, optimizer_code: int, problem=None) -> str:
     one is usable and the optimiser and problem run there, else the CPU)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    is_sensing = isinstance(problem, SensingProblem)
-    if backend == "cuda" and is_sensing:
-        raise ValueError(
-            "backend='cuda' runs completion problems; matrix sensing runs on the CPU "
-            "(backend='cpu')"
-        )
+    kind = None if problem is None else kind_of(problem)
+    cpu_only = kind is not None and kind.cuda is None
+    if backend == "cuda" and cpu_only:
+        raise ValueError(kind.cpu_only)
     if backend == "cuda" and optimizer_code < 0:
         raise ValueError(_CPU_ONLY)
     if backend != "auto":
         return backend
-    if optimizer_code < 0 or is_sensing:
+    if optimizer_code < 0 or cpu_only:
         return "cpu"
     try:
-        from .kernels import cuda as kc
+        kc = (COMPLETION if kind is None else kind).cuda()
     except Exception:  # noqa: BLE001  (no numba.cuda: the CPU it is)
         return "cpu"
     return "cuda" if kc.available() and not kc.simulated() else "cpu"

@@ -307,19 +307,19 @@ def factored_error(factors, u, v) -> float:
     return float(max(ww - 2.0 * wt + tt, 0.0) / tt)
 
 
-def record_test_error(factors, problem, test=None, offsets=None) -> float:
+def record_test_error(factors, problem, test=None, offsets=None, held_out=None) -> float:
     """The record's ``test_error`` of the float64 ``factors``: the relative reconstruction
-    error against the problem's ground truth (from its factors when it has them), else the
-    MSE on the held-out entries or measurements ``test`` (in the data's units: the
-    factors' predictions through ``offsets`` when the fit has them), else NaN."""
+    error against the problem's ground truth (from its factors when it has them), else
+    ``held_out(factors, test, offsets)``, the MSE on held-out data (default
+    :func:`held_out_mse`: held-out entries, in the data's units: the factors' predictions
+    through ``offsets`` when the fit has them; the problem kind's scorer otherwise, see
+    ``fastdmf._kinds``), else NaN."""
     if problem.truth_factors is not None:
         return factored_error(factors, *problem.truth_factors)
     if problem.ground_truth is not None:
         truth = problem.ground_truth
         return float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
-    if test is not None and hasattr(test, "measure"):  # held-out sensing measurements
-        return float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
-    return held_out_mse(factors, test, offsets)
+    return (held_out or held_out_mse)(factors, test, offsets)
 
 
 def held_out_mse(factors, entries, offsets=None) -> float:
@@ -334,16 +334,17 @@ def held_out_mse(factors, entries, offsets=None) -> float:
 
 
 def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k, val=None,
-            offsets=None):
+            offsets=None, held_out=None):
     """One record's values at the current state (called between compiled chunks), computed
     in float64 from the factors whatever the fit's dtype; ``val`` holds the validation
-    entries in the units the factors train on (residuals), ``test`` held-out entries in the
-    data's units, predicted through ``offsets``."""
+    entries in the units the factors train on (residuals), ``test`` held-out data in the
+    data's units, predicted through ``offsets`` and scored by ``held_out`` (see
+    :func:`record_test_error`)."""
     factors = [np.asarray(w, dtype=np.float64) for w in factors]
     depth = len(factors)
     sv = singular_values(factors)
     total = float(sv.sum())
-    test_error = record_test_error(factors, problem, test, offsets)
+    test_error = record_test_error(factors, problem, test, offsets, held_out)
     return {
         "step": int(step),
         "time": float(time),
