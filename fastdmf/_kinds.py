@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from . import config
+from . import config, diagonal
 from .factors import FactorLayout, end_to_end
 from .factors import initialize as initialize_factors
 from .kernels import cpu, sensing
+from .kernels import diagonal as diagonal_kernels
 from .kernels.batch import run_batch, run_batch_sensing
 from .problem import CompletionProblem, SensingProblem
 from .result import FitResult
@@ -225,8 +226,28 @@ SENSING = Kind(
              "(backend='cpu')",
 )
 
+DIAGONAL = Kind(
+    name="diagonal",
+    title="sparse-regression problem",
+    held_out="held-out samples (a SparseRegressionProblem, e.g. from problem.split())",
+    problem_type=diagonal.SparseRegressionProblem,
+    layout=diagonal.layout,
+    from_dims=diagonal.DiagonalLayout.from_dims,
+    param_layout=diagonal.param_layout,
+    initialize=diagonal.start,
+    prepare=diagonal_kernels.prepare,
+    batch_run=diagonal_kernels.run_batch,
+    measure=diagonal.record,
+    score=diagonal.score,
+    trajectory=diagonal.trajectory,
+    result=diagonal.DiagonalResult,
+    check_fit=diagonal.check_fit,
+    cpu_only="backend='cuda' runs completion problems; a diagonal network runs on the CPU "
+             "(backend='cpu')",
+)
+
 #: Every kind, in the order ``find_kind`` tries them.
-KINDS: tuple[Kind, ...] = (COMPLETION, SENSING)
+KINDS: tuple[Kind, ...] = (COMPLETION, SENSING, DIAGONAL)
 
 
 # --------------------------------------------------------------------------- lookups

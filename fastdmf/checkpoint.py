@@ -169,6 +169,7 @@ class Checkpointer:
             "good_step": int(watch.good_step),
             "traj_depth": traj.depth,
             "traj_meta": traj.meta,
+            "traj_fields": [list(traj.scalars), list(traj.matrices)],
             "n_steps": engine.n_steps,
             "schedule_grid": _grid_state(self.plan["schedule"]),
         }
@@ -223,18 +224,21 @@ def _schedule_from(state, raw):
 
 def _trajectory_arrays(traj) -> dict:
     """The records as arrays, without freezing ``traj`` (it keeps appending rows)."""
-    copy = Trajectory(traj.depth, traj.top_k, traj.meta, list(traj._rows), dict(traj._arrays))
+    copy = Trajectory(traj.depth, traj.top_k, traj.meta, list(traj._rows), dict(traj._arrays),
+                      traj.scalars, traj.matrices)
     return {f"traj_{name}": arr for name, arr in copy.as_dict().items()}
 
 
 def _trajectory_from(data, state) -> Trajectory:
     """A trajectory holding the checkpoint's records as rows, as the running fit held them."""
-    traj = Trajectory(state["traj_depth"], state["top_k"], state["traj_meta"])
+    scalars, matrices = (tuple(f) for f in state.get("traj_fields", (SCALARS, MATRICES)))
+    traj = Trajectory(state["traj_depth"], state["top_k"], state["traj_meta"],
+                      scalars=scalars, matrices=matrices)
     n = len(data["traj_step"])
     for i in range(n):
-        row = {name: data[f"traj_{name}"][i] for name in SCALARS + MATRICES
+        row = {name: data[f"traj_{name}"][i] for name in scalars + matrices
                if f"traj_{name}" in data.files}
-        for name in SCALARS:
+        for name in scalars:
             if name in row:
                 row[name] = row[name].item()
         traj.append(row)

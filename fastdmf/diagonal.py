@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .api import FitResult
 from .problem import _test_pick
+from .result import FitResult
+from .trajectory import Trajectory
 
 __all__ = [
     "SparseRegressionProblem",
@@ -440,11 +441,14 @@ def record_values(w, init_scale, depth, ground_truth=None) -> dict:
 INITS = ("constant", "gaussian")
 
 
-def check_fit(problem, *, depth, init, init_scale, widths=None, validation=None,
-              offsets=None) -> None:
+def check_fit(problem, args) -> None:
     """Refuse what ``fit`` takes for the matrix kinds but a diagonal network has no use for,
     each with what to do instead: hidden widths, validation entries, offsets, initial
-    factors or init schemes other than :data:`INITS`, and ``init_scale <= 0``."""
+    factors or init schemes other than :data:`INITS`, and ``init_scale <= 0``. ``args``:
+    fit's arguments by name (``depth``, ``init``, ``init_scale``, ``widths``,
+    ``validation``, ``offsets``; the missing ones are not checked)."""
+    widths, init = args.get("widths"), args.get("init", "constant")
+    validation, offsets = args.get("validation"), args.get("offsets")
     if widths is not None:
         raise ValueError("widths= sets the hidden widths of a matrix factorization; a "
                          "diagonal network has none (pass widths=None)")
@@ -463,34 +467,72 @@ def check_fit(problem, *, depth, init, init_scale, widths=None, validation=None,
     if init not in INITS:
         raise ValueError(f"init={init!r}: a diagonal network starts from u = v = init_scale "
                          f"* 1; use one of {list(INITS)}")
-    DiagonalLayout(problem.n_features, depth)  # checks depth
-    initialize(DiagonalLayout(1, 1), init_scale)  # checks init_scale
+    if "depth" in args:
+        DiagonalLayout(problem.n_features, args["depth"])  # checks depth
+    if "init_scale" in args:
+        initialize(DiagonalLayout(1, 1), args["init_scale"])  # checks init_scale
 
 
-def layout(problem, depth, widths=None) -> DiagonalLayout:
-    """The layout of a depth-``depth`` network on ``problem``'s features (``widths`` must be
-    None)."""
+def layout(shape, depth, widths=None) -> DiagonalLayout:
+    """The layout of a depth-``depth`` network on a problem of shape ``(n, d)`` (``widths``
+    must be None)."""
     if widths is not None:
         raise ValueError("a diagonal network has no hidden widths (pass widths=None)")
-    return DiagonalLayout(problem.n_features, depth)
+    return DiagonalLayout(int(shape[1]), depth)
 
 
-def measure(params, grads, loss, step, time, n_evals, problem, test=None, top_k=None,
-            val=None, offsets=None, *, init_scale) -> dict:
+def param_layout(problem, params) -> DiagonalLayout:
+    """The layout of given parameters: a :class:`DiagonalParams` (it knows its depth)."""
+    if not isinstance(params, DiagonalParams):
+        raise TypeError("the parameters of a diagonal network are DiagonalParams([u, v], "
+                        "depth): the depth is not readable off u and v")
+    return DiagonalLayout(problem.n_features, params.depth)
+
+
+def start(layout, init, init_scale, rng=None) -> DiagonalParams:
+    """The initial ``[u, v]`` of a fit: ``u = v = init_scale * 1`` (``init`` one of
+    :data:`INITS`; ``rng`` unused: the start is not random)."""
+    check_fit(None, {"init": init})
+    return DiagonalParams(initialize(layout, init_scale), layout.depth)
+
+
+def score(params, test, offsets=None) -> float:
+    """The MSE on held-out samples ``test`` (NaN for None)."""
+    return np.nan if test is None else test.held_out_error(params, offsets)
+
+
+#: The fields of a diagonal network's trajectory records (see :func:`measure`).
+SCALARS = ("step", "time", "n_evals", "train_loss", "test_error", "val_error", "grad_norm",
+           "param_norm", "l1", "l2", "support", "potential")
+
+
+def trajectory(plan, problem) -> Trajectory:
+    """The empty trajectory of a fit: :data:`SCALARS`, no matrix fields."""
+    return Trajectory(plan.depth, None, {"shape": list(problem.shape)}, scalars=SCALARS,
+                      matrices=())
+
+
+def record(params, grads, loss, counts, data, plan) -> dict:
+    """:func:`measure` in the table's form (``counts = (step, time, n_evals)``, the fit's
+    held-out data ``data`` and ``plan``, whose ``init_scale`` sets ``Q_alpha``)."""
+    step, time, n_evals = counts
+    return measure(params, grads, loss, step, time, n_evals, data.problem, data.test,
+                   init_scale=plan.init_scale)
+
+
+def measure(params, grads, loss, step, time, n_evals, problem, test=None, *,
+            init_scale) -> dict:
     """One trajectory record of a diagonal network, in float64 whatever the fit's dtype.
 
     ``step``, ``time``, ``n_evals``, ``train_loss`` (= ``loss``), ``grad_norm``
     (``||(du, dv)||_2``), ``param_norm`` (``||(u, v)||_2``), the values of
     :func:`record_values` (``l1``, ``l2``, ``support``, ``potential``), ``test_error``
     (``||w - w*||^2 / ||w*||^2`` against a nonzero ground truth, else the MSE on the held-out
-    samples ``test``, else NaN) and ``val_error`` (NaN: no validation entries here).
-    ``top_k``, ``val`` and ``offsets`` are the matrix kinds' and must be None."""
+    samples ``test``, else NaN) and ``val_error`` (NaN: no validation entries here)."""
     u, v = (np.asarray(p, dtype=np.float64) for p in params)
     depth = params.depth if isinstance(params, DiagonalParams) else None
     if depth is None:
         raise TypeError("measure takes the DiagonalParams of layout.unpack(theta)")
-    if val is not None or offsets is not None:
-        raise ValueError("a diagonal network has no validation entries and no offsets")
     w = u**depth - v**depth
     out = record_values(w, init_scale, depth, problem.ground_truth)
     if np.isnan(out["test_error"]) and test is not None:

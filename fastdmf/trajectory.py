@@ -195,19 +195,27 @@ def time_schedule(record, max_time: float):
 
 @dataclass(eq=False)
 class Trajectory:
-    """Records of a fit, as arrays (one row per record). See the module docstring."""
+    """Records of a fit, as arrays (one row per record). See the module docstring.
+
+    ``scalars`` and ``matrices`` name the fields a record holds (one number each, or one
+    array each); the defaults are the matrix kinds' (:data:`SCALARS`, :data:`MATRICES`),
+    another problem kind names its own (``fastdmf._kinds``)."""
 
     depth: int
     top_k: int | None = None
     meta: dict = field(default_factory=dict)
     _rows: list = field(default_factory=list, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
+    scalars: tuple = SCALARS
+    matrices: tuple = MATRICES
 
     def __len__(self) -> int:
         return len(self._arrays.get("step", ())) + len(self._rows)
 
     def __getattr__(self, name):
-        if name in SCALARS or name in MATRICES:
+        if name in ("scalars", "matrices"):  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        if name in self.scalars or name in self.matrices:
             return self._array(name)
         raise AttributeError(name)
 
@@ -229,9 +237,9 @@ class Trajectory:
             return
         rows, self._rows = self._rows, []
         old = self._arrays
-        for name in SCALARS + MATRICES:
+        for name in self.scalars + self.matrices:
             # a row without a scalar field (a record written before it existed) holds NaN
-            new = np.array([r.get(name, np.nan) if name in SCALARS else r[name]
+            new = np.array([r.get(name, np.nan) if name in self.scalars else r[name]
                             for r in rows])
             # an earlier block counts by its rows, whatever their width: depth 1 records
             # balancedness as rows of width 0
@@ -256,11 +264,12 @@ class Trajectory:
 
     def as_dict(self) -> dict:
         """Every field as an array."""
-        return {name: self._array(name) for name in SCALARS + MATRICES}
+        return {name: self._array(name) for name in self.scalars + self.matrices}
 
     def save(self, path) -> None:
         """Write the arrays and metadata to an ``.npz`` file."""
-        meta = json.dumps({"depth": self.depth, "top_k": self.top_k, "meta": self.meta})
+        meta = json.dumps({"depth": self.depth, "top_k": self.top_k, "meta": self.meta,
+                           "scalars": list(self.scalars), "matrices": list(self.matrices)})
         np.savez(path, __meta__=np.array(meta), **self.as_dict())
 
     def plot(self, ax=None, k: int = 10, x: str = "step"):
@@ -286,7 +295,9 @@ def load_trajectory(path) -> Trajectory:
     """Read a trajectory written by :meth:`Trajectory.save`."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["__meta__"]))
-        traj = Trajectory(meta["depth"], meta["top_k"], meta["meta"])
+        traj = Trajectory(meta["depth"], meta["top_k"], meta["meta"],
+                          scalars=tuple(meta.get("scalars", SCALARS)),
+                          matrices=tuple(meta.get("matrices", MATRICES)))
         traj._arrays = {k: data[k] for k in data.files if k != "__meta__"}
     return traj
 

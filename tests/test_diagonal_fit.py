@@ -36,7 +36,7 @@ def test_layout_dims_round_trip_and_params():
 def test_measure_against_numpy(small):
     rng = np.random.default_rng(0)
     depth, alpha = 3, 0.4
-    lay = D.layout(small, depth)
+    lay = D.layout(small.shape, depth)
     theta = rng.uniform(0.1, 1.0, lay.size)
     grad = rng.standard_normal(lay.size)
     rec = D.measure(lay.unpack(theta), lay.unpack(grad), 0.25, 7, 0.5, 9, small,
@@ -58,7 +58,7 @@ def test_measure_against_numpy(small):
 
 
 def test_measure_potential_depth2_is_woodworths_q(small):
-    lay = D.layout(small, 2)
+    lay = D.layout(small.shape, 2)
     theta = np.random.default_rng(1).uniform(0.0, 0.8, lay.size)
     rec = D.measure(lay.unpack(theta), lay.unpack(theta), 1.0, 0, 0.0, 0, small,
                     init_scale=0.3)
@@ -69,7 +69,7 @@ def test_measure_potential_depth2_is_woodworths_q(small):
 def test_held_out_error_and_measure_on_samples(small):
     train, test = D.sparse_regression(small.X, small.y).split(0.25, seed=3)
     assert train.ground_truth is None and test.n_samples == 3
-    lay = D.layout(train, 2)
+    lay = D.layout(train.shape, 2)
     theta = np.random.default_rng(2).uniform(0.0, 1.0, lay.size)
     params = lay.unpack(theta)
     w = theta[:30] ** 2 - theta[30:] ** 2
@@ -89,7 +89,7 @@ def test_held_out_error_and_measure_on_samples(small):
 def test_result_coef_matrix_predict(small):
     from fastdmf.trajectory import Trajectory
 
-    lay = D.layout(small, 3)
+    lay = D.layout(small.shape, 3)
     theta = np.random.default_rng(5).uniform(0.0, 1.0, lay.size)
     res = D.DiagonalResult(lay.unpack(theta), Trajectory(3), "max_steps", {}, 0)
     w = theta[:30] ** 3 - theta[30:] ** 3
@@ -115,10 +115,10 @@ def test_result_coef_matrix_predict(small):
 def test_check_fit_refuses(small, kwargs, err, match):
     args = {"depth": 2, "init": "constant", "init_scale": 0.1, **kwargs}
     with pytest.raises(err, match=match):
-        D.check_fit(small, **args)
+        D.check_fit(small, args)
 
 
 def test_check_fit_accepts_defaults(small):
-    D.check_fit(small, depth=3, init="gaussian", init_scale=1e-3, validation="auto",
-                offsets="auto")
-    D.check_fit(small, depth=2, init="constant", init_scale=2.0)
+    D.check_fit(small, {"depth": 3, "init": "gaussian", "init_scale": 1e-3,
+                        "validation": "auto", "offsets": "auto", "widths": None})
+    D.check_fit(small, {"depth": 2, "init": "constant", "init_scale": 2.0})
