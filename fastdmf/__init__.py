@@ -14,6 +14,7 @@ from . import baselines, theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .checkpoint import resume
+from .diagonal import SparseRegressionProblem, sparse_regression, synthetic_sparse_regression
 from .experiments.sweep import sweep
 from .experiments.sweep_table import SweepTable, load_sweep
 from .factors import INITS
@@ -49,6 +50,9 @@ __all__ = [
     "sensing",
     "synthetic_sensing",
     "SensingProblem",
+    "sparse_regression",
+    "synthetic_sparse_regression",
+    "SparseRegressionProblem",
     "Trajectory",
     "load_trajectory",
     "INITS",
