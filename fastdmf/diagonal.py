@@ -516,6 +516,8 @@ def record(params, grads, loss, counts, data, plan) -> dict:
     """:func:`measure` in the table's form (``counts = (step, time, n_evals)``, the fit's
     held-out data ``data`` and ``plan``, whose ``init_scale`` sets ``Q_alpha``)."""
     step, time, n_evals = counts
+    if not isinstance(params, DiagonalParams):
+        params = DiagonalParams(params, plan.depth)
     return measure(params, grads, loss, step, time, n_evals, data.problem, data.test,
                    init_scale=plan.init_scale)
 
@@ -559,7 +561,16 @@ class DiagonalResult(FitResult):
     """The outcome of ``fit`` on a :class:`SparseRegressionProblem`: a
     :class:`~fastdmf.FitResult` whose ``factors`` are ``[u, v]`` (a :class:`DiagonalParams`)
     and whose ``coef`` is ``w = u^N - v^N``. ``matrix()`` is ``w`` as the 1 x d row of a
-    linear predictor (the baselines' form), ``predict(X)`` is ``X w``."""
+    linear predictor (the baselines' form), ``predict(X)`` is ``X w``. Given a plain
+    ``[u, v]``, the depth is read from ``settings["arguments"]["depth"]``."""
+
+    def __post_init__(self):
+        if not isinstance(self.factors, DiagonalParams):
+            depth = (self.settings or {}).get("arguments", {}).get("depth")
+            if depth is None:
+                raise ValueError("DiagonalResult needs the depth: pass DiagonalParams([u, v], "
+                                 "depth) or settings={'arguments': {'depth': N}}")
+            self.factors = DiagonalParams(self.factors, depth)
 
     @property
     def depth(self) -> int:
