@@ -5,8 +5,11 @@ and argument checks."""
 import numpy as np
 import pytest
 
+import fastdmf
 from fastdmf import diagonal as D
 from fastdmf.diagonal_theory import potential
+from fastdmf.optim import get_optimizer
+from tests.test_diagonal import numpy_run
 
 
 def _q(z):
@@ -122,3 +125,169 @@ def test_check_fit_accepts_defaults(small):
     D.check_fit(small, {"depth": 3, "init": "gaussian", "init_scale": 1e-3,
                         "validation": "auto", "offsets": "auto", "widths": None})
     D.check_fit(small, {"depth": 2, "init": "constant", "init_scale": 2.0})
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return D.synthetic_sparse_regression(9, 14, 3, noise=0.1, seed=5)
+
+
+def _same(a, b):
+    """Two fits bit for bit: parameters, status, steps and every trajectory field."""
+    assert (a.status, a.n_steps) == (b.status, b.n_steps)
+    for pa, pb in zip(a.factors, b.factors, strict=True):
+        np.testing.assert_array_equal(pa, pb)
+    da, db = a.trajectory.as_dict(), b.trajectory.as_dict()
+    assert sorted(da) == sorted(db)
+    for name in da:
+        np.testing.assert_array_equal(da[name], db[name], err_msg=name)
+
+
+@pytest.mark.parametrize("optimizer, lr", [("gd", 0.02), ("grouprmsprop", 1e-2),
+                                           ("adam", 1e-2)])
+def test_fit_matches_numpy_loop_and_records(noisy, optimizer, lr):
+    depth, alpha, steps = 3, 0.7, 40
+    res = fastdmf.fit(noisy, depth=depth, init_scale=alpha, optimizer=optimizer, lr=lr,
+                      max_steps=steps, record=10, tol=0, seed=0, progress=False)
+    assert isinstance(res, D.DiagonalResult) and res.depth == depth
+    spec = get_optimizer(optimizer)
+    theta, losses = numpy_run(noisy, np.full(28, alpha), depth, spec.code,
+                              spec.hyper(lr, {}), steps)
+    got = np.r_[res.factors[0], res.factors[1]]
+    np.testing.assert_allclose(got, theta, rtol=1e-12, atol=1e-14)
+    w = theta[:14] ** 3 - theta[14:] ** 3
+    np.testing.assert_allclose(res.coef, w, rtol=1e-11, atol=1e-14)
+    traj = res.trajectory
+    np.testing.assert_array_equal(traj.step, [0, 10, 20, 30, 40])
+    final = D.reference_loss_and_grad(theta[:14], theta[14:], noisy.X, noisy.y, depth)
+    want = np.r_[losses[0:40:10], final[0]]
+    np.testing.assert_allclose(traj.train_loss, want, rtol=1e-11)
+    ref = D.record_values(w, alpha, depth, noisy.ground_truth)
+    for name in ("l1", "l2", "potential", "test_error"):
+        assert getattr(traj, name)[-1] == pytest.approx(ref[name], rel=1e-10), name
+    assert traj.support[-1] == ref["support"]
+    assert traj.grad_norm[-1] == pytest.approx(np.linalg.norm(np.r_[final[1], final[2]]),
+                                               rel=1e-10)
+    np.testing.assert_allclose(res.predict(noisy.X), noisy.X @ w, rtol=1e-10, atol=1e-13)
+    assert traj.l1[0] == 0.0 and traj.potential[0] == 0.0  # w(0) = 0
+
+
+def test_fit_records_the_error_on_held_out_samples(noisy):
+    train, test = fastdmf.sparse_regression(noisy.X, noisy.y).split(0.3, seed=1)
+    res = fastdmf.fit(train, depth=2, init_scale=0.5, optimizer="gd", lr=0.02,
+                      max_steps=30, record=10, tol=0, test=test, seed=0, progress=False)
+    assert res.trajectory.test_error[-1] == pytest.approx(
+        np.mean((test.X @ res.coef - test.y) ** 2), rel=1e-12)
+    assert np.all(np.isnan(res.trajectory.val_error))
+    none = fastdmf.fit(train, depth=2, init_scale=0.5, optimizer="gd", lr=0.02,
+                       max_steps=30, record=10, tol=0, seed=0, progress=False)
+    assert np.all(np.isnan(none.trajectory.test_error))
+    np.testing.assert_array_equal(none.coef, res.coef)  # held-out samples do not steer
+
+
+FLOW = {"optimizer": "flow", "max_time": 1e12, "tol": 1e-22, "max_steps": 3_000_000,
+        "record": None, "optimizer_options": {"rtol": 1e-10, "atol": 1e-14},
+        "progress": False, "seed": 0}
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("alpha", [1e-2, 0.1, 1.0, 3.0])
+def test_flow_limit_is_the_diagonal_limit(depth, alpha):
+    """Fresh problems (seeds no other test uses); the limit from Newton on the dual."""
+    seed = 700 + 10 * depth + int(np.log10(alpha) * 3 + 10)
+    p = fastdmf.synthetic_sparse_regression(8, 20, 2, seed=seed)
+    res = fastdmf.fit(p, depth=depth, init_scale=alpha, **FLOW)
+    assert res.status == "converged"
+    limit = fastdmf.theory.diagonal_limit(p, alpha, depth).settings["coef"]
+    assert np.linalg.norm(res.coef - limit) <= 1e-4 * np.linalg.norm(limit)
+    assert res.trajectory.potential[-1] == pytest.approx(potential(limit, alpha, depth),
+                                                         rel=1e-4)
+
+
+@pytest.mark.parametrize("depth, alpha", [(2, 1e-12), (3, 1e-3), (4, 1e-3)])
+def test_small_alpha_reaches_basis_pursuit(depth, alpha):
+    p = fastdmf.synthetic_sparse_regression(10, 30, 2, seed=12)
+    res = fastdmf.fit(p, depth=depth, init_scale=alpha, **FLOW)
+    bp = fastdmf.baselines.basis_pursuit(p).settings["coef"]
+    l1_bp = np.abs(bp).sum()
+    assert res.status == "converged"
+    assert abs(res.trajectory.l1[-1] - l1_bp) <= 1e-3 * l1_bp
+    assert res.trajectory.support[-1] == 2
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_large_alpha_approaches_the_minimum_l2_interpolant(depth):
+    p = fastdmf.synthetic_sparse_regression(10, 30, 2, seed=12)
+    mn = fastdmf.baselines.min_norm_interpolant(p).settings["coef"]
+    gaps = []
+    for alpha in (1.0, 3.0, 10.0):
+        res = fastdmf.fit(p, depth=depth, init_scale=alpha, **FLOW)
+        gaps.append(np.linalg.norm(res.coef - mn) / np.linalg.norm(mn))
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[2] <= 1e-5
+
+
+def test_fit_batch_equals_serial_fits_bit_for_bit(noisy):
+    kw = dict(depth=3, optimizer="grouprmsprop", lr=1e-2, max_steps=60, record=20, tol=0)
+    scales = [0.3, 0.6, 1.0]
+    batch = fastdmf.fit_batch(noisy, seeds=[0, 1, 2], init_scale=scales, **kw)
+    for seed, scale, got in zip([0, 1, 2], scales, batch, strict=True):
+        assert isinstance(got, D.DiagonalResult)
+        _same(got, fastdmf.fit(noisy, seed=seed, init_scale=scale, progress=False, **kw))
+    # each trial's potential is Q at its own alpha
+    assert batch[0].trajectory.potential[-1] == pytest.approx(
+        potential(batch[0].coef, 0.3, 3), rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "flow"])
+def test_checkpoint_resume_is_bit_identical(noisy, tmp_path, optimizer):
+    if optimizer == "flow":
+        kw = dict(depth=2, init_scale=0.3, optimizer="flow", lr=1e-2, max_time=40.0,
+                  record=2.0, max_steps=100_000, tol=0, seed=0)
+        every, stop = 1, 10.0
+    else:
+        kw = dict(depth=3, init_scale=0.5, optimizer="adam", lr=1e-2, max_steps=300,
+                  record=50, tol=0, seed=0)
+        every, stop = 50, 150
+
+    def cb(record):
+        if record["step" if optimizer != "flow" else "time"] >= stop:
+            raise KeyboardInterrupt
+
+    ref = fastdmf.fit(noisy, progress=False, **kw)
+    path = tmp_path / "fit.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        fastdmf.fit(noisy, checkpoint=path, checkpoint_every=every, callback=cb,
+                    progress=False, **kw)
+    res = fastdmf.resume(path, progress=False)
+    assert isinstance(res, D.DiagonalResult)
+    _same(ref, res)
+    assert "l1" in res.trajectory.as_dict()
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    ({"init_scale": 0.0}, ValueError, "init_scale"),
+    ({"init_scale": -0.1}, ValueError, "init_scale"),
+    ({"widths": [4]}, ValueError, "hidden widths"),
+    ({"validation": 0.2}, ValueError, "validation"),
+    ({"offsets": "biases"}, ValueError, "offsets"),
+    ({"init": "orthogonal"}, ValueError, "constant"),
+    ({"depth": 0}, ValueError, "depth"),
+    ({"backend": "cuda"}, ValueError, "CPU"),
+])
+def test_fit_refuses_bad_arguments(noisy, kwargs, err, match):
+    args = {"depth": 2, "max_steps": 5, "progress": False, **kwargs}
+    with pytest.raises(err, match=match):
+        fastdmf.fit(noisy, **args)
+
+
+def test_fit_refuses_test_data_of_another_kind(noisy):
+    other = fastdmf.synthetic_completion(shape=(4, 4), rank=1, n_observed=8, seed=0)
+    with pytest.raises(TypeError, match="held-out samples"):
+        fastdmf.fit(noisy, depth=2, max_steps=5, test=other, progress=False)
+    wrong = D.synthetic_sparse_regression(3, 10, 1, seed=0)
+    with pytest.raises(ValueError, match="features|shape"):
+        fastdmf.fit(noisy, depth=2, max_steps=5, test=wrong, progress=False)
