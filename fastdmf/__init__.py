@@ -8,9 +8,8 @@ record how its singular values move (Arora, Cohen, Hu & Luo, NeurIPS 2019).
 >>> result = fastdmf.fit(problem, depth=3)          # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from . import baselines, theory
+from ._version import __version__
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .checkpoint import resume

@@ -266,6 +266,30 @@ class Trajectory:
         """Every field as an array."""
         return {name: self._array(name) for name in self.scalars + self.matrices}
 
+    def to_arrays(self) -> dict:
+        """Every field as an array, like :meth:`as_dict`, but leaving this trajectory as it
+        is (a running fit keeps appending rows to it); :meth:`from_arrays` is the inverse."""
+        copy = Trajectory(self.depth, self.top_k, self.meta, list(self._rows),
+                          dict(self._arrays), self.scalars, self.matrices)
+        return copy.as_dict()
+
+    @classmethod
+    def from_arrays(cls, arrays, depth: int, top_k: int | None = None,
+                    meta: dict | None = None, scalars=SCALARS,
+                    matrices=MATRICES) -> Trajectory:
+        """A trajectory holding the records of ``arrays`` (field name -> array, one row per
+        record, as :meth:`to_arrays` gives; a field left out reads NaN), to which more
+        records can be appended; ``scalars`` and ``matrices`` name its fields."""
+        scalars, matrices = tuple(scalars), tuple(matrices)
+        traj = cls(depth, top_k, dict(meta or {}), scalars=scalars, matrices=matrices)
+        for i in range(len(arrays["step"])):
+            row = {name: arrays[name][i] for name in scalars + matrices if name in arrays}
+            for name in scalars:
+                if name in row:
+                    row[name] = row[name].item()
+            traj.append(row)
+        return traj
+
     def save(self, path) -> None:
         """Write the arrays and metadata to an ``.npz`` file."""
         meta = json.dumps({"depth": self.depth, "top_k": self.top_k, "meta": self.meta,

@@ -43,14 +43,13 @@ from numba import prange
 
 from . import CACHE
 from . import flow as _flow
+from .codes import CONVERGED, DIVERGED, OPTIMIZER_CODES, RUNNING  # noqa: F401
 from .flow import run_flow, run_rkc, spectral_radius  # noqa: F401  (compiled per build)
 
 __all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES"]
 
-# Statuses returned by ``run``.
-RUNNING, CONVERGED, DIVERGED = 0, 1, 2
-# Optimisers known to ``run``; hyper = (lr, a, b, eps).
-OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
+# Statuses returned by ``run`` and the optimisers it knows (hyper = (lr, a, b, eps)) are
+# those of fastdmf.kernels.codes.
 # Block size of the deterministic reductions and of the parallel update (independent of the
 # thread count; a problem smaller than one block runs inline, without a parallel region).
 _BLOCK = 16384

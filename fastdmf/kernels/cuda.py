@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..factors import FactorLayout
+from .codes import ADAM, CONVERGED, DIVERGED, GROUPRMSPROP, IDLE, RUNNING
 
 try:  # a module global: the simulator swaps it for its own inside kernels
     from numba import cuda
@@ -45,7 +46,6 @@ else:
 
 __all__ = ["available", "require", "kernels", "max_trials", "DeviceBatch"]
 
-RUNNING, CONVERGED, DIVERGED, IDLE = 0, 1, 2, 3
 
 # Default launch shapes on a real GPU (the simulator tests pass small ones).
 TILE = 16
@@ -351,7 +351,7 @@ def kernels(
         sc[b, 0] += 1.0
         t = sc[b, 0]
         step = lr
-        if codes[b] == 1:
+        if codes[b] == GROUPRMSPROP:
             acc = f64(0.0)
             for p in range(nparts):
                 acc += part[b, p]
@@ -370,7 +370,7 @@ def kernels(
         start = cuda.blockIdx.x * TPB + cuda.threadIdx.x
         stride = cuda.gridDim.x * TPB
         # float64 arithmetic, rounded once when stored, as the CPU kernels do
-        if code != 2:
+        if code != ADAM:
             step = stepsize[b]
             for e in range(start, size, stride):
                 theta[b, e] = ftype(f64(theta[b, e]) - step * f64(grad[b, e]))

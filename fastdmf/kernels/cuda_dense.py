@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import cuda as kc
+from .codes import ADAM, GROUPRMSPROP
 from .cuda import cuda  # a module global: the simulator swaps it for its own inside kernels
 
 __all__ = ["choose_dense", "cublas_products", "DensePath", "DENSE_RATIO", "DENSE_MAX"]
@@ -155,7 +156,7 @@ def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESI
         code = codes[b]
         lr = hyper[b, 0]
         buf = cuda.shared.array(UT, f64)
-        if code == 1:
+        if code == GROUPRMSPROP:
             acc = f64(0.0)
             for e in range(t, size, UT):
                 x = f64(grad[b, e])
@@ -172,18 +173,18 @@ def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESI
         steps = sc[b, 0] + 1.0
         step = lr
         v = f64(0.0)
-        if code == 1:
+        if code == GROUPRMSPROP:
             a = hyper[b, 1]
             v = a * sc[b, 1] + (1.0 - a) * buf[0]
             step = lr / (math.sqrt(v / (1.0 - a**steps)) + hyper[b, 3])
         cuda.syncthreads()  # all threads have read sc before thread 0 writes it
         if t == 0:
             sc[b, 0] = steps
-            if code == 1:
+            if code == GROUPRMSPROP:
                 sc[b, 1] = v
             sc[b, 2] += step
         # float64 arithmetic, rounded once when stored, as the CPU kernels do
-        if code != 2:
+        if code != ADAM:
             for e in range(t, size, UT):
                 theta[b, e] = ftype(f64(theta[b, e]) - step * f64(grad[b, e]))
             return
