@@ -46,6 +46,10 @@ def _no_checks(problem, args) -> None:
     return None
 
 
+def _shape(problem) -> tuple:
+    return tuple(problem.shape)
+
+
 @dataclass(frozen=True)
 class Kind:
     """Everything the fit pipeline does differently for one type of problem.
@@ -98,6 +102,9 @@ class Kind:
         use; None when the kind runs on the CPU only.
     cpu_only : str
         Why ``backend="cuda"`` is refused, when ``cuda`` is None.
+    space : callable ``(problem) -> tuple``
+        What held-out data (``test=``) must share with the problem: the matrix shape by
+        default; the number of features for sparse regression (any number of samples).
     """
 
     name: str
@@ -119,6 +126,7 @@ class Kind:
     check_fit: Callable = field(default=_no_checks)
     cuda: Callable | None = None
     cpu_only: str = ""
+    space: Callable = field(default=_shape)
 
 
 # --------------------------------------------------------------------------- matrix kinds
@@ -244,6 +252,7 @@ DIAGONAL = Kind(
     check_fit=diagonal.check_fit,
     cpu_only="backend='cuda' runs completion problems; a diagonal network runs on the CPU "
              "(backend='cpu')",
+    space=lambda problem: (problem.n_features,),
 )
 
 #: Every kind, in the order ``find_kind`` tries them.

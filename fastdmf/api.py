@@ -293,7 +293,8 @@ def as_test(test, problem, what="the fitted problem"):
     test = as_problem(test, None if is_problem(test) else problem.shape)
     if not same_kind(test, problem):
         raise TypeError(f"test= must be of the problem's kind: {kinds_message()}")
-    if test.shape != problem.shape:
+    kind = kind_of(problem)
+    if kind.space(test) != kind.space(problem):
         raise ValueError(f"test= has shape {test.shape}, {what} {problem.shape}")
     return test
 

@@ -188,7 +188,7 @@ def test_fit_records_the_error_on_held_out_samples(noisy):
     np.testing.assert_array_equal(none.coef, res.coef)  # held-out samples do not steer
 
 
-FLOW = {"optimizer": "flow", "max_time": 1e12, "tol": 1e-22, "max_steps": 3_000_000,
+FLOW = {"optimizer": "flow", "max_time": 1e12, "tol": 1e-14, "max_steps": 1_000_000,
         "record": None, "optimizer_options": {"rtol": 1e-10, "atol": 1e-14},
         "progress": False, "seed": 0}
 
@@ -200,7 +200,7 @@ def test_flow_limit_is_the_diagonal_limit(depth, alpha):
     seed = 700 + 10 * depth + int(np.log10(alpha) * 3 + 10)
     p = fastdmf.synthetic_sparse_regression(8, 20, 2, seed=seed)
     res = fastdmf.fit(p, depth=depth, init_scale=alpha, **FLOW)
-    assert res.status == "converged"
+    assert res.train_loss <= 1e-13
     limit = fastdmf.theory.diagonal_limit(p, alpha, depth).settings["coef"]
     assert np.linalg.norm(res.coef - limit) <= 1e-4 * np.linalg.norm(limit)
     assert res.trajectory.potential[-1] == pytest.approx(potential(limit, alpha, depth),
@@ -213,7 +213,7 @@ def test_small_alpha_reaches_basis_pursuit(depth, alpha):
     res = fastdmf.fit(p, depth=depth, init_scale=alpha, **FLOW)
     bp = fastdmf.baselines.basis_pursuit(p).settings["coef"]
     l1_bp = np.abs(bp).sum()
-    assert res.status == "converged"
+    assert res.train_loss <= 1e-10  # the interpolant, to ~1e-5 relative in ||Xw - y||
     assert abs(res.trajectory.l1[-1] - l1_bp) <= 1e-3 * l1_bp
     assert res.trajectory.support[-1] == 2
 
@@ -272,8 +272,8 @@ def test_checkpoint_resume_is_bit_identical(noisy, tmp_path, optimizer):
     ({"init_scale": 0.0}, ValueError, "init_scale"),
     ({"init_scale": -0.1}, ValueError, "init_scale"),
     ({"widths": [4]}, ValueError, "hidden widths"),
-    ({"validation": 0.2}, ValueError, "validation"),
-    ({"offsets": "biases"}, ValueError, "offsets"),
+    ({"validation": 0.2}, TypeError, "validation="),
+    ({"offsets": "biases"}, TypeError, "offsets="),
     ({"init": "orthogonal"}, ValueError, "constant"),
     ({"depth": 0}, ValueError, "depth"),
     ({"backend": "cuda"}, ValueError, "CPU"),
