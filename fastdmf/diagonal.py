@@ -474,10 +474,8 @@ def check_fit(problem, args) -> None:
 
 
 def layout(shape, depth, widths=None) -> DiagonalLayout:
-    """The layout of a depth-``depth`` network on a problem of shape ``(n, d)`` (``widths``
-    must be None)."""
-    if widths is not None:
-        raise ValueError("a diagonal network has no hidden widths (pass widths=None)")
+    """The layout of a depth-``depth`` network on a problem of shape ``(n, d)``. ``widths``
+    is not read (a diagonal network has none; :func:`check_fit` refuses them in ``fit``)."""
     return DiagonalLayout(int(shape[1]), depth)
 
 

@@ -291,3 +291,17 @@ def test_fit_refuses_test_data_of_another_kind(noisy):
     wrong = D.synthetic_sparse_regression(3, 10, 1, seed=0)
     with pytest.raises(ValueError, match="features|shape"):
         fastdmf.fit(noisy, depth=2, max_steps=5, test=wrong, progress=False)
+
+
+def test_sweep_over_depth_and_alpha_records_the_kinds_values(noisy, tmp_path):
+    kw = dict(optimizer="gd", lr=0.02, max_steps=30, record=10, tol=0)
+    table = fastdmf.sweep({"depth": [2, 3], "init_scale": [0.3, 1.0]}, out=tmp_path / "sw",
+                          problem=noisy, workers=1, progress=False, **kw)
+    cols = table.columns()
+    assert len(cols["l1"]) == 4
+    for k in range(4):
+        depth, alpha = int(cols["depth"][k]), float(cols["init_scale"][k])
+        ref = fastdmf.fit(noisy, depth=depth, init_scale=alpha, seed=int(cols["seed"][k]),
+                          progress=False, **kw)
+        for name in ("train_loss", "test_error", "l1", "l2", "potential"):
+            assert cols[name][k] == getattr(ref.trajectory, name)[-1], name

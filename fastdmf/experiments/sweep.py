@@ -316,6 +316,10 @@ def _run_group(group, spec, fit_kwargs, batch):
     return out
 
 
+_NOT_SUMMARIES = ("step", "time", "n_evals", "val_error", "schatten", "grad_norm",
+                  "param_norm")
+
+
 def _row(t, i, point, seed, spec, res, wall) -> dict:
     traj = res.trajectory
     row = {"index": i, "task": t}
@@ -324,12 +328,13 @@ def _row(t, i, point, seed, spec, res, wall) -> dict:
         row.update({k: resolved[k] for k in resolved if k != "seed"},
                    problem_seed=resolved["seed"])
     row.update(point)
-    row.update(
-        seed=seed, status=res.status, steps=res.n_steps,
-        train_loss=float(traj.train_loss[-1]), test_error=float(traj.test_error[-1]),
-        nuclear_norm=float(traj.nuclear_norm[-1]),
-        effective_rank=float(traj.effective_rank[-1]), wall_time=wall,
-    )
+    row.update(seed=seed, status=res.status, steps=res.n_steps)
+    # the final record's summary values: train_loss, test_error, then the kind's own
+    # (nuclear_norm, effective_rank for the matrix kinds; l1, l2, support, potential for a
+    # diagonal network)
+    row.update({name: float(getattr(traj, name)[-1]) for name in traj.scalars
+                if name not in _NOT_SUMMARIES})
+    row["wall_time"] = wall
     return json.loads(json.dumps(row, default=json_default))
 
 
