@@ -305,3 +305,46 @@ def test_sweep_over_depth_and_alpha_records_the_kinds_values(noisy, tmp_path):
                           progress=False, **kw)
         for name in ("train_loss", "test_error", "l1", "l2", "potential"):
             assert cols[name][k] == getattr(ref.trajectory, name)[-1], name
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def test_reproduce_diagonal_quick(tmp_path):
+    """``fastdmf reproduce diagonal --quick`` through the command line: the tables it writes
+    hold the kernel-to-rich transition."""
+    from fastdmf.cli import main
+    from fastdmf.experiments import diagonal as E
+    from fastdmf.experiments._report import read_csv
+
+    assert main(["reproduce", "diagonal", "--quick", "--out", str(tmp_path)]) == 0
+    cfg = E.QUICK
+    rows = read_csv(tmp_path / "transition.csv")
+    assert len(rows) == len(cfg["seeds"]) * (2 + len(cfg["depths"]) * len(cfg["alphas"]))
+    flows = [r for r in rows if r["method"] == "flow"]
+    bp = {r["seed"]: r for r in rows if r["method"] == "basis_pursuit"}
+    l2 = {r["seed"]: r for r in rows if r["method"] == "min_l2"}
+    for r in flows:
+        assert r["limit_gap"] <= 1e-4  # the flow's limit is diagonal_limit
+        assert r["l1"] >= bp[r["seed"]]["l1"] * (1 - 1e-6)  # basis pursuit is the least l1
+        assert r["l2"] >= l2[r["seed"]]["l2"] * (1 - 1e-6)  # and min-l2 the least l2
+
+    def at(depth, alpha):
+        return next(r for r in flows if r["depth"] == depth and r["alpha"] == alpha)
+
+    small, large = min(cfg["alphas"]), max(cfg["alphas"])
+    rich = at(max(cfg["depths"]), small)
+    assert rich["test_error"] <= 1e-6 and rich["support"] == cfg["sparsity"]
+    for depth in cfg["depths"]:
+        assert at(depth, large)["l1"] > at(depth, small)["l1"]
+        assert at(depth, large)["l1"] == pytest.approx(l2[0]["l1"], rel=1e-3)  # kernel regime
+        assert at(depth, large)["test_error"] > 0.5
+    # deeper is sparser at the same alpha
+    assert at(3, 0.1)["l1"] < at(2, 0.1)["l1"]
+    rec = read_csv(tmp_path / "recovery.csv")
+    n_max = max(cfg["rec_samples"])
+    assert all(r["recovered"] == 1 for r in rec
+               if r["method"] == "basis_pursuit" and r["n_samples"] == n_max)
+    assert all(r["recovered"] == 0 for r in rec if r["method"] == "min_l2")
+    text = (tmp_path / "diagonal.md").read_text()
+    assert "## Depth 3" in text and "Recovery rate" in text

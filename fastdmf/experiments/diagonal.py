@@ -125,8 +125,11 @@ def recovery(cfg, progress=False) -> list[dict]:
                 rows.append({"method": method, "depth": depth, "alpha": alpha,
                              "n_samples": n, "seed": seed, "test_error": err,
                              "recovered": int(err <= RECOVERED), "status": status})
-        tell(f"  n = {n}: " + ", ".join(
-            f"{_label(r)} {r['recovered']}" for r in rows if r["n_samples"] == n))
+        at_n = [r for r in rows if r["n_samples"] == n]
+        labels = dict.fromkeys(_label(r) for r in at_n)
+        tell(f"  n = {n}: recovered " + ", ".join(
+            f"{lab} {sum(r['recovered'] for r in at_n if _label(r) == lab)}/"
+            f"{len(cfg['rec_seeds'])}" for lab in labels))
     return rows
 
 
