@@ -348,3 +348,22 @@ def test_reproduce_diagonal_quick(tmp_path):
     assert all(r["recovered"] == 0 for r in rec if r["method"] == "min_l2")
     text = (tmp_path / "diagonal.md").read_text()
     assert "## Depth 3" in text and "Recovery rate" in text
+
+
+def test_loss_and_grad_building_block(noisy):
+    params = D.DiagonalParams([np.linspace(0.2, 1.0, 14), np.linspace(0.9, 0.1, 14)], 3)
+    loss, (du, dv) = fastdmf.loss_and_grad(params, noisy)
+    ref, rdu, rdv = D.reference_loss_and_grad(params[0], params[1], noisy.X, noisy.y, 3)
+    assert loss == pytest.approx(ref, rel=1e-13)
+    np.testing.assert_allclose(du, rdu, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dv, rdv, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="DiagonalParams"):
+        fastdmf.loss_and_grad([params[0], params[1]], noisy)  # no depth
+
+
+def test_dopri5_flow_reaches_the_limit_too():
+    p = fastdmf.synthetic_sparse_regression(8, 20, 2, seed=801)
+    res = fastdmf.fit(p, depth=3, init_scale=0.3, **{**FLOW, "optimizer": "flow_dopri5"})
+    limit = fastdmf.theory.diagonal_limit(p, 0.3, 3).settings["coef"]
+    assert res.train_loss <= 1e-13
+    assert np.linalg.norm(res.coef - limit) <= 1e-4 * np.linalg.norm(limit)

@@ -44,11 +44,13 @@ QUICK = dict(n_samples=20, n_features=60, sparsity=2, seeds=(0,), depths=(2, 3),
              alphas=(1e-2, 0.1, 1.0, 10.0), rec_samples=(6, 12, 20), rec_alpha=0.1,
              rec_seeds=(0, 1))
 
-#: The flow stops at this train loss (``fit(tol=...)``): the limit, to well below the
-#: differences the tables show.
-TOL = 1e-13
+#: The flow stops at this train loss (``fit(tol=...)``). Below about 1e-11 the loss of a
+#: small-alpha flow decays very slowly (the last residual directions are served by the
+#: off-support coordinates, of size ~alpha^N, which barely move) while w no longer changes
+#: visibly: the "vs limit" column measures what stopping here leaves.
+TOL = 1e-10
 #: Gradient evaluations one flow may spend (``fit(max_steps=...)``).
-BUDGET = 3_000_000
+BUDGET = 1_000_000
 #: A fit recovers ``w*`` when its test error ``||w - w*||^2 / ||w*||^2`` is at most this.
 RECOVERED = 1e-2
 FLOW_OPTIONS = {"rtol": 1e-8, "atol": 1e-12}
