@@ -324,10 +324,10 @@ def test_reproduce_diagonal_quick(tmp_path):
     flows = [r for r in rows if r["method"] == "flow"]
     bp = {r["seed"]: r for r in rows if r["method"] == "basis_pursuit"}
     l2 = {r["seed"]: r for r in rows if r["method"] == "min_l2"}
-    for r in flows:
+    for r in flows:  # (the flow stops at train loss E.TOL, a residual ~1e-5 relative)
         assert r["limit_gap"] <= 1e-4  # the flow's limit is diagonal_limit
-        assert r["l1"] >= bp[r["seed"]]["l1"] * (1 - 1e-6)  # basis pursuit is the least l1
-        assert r["l2"] >= l2[r["seed"]]["l2"] * (1 - 1e-6)  # and min-l2 the least l2
+        assert r["l1"] >= bp[r["seed"]]["l1"] * (1 - 1e-5)  # basis pursuit is the least l1
+        assert r["l2"] >= l2[r["seed"]]["l2"] * (1 - 1e-5)  # and min-l2 the least l2
 
     def at(depth, alpha):
         return next(r for r in flows if r["depth"] == depth and r["alpha"] == alpha)
