@@ -9,7 +9,8 @@ import fastdmf
 from fastdmf import diagonal as D
 from fastdmf.diagonal_theory import potential
 from fastdmf.optim import get_optimizer
-from tests.test_diagonal import numpy_run
+
+from .test_diagonal import numpy_run
 
 
 def _q(z):
