@@ -110,7 +110,7 @@ def test_plan_resolves_fits_arguments(problems):
     assert p.dtype == "float32" and p.np_dtype is np.float32
     assert p.spec.name == "adam" and not p.is_flow
     np.testing.assert_array_equal(p.hyper, [0.05, 0.5, 0.999, 1e-8])
-    assert list(p.schedule) == [0, 100, 200, 250] and p.end == p.budget == 250
+    assert list(p.schedule) == list(range(0, 251, 100)) and p.end == p.budget == 250
     assert (p.tol, p.top_k, p.seed) == (1e-7, 2, None)
     flow = plan(_kinds.COMPLETION, comp.shape, depth=2, optimizer="flow", lr=1e-3,
                 max_steps=50, max_time=2.0, record=0.5)
@@ -261,3 +261,26 @@ def test_no_import_cycles():
     for m in sorted(mods):
         if m not in state:
             visit(m, [])
+
+
+def test_trajectory_with_a_kinds_own_fields(tmp_path):
+    """A kind whose records hold other fields: they read as attributes, survive to_arrays /
+    from_arrays and save / load, and a record lacking a scalar reads NaN."""
+    from fastdmf.trajectory import Trajectory, load_trajectory
+
+    fields = ("step", "time", "train_loss", "l1")
+    traj = Trajectory(2, None, {"n": 3}, scalars=fields, matrices=("w",))
+    traj.append({"step": 0, "time": 0.0, "train_loss": 2.0, "l1": 0.5, "w": np.ones(3)})
+    traj.append({"step": 5, "time": 0.5, "train_loss": 1.0, "w": np.zeros(3)})
+    np.testing.assert_array_equal(traj.l1, [0.5, np.nan])
+    np.testing.assert_array_equal(traj.w, [[1, 1, 1], [0, 0, 0]])
+    assert set(traj.as_dict()) == set(fields) | {"w"}
+    with pytest.raises(AttributeError):
+        traj.singular_values  # noqa: B018  (not a field of this trajectory)
+    back = Trajectory.from_arrays(traj.to_arrays(), 2, None, {"n": 3}, scalars=fields,
+                                  matrices=("w",))
+    np.testing.assert_array_equal(back.train_loss, [2.0, 1.0])
+    traj.save(tmp_path / "t.npz")
+    loaded = load_trajectory(tmp_path / "t.npz")
+    assert loaded.scalars == fields and loaded.matrices == ("w",)
+    np.testing.assert_array_equal(loaded.w, traj.w)
