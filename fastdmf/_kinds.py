@@ -30,7 +30,7 @@ from .factors import initialize as initialize_factors
 from .kernels import cpu, sensing
 from .kernels import diagonal as diagonal_kernels
 from .kernels.batch import run_batch, run_batch_sensing
-from .problem import CompletionProblem, SensingProblem
+from .problem import CompletionProblem, SensingProblem, synthetic_completion
 from .result import FitResult
 from .trajectory import Trajectory, held_out_mse, measure
 
@@ -102,6 +102,13 @@ class Kind:
         use; None when the kind runs on the CPU only.
     cpu_only : str
         Why ``backend="cuda"`` is refused, when ``cuda`` is None.
+    residuals : callable ``(problem, w) -> ndarray`` or None
+        Matrix kinds: the residuals of a dense m x n matrix ``w`` on the observations (the
+        train loss is their mean square), for solvers that work on W itself.
+    sweep_spec : ``(builder, default spec)`` or None
+        How a sweep's problem spec dict ``{"kind": name, ...}`` builds a synthetic problem of
+        this kind: ``builder(**spec)`` with the spec's other keys over the defaults; None
+        when sweeps take no spec dict of the kind.
     space : callable ``(problem) -> tuple``
         What held-out data (``test=``) must share with the problem: the matrix shape by
         default; the number of features for sparse regression (any number of samples).
@@ -126,6 +133,8 @@ class Kind:
     check_fit: Callable = field(default=_no_checks)
     cuda: Callable | None = None
     cpu_only: str = ""
+    residuals: Callable | None = None
+    sweep_spec: tuple | None = None
     space: Callable = field(default=_shape)
 
 
@@ -187,6 +196,14 @@ def _sensing_score(factors, test, offsets=None) -> float:
     return float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
 
 
+def _completion_residuals(problem, w):
+    return w[problem.rows, problem.cols] - problem.values
+
+
+def _sensing_residuals(problem, w):
+    return problem.measure(w) - problem.y
+
+
 def _completion_real_data(problem) -> bool:
     return problem.ground_truth is None and problem.truth_factors is None
 
@@ -214,6 +231,9 @@ COMPLETION = Kind(
     entries=True,
     is_real_data=_completion_real_data,
     cuda=_cuda_kernels,
+    residuals=_completion_residuals,
+    sweep_spec=(synthetic_completion,
+                {"shape": (100, 100), "rank": 5, "n_observed": 2000, "seed": 0}),
 )
 
 SENSING = Kind(
@@ -232,6 +252,7 @@ SENSING = Kind(
     trajectory=_matrix_trajectory,
     cpu_only="backend='cuda' runs completion problems; matrix sensing runs on the CPU "
              "(backend='cpu')",
+    residuals=_sensing_residuals,
 )
 
 DIAGONAL = Kind(

@@ -38,7 +38,7 @@ from .drive import Watch, run
 from .engine import make_engine
 from .offsets import Offsets
 from .optim import get_optimizer
-from .trajectory import Grid, Trajectory
+from .trajectory import Grid
 
 __all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
 
@@ -174,7 +174,6 @@ class Checkpointer:
             "good_step": int(watch.good_step),
             "traj_depth": traj.depth,
             "traj_meta": traj.meta,
-            "traj_fields": [list(traj.scalars), list(traj.matrices)],
             "n_steps": engine.n_steps,
             "schedule_grid": _grid_state(plan.schedule),
         }
@@ -357,10 +356,6 @@ def resume(path, **overrides):
     data = FitData(problem, test, val, offsets)
     layout = kind.from_dims(state["dims"])
     spec = get_optimizer(state["optimizer"])
-    traj = Trajectory.from_arrays(
-        {k[len("traj_"):]: raw[k] for k in raw if k.startswith("traj_")},
-        state["traj_depth"], state["top_k"], state["traj_meta"],
-        *state.get("traj_fields", ()))
     args = settings["arguments"]
     plan = Plan(kind=kind, shape=tuple(problem.shape), depth=layout.depth, layout=layout,
                 widths=args.get("widths"), init=args.get("init"),
@@ -369,6 +364,9 @@ def resume(path, **overrides):
                 end=state["end"], budget=state["budget"], tol=state["tol"],
                 top_k=state["top_k"], dtype=state["dtype"], parallel=state["parallel"],
                 seed=settings.get("seed"), patience=state.get("patience"))
+    traj = kind.trajectory(plan, problem)  # the kind's fields, the records saved so far
+    traj.depth, traj.meta = state["traj_depth"], state["traj_meta"]
+    traj.append_arrays({k[len("traj_"):]: raw[k] for k in raw if k.startswith("traj_")})
     with threads(overrides.get("n_threads")):
         engine = make_engine(problem, layout, raw["theta"].copy(), spec, plan.hyper,
                              state["parallel"], state.get("backend", "cpu"))

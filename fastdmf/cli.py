@@ -29,7 +29,7 @@ import time
 
 import numba
 
-from . import __version__
+from ._version import __version__
 from .api import fit, versions, warmup
 from .engine import select_kernels
 from .factors import FactorLayout

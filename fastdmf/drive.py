@@ -157,7 +157,7 @@ def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, w
         if watch.loss <= tol:
             return "converged"
         if end <= 0:
-            return "max_time" if engine.is_flow else "max_steps"
+            return engine.END_STATUS
         if engine.out_of_budget(budget):
             return "max_steps"
     nxt = 1
@@ -185,17 +185,13 @@ def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, w
             ):
                 return "stopped"
         if done:
-            return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
+            return engine.END_STATUS if engine.position >= end else "max_steps"
         if saver is not None:
             saver.chunk_done()
 
 
 def _warn_diverged(step, engine, good_step):
-    if engine.is_flow:  # lr is only the first trial step there; the tolerances steer it
-        advice = (f"Try smaller tolerances than optimizer_options rtol={engine.hyper[1]:g}, "
-                  f"atol={engine.hyper[3]:g}.")
-    else:
-        advice = f"Try a smaller learning rate than lr={engine.hyper[0]:g}."
+    advice = engine.divergence_advice()
     warnings.warn(
         f"fit diverged near step {step} (loss not finite or above "
         f"{config.DIVERGENCE_FACTOR:g} x its initial value); returning the state of the last "

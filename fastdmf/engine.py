@@ -42,6 +42,8 @@ class Engine:
     """
 
     backend = "cpu"
+    #: the status of a fit that reached its end position
+    END_STATUS = "max_steps"
     #: the buffers a checkpoint keeps (see :meth:`state`)
     STATE = ("theta", "grad", "ostate", "scalars", "hyper")
     #: the per-trial buffers ``fit_batch`` stacks (see :meth:`buffers`)
@@ -101,6 +103,10 @@ class Engine:
         ``config.MAX_CHUNK_STEPS`` steps or ``budget`` in all); returns the kernel status."""
         chunk = min(target - self.n_steps, budget - self.n_steps, config.MAX_CHUNK_STEPS)
         return self.run(chunk, tol, loss_cap)[1]
+
+    def divergence_advice(self) -> str:
+        """What to change when a fit diverged (its warning says it)."""
+        return f"Try a smaller learning rate than lr={self.hyper[0]:g}."
 
     def snapshot(self):
         """Copies of the state a diverged run returns to (see :meth:`restore`)."""
@@ -196,6 +202,7 @@ class FlowEngine(Engine):
     state (``flow = (y, stages, flow state)``) is part of the engine's state."""
 
     STATE = Engine.STATE + ("flow_y", "flow_ks", "flow_fs")
+    END_STATUS = "max_time"
 
     def __init__(self, problem, layout, theta, optimizer="flow", hyper=None, parallel=None):
         super().__init__(problem, layout, theta, optimizer, hyper, parallel)
@@ -239,6 +246,11 @@ class FlowEngine(Engine):
 
     def advance(self, target, tol: float, loss_cap: float, budget: int) -> int:
         return self.run_flow(target, budget, tol, loss_cap)[1]
+
+    def divergence_advice(self) -> str:
+        # lr is only the first trial step here; the tolerances steer the integrator
+        return (f"Try smaller tolerances than optimizer_options rtol={self.hyper[1]:g}, "
+                f"atol={self.hyper[3]:g}.")
 
     def snapshot(self):
         return self.flow[0].copy(), self.flow[2].copy()

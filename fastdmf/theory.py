@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from ._kinds import COMPLETION, find_kind
 from .diagonal_theory import diagonal_limit
 from .problem import CompletionProblem
 
@@ -218,7 +219,7 @@ def completion_grad(w, problem: CompletionProblem) -> np.ndarray:
     -------
     ndarray of float64, shape (m, n)
     """
-    if not isinstance(problem, CompletionProblem):
+    if find_kind(problem) is not COMPLETION:
         raise TypeError(
             f"problem must be a CompletionProblem (see fastdmf.completion), got "
             f"{type(problem).__name__}"

@@ -197,24 +197,25 @@ def time_schedule(record, max_time: float):
 class Trajectory:
     """Records of a fit, as arrays (one row per record). See the module docstring.
 
-    ``scalars`` and ``matrices`` name the fields a record holds (one number each, or one
-    array each); the defaults are the matrix kinds' (:data:`SCALARS`, :data:`MATRICES`),
-    another problem kind names its own (``fastdmf._kinds``)."""
+    ``scalars`` and ``matrices`` name the fields (one number, or one row of numbers, per
+    record): by default those of the matrix kinds (``SCALARS``, ``MATRICES``); a problem kind
+    whose records hold other values names its own (see ``fastdmf._kinds``). Every field
+    reads as an attribute (``traj.train_loss``)."""
 
     depth: int
     top_k: int | None = None
     meta: dict = field(default_factory=dict)
     _rows: list = field(default_factory=list, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
-    scalars: tuple = SCALARS
-    matrices: tuple = MATRICES
+    scalars: tuple = field(default=SCALARS, repr=False)
+    matrices: tuple = field(default=MATRICES, repr=False)
 
     def __len__(self) -> int:
         return len(self._arrays.get("step", ())) + len(self._rows)
 
     def __getattr__(self, name):
-        if name in ("scalars", "matrices"):  # not set yet (copy, unpickling)
-            raise AttributeError(name)
+        if name.startswith("_") or name in ("scalars", "matrices"):
+            raise AttributeError(name)  # not set yet (copy, unpickling): no field lookup
         if name in self.scalars or name in self.matrices:
             return self._array(name)
         raise AttributeError(name)
@@ -278,22 +279,30 @@ class Trajectory:
                     meta: dict | None = None, scalars=SCALARS,
                     matrices=MATRICES) -> Trajectory:
         """A trajectory holding the records of ``arrays`` (field name -> array, one row per
-        record, as :meth:`to_arrays` gives; a field left out reads NaN), to which more
-        records can be appended; ``scalars`` and ``matrices`` name its fields."""
-        scalars, matrices = tuple(scalars), tuple(matrices)
-        traj = cls(depth, top_k, dict(meta or {}), scalars=scalars, matrices=matrices)
+        record, as :meth:`to_arrays` gives; a scalar field left out reads NaN), to which more
+        records can be appended."""
+        traj = cls(depth, top_k, dict(meta or {}), scalars=tuple(scalars),
+                   matrices=tuple(matrices))
+        traj.append_arrays(arrays)
+        return traj
+
+    def append_arrays(self, arrays) -> None:
+        """Append the records of ``arrays`` (field name -> array, one row per record), as
+        rows."""
         for i in range(len(arrays["step"])):
-            row = {name: arrays[name][i] for name in scalars + matrices if name in arrays}
-            for name in scalars:
+            row = {name: arrays[name][i] for name in self.scalars + self.matrices
+                   if name in arrays}
+            for name in self.scalars:
                 if name in row:
                     row[name] = row[name].item()
-            traj.append(row)
-        return traj
+            self.append(row)
 
     def save(self, path) -> None:
         """Write the arrays and metadata to an ``.npz`` file."""
-        meta = json.dumps({"depth": self.depth, "top_k": self.top_k, "meta": self.meta,
-                           "scalars": list(self.scalars), "matrices": list(self.matrices)})
+        head = {"depth": self.depth, "top_k": self.top_k, "meta": self.meta}
+        if (self.scalars, self.matrices) != (SCALARS, MATRICES):
+            head.update(scalars=list(self.scalars), matrices=list(self.matrices))
+        meta = json.dumps(head)
         np.savez(path, __meta__=np.array(meta), **self.as_dict())
 
     def plot(self, ax=None, k: int = 10, x: str = "step"):

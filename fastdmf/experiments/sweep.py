@@ -27,10 +27,9 @@ import time as _time
 import numba
 import numpy as np
 
-from .._kinds import by_name, find_kind, kind_of
+from .._kinds import KINDS, by_name, find_kind, kind_of
 from .._plan import threads
 from ..checkpoint import json_default
-from ..problem import synthetic_completion
 from .sweep_store import (
     FORMAT,
     config_digest,
@@ -46,10 +45,7 @@ __all__ = ["sweep", "grid_points", "point_seed", "PROBLEM_KINDS"]
 log = logging.getLogger("fastdmf")
 
 # problem spec kinds: name -> (builder, default spec); builders take the spec's other keys
-PROBLEM_KINDS = {
-    "completion": (synthetic_completion,
-                   {"shape": (100, 100), "rank": 5, "n_observed": 2000, "seed": 0}),
-}
+PROBLEM_KINDS = {kind.name: kind.sweep_spec for kind in KINDS if kind.sweep_spec is not None}
 PROBLEM_AXES = ("kind", "shape", "rank", "n_observed", "problem_seed")
 BATCH_VARYING = ("seed", "init_scale", "lr")  # what fit_batch lets differ between trials
 NOT_IN_SWEEPS = ("observed", "shape", "checkpoint", "checkpoint_every", "progress", "seed",

@@ -34,25 +34,23 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..factors import FactorLayout
+from ._cuda_env import IMPORT_ERROR as _IMPORT_ERROR
+from ._cuda_env import (  # cuda: a module global, the simulator swaps it inside kernels
+    RESID_PER_BLOCK,
+    THREADS,
+    TILE,
+    cuda,
+    simulated,
+)
 from .codes import ADAM, CONVERGED, DIVERGED, GROUPRMSPROP, IDLE, RUNNING
-
-try:  # a module global: the simulator swaps it for its own inside kernels
-    from numba import cuda
-except Exception as _exc:  # noqa: BLE001  (numba.cuda broken or absent)
-    cuda = None
-    _IMPORT_ERROR = _exc
-else:
-    _IMPORT_ERROR = None
 
 __all__ = ["available", "require", "kernels", "max_trials", "DeviceBatch"]
 
 
-# Default launch shapes on a real GPU (the simulator tests pass small ones).
-TILE = 16
-THREADS = 128
-# Entries per block of the residual pass, and elements per block of the squared-norm
-# reduction: both fix the partition of a reduction, so they depend on the shape only.
-RESID_PER_BLOCK = 1024
+# Default launch shapes on a real GPU (the simulator tests pass small ones): TILE, THREADS
+# and RESID_PER_BLOCK (entries per block of the residual pass) in _cuda_env; elements per
+# block of the squared-norm reduction: like RESID_PER_BLOCK it fixes the partition of a
+# reduction, so it depends on the shape only.
 SQNORM_PER_BLOCK = 16384
 # Inner length per split of a split-K product (dW_j sums over all m rows).
 SPLIT_K = 2048
@@ -88,13 +86,6 @@ def available() -> bool:
         return cuda is not None and bool(cuda.is_available())
     except Exception:  # noqa: BLE001  (no CUDA driver, no toolkit: not available)
         return False
-
-
-def simulated() -> bool:
-    """True when numba.cuda is the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
-    import numba
-
-    return bool(numba.config.ENABLE_CUDASIM)
 
 
 def require() -> None:

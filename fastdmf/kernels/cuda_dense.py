@@ -34,9 +34,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import cuda as kc
-from .codes import ADAM, GROUPRMSPROP
-from .cuda import cuda  # a module global: the simulator swaps it for its own inside kernels
+from ._cuda_env import (  # cuda: a module global, the simulator swaps it inside kernels
+    RESID_PER_BLOCK,
+    THREADS,
+    cuda,
+    simulated,
+)
+from .codes import ADAM, GROUPRMSPROP, RUNNING
 
 __all__ = ["choose_dense", "cublas_products", "DensePath", "DENSE_RATIO", "DENSE_MAX"]
 
@@ -53,7 +57,7 @@ UPDATE_THREADS = 512
 def cublas_products(dtype):
     """A callable running strided-batched GEMMs through CuPy's cuBLAS, or None when CuPy
     cannot be imported or numba.cuda is the simulator."""
-    if kc.simulated():
+    if simulated():
         return None
     try:
         from cupy.cuda import cublas, device
@@ -71,7 +75,7 @@ def choose_dense(m, n, n_observed, depth, launch_dense, have_cublas) -> bool:
     if launch_dense is not None:
         return bool(launch_dense)
     small = m * n <= DENSE_RATIO * n_observed and m * n <= DENSE_MAX
-    return small and (have_cublas or kc.simulated())
+    return small and (have_cublas or simulated())
 
 
 class _Cublas:
@@ -101,7 +105,7 @@ class _Cublas:
 
 
 @cache
-def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESID_PER_BLOCK,
+def dense_kernels(dtype="float64", resid_threads=THREADS, resid_block=RESID_PER_BLOCK,
                   update_threads=UPDATE_THREADS):
     """The residual and fused update kernels for ``dtype``; ``resid_threads`` and
     ``update_threads`` threads per block (powers of two), ``resid_block`` entries per block
@@ -114,7 +118,6 @@ def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESI
     RT, UT, RB = int(resid_threads), int(update_threads), int(resid_block)
     ftype = numba.float32 if dtype == "float32" else numba.float64
     f64 = numba.float64
-    RUNNING = kc.RUNNING
 
     @cuda.jit
     def residuals(Wd, Gd, n, rows, cols, vals, losspart, scale, status):
