@@ -8,12 +8,12 @@ record how its singular values move (Arora, Cohen, Hu & Luo, NeurIPS 2019).
 >>> result = fastdmf.fit(problem, depth=3)          # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from . import baselines, theory
+from ._version import __version__
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
 from .checkpoint import resume
+from .diagonal import SparseRegressionProblem, sparse_regression, synthetic_sparse_regression
 from .experiments.sweep import sweep
 from .experiments.sweep_table import SweepTable, load_sweep
 from .factors import INITS
@@ -49,6 +49,9 @@ __all__ = [
     "sensing",
     "synthetic_sensing",
     "SensingProblem",
+    "sparse_regression",
+    "synthetic_sparse_regression",
+    "SparseRegressionProblem",
     "Trajectory",
     "load_trajectory",
     "INITS",

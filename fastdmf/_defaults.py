@@ -10,7 +10,7 @@ depth 2 with hidden width at most 32 and lr 3e-2. Arguments given explicitly alw
 
 from __future__ import annotations
 
-from .problem import CompletionProblem
+from ._kinds import find_kind
 
 __all__ = ["AUTO", "PAPER", "REAL_DATA", "is_real_data", "resolve"]
 
@@ -23,8 +23,8 @@ REAL_DATA = {"depth": 2, "lr": 3e-2, "record": 25, "validation": 0.1, "offsets":
 
 def is_real_data(problem) -> bool:
     """Observed entries without a ground truth (the real-data defaults apply)."""
-    return (isinstance(problem, CompletionProblem) and problem.ground_truth is None
-            and problem.truth_factors is None)
+    kind = find_kind(problem)
+    return kind is not None and kind.is_real_data(problem)
 
 
 def resolve(kw: dict, real: bool, shape) -> dict:

@@ -125,7 +125,8 @@ def pack(data: RegressionData, w, status, settings, n_iter, n_evals=0):
     """A depth-1 :class:`~fastdmf.FitResult` with ``factors = [w[None, :]]`` (the 1 x d
     predictor), a one-record trajectory (``test_error``: ``||w - w*||^2 / ||w*||^2`` when the
     problem has a ground truth) and ``settings["coef"] = w``."""
-    from .api import FitResult, versions
+    from ._plan import versions
+    from .result import FitResult
     from .trajectory import Trajectory
 
     w = np.ascontiguousarray(w, dtype=np.float64)

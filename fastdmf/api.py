@@ -6,104 +6,37 @@ by chunk up to each record point, and packs a :class:`FitResult`. It has no arit
 
 from __future__ import annotations
 
-import platform
-import sys
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-
-import numba
 import numpy as np
-import scipy
 
-from . import __version__, config
 from ._defaults import is_real_data
 from ._defaults import resolve as resolve_defaults
-from ._progress import fit_progress
-from .drive import drive
+from ._kinds import is_problem, kind_of, kinds_message, same_kind
+from ._plan import (
+    DTYPES,
+    FitData,
+    dtype_name,
+    plan,
+    resolve_seed,
+    settings,
+    threads,
+    validation_arg,
+    versions,
+)
+from .checkpoint import Checkpointer
+from .drive import run
 from .engine import Engine, make_engine, resolve_backend
-from .factors import FactorLayout, end_to_end, initialize, predict_entries
 from .offsets import Offsets, check_validation, fit_offsets, validation_split
-from .optim import get_optimizer
-from .problem import CompletionProblem, SensingProblem, check_index, completion
-from .trajectory import Trajectory, record_schedule, time_schedule
+from .problem import completion
+from .result import FitResult
 
-__all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "warmup"]
-
-_DTYPES = {"float64": np.float64, "float32": np.float32}
+__all__ = ["fit", "FitResult", "loss_and_grad", "as_problem", "as_test", "warmup", "versions"]
 
 
-@dataclass(eq=False)
-class FitResult:
-    """The outcome of a fit (one type for every solver).
-
-    Attributes
-    ----------
-    factors : list of ndarray
-        ``[W_1, ..., W_N]``; ``W_j`` is ``d_j x d_{j-1}``.
-    trajectory : Trajectory
-        Records taken during the fit (see :mod:`fastdmf.trajectory`).
-    status : str
-        ``"converged"`` (train loss <= tol), ``"max_steps"``, ``"max_time"`` (the flow
-        reached ``max_time``), ``"diverged"`` (factors and
-        trajectory are those of the last good record), ``"stopped"`` (by the callback), and
-        with validation entries ``"early_stopped"`` (factors, steps and trajectory are those
-        of the record with the lowest validation error, a later one than the first) or
-        ``"no_improvement"`` (no record improved on the initial state, which is returned).
-    settings : dict
-        Everything needed to rerun the fit: arguments, seed, library versions.
-    n_steps : int
-        Optimiser steps taken (for a diverged fit: up to the last good record).
-    offsets : Offsets or None
-        The offsets ``mu + b_i + c_j`` fitted before the factorization (``fit(offsets=...)``;
-        see :mod:`fastdmf.offsets`); :meth:`matrix` and :meth:`predict` include them. The
-        factors and the trajectory's losses are those of the residuals.
-    """
-
-    factors: list
-    trajectory: Trajectory
-    status: str
-    settings: dict = field(repr=False)
-    n_steps: int = 0
-    offsets: Offsets | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.factors[-1].shape[0], self.factors[0].shape[1])
-
-    @property
-    def train_loss(self) -> float:
-        """Train loss at the final state."""
-        return float(self.trajectory.train_loss[-1])
-
-    def matrix(self) -> np.ndarray:
-        """The dense fitted matrix W = W_N ... W_1 (m x n), plus the offsets if any."""
-        w = end_to_end(self.factors)
-        return w if self.offsets is None else self.offsets.predict_matrix(w)
-
-    def predict(self, rows, cols) -> np.ndarray:
-        """Entries ``W[rows[k], cols[k]]`` (plus their offsets, if any), computed from the
-        factors without forming W."""
-        m, n = self.shape
-        rows = check_index(rows, "rows", m)
-        cols = check_index(cols, "cols", n)
-        if rows.shape != cols.shape:
-            raise ValueError(f"rows and cols differ in length: {rows.size} and {cols.size}")
-        pred = predict_entries(self.factors, rows, cols, config.PREDICT_BLOCK)
-        return pred if self.offsets is None else self.offsets.predict(pred, rows, cols)
-
-    def __repr__(self) -> str:
-        shape = "x".join(map(str, self.shape))
-        return (
-            f"FitResult(depth={len(self.factors)}, shape={shape}, status={self.status!r}, "
-            f"steps={self.n_steps}, train_loss={self.train_loss:.3g})"
-        )
-
-
-def as_problem(observed, shape=None) -> CompletionProblem | SensingProblem:
-    """A validated problem from a problem (completion or sensing, returned as it is), a
-    matrix (dense with NaN, or sparse), or a ``(rows, cols, values)`` tuple (with ``shape``)."""
-    if isinstance(observed, (CompletionProblem, SensingProblem)):
+def as_problem(observed, shape=None):
+    """A validated problem from a problem of any kind (completion, sensing, ...: returned as
+    it is), a matrix (dense with NaN, or sparse), or a ``(rows, cols, values)`` tuple (with
+    ``shape``)."""
+    if is_problem(observed):
         if shape is not None and tuple(shape) != tuple(observed.shape):
             raise ValueError(f"the problem has shape {tuple(observed.shape)}, not "
                              f"shape={tuple(shape)}: a problem carries its shape")
@@ -300,16 +233,7 @@ def fit(
     again = {k: v for k, v in args.items() if k not in ("validation_seed", "patience", "refit",
                                                        "checkpoint", "checkpoint_every")}
     problem = as_problem(observed, shape)
-    if test is not None:  # a problem keeps its own shape (checked below); triplets take ours
-        test = as_problem(test, None if isinstance(test, (CompletionProblem, SensingProblem))
-                          else problem.shape)
-    if test is not None and isinstance(test, SensingProblem) != isinstance(problem, SensingProblem):
-        raise TypeError(
-            "test= must be of the problem's kind: held-out measurements (a SensingProblem, "
-            "e.g. from problem.split()) for a sensing problem, held-out entries otherwise"
-        )
-    if test is not None and test.shape != problem.shape:
-        raise ValueError(f"test= has shape {test.shape}, the fitted problem {problem.shape}")
+    test = as_test(test, problem)
     if refit and checkpoint is not None:
         raise ValueError("refit=True runs a second fit that checkpoints do not cover; "
                          "checkpoint the fit with refit=False, then refit from its result "
@@ -320,51 +244,59 @@ def fit(
                   "validation": validation, "offsets": offsets, "patience": patience},
         validation_seed)
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
-    init, dtype, spec, hyper, layout, schedule, end = _plan(
-        problem.shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options,
-        max_steps, max_time, tol, record, top_k, dtype, parallel)
-    args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=dtype,
-                validation=_validation_arg(auto["validation"]), patience=patience,
+    kind = kind_of(problem)
+    the_plan = plan(kind, problem.shape, depth=depth, widths=widths, init=init,
+                    init_scale=init_scale, optimizer=optimizer, lr=lr,
+                    optimizer_options=optimizer_options, max_steps=max_steps,
+                    max_time=max_time, tol=tol, record=record, top_k=top_k, dtype=dtype,
+                    parallel=parallel)
+    args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=the_plan.dtype,
+                validation=validation_arg(auto["validation"]), patience=patience,
                 offsets=(auto["offsets"].kind if isinstance(auto["offsets"], Offsets)
                          else auto["offsets"]))
-    seed = _resolve_seed(seed)
+    kind.check_fit(problem, args)
+    seed = resolve_seed(seed)
     args["seed"] = seed
-    factors0 = initialize(layout, init, init_scale, np.random.default_rng(seed))
-    theta = layout.pack(factors0, dtype=_DTYPES[dtype])
-    where = resolve_backend(backend, spec.code, problem)
-    with _threads(n_threads):
-        engine = make_engine(problem, layout, theta, spec, hyper, parallel, where)
-        traj = Trajectory(depth, top_k, {"shape": list(problem.shape)})
-        kind = "cuda" if where == "cuda" else ("parallel" if engine.kernels.parallel else "serial")
-        settings = _settings(args, seed, problem, kind)
+    the_plan = the_plan.replace(seed=seed, patience=patience)
+    data = FitData(problem, test, val, fitted)
+    layout = the_plan.layout
+    params0 = kind.initialize(layout, the_plan.init, init_scale, np.random.default_rng(seed))
+    theta = layout.pack(params0, dtype=the_plan.np_dtype)
+    where = resolve_backend(backend, the_plan.spec, problem)
+    with threads(n_threads):
+        engine = make_engine(problem, layout, theta, the_plan.spec, the_plan.hyper, parallel,
+                             where)
+        traj = kind.trajectory(the_plan, problem)
+        label = "cuda" if where == "cuda" else (
+            "parallel" if engine.kernels.parallel else "serial")
+        fit_settings = settings(args, seed, problem, label)
         if fitted is not None:
-            settings["offsets"] = fitted.describe()
+            fit_settings["offsets"] = fitted.describe()
         if val is not None:
-            settings["validation_entries"] = val.n_observed
+            fit_settings["validation_entries"] = val.n_observed
         saver = None
         if checkpoint is not None:
-            from .checkpoint import Checkpointer
-
-            saver = Checkpointer(checkpoint, checkpoint_every, {
-                "settings": settings, "problem": problem, "test": test, "schedule": schedule,
-                "end": end, "budget": max_steps, "tol": tol, "top_k": top_k, "val": val,
-                "patience": patience, "offsets": fitted})
-        bar = fit_progress(end, "time" if engine.is_flow else "step", progress)
-        try:
-            status = drive(engine, problem, test, traj, schedule, end, max_steps, tol,
-                            top_k, callback, bar, saver=saver, val=val, patience=patience,
-                            offsets=fitted)
-        finally:
-            if bar is not None:
-                bar.close()
-        if saver is not None:
-            saver.finish(status)
-    n_steps = engine.n_steps
-    factors = [np.array(w) for w in engine.factors()]
+            saver = Checkpointer(checkpoint, checkpoint_every, the_plan, data, fit_settings)
+        result = run(engine, data, the_plan, traj, fit_settings, callback=callback,
+                     progress=progress, saver=saver)
     if refit and val is not None:
         return _refit(observed_problem, problem, test, fitted, again, seed, engine,
-                      status, callback)
-    return FitResult(factors, traj, status, settings, n_steps, fitted)
+                      result.status, callback)
+    return result
+
+
+def as_test(test, problem, what="the fitted problem"):
+    """``fit``'s ``test=`` as a problem of ``problem``'s kind and shape (None stays None):
+    a problem keeps its own shape (checked), raw entries take the problem's."""
+    if test is None:
+        return None
+    test = as_problem(test, None if is_problem(test) else problem.shape)
+    if not same_kind(test, problem):
+        raise TypeError(f"test= must be of the problem's kind: {kinds_message()}")
+    kind = kind_of(problem)
+    if kind.space(test) != kind.space(problem):
+        raise ValueError(f"test= has shape {test.shape}, {what} {problem.shape}")
+    return test
 
 
 def _refit(observed, train, test, fitted, args, seed, engine, status, callback) -> FitResult:
@@ -403,14 +335,6 @@ def prepare_observations(problem, kw, validation_seed):
     return auto, problem, val, patience, fitted
 
 
-def _validation_arg(validation):
-    """How ``settings`` keeps ``validation=``: a fraction or None as it is, entries as a
-    marker (the entries themselves are the caller's)."""
-    if validation is None or isinstance(validation, (int, float, np.integer, np.floating)):
-        return _plain(validation)
-    return "<entries>"
-
-
 def _generalization(problem, validation, patience, validation_seed, offsets, val_auto=False):
     """``(training problem, validation entries or None, patience, Offsets or None)`` from
     fit's ``validation``, ``patience`` and ``offsets`` (defaults already resolved); the
@@ -420,9 +344,10 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
     if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) \
             or patience < 1:
         raise ValueError(f"patience must be a positive number of records, got {patience!r}")
-    if isinstance(problem, SensingProblem) and (validation is not None or offsets is not None):
+    kind = kind_of(problem)
+    if not kind.entries and (validation is not None or offsets is not None):
         raise TypeError("validation= and offsets= apply to observed entries (completion); "
-                        "pass validation=None, offsets=None for a sensing problem")
+                        f"pass validation=None, offsets=None for a {kind.title}")
     val = None
     if isinstance(validation, (int, float, np.integer, np.floating)) \
             and not isinstance(validation, bool):
@@ -435,11 +360,10 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
         if isinstance(validation, (bool, str)):
             raise TypeError("validation= takes a fraction in (0, 1), validation entries, "
                             f"None or 'auto', not {validation!r}")
-        val = as_problem(validation, None if isinstance(validation, CompletionProblem)
-                         else problem.shape)
-        if isinstance(val, SensingProblem):
-            raise TypeError("validation= of a completion problem takes entries, not "
-                            "measurements")
+        val = as_problem(validation, None if is_problem(validation) else problem.shape)
+        if not same_kind(val, problem):
+            raise TypeError(f"validation= of a {kind.title} takes {kind.held_out}, not a "
+                            f"{kind_of(val).title}")
         check_validation(problem, val)
     if offsets is None:
         return problem, val, int(patience), None
@@ -459,20 +383,6 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
     fitted = fit_offsets(problem, offsets, validation=val)
     return fitted.remove(problem), val, int(patience), fitted
 
-
-
-def _settings(args, seed, problem, kernels) -> dict:
-    """What a FitResult keeps to rerun its fit."""
-    return {
-        "arguments": _jsonable(args),
-        "seed": seed,
-        "problem": repr(problem),
-        "problem_meta": dict(problem.meta),
-        "kernels": kernels,
-        "versions": versions(),
-    }
-
-
 def loss_and_grad(factors, problem, dtype=None, shape=None):
     """``(loss, [dL/dW_1, ..., dL/dW_N])`` of the completion loss (or, for a SensingProblem,
     the sensing loss), through the fit kernels.
@@ -487,13 +397,14 @@ def loss_and_grad(factors, problem, dtype=None, shape=None):
         Compute dtype; by default that of the factors (float64 unless all are float32).
     """
     problem = as_problem(problem, shape)
-    factors = list(factors)
+    if not isinstance(factors, list):  # a list subclass (DiagonalParams) keeps its depth
+        factors = list(factors)
     if not factors:
         raise ValueError("factors must hold at least one matrix")
-    layout = FactorLayout.build(problem.shape, len(factors), _widths(factors, None))
+    layout = kind_of(problem).param_layout(problem, factors)
     if dtype is None:
         dtype = "float32" if all(np.asarray(w).dtype == np.float32 for w in factors) else "float64"
-    theta = layout.pack(factors, dtype=_DTYPES[_dtype_name(dtype)])
+    theta = layout.pack(factors, dtype=DTYPES[dtype_name(dtype)])
     engine = Engine(problem, layout, theta)
     loss = engine.evaluate()
     return float(loss), [np.array(g) for g in engine.grads()]
@@ -507,142 +418,3 @@ def warmup(dtypes=("float64",), parallel=(False, True)) -> None:
     for dt in dtypes:
         for par in parallel:
             fit(problem, depth=3, max_steps=2, record=None, dtype=dt, parallel=par, seed=0)
-
-
-def versions() -> dict:
-    return {
-        "fastdmf": __version__,
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "scipy": scipy.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
-
-
-def _resolve_seed(seed):
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % (2**63))
-    if isinstance(seed, (int, np.integer)) and seed >= 0:
-        return int(seed)
-    raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
-
-
-def _jsonable(args):
-    """The arguments with numpy scalars, arrays and ranges (also inside lists) as plain
-    Python values, so that ``json.dumps(settings)`` works; a list of factor arrays (``init``)
-    becomes ``"<arrays>"``."""
-    return {k: _plain(v) for k, v in args.items()}
-
-
-def _plain(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, range):
-        return list(v)
-    if isinstance(v, (list, tuple)):
-        if v and isinstance(v[0], np.ndarray) and v[0].ndim == 2:
-            return "<arrays>"
-        return type(v)(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
-@contextmanager
-def _threads(n):
-    if n is None:
-        yield
-        return
-    if not (isinstance(n, (int, np.integer)) and 1 <= n <= numba.config.NUMBA_NUM_THREADS):
-        raise ValueError(
-            f"n_threads must be an integer in [1, {numba.config.NUMBA_NUM_THREADS}], got {n!r}"
-        )
-    old = numba.get_num_threads()
-    numba.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(old)
-
-
-def _plan(shape, depth, widths, init, init_scale, optimizer, lr, optimizer_options, max_steps,
-          max_time, tol, record, top_k, dtype, parallel):
-    """fit's checks of everything but the data, the seed and the backend, in fit's order
-    (sweeps run them before starting any fit). Returns ``(init, dtype name, optimizer spec,
-    hyper-parameters, layout, record schedule, end position)``."""
-    init = _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-                       max_steps)
-    dtype = _dtype_name(dtype)
-    spec = get_optimizer(optimizer)
-    hyper = spec.hyper(lr, optimizer_options or {})
-    layout = FactorLayout.build(shape, depth, _widths(init, widths))
-    if spec.name.startswith("flow"):
-        if (max_time is None or isinstance(max_time, bool)
-                or not isinstance(max_time, (int, float, np.integer, np.floating))
-                or not (np.isfinite(max_time) and max_time >= 0)):
-            raise ValueError(
-                "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
-                f"number >= 0), got {max_time!r}"
-            )
-        return init, dtype, spec, hyper, layout, time_schedule(record, max_time), \
-            float(max_time)
-    if max_time is not None:
-        raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
-    return init, dtype, spec, hyper, layout, record_schedule(record, max_steps), max_steps
-
-
-def _dtype_name(dtype) -> str:
-    """"float64" or "float32" for any spelling numpy accepts (np.float32, "f4", ...)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy's deprecated aliases: refused below anyway
-            name = np.dtype(dtype).name
-    except (TypeError, ValueError):
-        name = None
-    if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    return name
-
-
-def _widths(init, widths):
-    """The inner widths: as given, else read off a list of initial factors (W_j is
-    d_j x d_{j-1}), else None (the defaults)."""
-    if widths is None and not isinstance(init, str):
-        return [np.shape(w)[0] for w in list(init)[:-1]]
-    return widths
-
-
-def _check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-                max_steps):
-    """Checks of fit's arguments (fit_batch's too) that later steps would fail on obscurely
-    or take silently; returns ``init`` (a list of factors, or the scheme name)."""
-    for name, value in (("lr", lr), ("init_scale", init_scale), ("tol", tol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
-                                                             np.floating)):
-            raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not (tol >= 0 and np.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    if isinstance(max_steps, bool) or not (isinstance(max_steps, (int, np.integer))
-                                           and max_steps >= 0):
-        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
-    if optimizer_options is not None and not isinstance(optimizer_options, dict):
-        raise TypeError(f"optimizer_options must be a dict or None, got {optimizer_options!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(
-            top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
-        raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
-    if isinstance(init, str):
-        return init
-    try:
-        init = list(init)
-    except TypeError:
-        raise TypeError("init must be a scheme name or a list of the initial factors "
-                        f"[W_1, ..., W_N], got {init!r}") from None
-    if len(init) != depth:
-        raise ValueError(f"init lists {len(init)} factor(s) but depth is {depth!r}: give one "
-                         "array per factor W_1..W_N")
-    return init

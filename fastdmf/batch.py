@@ -14,26 +14,15 @@ import numba
 import numpy as np
 
 from . import config
-from .api import (
-    _DTYPES,
-    FitResult,
-    _plan,
-    _resolve_seed,
-    _settings,
-    _threads,
-    _validation_arg,
-    as_problem,
-    prepare_observations,
-)
+from ._kinds import kind_of
+from ._plan import FitData, plan, resolve_seed, settings, threads, validation_arg
+from .api import as_problem, prepare_observations
 from .drive import Watch
 from .engine import Engine, resolve_backend
-from .factors import initialize
-from .kernels import cpu
-from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.blas import blas_threads
+from .kernels.codes import CONVERGED
 from .optim import get_optimizer
-from .problem import SensingProblem
-from .trajectory import Trajectory
+from .result import FitResult
 
 __all__ = ["fit_batch"]
 
@@ -86,23 +75,32 @@ def fit_batch(
                  "validation": validation, "offsets": offsets, "patience": patience},
         validation_seed)
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
-    seeds = [_resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
+    seeds = [resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
     n = len(seeds)
     if n == 0:
         raise ValueError("seeds is empty: fit_batch runs one trial per seed, give at least one")
     scales = _per_trial(init_scale, n, "init_scale")
     rates = _per_trial(lr, n, "lr")
-    if get_optimizer(optimizer).code < 0:
+    if not get_optimizer(optimizer).batched:
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
+    kind = kind_of(problem)
     # fit's checks (the first trial's lr and init_scale; each trial's hyper checks the rest)
-    init, dtype, spec, _, layout, schedule, _ = _plan(
-        problem.shape, depth, widths, init, scales[0], optimizer, rates[0], optimizer_options,
-        max_steps, None, tol, record, top_k, dtype, False)
-    where = resolve_backend(backend, spec.code, problem)
+    base = plan(kind, problem.shape, depth=depth, widths=widths, init=init,
+                init_scale=scales[0], optimizer=optimizer, lr=rates[0],
+                optimizer_options=optimizer_options, max_steps=max_steps, max_time=None,
+                tol=tol, record=record, top_k=top_k, dtype=dtype, parallel=False)
+    base = base.replace(patience=patience)
+    init, dtype, spec, layout = base.init, base.dtype, base.spec, base.layout
+    common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
+              "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
+              "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
+              "backend": backend, "validation": validation_arg(auto["validation"]),
+              "patience": patience, "validation_seed": validation_seed,
+              "offsets": fitted.kind if fitted is not None else None}
+    kind.check_fit(problem, {**common, "init_scale": scales[0], "lr": rates[0]})
+    where = resolve_backend(backend, spec, problem)
     if where == "cuda":
-        from .kernels.cuda import max_trials
-
-        most = max_trials(problem.shape[0], depth)
+        most = kind.cuda().max_trials(problem.shape[0], depth)
         if n > most:  # more trials than one launch holds: consecutive batches (same bits)
             kw = dict(depth=depth, shape=shape, widths=widths, init=init, optimizer=optimizer,
                       optimizer_options=optimizer_options, max_steps=max_steps, tol=tol,
@@ -114,41 +112,34 @@ def fit_batch(
                     for res in fit_batch(source, seeds=seeds[lo:lo + most],
                                          init_scale=scales[lo:lo + most],
                                          lr=rates[lo:lo + most], **kw)]
+    plans = [base.trial(seed, scale, rate, optimizer_options)
+             for seed, scale, rate in zip(seeds, scales, rates, strict=True)]
     engines = []
-    for seed, scale, rate in zip(seeds, scales, rates, strict=True):
-        factors = initialize(layout, init, scale, np.random.default_rng(seed))
-        hyper = spec.hyper(rate, optimizer_options or {})
-        theta = layout.pack(factors, dtype=_DTYPES[dtype])
-        engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
+    for trial in plans:
+        params = kind.initialize(layout, init, trial.init_scale,
+                                 np.random.default_rng(trial.seed))
+        theta = layout.pack(params, dtype=trial.np_dtype)
+        engines.append(Engine(problem, layout, theta, spec, trial.hyper, parallel=False))
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = _stack(engines)
     if where == "cuda":
-        from .kernels.cuda import DeviceBatch
-
-        stacked["device"] = DeviceBatch(problem, engines[0].dims, stacked["theta"],
-                                        stacked["codes"], stacked["hyper"], stacked["ostate"],
-                                        stacked["scalars"])
-    with _threads(n_threads):
-        trajs, statuses = _drive_batch(engines, stacked, problem, schedule, max_steps, tol,
-                                       top_k, depth, val, patience)
-    common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
-              "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
-              "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
-              "backend": backend, "validation": _validation_arg(auto["validation"]),
-              "patience": patience, "validation_seed": validation_seed,
-              "offsets": fitted.kind if fitted is not None else None}
+        stacked["device"] = kind.cuda().DeviceBatch(
+            problem, engines[0].dims, stacked["theta"], stacked["codes"], stacked["hyper"],
+            stacked["ostate"], stacked["scalars"])
+    data = FitData(problem, None, val, fitted)
+    with threads(n_threads):
+        trajs, statuses = _drive_batch(engines, stacked, data, plans)
     results = []
-    for eng, traj, status, seed, scale, rate in zip(engines, trajs, statuses, seeds, scales,
-                                                    rates, strict=True):
-        args = {**common, "seed": seed, "init_scale": scale, "lr": rate}
-        settings = _settings(args, seed, problem,
-                             "cuda (batched)" if where == "cuda" else "serial (batched)")
+    for eng, traj, status, trial in zip(engines, trajs, statuses, plans, strict=True):
+        args = {**common, "seed": trial.seed, "init_scale": trial.init_scale, "lr": trial.lr}
+        trial_settings = settings(args, trial.seed, problem,
+                                  "cuda (batched)" if where == "cuda" else "serial (batched)")
         if fitted is not None:
-            settings["offsets"] = fitted.describe()
+            trial_settings["offsets"] = fitted.describe()
         if val is not None:
-            settings["validation_entries"] = val.n_observed
-        results.append(FitResult([np.array(w) for w in eng.factors()], traj, status,
-                                 settings, eng.n_steps, fitted))
+            trial_settings["validation_entries"] = val.n_observed
+        results.append(kind.result([np.array(w) for w in eng.factors()], traj, status,
+                                   trial_settings, eng.n_steps, fitted))
     return results
 
 
@@ -164,24 +155,23 @@ def _per_trial(value, n, name):
 
 
 def _stack(engines):
-    """Stack the trials' buffers (trial axis first) and make each engine view its row."""
-    names = ("theta", "grad", "work", "rowloss", "ostate", "scalars", "hyper")
-    stacked = {name: np.stack([getattr(e, name) for e in engines]) for name in names}
+    """Stack the trials' buffers (trial axis first) and make each engine use its row."""
+    names = engines[0].BUFFERS
+    stacked = {name: np.stack([e.buffers()[name] for e in engines]) for name in names}
     for b, eng in enumerate(engines):
-        for name in names:
-            setattr(eng, name, stacked[name][b])
+        eng.bind({name: stacked[name][b] for name in names})
     stacked["codes"] = np.full(len(engines), engines[0].spec.code, dtype=np.int64)
     return stacked
 
 
-def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth, val=None,
-                 patience=None):
+def _drive_batch(engines, st, data, plans):
     """The batched counterpart of ``drive.drive``: one :class:`~fastdmf.drive.Watch` per trial
     (records, statuses, divergence), all trials advanced by one compiled call per chunk."""
     n = len(engines)
-    trajs = [Trajectory(depth, top_k, {"shape": list(problem.shape)}) for _ in range(n)]
-    watches = [Watch(e, problem, None, t, top_k, val, patience)
-               for e, t in zip(engines, trajs, strict=True)]
+    base = plans[0]
+    schedule, max_steps, tol = base.schedule, base.budget, base.tol
+    trajs = [p.kind.trajectory(p, data.problem) for p in plans]
+    watches = [Watch(e, data, p, t) for e, p, t in zip(engines, plans, trajs, strict=True)]
     statuses: list = ["converged" if w.loss <= tol else None for w in watches]
     if max_steps == 0:
         return trajs, [w.finish(s or "max_steps") for w, s in zip(watches, statuses,
@@ -198,20 +188,20 @@ def _drive_batch(engines, st, problem, schedule, max_steps, tol, top_k, depth, v
         if "device" in st:
             st["device"].run(chunk, tol, caps, active, status)
         else:
-            _run_cpu(st, eng0, problem, chunk, tol, caps, active, status)
+            _run_cpu(st, eng0, chunk, tol, caps, active, status)
         step += chunk
         for b in np.flatnonzero(active):
             code = int(status[b])
-            at_record = step == target or code == cpu.CONVERGED or step >= max_steps
+            at_record = step == target or code == CONVERGED or step >= max_steps
             statuses[b] = watches[b].settle(code, at_record, tol)
             if statuses[b] is None and step >= max_steps:
                 statuses[b] = "max_steps"
     return trajs, [w.finish(s) for w, s in zip(watches, statuses, strict=True)]
 
 
-def _run_cpu(st, eng0, problem, chunk, tol, caps, active, status):
+def _run_cpu(st, eng0, chunk, tol, caps, active, status):
     """One compiled call advancing every active trial on the CPU, one trial per task."""
-    kernel = run_batch_sensing if isinstance(problem, SensingProblem) else run_batch
+    kernel = eng0.kind.batch_run
     with blas_threads(1):
         old = numba.get_parallel_chunksize()
         numba.set_parallel_chunksize(1)

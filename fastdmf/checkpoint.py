@@ -32,11 +32,13 @@ import zipfile
 
 import numpy as np
 
-from .factors import FactorLayout
+from ._kinds import by_name, kind_of
+from ._plan import FitData, Plan, threads
+from .drive import Watch, run
+from .engine import make_engine
 from .offsets import Offsets
 from .optim import get_optimizer
-from .problem import CompletionProblem, SensingProblem
-from .trajectory import MATRICES, SCALARS, Grid, Trajectory
+from .trajectory import Grid
 
 __all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
 
@@ -116,13 +118,15 @@ def check_path(path) -> str:
 class Checkpointer:
     """Writes a fit's checkpoints between compiled chunks (see the module docstring).
 
-    ``plan`` holds what the engine does not: settings, problem, test entries, the record
-    schedule, end position, step budget, tol and top_k."""
+    ``plan`` (a :class:`fastdmf._plan.Plan`), ``data`` (its :class:`~fastdmf._plan.FitData`)
+    and ``settings`` hold what the engine does not: the record schedule, end position, step
+    budget, tol, top_k and patience; the problem, test and validation entries and offsets;
+    the settings a result keeps."""
 
-    def __init__(self, path, every, plan):
+    def __init__(self, path, every, plan, data, settings):
         self.path = check_path(path)
         self.every_steps, self.every_seconds = parse_every(every)
-        self.plan = plan
+        self.plan, self.data, self.settings = plan, data, settings
         self.last_step, self.last_time = 0, _time.monotonic()
         self.count = 0
 
@@ -151,54 +155,50 @@ class Checkpointer:
 
     def write(self, status=None) -> None:
         engine, watch, traj = self.engine, self.watch, self.traj
+        plan, data = self.plan, self.data
         state = {
             "format": FORMAT,
             "status": status,
-            "settings": self.plan["settings"],
+            "settings": self.settings,
             "optimizer": engine.spec.name,
             "parallel": bool(engine.kernels.parallel),
-            "backend": "cuda" if hasattr(engine, "device") else "cpu",
+            "backend": engine.backend,
             "dims": [int(d) for d in engine.layout.dims],
             "dtype": np.dtype(engine.theta.dtype).name,
-            "end": self.plan["end"],
-            "budget": int(self.plan["budget"]),
-            "tol": float(self.plan["tol"]),
-            "top_k": self.plan["top_k"],
+            "end": plan.end,
+            "budget": int(plan.budget),
+            "tol": float(plan.tol),
+            "top_k": plan.top_k,
             "loss": float(watch.loss),
             "cap": float(watch.cap),
             "good_step": int(watch.good_step),
             "traj_depth": traj.depth,
             "traj_meta": traj.meta,
             "n_steps": engine.n_steps,
-            "schedule_grid": _grid_state(self.plan["schedule"]),
+            "schedule_grid": _grid_state(plan.schedule),
         }
-        arrays = {
-            "theta": engine.theta, "grad": engine.grad, "ostate": engine.ostate,
-            "scalars": engine.scalars, "hyper": engine.hyper,
-            "schedule": _schedule_array(self.plan["schedule"]),
-            "good_params": watch.good[0], "good_scalars": watch.good[1],
-        }
-        if engine.is_flow:
-            arrays.update(flow_y=engine.flow[0], flow_ks=engine.flow[1], flow_fs=engine.flow[2])
-        arrays.update(_trajectory_arrays(traj))
-        problem_arrays, kind, pmeta = problem_to_arrays(self.plan["problem"], "problem")
+        arrays = dict(engine.state())
+        arrays.update(schedule=_schedule_array(plan.schedule), good_params=watch.good[0],
+                      good_scalars=watch.good[1])
+        arrays.update({f"traj_{k}": v for k, v in traj.to_arrays().items()})
+        problem_arrays, kind, pmeta = problem_to_arrays(data.problem, "problem")
         arrays.update(problem_arrays)
         state.update(problem_kind=kind, problem_meta=pmeta,
-                     problem_sha256=_digest(problem_arrays))
-        if self.plan["test"] is not None:
-            test_arrays, _, _ = problem_to_arrays(self.plan["test"], "test")
+                     problem_sha256=digest(problem_arrays))
+        if data.test is not None:
+            test_arrays, _, _ = problem_to_arrays(data.test, "test")
             arrays.update(test_arrays)
-        if self.plan.get("val") is not None:  # early stopping: the entries and the best record
-            val_arrays, _, _ = problem_to_arrays(self.plan["val"], "val")
+        if data.val is not None:  # early stopping: the entries and the best record
+            val_arrays, _, _ = problem_to_arrays(data.val, "val")
             arrays.update(val_arrays)
             best = watch.best
-            state["patience"] = int(self.plan["patience"])
+            state["patience"] = int(plan.patience)
             state["best"] = {k: best[k] for k in ("val", "ref", "index", "since")}
             arrays["best_params"], arrays["best_scalars"] = best["snap"]
-        if self.plan.get("offsets") is not None:
-            state["offsets_kind"] = self.plan["offsets"].kind
-            arrays.update(self.plan["offsets"].to_arrays())
-        arrays["__state__"] = np.array(json.dumps(state, default=_json_default))
+        if data.offsets is not None:
+            state["offsets_kind"] = data.offsets.kind
+            arrays.update(data.offsets.to_arrays())
+        arrays["__state__"] = np.array(json.dumps(state, default=json_default))
         atomic_savez(self.path, arrays)
         self.last_step, self.last_time = engine.n_steps, _time.monotonic()
         self.count += 1
@@ -221,64 +221,21 @@ def _schedule_from(state, raw):
     return Grid(*grid) if grid else raw["schedule"]
 
 
-def _trajectory_arrays(traj) -> dict:
-    """The records as arrays, without freezing ``traj`` (it keeps appending rows)."""
-    copy = Trajectory(traj.depth, traj.top_k, traj.meta, list(traj._rows), dict(traj._arrays))
-    return {f"traj_{name}": arr for name, arr in copy.as_dict().items()}
-
-
-def _trajectory_from(data, state) -> Trajectory:
-    """A trajectory holding the checkpoint's records as rows, as the running fit held them."""
-    traj = Trajectory(state["traj_depth"], state["top_k"], state["traj_meta"])
-    n = len(data["traj_step"])
-    for i in range(n):
-        row = {name: data[f"traj_{name}"][i] for name in SCALARS + MATRICES
-               if f"traj_{name}" in data.files}
-        for name in SCALARS:
-            if name in row:
-                row[name] = row[name].item()
-        traj.append(row)
-    return traj
-
-
 def problem_to_arrays(problem, prefix):
-    """``({name: array}, kind, meta)`` for a completion or sensing problem."""
-    if isinstance(problem, CompletionProblem):
-        kind = "completion"
-        arrays = {"rows": problem.rows, "cols": problem.cols, "values": problem.values}
-    elif isinstance(problem, SensingProblem):
-        kind = "sensing"
-        arrays = {"A": problem.A, "y": problem.y}
-    else:  # pragma: no cover - fit validates its input first
-        raise TypeError(f"cannot checkpoint a problem of type {type(problem).__name__}")
-    arrays["shape"] = np.asarray(problem.shape, dtype=np.int64)
-    if problem.ground_truth is not None:
-        arrays["ground_truth"] = problem.ground_truth
-    if problem.truth_factors is not None:
-        arrays["truth_u"], arrays["truth_v"] = problem.truth_factors
-    out = {f"{prefix}_{k}": np.asarray(v) for k, v in arrays.items()}
-    return out, kind, dict(problem.meta)
+    """``({prefix_name: array}, kind name, meta)`` of a problem (see ``to_arrays``)."""
+    kind = kind_of(problem)
+    out = {f"{prefix}_{k}": np.asarray(v) for k, v in problem.to_arrays().items()}
+    return out, kind.name, dict(problem.meta)
 
 
 def problem_from_arrays(data, prefix, kind, meta=None):
-    def get(name):
-        key = f"{prefix}_{name}"
-        return data[key] if key in data.files else None
-
-    shape = tuple(int(s) for s in get("shape"))
-    truth = get("ground_truth")
-    u, v = get("truth_u"), get("truth_v")
-    factors = None if u is None else (u, v)
-    meta = dict(meta or {})
-    if kind == "completion":
-        return CompletionProblem(shape, get("rows"), get("cols"), get("values"), truth, meta,
-                                 factors)
-    if kind == "sensing":
-        return SensingProblem(shape, get("A"), get("y"), truth, meta, factors)
-    raise ValueError(f"unknown problem kind {kind!r} in the checkpoint")
+    """The problem of kind name ``kind`` back from :func:`problem_to_arrays`'s arrays."""
+    head = f"{prefix}_"
+    arrays = {k[len(head):]: data[k] for k in data.files if k.startswith(head)}
+    return by_name(kind).problem_type.from_arrays(arrays, meta)
 
 
-def _digest(arrays) -> str:
+def digest(arrays) -> str:
     h = hashlib.sha256()
     for name in sorted(arrays):
         arr = np.ascontiguousarray(arrays[name])
@@ -288,7 +245,7 @@ def _digest(arrays) -> str:
     return h.hexdigest()
 
 
-def _json_default(obj):
+def json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -333,7 +290,7 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         raise ValueError(f"{name!r}: the checkpoint's state lacks {missing}; the file is "
                          "damaged")
     problem_arrays = {k: v for k, v in arrays.items() if k.startswith("problem_")}
-    if _digest(problem_arrays) != state["problem_sha256"]:
+    if digest(problem_arrays) != state["problem_sha256"]:
         raise ValueError(f"checkpoint {os.fspath(path)!r}: the problem's arrays do not match "
                          "their recorded SHA-256; the file is damaged")
     return state, arrays
@@ -377,11 +334,6 @@ def resume(path, **overrides):
     >>> bool((a.factors[0] == b.factors[0]).all()), b.n_steps
     (True, 300)
     """
-    from ._progress import fit_progress
-    from .api import FitResult, _threads
-    from .drive import Watch, drive
-    from .engine import make_engine
-
     unknown = set(overrides) - set(SAFE_OVERRIDES)
     if unknown:
         raise TypeError(
@@ -389,60 +341,47 @@ def resume(path, **overrides):
             f"takes only {list(SAFE_OVERRIDES)}; start a new fit to change the others"
         )
     state, raw = read_checkpoint(path)
-    data = _Arrays(raw)
+    arrays = _Arrays(raw)
     settings = state["settings"]
-    problem = problem_from_arrays(data, "problem", state["problem_kind"], state["problem_meta"])
+    kind = by_name(state["problem_kind"])
+    problem = problem_from_arrays(arrays, "problem", kind.name, state["problem_meta"])
     test = val = offsets = best = None
-    if "test_shape" in data.files:
-        test = problem_from_arrays(data, "test", state["problem_kind"])
-    if "val_shape" in data.files:
-        val = problem_from_arrays(data, "val", state["problem_kind"])
+    if "test_shape" in arrays.files:
+        test = problem_from_arrays(arrays, "test", kind.name)
+    if "val_shape" in arrays.files:
+        val = problem_from_arrays(arrays, "val", kind.name)
         best = dict(state["best"], snap=(raw["best_params"].copy(), raw["best_scalars"].copy()))
     if "offsets_kind" in state:
-        offsets = Offsets.from_arrays(state["offsets_kind"], data)
-    dims = state["dims"]
-    layout = FactorLayout.build((dims[-1], dims[0]), len(dims) - 1, dims[1:-1])
+        offsets = Offsets.from_arrays(state["offsets_kind"], arrays)
+    data = FitData(problem, test, val, offsets)
+    layout = kind.from_dims(state["dims"])
     spec = get_optimizer(state["optimizer"])
-    traj = _trajectory_from(data, state)
-    with _threads(overrides.get("n_threads")):
-        engine = make_engine(problem, layout, raw["theta"].copy(), spec, raw["hyper"].copy(),
+    args = settings["arguments"]
+    plan = Plan(kind=kind, shape=tuple(problem.shape), depth=layout.depth, layout=layout,
+                widths=args.get("widths"), init=args.get("init"),
+                init_scale=args.get("init_scale"), spec=spec, lr=args.get("lr"),
+                hyper=raw["hyper"].copy(), schedule=_schedule_from(state, raw),
+                end=state["end"], budget=state["budget"], tol=state["tol"],
+                top_k=state["top_k"], dtype=state["dtype"], parallel=state["parallel"],
+                seed=settings.get("seed"), patience=state.get("patience"))
+    traj = kind.trajectory(plan, problem)  # the kind's fields, the records saved so far
+    traj.depth, traj.meta = state["traj_depth"], state["traj_meta"]
+    traj.append_arrays({k[len("traj_"):]: raw[k] for k in raw if k.startswith("traj_")})
+    with threads(overrides.get("n_threads")):
+        engine = make_engine(problem, layout, raw["theta"].copy(), spec, plan.hyper,
                              state["parallel"], state.get("backend", "cpu"))
-        for name in ("grad", "ostate", "scalars"):
-            getattr(engine, name)[:] = raw[name]
-        if hasattr(engine, "device"):  # the GPU copy of the restored state
-            engine.device.upload()
-        if engine.is_flow:
-            for buf, name in zip(engine.flow, ("flow_y", "flow_ks", "flow_fs"), strict=True):
-                buf[:] = raw[name]
-        status = state["status"]
-        if status is None:
-            watch = Watch.resumed(engine, problem, test, traj, state["top_k"], state["loss"],
-                                   state["cap"], (raw["good_params"].copy(),
-                                                  raw["good_scalars"].copy()),
-                                   state["good_step"], val, state.get("patience"), best,
-                                   offsets)
-            every = overrides.get("checkpoint_every",
-                                  settings["arguments"].get("checkpoint_every"))
-            target = overrides.get("checkpoint", path)
-            schedule = _schedule_from(state, raw)
-            plan = {"settings": settings, "problem": problem, "test": test,
-                    "schedule": schedule, "end": state["end"],
-                    "budget": state["budget"], "tol": state["tol"], "top_k": state["top_k"],
-                    "val": val, "patience": state.get("patience"), "offsets": offsets}
-            saver = None if target is None else Checkpointer(target, every, plan)
-            if saver is not None:
-                saver.attach(engine, watch, traj)
-            label = "time" if engine.is_flow else "step"
-            bar = fit_progress(state["end"], label, overrides.get("progress"))
-            log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
-            try:
-                status = drive(engine, problem, test, traj, schedule, state["end"],
-                                state["budget"], state["tol"], state["top_k"],
-                                overrides.get("callback"), bar, saver=saver, watch=watch)
-            finally:
-                if bar is not None:
-                    bar.close()
-            if saver is not None:
-                saver.finish(status)
-    factors = [np.array(w) for w in engine.factors()]
-    return FitResult(factors, traj, status, settings, engine.n_steps, offsets)
+        engine.load_state(raw)
+        if state["status"] is not None:  # a finished fit: its result again
+            return kind.result([np.array(w) for w in engine.factors()], traj,
+                               state["status"], settings, engine.n_steps, offsets)
+        watch = Watch.resumed(engine, data, plan, traj, state["loss"], state["cap"],
+                              (raw["good_params"].copy(), raw["good_scalars"].copy()),
+                              state["good_step"], best)
+        every = overrides.get("checkpoint_every", args.get("checkpoint_every"))
+        target = overrides.get("checkpoint", path)
+        saver = None if target is None else Checkpointer(target, every, plan, data, settings)
+        if saver is not None:
+            saver.attach(engine, watch, traj)
+        log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
+        return run(engine, data, plan, traj, settings, callback=overrides.get("callback"),
+                   progress=overrides.get("progress"), saver=saver, watch=watch)

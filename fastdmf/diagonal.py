@@ -28,16 +28,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .problem import _test_pick
+from .result import FitResult
+from .trajectory import Trajectory
 
 __all__ = [
     "SparseRegressionProblem",
     "sparse_regression",
     "synthetic_sparse_regression",
     "DiagonalLayout",
+    "DiagonalParams",
+    "DiagonalResult",
     "initialize",
     "coef",
     "reference_loss_and_grad",
     "record_values",
+    "check_fit",
+    "layout",
+    "measure",
     "SUPPORT_RTOL",
 ]
 
@@ -113,6 +120,25 @@ class SparseRegressionProblem:
         both keep the ground truth and the meta)."""
         pick = _test_pick(self.n_samples, test_fraction, seed, "sample", "samples")
         return self._subset(~pick), self._subset(pick)
+
+    def held_out_error(self, params, offsets=None) -> float:
+        """The mean squared error ``mean((X w - y)^2)`` of a fit on these samples (held-out
+        ones: ``fit(train, test=test)`` records it as the test error when the training
+        problem has no ground truth).
+
+        ``params`` is a :class:`DiagonalParams` (``[u, v]`` with its depth) or the
+        coefficients ``w`` themselves (d,). ``offsets`` must be None: a diagonal network
+        fits no offsets."""
+        if offsets is not None:
+            raise ValueError("a sparse-regression fit has no offsets; pass offsets=None")
+        w = params.coef if isinstance(params, DiagonalParams) else np.asarray(
+            params, dtype=np.float64)
+        if w.shape != (self.n_features,):
+            raise ValueError(f"coefficients of shape {w.shape} for a problem with "
+                             f"{self.n_features} features; pass [u, v] as DiagonalParams "
+                             "(layout.unpack(theta)) or w itself")
+        r = self.X @ w - self.y
+        return float(r @ r / self.n_samples)
 
     def _subset(self, mask):
         return SparseRegressionProblem(
@@ -260,7 +286,8 @@ class DiagonalLayout:
     ``n_features`` coordinates: the interface of :class:`fastdmf.factors.FactorLayout`
     (``dims``, ``offsets``, ``size``, ``pack``, ``unpack``) with the two "factors" u and v.
 
-    ``dims = (d, d)`` are the lengths of u and v (not matrix shapes); ``depth`` is N."""
+    ``dims = (d, depth)``: the length of u and of v, and N (what the kernels read, and what
+    a checkpoint stores to rebuild the layout with :meth:`from_dims`)."""
 
     n_features: int
     depth: int
@@ -272,9 +299,15 @@ class DiagonalLayout:
         if not isinstance(N, (int, np.integer)) or isinstance(N, bool) or N < 1:
             raise ValueError(f"depth must be an integer >= 1, got {N!r}")
 
+    @classmethod
+    def from_dims(cls, dims) -> DiagonalLayout:
+        """The layout back from its :attr:`dims` ``(d, depth)``."""
+        d, depth = (int(x) for x in dims)
+        return cls(d, depth)
+
     @property
     def dims(self) -> tuple[int, int]:
-        return (int(self.n_features), int(self.n_features))
+        return (int(self.n_features), int(self.depth))
 
     @property
     def offsets(self) -> np.ndarray:
@@ -302,10 +335,25 @@ class DiagonalLayout:
             theta[k * self.n_features : (k + 1) * self.n_features] = p
         return theta
 
-    def unpack(self, theta) -> list[np.ndarray]:
-        """Views ``[u, v]`` into ``theta``."""
+    def unpack(self, theta) -> DiagonalParams:
+        """Views ``[u, v]`` into ``theta``, as a :class:`DiagonalParams` that knows the
+        depth."""
         d = int(self.n_features)
-        return [theta[:d], theta[d : 2 * d]]
+        return DiagonalParams([theta[:d], theta[d : 2 * d]], int(self.depth))
+
+
+class DiagonalParams(list):
+    """``[u, v]`` of a depth-``depth`` diagonal network (a list, so code written for a list
+    of factors takes it), with the coefficients ``coef = u^N - v^N`` on request."""
+
+    def __init__(self, params, depth: int):
+        super().__init__(params)
+        self.depth = int(depth)
+
+    @property
+    def coef(self) -> np.ndarray:
+        """``w = u^N - v^N`` in float64."""
+        return coef(self, self.depth)
 
 
 def initialize(layout: DiagonalLayout, init_scale: float) -> list[np.ndarray]:
@@ -384,3 +432,171 @@ def record_values(w, init_scale, depth, ground_truth=None) -> dict:
         truth = np.asarray(ground_truth, dtype=np.float64)
         out["test_error"] = float(np.sum((w - truth) ** 2) / np.sum(truth**2))
     return out
+
+
+# --------------------------------------------------------------------------- fitting
+
+#: The ``init=`` names a diagonal network accepts: both start from ``u = v = alpha * 1``
+#: ("gaussian" is fit's default name; the diagonal network's start is not random).
+INITS = ("constant", "gaussian")
+
+
+def check_fit(problem, args) -> None:
+    """Refuse what ``fit`` takes for the matrix kinds but a diagonal network has no use for,
+    each with what to do instead: hidden widths, validation entries, offsets, initial
+    factors or init schemes other than :data:`INITS`, and ``init_scale <= 0``. ``args``:
+    fit's arguments by name (``depth``, ``init``, ``init_scale``, ``widths``,
+    ``validation``, ``offsets``; the missing ones are not checked)."""
+    widths, init = args.get("widths"), args.get("init", "constant")
+    validation, offsets = args.get("validation"), args.get("offsets")
+    if widths is not None:
+        raise ValueError("widths= sets the hidden widths of a matrix factorization; a "
+                         "diagonal network has none (pass widths=None)")
+    if validation is not None and not (isinstance(validation, str) and validation == "auto"):
+        raise ValueError(
+            "validation= (early stopping on held-out entries) is for completion problems; "
+            "for a sparse-regression problem pass validation=None, and hold samples out "
+            "with problem.split() and test=")
+    if offsets is not None and not (isinstance(offsets, str) and offsets == "auto"):
+        raise ValueError("offsets= applies to completion problems; a diagonal network fits "
+                         "no offsets (pass offsets=None; center X and y yourself)")
+    if not isinstance(init, str):
+        raise TypeError(
+            "a diagonal network starts from u = v = init_scale * 1; init= takes one of "
+            f"{list(INITS)}, not initial arrays")
+    if init not in INITS:
+        raise ValueError(f"init={init!r}: a diagonal network starts from u = v = init_scale "
+                         f"* 1; use one of {list(INITS)}")
+    if "depth" in args:
+        DiagonalLayout(problem.n_features, args["depth"])  # checks depth
+    if "init_scale" in args:
+        initialize(DiagonalLayout(1, 1), args["init_scale"])  # checks init_scale
+
+
+def layout(shape, depth, widths=None) -> DiagonalLayout:
+    """The layout of a depth-``depth`` network on a problem of shape ``(n, d)``. ``widths``
+    is not read (a diagonal network has none; :func:`check_fit` refuses them in ``fit``)."""
+    return DiagonalLayout(int(shape[1]), depth)
+
+
+def param_layout(problem, params) -> DiagonalLayout:
+    """The layout of given parameters: a :class:`DiagonalParams` (it knows its depth)."""
+    if not isinstance(params, DiagonalParams):
+        raise TypeError("the parameters of a diagonal network are DiagonalParams([u, v], "
+                        "depth): the depth is not readable off u and v")
+    return DiagonalLayout(problem.n_features, params.depth)
+
+
+def start(layout, init, init_scale, rng=None) -> DiagonalParams:
+    """The initial ``[u, v]`` of a fit: ``u = v = init_scale * 1`` (``init`` one of
+    :data:`INITS`; ``rng`` unused: the start is not random)."""
+    check_fit(None, {"init": init})
+    return DiagonalParams(initialize(layout, init_scale), layout.depth)
+
+
+def score(params, test, offsets=None) -> float:
+    """The MSE on held-out samples ``test`` (NaN for None)."""
+    return np.nan if test is None else test.held_out_error(params, offsets)
+
+
+#: The fields of a diagonal network's trajectory records (see :func:`measure`).
+SCALARS = ("step", "time", "n_evals", "train_loss", "test_error", "val_error", "grad_norm",
+           "param_norm", "l1", "l2", "support", "potential")
+
+
+def trajectory(plan, problem) -> Trajectory:
+    """The empty trajectory of a fit: :data:`SCALARS`, no matrix fields."""
+    return Trajectory(plan.depth, None, {"shape": list(problem.shape)}, scalars=SCALARS,
+                      matrices=())
+
+
+def record(params, grads, loss, counts, data, plan) -> dict:
+    """:func:`measure` in the table's form (``counts = (step, time, n_evals)``, the fit's
+    held-out data ``data`` and ``plan``, whose ``init_scale`` sets ``Q_alpha``)."""
+    step, time, n_evals = counts
+    if not isinstance(params, DiagonalParams):
+        params = DiagonalParams(params, plan.depth)
+    return measure(params, grads, loss, step, time, n_evals, data.problem, data.test,
+                   init_scale=plan.init_scale)
+
+
+def measure(params, grads, loss, step, time, n_evals, problem, test=None, *,
+            init_scale) -> dict:
+    """One trajectory record of a diagonal network, in float64 whatever the fit's dtype.
+
+    ``step``, ``time``, ``n_evals``, ``train_loss`` (= ``loss``), ``grad_norm``
+    (``||(du, dv)||_2``), ``param_norm`` (``||(u, v)||_2``), the values of
+    :func:`record_values` (``l1``, ``l2``, ``support``, ``potential``), ``test_error``
+    (``||w - w*||^2 / ||w*||^2`` against a nonzero ground truth, else the MSE on the held-out
+    samples ``test``, else NaN) and ``val_error`` (NaN: no validation entries here)."""
+    u, v = (np.asarray(p, dtype=np.float64) for p in params)
+    depth = params.depth if isinstance(params, DiagonalParams) else None
+    if depth is None:
+        raise TypeError("measure takes the DiagonalParams of layout.unpack(theta)")
+    w = u**depth - v**depth
+    out = record_values(w, init_scale, depth, problem.ground_truth)
+    if np.isnan(out["test_error"]) and test is not None:
+        out["test_error"] = test.held_out_error(w)
+    gsq = sum(float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in grads)
+    return {
+        "step": int(step),
+        "time": float(time),
+        "n_evals": int(n_evals),
+        "train_loss": float(loss),
+        "test_error": out["test_error"],
+        "val_error": np.nan,
+        "grad_norm": float(np.sqrt(gsq)),
+        "param_norm": float(np.sqrt(np.sum(u**2) + np.sum(v**2))),
+        "l1": out["l1"],
+        "l2": out["l2"],
+        "support": out["support"],
+        "potential": out["potential"],
+    }
+
+
+@dataclass(eq=False, repr=False)
+class DiagonalResult(FitResult):
+    """The outcome of ``fit`` on a :class:`SparseRegressionProblem`: a
+    :class:`~fastdmf.FitResult` whose ``factors`` are ``[u, v]`` (a :class:`DiagonalParams`)
+    and whose ``coef`` is ``w = u^N - v^N``. ``matrix()`` is ``w`` as the 1 x d row of a
+    linear predictor (the baselines' form), ``predict(X)`` is ``X w``. Given a plain
+    ``[u, v]``, the depth is read from ``settings["arguments"]["depth"]``."""
+
+    def __post_init__(self):
+        if not isinstance(self.factors, DiagonalParams):
+            depth = (self.settings or {}).get("arguments", {}).get("depth")
+            if depth is None:
+                raise ValueError("DiagonalResult needs the depth: pass DiagonalParams([u, v], "
+                                 "depth) or settings={'arguments': {'depth': N}}")
+            self.factors = DiagonalParams(self.factors, depth)
+
+    @property
+    def depth(self) -> int:
+        return int(self.factors.depth)
+
+    @property
+    def coef(self) -> np.ndarray:
+        """``w = u^N - v^N`` (float64, d entries)."""
+        return self.factors.coef
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (1, int(np.shape(self.factors[0])[0]))
+
+    def matrix(self) -> np.ndarray:
+        """``w`` as a 1 x d row."""
+        return self.coef[None, :]
+
+    def predict(self, X) -> np.ndarray:
+        """``X w`` for samples ``X`` (n x d, or one sample of d features)."""
+        X = _real_array(X, "X")
+        d = self.shape[1]
+        if X.shape[-1:] != (d,) or X.ndim > 2:
+            raise ValueError(f"X has shape {X.shape}; the fit has {d} features: pass an "
+                             f"(n, {d}) array or one sample of {d}")
+        return X @ self.coef
+
+    def __repr__(self) -> str:
+        return (f"DiagonalResult(depth={self.depth}, features={self.shape[1]}, "
+                f"status={self.status!r}, steps={self.n_steps}, "
+                f"train_loss={self.train_loss:.3g})")

@@ -15,10 +15,10 @@ import warnings
 import numpy as np
 
 from . import config
-from .kernels import cpu
-from .trajectory import measure
+from ._progress import fit_progress
+from .kernels.codes import CONVERGED, DIVERGED, RUNNING
 
-__all__ = ["Watch", "drive"]
+__all__ = ["Watch", "drive", "run"]
 
 log = logging.getLogger("fastdmf")
 
@@ -27,40 +27,38 @@ class Watch:
     """One fit's bookkeeping between compiled chunks: its records, the divergence cap, and
     the last good state a diverged fit returns to. Shared by ``fit`` and ``fit_batch``."""
 
-    def __init__(self, engine, problem, test, traj, top_k, val=None, patience=None,
-                 offsets=None):
-        self.engine, self.problem, self.test, self.traj, self.top_k = (
-            engine, problem, test, traj, top_k)
-        self.val, self.patience, self.offsets = val, patience, offsets
+    def __init__(self, engine, data, plan, traj):
+        self.engine, self.data, self.plan, self.traj = engine, data, plan, traj
+        self.val, self.patience = data.val, plan.patience
         self.loss = self.record()
         if not np.isfinite(self.loss):
             raise ValueError("the initial loss is not finite; check the initial factors")
         self.cap = config.DIVERGENCE_FACTOR * max(self.loss, np.finfo(np.float64).tiny)
         self.good, self.good_step = engine.snapshot(), 0
-        if val is not None:
+        if self.val is not None:
             first = float(traj.last()["val_error"])
             self.best = {"val": first, "ref": first, "index": 0, "since": 0,
                          "snap": self.good}
 
     @classmethod
-    def resumed(cls, engine, problem, test, traj, top_k, loss, cap, good, good_step, val=None,
-                patience=None, best=None, offsets=None):
+    def resumed(cls, engine, data, plan, traj, loss, cap, good, good_step, best=None):
         """A watch continuing from a checkpoint (its records are already in ``traj``)."""
         watch = cls.__new__(cls)
-        watch.engine, watch.problem, watch.test, watch.traj, watch.top_k = (
-            engine, problem, test, traj, top_k)
+        watch.engine, watch.data, watch.plan, watch.traj = engine, data, plan, traj
+        watch.val, watch.patience = data.val, plan.patience
         watch.loss, watch.cap, watch.good, watch.good_step = loss, cap, good, good_step
-        watch.val, watch.patience, watch.best, watch.offsets = val, patience, best, offsets
+        watch.best = best
         return watch
 
     def record(self) -> float:
-        """Evaluate the current state and append it to the trajectory (finite losses only)."""
+        """Evaluate the current state and append the problem kind's record of it to the
+        trajectory (finite losses only)."""
         eng = self.engine
         loss = eng.evaluate()
         if np.isfinite(loss):
-            self.traj.append(measure(eng.factors(), eng.grads(), loss, eng.n_steps, eng.time,
-                                     eng.n_evals, self.problem, self.test, self.top_k,
-                                     self.val, self.offsets))
+            self.traj.append(self.plan.kind.measure(
+                eng.factors(), eng.grads(), loss, (eng.n_steps, eng.time, eng.n_evals),
+                self.data, self.plan))
         return loss
 
     def settle(self, code: int, at_record: bool, tol: float):
@@ -68,20 +66,20 @@ class Watch:
         point, then return "diverged" (state restored to the last good record),
         "converged", or None to go on (a record point becomes the new good state)."""
         loss = self.loss
-        if code != cpu.DIVERGED and at_record:
+        if code != DIVERGED and at_record:
             loss = self.record()
             if not loss <= self.cap:
                 if np.isfinite(loss):  # record() keeps only finite losses
                     self.traj.truncate(len(self.traj) - 1)
-                code = cpu.DIVERGED
-        if code == cpu.DIVERGED:
+                code = DIVERGED
+        if code == DIVERGED:
             _warn_diverged(self.engine.n_steps, self.engine, self.good_step)
             self.engine.restore(self.good)
             return "diverged"
         snap = self.engine.snapshot() if at_record else None
         # every kept record counts for the best validation record, the last one included
         stalled = at_record and self.val is not None and self._no_longer_improving(snap)
-        if code == cpu.CONVERGED or (at_record and loss <= tol):
+        if code == CONVERGED or (at_record and loss <= tol):
             return "converged"
         if at_record:
             self.loss = loss
@@ -119,21 +117,36 @@ class Watch:
         return "no_improvement" if best["index"] == 0 else "early_stopped"
 
 
-def drive(engine, problem, test, traj, schedule, end, budget, tol, top_k, callback,
-           progress, saver=None, watch=None, val=None, patience=None, offsets=None):
+def drive(engine, data, plan, traj, callback=None, progress=None, saver=None, watch=None):
     """Alternate compiled chunks and records; returns the status.
 
-    Positions are steps (discrete optimisers) or flow times (``"flow"``); ``end`` is the last
-    position, ``budget`` the most steps (gradient evaluations for the flow). ``saver`` (a
-    :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks; ``watch``
-    is given when resuming from one. ``val`` (validation entries) and ``patience`` turn on
-    early stopping (see :meth:`Watch.finish`); ``offsets`` map the factors' predictions to the
-    data's units for ``test``."""
+    Positions are steps (discrete optimisers) or flow times (the flow); ``plan.end`` is the
+    last position, ``plan.budget`` the most steps (gradient evaluations for the flow).
+    ``saver`` (a :class:`fastdmf.checkpoint.Checkpointer`) writes checkpoints between chunks;
+    ``watch`` is given when resuming from one. Validation entries (``data.val``) and
+    ``plan.patience`` turn on early stopping (see :meth:`Watch.finish`); ``data.offsets``
+    map the factors' predictions to the data's units for ``data.test``."""
     fresh = watch is None
     if watch is None:
-        watch = Watch(engine, problem, test, traj, top_k, val, patience, offsets)
-    return watch.finish(_loop(engine, traj, schedule, end, budget, tol, callback, progress,
-                              saver, watch, fresh))
+        watch = Watch(engine, data, plan, traj)
+    return watch.finish(_loop(engine, traj, plan.schedule, plan.end, plan.budget, plan.tol,
+                              callback, progress, saver, watch, fresh))
+
+
+def run(engine, data, plan, traj, settings, *, callback=None, progress=None, saver=None,
+        watch=None):
+    """:func:`drive` a fit to its end under a progress bar, write its final checkpoint, and
+    return the kind's result (``fit`` and ``resume`` both end here)."""
+    bar = fit_progress(plan.end, "time" if plan.is_flow else "step", progress)
+    try:
+        status = drive(engine, data, plan, traj, callback, bar, saver=saver, watch=watch)
+    finally:
+        if bar is not None:
+            bar.close()
+    if saver is not None:
+        saver.finish(status)
+    params = [np.array(w) for w in engine.factors()]
+    return plan.kind.result(params, traj, status, settings, engine.n_steps, data.offsets)
 
 
 def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, watch, fresh):
@@ -144,7 +157,7 @@ def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, w
         if watch.loss <= tol:
             return "converged"
         if end <= 0:
-            return "max_time" if engine.is_flow else "max_steps"
+            return engine.END_STATUS
         if engine.out_of_budget(budget):
             return "max_steps"
     nxt = 1
@@ -156,9 +169,9 @@ def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, w
         code = engine.advance(target, tol, watch.cap, budget)
         # a call that moved nothing (an RKC step needs more evaluations than are left) ends
         # the fit as out of budget instead of asking again
-        stalled = code == cpu.RUNNING and (engine.position, engine.n_evals) == before
+        stalled = code == RUNNING and (engine.position, engine.n_evals) == before
         done = engine.position >= end or engine.out_of_budget(budget) or stalled
-        at_record = engine.position >= target or code == cpu.CONVERGED or done
+        at_record = engine.position >= target or code == CONVERGED or done
         status = watch.settle(code, at_record, tol)
         if status is not None:
             return status
@@ -172,17 +185,13 @@ def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, w
             ):
                 return "stopped"
         if done:
-            return "max_time" if engine.is_flow and engine.position >= end else "max_steps"
+            return engine.END_STATUS if engine.position >= end else "max_steps"
         if saver is not None:
             saver.chunk_done()
 
 
 def _warn_diverged(step, engine, good_step):
-    if engine.is_flow:  # lr is only the first trial step there; the tolerances steer it
-        advice = (f"Try smaller tolerances than optimizer_options rtol={engine.hyper[1]:g}, "
-                  f"atol={engine.hyper[3]:g}.")
-    else:
-        advice = f"Try a smaller learning rate than lr={engine.hyper[0]:g}."
+    advice = engine.divergence_advice()
     warnings.warn(
         f"fit diverged near step {step} (loss not finite or above "
         f"{config.DIVERGENCE_FACTOR:g} x its initial value); returning the state of the last "

@@ -7,38 +7,31 @@ has size m x n (except depth 1, whose single factor is W itself).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from . import config
-from .factors import FactorLayout
-from .kernels import cpu, flow, sensing
+from ._kinds import COMPLETION, kind_of, select_kernels
+from .kernels import flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
-from .problem import SensingProblem
 
-__all__ = ["Engine", "CudaEngine", "make_engine", "select_kernels", "BACKENDS"]
+__all__ = ["Engine", "FlowEngine", "CudaEngine", "make_engine", "select_kernels", "BACKENDS"]
 
 BACKENDS = ("cpu", "cuda", "auto")
-
-
-def select_kernels(n_observed: int, layout: FactorLayout, parallel=None):
-    """The kernel family to use: ``parallel`` True/False, or None to decide by problem size
-    (``config.PARALLEL_MIN_WORK``) and thread count."""
-    if parallel is None:
-        work = n_observed * max(layout.dims[1:-1], default=1)
-        parallel = numba.get_num_threads() > 1 and work >= config.PARALLEL_MIN_WORK
-    return cpu.PARALLEL if parallel else cpu.SERIAL
 
 
 class Engine:
     """Flat state of one factorization and the compiled calls on it.
 
+    ``Engine(...)`` with a flow optimiser builds a :class:`FlowEngine`.
+
     Parameters
     ----------
     problem : CompletionProblem or SensingProblem
-        A sensing problem runs the kernels of ``fastdmf.kernels.sensing`` (which form the
-        m x n product W; ``rowloss`` then holds the residuals).
+        Any problem of the kinds table (``fastdmf._kinds``), whose ``prepare`` gives the
+        kernels and buffers; a sensing problem runs the kernels of
+        ``fastdmf.kernels.sensing`` (which form the m x n product W; ``rowloss`` then holds
+        the residuals).
     layout : FactorLayout
     theta : ndarray, shape (layout.size,)
         Initial parameters (factor 1 first, C order); its dtype is the compute dtype.
@@ -48,95 +41,106 @@ class Engine:
     parallel : bool or None
     """
 
+    backend = "cpu"
+    #: the status of a fit that reached its end position
+    END_STATUS = "max_steps"
+    #: the buffers a checkpoint keeps (see :meth:`state`)
+    STATE = ("theta", "grad", "ostate", "scalars", "hyper")
+    #: the per-trial buffers ``fit_batch`` stacks (see :meth:`buffers`)
+    BUFFERS = ("theta", "grad", "work", "rowloss", "ostate", "scalars", "hyper")
+
+    def __new__(cls, problem=None, layout=None, theta=None, optimizer="gd", *args, **kwargs):
+        if cls is Engine and _spec(optimizer).is_flow:
+            cls = FlowEngine
+        return super().__new__(cls)
+
     def __init__(self, problem, layout, theta, optimizer="gd", hyper=None, parallel=None):
-        spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
+        spec = _spec(optimizer)
         dtype = theta.dtype
         self.layout = layout
         self.theta = theta
         self.grad = np.zeros_like(theta)
         self.dims = np.asarray(layout.dims, dtype=np.int64)
         self.offs = layout.offsets
-        if isinstance(problem, SensingProblem):
-            self.kernels, self.nblk, self.obs, self.work, self.rowloss = sensing.prepare(
-                problem, layout, dtype, parallel)
-        else:
-            self._completion_buffers(problem, layout, dtype, parallel)
+        self.kind = kind_of(problem)
+        self.kernels, self.nblk, self.obs, self.work, self.rowloss = self.kind.prepare(
+            problem, layout, dtype, parallel)
         self.spec = spec
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
         self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
         self.scalars = np.zeros(3)  # optimiser steps, running average v, time
-        if spec.name.startswith("flow"):
-            fs = np.zeros(flow.FLOW_STATE_SIZE)
-            fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
-            fs[flow.METHOD] = flow.DOPRI5 if spec.name == "flow_dopri5" else flow.RKC2
-            self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=dtype), fs)
-
-    def _completion_buffers(self, problem, layout, dtype, parallel):
-        rowptr, colptr, order = problem.index
-        values = problem.values.astype(dtype)
-        col_rows = problem.rows[order]
-        self.obs = (problem.rows, problem.cols, values, rowptr, colptr, col_rows, order)
-        self.kernels = select_kernels(problem.n_observed, layout, parallel)
-        # dense products: one BLAS call (serial build) or fixed blocks, one per task
-        self.nblk = config.DENSE_BLOCKS if self.kernels.parallel else 1
-        size = cpu.work_layout(self.dims, problem.n_observed, self.nblk)[-1]
-        self.work = np.zeros(size, dtype=dtype)
-        self.rowloss = np.zeros(problem.shape[0])
 
     @property
     def is_flow(self) -> bool:
-        return self.spec.name.startswith("flow")
+        return self.spec.is_flow
 
     @property
     def time(self) -> float:
         """t = sum of the step sizes taken so far (flow time)."""
-        return float(self.flow[2][flow.T] if self.is_flow else self.scalars[2])
+        return float(self.scalars[2])
 
     @property
     def n_evals(self) -> int:
         """Gradient evaluations spent by the optimiser (records not counted)."""
-        return int(self.flow[2][flow.EVALS] if self.is_flow else self.scalars[0])
+        return int(self.scalars[0])
 
     @property
     def n_steps(self) -> int:
         """Optimiser steps taken (accepted steps for the flow)."""
-        return int(self.flow[2][flow.ACCEPTED] if self.is_flow else self.scalars[0])
+        return int(self.scalars[0])
 
     @property
     def position(self):
         """Where the fit stands: the flow time, or the number of steps."""
-        return self.time if self.is_flow else self.n_steps
+        return self.n_steps
 
     def out_of_budget(self, budget: int) -> bool:
-        """No further step fits in ``budget`` steps (gradient evaluations for the flow: a
-        Dormand-Prince step costs six, an RKC step at least two)."""
-        if self.is_flow:
-            return self.n_evals + (6 if self.spec.name == "flow_dopri5" else 2) > budget
+        """No further step fits in ``budget`` steps."""
         return self.n_steps >= budget
 
     def advance(self, target, tol: float, loss_cap: float, budget: int) -> int:
         """Run towards position ``target`` (one compiled call, at most
         ``config.MAX_CHUNK_STEPS`` steps or ``budget`` in all); returns the kernel status."""
-        if self.is_flow:
-            return self.run_flow(target, budget, tol, loss_cap)[1]
         chunk = min(target - self.n_steps, budget - self.n_steps, config.MAX_CHUNK_STEPS)
         return self.run(chunk, tol, loss_cap)[1]
 
+    def divergence_advice(self) -> str:
+        """What to change when a fit diverged (its warning says it)."""
+        return f"Try a smaller learning rate than lr={self.hyper[0]:g}."
+
     def snapshot(self):
         """Copies of the state a diverged run returns to (see :meth:`restore`)."""
-        if self.is_flow:
-            return self.flow[0].copy(), self.flow[2].copy()
         return self.theta.copy(), self.scalars.copy()
 
     def restore(self, snap) -> None:
         params, scalars = snap
         self.theta[:] = params
-        if self.is_flow:
-            self.flow[0][:] = params
-            self.flow[2][:] = scalars
-            self.flow[2][flow.FSAL] = 0.0
-        else:
-            self.scalars[:] = scalars
+        self.scalars[:] = scalars
+
+    def state(self) -> dict:
+        """The live buffers that make up the optimiser's state, by name (``STATE``; the flow
+        adds its integrator's). A checkpoint saves them; :meth:`load_state` puts them back."""
+        return {name: getattr(self, name) for name in self.STATE}
+
+    def load_state(self, arrays) -> None:
+        """Copy saved buffers (a mapping name -> array, as :meth:`state` gives) into this
+        engine's state."""
+        for name, buf in self.state().items():
+            buf[...] = arrays[name]
+
+    def buffers(self) -> dict:
+        """The per-trial buffers by name (``BUFFERS``), live."""
+        return {name: getattr(self, name) for name in self.BUFFERS}
+
+    def bind(self, buffers) -> None:
+        """Use the given arrays (e.g. rows of ``fit_batch``'s stacked buffers) as this
+        engine's buffers of the same names; each must match the buffer it replaces."""
+        for name, arr in buffers.items():
+            old = getattr(self, name)
+            if arr.shape != old.shape or arr.dtype != old.dtype:
+                raise ValueError(f"bind: {name} of shape {arr.shape} {arr.dtype}, expected "
+                                 f"{old.shape} {old.dtype}")
+            setattr(self, name, arr)
 
     def factors(self) -> list[np.ndarray]:
         """Views W_1..W_N into the parameters."""
@@ -170,8 +174,8 @@ class Engine:
     def run(self, n_steps: int, tol: float, loss_cap: float):
         """Up to ``n_steps`` optimiser steps in one compiled call.
 
-        Returns ``(steps_done, status, last_loss)`` with status one of ``cpu.RUNNING``,
-        ``cpu.CONVERGED`` (loss <= tol before an update), ``cpu.DIVERGED``.
+        Returns ``(steps_done, status, last_loss)`` with status one of ``codes.RUNNING``,
+        ``codes.CONVERGED`` (loss <= tol before an update), ``codes.DIVERGED``.
         """
         opt = (self.spec.code, self.hyper, self.ostate, self.scalars)
         with self._blas():
@@ -191,6 +195,73 @@ class Engine:
             )
         return int(done), int(status), float(loss)
 
+
+class FlowEngine(Engine):
+    """An :class:`Engine` that integrates the gradient flow (see fastdmf.kernels.flow):
+    positions are flow times, the budget counts gradient evaluations, and the integrator's
+    state (``flow = (y, stages, flow state)``) is part of the engine's state."""
+
+    STATE = Engine.STATE + ("flow_y", "flow_ks", "flow_fs")
+    END_STATUS = "max_time"
+
+    def __init__(self, problem, layout, theta, optimizer="flow", hyper=None, parallel=None):
+        super().__init__(problem, layout, theta, optimizer, hyper, parallel)
+        fs = np.zeros(flow.FLOW_STATE_SIZE)
+        fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
+        fs[flow.METHOD] = self.spec.flow_method
+        self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=theta.dtype), fs)
+
+    @property
+    def flow_y(self):
+        return self.flow[0]
+
+    @property
+    def flow_ks(self):
+        return self.flow[1]
+
+    @property
+    def flow_fs(self):
+        return self.flow[2]
+
+    @property
+    def time(self) -> float:
+        return float(self.flow[2][flow.T])
+
+    @property
+    def n_evals(self) -> int:
+        return int(self.flow[2][flow.EVALS])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.flow[2][flow.ACCEPTED])
+
+    @property
+    def position(self):
+        return self.time
+
+    def out_of_budget(self, budget: int) -> bool:
+        """No further step fits in ``budget`` gradient evaluations (a Dormand-Prince step
+        costs six, an RKC step at least two)."""
+        return self.n_evals + self.spec.evals_per_step > budget
+
+    def advance(self, target, tol: float, loss_cap: float, budget: int) -> int:
+        return self.run_flow(target, budget, tol, loss_cap)[1]
+
+    def divergence_advice(self) -> str:
+        # lr is only the first trial step here; the tolerances steer the integrator
+        return (f"Try smaller tolerances than optimizer_options rtol={self.hyper[1]:g}, "
+                f"atol={self.hyper[3]:g}.")
+
+    def snapshot(self):
+        return self.flow[0].copy(), self.flow[2].copy()
+
+    def restore(self, snap) -> None:
+        params, scalars = snap
+        self.theta[:] = params
+        self.flow[0][:] = params
+        self.flow[2][:] = scalars
+        self.flow[2][flow.FSAL] = 0.0
+
     def run_flow(self, t_end: float, max_evals: int, tol: float, loss_cap: float):
         """Integrate the gradient flow up to time ``t_end`` (see fastdmf.kernels.flow).
 
@@ -206,6 +277,10 @@ class Engine:
         return int(done), int(status), float(loss)
 
 
+def _spec(optimizer) -> OptimizerSpec:
+    return optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
+
+
 class CudaEngine(Engine):
     """An :class:`Engine` whose optimiser steps run on the GPU (:mod:`fastdmf.kernels.cuda`).
 
@@ -215,12 +290,16 @@ class CudaEngine(Engine):
     passes launch shapes to :class:`fastdmf.kernels.cuda.DeviceBatch`.
     """
 
-    def __init__(self, problem, layout, theta, optimizer="gd", hyper=None, launch=None):
-        spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
-        if spec.code < 0:
-            raise ValueError(_CPU_ONLY)
-        from .kernels import cuda as kc
+    backend = "cuda"
 
+    def __init__(self, problem, layout, theta, optimizer="gd", hyper=None, launch=None):
+        spec = _spec(optimizer)
+        if not spec.cuda:
+            raise ValueError(_CPU_ONLY)
+        kind = kind_of(problem)
+        if kind.cuda is None:
+            raise ValueError(kind.cpu_only)
+        kc = kind.cuda()
         kc.require()
         super().__init__(problem, layout, theta, spec, hyper, parallel=False)
         self.device = kc.DeviceBatch(
@@ -238,30 +317,34 @@ class CudaEngine(Engine):
         super().restore(snap)
         self.device.upload()
 
+    def load_state(self, arrays) -> None:
+        super().load_state(arrays)
+        self.device.upload()  # the GPU copy of the restored state
+
 
 _CPU_ONLY = ("the flow optimisers ('flow', 'flow_dopri5') run on the CPU only; use "
              "backend='cpu' (or one of gd, grouprmsprop, adam on the GPU)")
 
 
-def resolve_backend(backend: str, optimizer_code: int, problem=None) -> str:
+def resolve_backend(backend: str, optimizer, problem=None) -> str:
     """``"cpu"`` or ``"cuda"`` for a ``backend`` argument (``"auto"``: a real CUDA GPU when
-    one is usable and the optimiser and problem run there, else the CPU)."""
+    one is usable and the optimiser (an OptimizerSpec or its name) and the problem run
+    there, else the CPU)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    is_sensing = isinstance(problem, SensingProblem)
-    if backend == "cuda" and is_sensing:
-        raise ValueError(
-            "backend='cuda' runs completion problems; matrix sensing runs on the CPU "
-            "(backend='cpu')"
-        )
-    if backend == "cuda" and optimizer_code < 0:
+    kind = None if problem is None else kind_of(problem)
+    cpu_only = kind is not None and kind.cuda is None
+    if backend == "cuda" and cpu_only:
+        raise ValueError(kind.cpu_only)
+    on_gpu = _spec(optimizer).cuda
+    if backend == "cuda" and not on_gpu:
         raise ValueError(_CPU_ONLY)
     if backend != "auto":
         return backend
-    if optimizer_code < 0 or is_sensing:
+    if not on_gpu or cpu_only:
         return "cpu"
     try:
-        from .kernels import cuda as kc
+        kc = (COMPLETION if kind is None else kind).cuda()
     except Exception:  # noqa: BLE001  (no numba.cuda: the CPU it is)
         return "cpu"
     return "cuda" if kc.available() and not kc.simulated() else "cpu"

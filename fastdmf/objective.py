@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .api import FitResult, _dtype_name, as_problem, versions
+from ._kinds import kind_of
+from ._plan import FitData, Plan, dtype_name, versions
+from .api import as_problem, as_test
 from .engine import Engine
-from .factors import FactorLayout, initialize
-from .trajectory import Trajectory, measure
+from .result import FitResult
 
 __all__ = ["Objective"]
 
@@ -75,8 +76,9 @@ class Objective:
         self.problem = as_problem(problem, shape)
         if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
             raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
-        self.dtype = np.dtype(_dtype_name(dtype))
-        self.layout = FactorLayout.build(self.problem.shape, depth, widths)
+        self.dtype = np.dtype(dtype_name(dtype))
+        self.kind = kind_of(self.problem)
+        self.layout = self.kind.layout(self.problem.shape, depth, widths)
         self._engine = Engine(self.problem, self.layout, np.zeros(self.layout.size, self.dtype),
                               parallel=parallel)
         self._size = self.layout.size  # FactorLayout.size recomputes the offsets: read once
@@ -144,7 +146,8 @@ class Objective:
         if isinstance(init_scale, bool) or not isinstance(
                 init_scale, (int, float, np.integer, np.floating)):
             raise TypeError(f"init_scale must be a real number, got {init_scale!r}")
-        factors = initialize(self.layout, init, init_scale, np.random.default_rng(int(seed)))
+        factors = self.kind.initialize(self.layout, init, init_scale,
+                                       np.random.default_rng(int(seed)))
         return self.layout.pack(factors, dtype=self.dtype)
 
     def pack(self, factors) -> np.ndarray:
@@ -192,7 +195,10 @@ class Objective:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         points = [self._check(h, finite=True) for h in (history or [])]
         x = self._check(x, finite=True)
-        traj = Trajectory(self.depth, top_k, {"shape": list(self.shape)})
+        plan = Plan(kind=self.kind, shape=tuple(self.shape), depth=self.depth,
+                    layout=self.layout, top_k=top_k, dtype=self.dtype.name)
+        data = FitData(self.problem, test)
+        traj = self.kind.trajectory(plan, self.problem)
         grad = np.empty(self.size, self.dtype)
         steps = list(range(len(points))) + [int(n_steps or len(points))]
         for k, (step, point) in enumerate(zip(steps, [*points, x], strict=True)):
@@ -201,12 +207,12 @@ class Objective:
                 raise ValueError(f"the loss at {'x' if k == len(points) else f'history[{k}]'} "
                                  "is not finite; the solver diverged")
             n_evals = self.n_calls if k == len(points) else k
-            traj.append(measure(self.layout.unpack(point), self.layout.unpack(grad), loss,
-                                step, np.nan, n_evals, self.problem, test, top_k))
+            traj.append(self.kind.measure(self.layout.unpack(point), self.layout.unpack(grad),
+                                          loss, (step, np.nan, n_evals), data, plan))
         if status is None:
             status = "converged" if loss <= tol else "stopped"
         factors = [np.array(w, dtype=self.dtype) for w in self.layout.unpack(x)]
-        return FitResult(factors, traj, status, self._settings(), int(steps[-1]))
+        return self.kind.result(factors, traj, status, self._settings(), int(steps[-1]))
 
     # ------------------------------------------------------------------ checks
     def _check(self, x, finite: bool) -> np.ndarray:
@@ -237,19 +243,7 @@ class Objective:
         return x
 
     def _check_test(self, test):
-        if test is None:
-            return None
-        from .problem import CompletionProblem, SensingProblem
-
-        kinds = (CompletionProblem, SensingProblem)
-        test = as_problem(test, None if isinstance(test, kinds) else self.shape)
-        if isinstance(test, SensingProblem) != isinstance(self.problem, SensingProblem):
-            raise TypeError("test= must be of the problem's kind: held-out measurements for a "
-                            "sensing problem, held-out entries otherwise")
-        if test.shape != self.shape:
-            raise ValueError(f"test= has shape {test.shape}, the objective's problem "
-                             f"{self.shape}")
-        return test
+        return as_test(test, self.problem, "the objective's problem")
 
     def _settings(self) -> dict:
         """What a FitResult keeps (the keys of fit's settings)."""

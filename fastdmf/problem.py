@@ -90,6 +90,20 @@ class CompletionProblem:
         np.cumsum(np.bincount(self.cols, minlength=n), out=colptr[1:])
         return rowptr, colptr, col_order
 
+    def to_arrays(self) -> dict:
+        """The arrays a checkpoint stores: ``rows``, ``cols``, ``values``, ``shape``, and
+        ``ground_truth``, ``truth_u``, ``truth_v`` when known; the inverse of
+        :meth:`from_arrays`. ``meta`` is not included (it may hold any Python object)."""
+        out = {"rows": self.rows, "cols": self.cols, "values": self.values}
+        return _with_truth(self, out)
+
+    @classmethod
+    def from_arrays(cls, arrays, meta=None) -> CompletionProblem:
+        """The problem back from :meth:`to_arrays`'s dict (checked again)."""
+        shape, truth, factors = _truth_from(arrays)
+        return cls(shape, arrays["rows"], arrays["cols"], arrays["values"], truth,
+                   dict(meta or {}), factors)
+
     def split(self, test_fraction: float = 0.1, seed=None):
         """Split the observed entries at random into ``(train, test)`` problems.
 
@@ -457,6 +471,17 @@ class SensingProblem:
         gt = ", with ground truth" if known else ""
         return f"SensingProblem({m}x{n}, {self.n_observed} measurements{gt})"
 
+    def to_arrays(self) -> dict:
+        """The arrays a checkpoint stores: ``A``, ``y``, ``shape``, and ``ground_truth``,
+        ``truth_u``, ``truth_v`` when known; the inverse of :meth:`from_arrays`."""
+        return _with_truth(self, {"A": self.A, "y": self.y})
+
+    @classmethod
+    def from_arrays(cls, arrays, meta=None) -> SensingProblem:
+        """The problem back from :meth:`to_arrays`'s dict."""
+        shape, truth, factors = _truth_from(arrays)
+        return cls(shape, arrays["A"], arrays["y"], truth, dict(meta or {}), factors)
+
     def split(self, test_fraction: float = 0.1, seed=None):
         """Split the measurements at random into ``(train, test)`` problems."""
         pick = _test_pick(self.n_observed, test_fraction, seed, "measurement", "measurements")
@@ -585,6 +610,23 @@ def synthetic_sensing(
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _with_truth(problem, arrays) -> dict:
+    """``arrays`` plus the shape and the ground truth (dense and factored) when known."""
+    arrays["shape"] = np.asarray(problem.shape, dtype=np.int64)
+    if problem.ground_truth is not None:
+        arrays["ground_truth"] = problem.ground_truth
+    if problem.truth_factors is not None:
+        arrays["truth_u"], arrays["truth_v"] = problem.truth_factors
+    return {k: np.asarray(v) for k, v in arrays.items()}
+
+
+def _truth_from(arrays):
+    """``(shape, ground_truth, truth_factors)`` of a :func:`_with_truth` dict."""
+    shape = tuple(int(s) for s in arrays["shape"])
+    u = arrays.get("truth_u")
+    return shape, arrays.get("ground_truth"), (None if u is None else (u, arrays["truth_v"]))
 
 
 def _test_pick(k, test_fraction, seed, one, many):

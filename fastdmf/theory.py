@@ -21,6 +21,10 @@ end-to-end field is extended through the closed form of its spectral kernel (see
 :func:`end_to_end_rhs`), which agrees with the sum at every integer N: a "depth without
 factors" that interpolates between depths, a definition rather than a theorem.
 
+For the vector case, a deep diagonal network ``w = u^N - v^N``, the limit of the flow is
+known exactly: :func:`diagonal_limit` (from :mod:`fastdmf.diagonal_theory`, see
+docs/diagonal.md).
+
 References
 ----------
 S. Arora, N. Cohen, E. Hazan. On the optimization of deep networks: implicit acceleration by
@@ -35,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from ._kinds import COMPLETION, find_kind
+from .diagonal_theory import diagonal_limit
 from .problem import CompletionProblem
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "integrate_end_to_end",
     "singular_value_rates",
     "measured_singular_value_rates",
+    "diagonal_limit",
 ]
 
 _METHODS = ("DOP853", "RK45")
@@ -212,7 +219,7 @@ def completion_grad(w, problem: CompletionProblem) -> np.ndarray:
     -------
     ndarray of float64, shape (m, n)
     """
-    if not isinstance(problem, CompletionProblem):
+    if find_kind(problem) is not COMPLETION:
         raise TypeError(
             f"problem must be a CompletionProblem (see fastdmf.completion), got "
             f"{type(problem).__name__}"

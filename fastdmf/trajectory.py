@@ -195,19 +195,28 @@ def time_schedule(record, max_time: float):
 
 @dataclass(eq=False)
 class Trajectory:
-    """Records of a fit, as arrays (one row per record). See the module docstring."""
+    """Records of a fit, as arrays (one row per record). See the module docstring.
+
+    ``scalars`` and ``matrices`` name the fields (one number, or one row of numbers, per
+    record): by default those of the matrix kinds (``SCALARS``, ``MATRICES``); a problem kind
+    whose records hold other values names its own (see ``fastdmf._kinds``). Every field
+    reads as an attribute (``traj.train_loss``)."""
 
     depth: int
     top_k: int | None = None
     meta: dict = field(default_factory=dict)
     _rows: list = field(default_factory=list, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
+    scalars: tuple = field(default=SCALARS, repr=False)
+    matrices: tuple = field(default=MATRICES, repr=False)
 
     def __len__(self) -> int:
         return len(self._arrays.get("step", ())) + len(self._rows)
 
     def __getattr__(self, name):
-        if name in SCALARS or name in MATRICES:
+        if name.startswith("_") or name in ("scalars", "matrices"):
+            raise AttributeError(name)  # not set yet (copy, unpickling): no field lookup
+        if name in self.scalars or name in self.matrices:
             return self._array(name)
         raise AttributeError(name)
 
@@ -229,9 +238,9 @@ class Trajectory:
             return
         rows, self._rows = self._rows, []
         old = self._arrays
-        for name in SCALARS + MATRICES:
+        for name in self.scalars + self.matrices:
             # a row without a scalar field (a record written before it existed) holds NaN
-            new = np.array([r.get(name, np.nan) if name in SCALARS else r[name]
+            new = np.array([r.get(name, np.nan) if name in self.scalars else r[name]
                             for r in rows])
             # an earlier block counts by its rows, whatever their width: depth 1 records
             # balancedness as rows of width 0
@@ -256,11 +265,44 @@ class Trajectory:
 
     def as_dict(self) -> dict:
         """Every field as an array."""
-        return {name: self._array(name) for name in SCALARS + MATRICES}
+        return {name: self._array(name) for name in self.scalars + self.matrices}
+
+    def to_arrays(self) -> dict:
+        """Every field as an array, like :meth:`as_dict`, but leaving this trajectory as it
+        is (a running fit keeps appending rows to it); :meth:`from_arrays` is the inverse."""
+        copy = Trajectory(self.depth, self.top_k, self.meta, list(self._rows),
+                          dict(self._arrays), self.scalars, self.matrices)
+        return copy.as_dict()
+
+    @classmethod
+    def from_arrays(cls, arrays, depth: int, top_k: int | None = None,
+                    meta: dict | None = None, scalars=SCALARS,
+                    matrices=MATRICES) -> Trajectory:
+        """A trajectory holding the records of ``arrays`` (field name -> array, one row per
+        record, as :meth:`to_arrays` gives; a scalar field left out reads NaN), to which more
+        records can be appended."""
+        traj = cls(depth, top_k, dict(meta or {}), scalars=tuple(scalars),
+                   matrices=tuple(matrices))
+        traj.append_arrays(arrays)
+        return traj
+
+    def append_arrays(self, arrays) -> None:
+        """Append the records of ``arrays`` (field name -> array, one row per record), as
+        rows."""
+        for i in range(len(arrays["step"])):
+            row = {name: arrays[name][i] for name in self.scalars + self.matrices
+                   if name in arrays}
+            for name in self.scalars:
+                if name in row:
+                    row[name] = row[name].item()
+            self.append(row)
 
     def save(self, path) -> None:
         """Write the arrays and metadata to an ``.npz`` file."""
-        meta = json.dumps({"depth": self.depth, "top_k": self.top_k, "meta": self.meta})
+        head = {"depth": self.depth, "top_k": self.top_k, "meta": self.meta}
+        if (self.scalars, self.matrices) != (SCALARS, MATRICES):
+            head.update(scalars=list(self.scalars), matrices=list(self.matrices))
+        meta = json.dumps(head)
         np.savez(path, __meta__=np.array(meta), **self.as_dict())
 
     def plot(self, ax=None, k: int = 10, x: str = "step"):
@@ -286,7 +328,9 @@ def load_trajectory(path) -> Trajectory:
     """Read a trajectory written by :meth:`Trajectory.save`."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["__meta__"]))
-        traj = Trajectory(meta["depth"], meta["top_k"], meta["meta"])
+        traj = Trajectory(meta["depth"], meta["top_k"], meta["meta"],
+                          scalars=tuple(meta.get("scalars", SCALARS)),
+                          matrices=tuple(meta.get("matrices", MATRICES)))
         traj._arrays = {k: data[k] for k in data.files if k != "__meta__"}
     return traj
 
@@ -307,19 +351,19 @@ def factored_error(factors, u, v) -> float:
     return float(max(ww - 2.0 * wt + tt, 0.0) / tt)
 
 
-def record_test_error(factors, problem, test=None, offsets=None) -> float:
+def record_test_error(factors, problem, test=None, offsets=None, held_out=None) -> float:
     """The record's ``test_error`` of the float64 ``factors``: the relative reconstruction
-    error against the problem's ground truth (from its factors when it has them), else the
-    MSE on the held-out entries or measurements ``test`` (in the data's units: the
-    factors' predictions through ``offsets`` when the fit has them), else NaN."""
+    error against the problem's ground truth (from its factors when it has them), else
+    ``held_out(factors, test, offsets)``, the MSE on held-out data (default
+    :func:`held_out_mse`: held-out entries, in the data's units: the factors' predictions
+    through ``offsets`` when the fit has them; the problem kind's scorer otherwise, see
+    ``fastdmf._kinds``), else NaN."""
     if problem.truth_factors is not None:
         return factored_error(factors, *problem.truth_factors)
     if problem.ground_truth is not None:
         truth = problem.ground_truth
         return float(np.sum((end_to_end(factors) - truth) ** 2) / np.sum(truth**2))
-    if test is not None and hasattr(test, "measure"):  # held-out sensing measurements
-        return float(np.mean((test.measure(end_to_end(factors)) - test.y) ** 2))
-    return held_out_mse(factors, test, offsets)
+    return (held_out or held_out_mse)(factors, test, offsets)
 
 
 def held_out_mse(factors, entries, offsets=None) -> float:
@@ -334,16 +378,17 @@ def held_out_mse(factors, entries, offsets=None) -> float:
 
 
 def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k, val=None,
-            offsets=None):
+            offsets=None, held_out=None):
     """One record's values at the current state (called between compiled chunks), computed
     in float64 from the factors whatever the fit's dtype; ``val`` holds the validation
-    entries in the units the factors train on (residuals), ``test`` held-out entries in the
-    data's units, predicted through ``offsets``."""
+    entries in the units the factors train on (residuals), ``test`` held-out data in the
+    data's units, predicted through ``offsets`` and scored by ``held_out`` (see
+    :func:`record_test_error`)."""
     factors = [np.asarray(w, dtype=np.float64) for w in factors]
     depth = len(factors)
     sv = singular_values(factors)
     total = float(sv.sum())
-    test_error = record_test_error(factors, problem, test, offsets)
+    test_error = record_test_error(factors, problem, test, offsets, held_out)
     return {
         "step": int(step),
         "time": float(time),

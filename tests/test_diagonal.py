@@ -275,7 +275,7 @@ def test_record_values():
 
 def test_layout_and_initialize():
     lay = D.DiagonalLayout(4, 3)
-    assert lay.dims == (4, 4) and lay.size == 8 and list(lay.offsets) == [0, 4, 8]
+    assert lay.dims == (4, 3) and lay.size == 8 and list(lay.offsets) == [0, 4, 8]
     theta = lay.pack(D.initialize(lay, 0.25))
     np.testing.assert_array_equal(theta, np.full(8, 0.25))
     u, v = lay.unpack(theta)

@@ -149,9 +149,9 @@ def test_time_schedule_takes_a_tuple_of_times():
 def test_flow_stops_when_a_step_no_longer_fits_the_budget(square, monkeypatch):
     """An RKC step may need more evaluations than the budget has left while the generic
     budget check still sees room: the fit ends with "max_steps" instead of asking again."""
-    from fastdmf.engine import Engine
+    from fastdmf.engine import FlowEngine
 
-    real = Engine.run_flow
+    real = FlowEngine.run_flow
     calls = []
 
     def run_flow(self, t_end, max_evals, tol, loss_cap):
@@ -160,7 +160,7 @@ def test_flow_stops_when_a_step_no_longer_fits_the_budget(square, monkeypatch):
             return 0, 0, float("nan")
         return real(self, t_end, min(max_evals, 40), tol, loss_cap)
 
-    monkeypatch.setattr(Engine, "run_flow", run_flow)
+    monkeypatch.setattr(FlowEngine, "run_flow", run_flow)
     res = fastdmf.fit(square, depth=2, optimizer="flow", max_time=1e6, max_steps=1000,
                       record=None, seed=0)
     assert res.status == "max_steps"

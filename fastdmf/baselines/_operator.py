@@ -11,19 +11,19 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sl
 
-from ..problem import CompletionProblem, SensingProblem
+from .._kinds import find_kind
 
 
 class Observations:
     """``A`` and its adjoint for a :class:`CompletionProblem` or :class:`SensingProblem`."""
 
     def __init__(self, problem):
-        if isinstance(problem, CompletionProblem):
-            self.kind = "completion"
+        kind = find_kind(problem)
+        self.kind = None if kind is None else kind.name
+        if self.kind == "completion":
             self.rows, self.cols = problem.rows, problem.cols
             self.y = problem.values
-        elif isinstance(problem, SensingProblem):
-            self.kind = "sensing"
+        elif self.kind == "sensing":
             self.mat = problem.operator
             self.y = problem.y
             self._gram = None

@@ -6,8 +6,9 @@ import time as _time
 
 import numpy as np
 
-from ..api import FitResult, versions
+from .._plan import versions
 from ..reference import effective_rank
+from ..result import FitResult
 from ..trajectory import Grid, Trajectory, record_schedule, record_test_error
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sl
 
-from ..problem import CompletionProblem
+from .._kinds import find_kind
 from ._operator import Observations
 from ._result import Recorder, check_common, pack
 from ._svt import Thresholder
@@ -119,13 +119,11 @@ def soft_impute(
     >>> bool(np.allclose(z, (u * np.maximum(s - 1.0, 0.0)) @ vt, atol=1e-8))
     True
     """
-    if isinstance(problem, CompletionProblem):
-        obs = Observations(problem)
-    elif hasattr(problem, "operator"):
+    kind = find_kind(problem)
+    if kind is not None and kind.name == "sensing":
         raise TypeError("soft_impute fits completion problems; for sensing measurements use "
                         "nuclear_norm (exact constraints) instead")
-    else:
-        obs = Observations(problem)  # raises the baselines' TypeError
+    obs = Observations(problem)  # raises the baselines' TypeError for anything else
     _check(lam, validation, n_lambdas, lam_ratio, patience)
     check_common(tol, max_iter, None)
     opts = {"tol": float(tol), "max_iter": int(max_iter), "progress": progress}

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..api import fit
 from ..factors import end_to_end
-from ..problem import completion
+from ..problem import completion, synthetic_completion
 from . import _report
 
 __all__ = ["reproduce_dynamics", "reproduce_razin_cohen", "half_rise_steps"]
@@ -88,12 +88,12 @@ def reproduce_dynamics(out="fastdmf-dynamics", full: bool = False, depths=None, 
     >>> res[2]["step"].tolist()
     [0, 50, 100, 150, 200]
     """
-    from .paper import make_problem
-
     cfg = {**(FULL_DYNAMICS if full else QUICK_DYNAMICS), **(config or {})}
     depths = tuple(depths or cfg["depths"])
     say = _report.say(progress)
-    problem = make_problem("completion", cfg["n_observed"], cfg["size"], cfg["rank"], seed)
+    # the paper's completion problem (experiments.paper.make_problem("completion", ...))
+    problem = synthetic_completion(shape=(cfg["size"], cfg["size"]), rank=cfg["rank"],
+                                   n_observed=cfg["n_observed"], seed=seed)
     say(f"dynamics: {problem}, plain GD lr {cfg['lr']:g}, identity init {cfg['init_scale']:g}, "
         f"{cfg['max_steps']:,} steps")
     results, rows, table = {}, [], []

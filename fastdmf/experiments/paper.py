@@ -31,7 +31,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..problem import CompletionProblem, synthetic_completion, synthetic_sensing
+from .._kinds import kind_of
+from ..problem import synthetic_completion, synthetic_sensing
 from ..reference import effective_rank
 from . import _report
 from .dynamics import reproduce_dynamics, reproduce_razin_cohen
@@ -39,12 +40,12 @@ from .paper_tables import (
     KINDS,
     METHOD_NAMES,
     PUBLISHED,
-    _grid_lines,
-    _init_scale_figure,
-    _init_scale_table,
-    _pending,
-    _table_md,
+    grid_lines,
+    init_scale_figure,
+    init_scale_table,
+    pending_lines,
     summarize,
+    table_md,
 )
 
 __all__ = [
@@ -153,10 +154,7 @@ def matrix_metrics(w: np.ndarray, problem) -> dict:
     """Train loss, reconstruction error, nuclear norm and effective rank of a dense matrix
     ``w`` on ``problem`` (a completion or sensing problem with a known ground truth)."""
     w = np.asarray(w, dtype=np.float64)
-    if isinstance(problem, CompletionProblem):
-        resid = w[problem.rows, problem.cols] - problem.values
-    else:
-        resid = problem.measure(w) - problem.y
+    resid = kind_of(problem).residuals(problem, w)
     truth = problem.ground_truth
     if truth is None:
         u, v = problem.truth_factors
@@ -355,7 +353,7 @@ def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods
     grid, rows, summary, wall, out, say = _run_or_load("table", grid, full, out, runs,
                                                        progress)
     _report.write_csv(os.path.join(out, "table.csv"), summary)
-    _report.write_md(os.path.join(out, "table.md"), _table_md(grid, summary, wall))
+    _report.write_md(os.path.join(out, "table.md"), table_md(grid, summary, wall))
     say(f"  tables in {out}" + (f" ({wall:.1f} s)" if wall is not None else ""))
     return {"runs": rows, "summary": summary, "wall_s": wall}
 
@@ -386,13 +384,13 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
                                                        progress)
     _report.write_csv(os.path.join(out, "init_scale.csv"), summary)
     lines = ["# Reconstruction error, nuclear norm and effective rank against init scale", "",
-             *_grid_lines(grid, wall), ""]
+             *grid_lines(grid, wall), ""]
     for kind in grid.kinds:
         for n_obs in grid.n_observed:
             cell = [s for s in summary if (s["kind"], s["n_observed"]) == (kind, n_obs)]
-            lines += [f"## {kind}, {n_obs} observations", "", *_init_scale_table(cell), ""]
-            _init_scale_figure(out, kind, n_obs, cell)
-    pending = _pending(grid)
+            lines += [f"## {kind}, {n_obs} observations", "", *init_scale_table(cell), ""]
+            init_scale_figure(out, kind, n_obs, cell)
+    pending = pending_lines(grid)
     if pending:
         lines += ["## Pending", "", *pending]
     _report.write_md(os.path.join(out, "init_scale.md"), lines)

@@ -69,7 +69,7 @@ def _published(kind, n_obs, method):
     return pub if isinstance(pub, str) else f"{pub:.3g}"
 
 
-def _grid_lines(grid, wall):
+def grid_lines(grid, wall):
     if wall is None:
         return ["Rows read from an earlier run (runs=); the settings of each trial are in "
                 "runs.csv."]
@@ -97,7 +97,7 @@ def _grid_lines(grid, wall):
     ]
 
 
-def _pending(grid):
+def pending_lines(grid):
     """Lines naming the kinds and methods of the paper's table this run left out."""
     lines = []
     for kind in KINDS:
@@ -109,9 +109,9 @@ def _pending(grid):
     return lines
 
 
-def _table_md(grid, summary, wall):
+def table_md(grid, summary, wall):
     lines = ["# Deep matrix factorization against nuclear-norm minimisation", "",
-             *_grid_lines(grid, wall), "",
+             *grid_lines(grid, wall), "",
              "Reconstruction error ||W - W*||_F^2 / ||W*||_F^2 at the end of each fit, mean ± "
              "std over seeds; for each cell the (init scale, lr) with the smallest mean error "
              "(all settings in the second table). Published: DESIGN.md section 3 (the paper's "
@@ -146,13 +146,13 @@ def _table_md(grid, summary, wall):
     lines += _report.markdown_table(
         ["kind", "obs", "method", "init", "lr", "converged", "steps", "recon. error",
          "nuclear norm", "eff. rank"], body)
-    pending = _pending(grid)
+    pending = pending_lines(grid)
     if pending:
         lines += ["", "## Pending", "", *pending]
     return lines
 
 
-def _init_scale_table(cell):
+def init_scale_table(cell):
     header = ["method", "init", "lr", "seeds", "recon. error", "nuclear norm", "eff. rank"]
     body = []
     for s in sorted(cell, key=lambda s: (s["method"], -(s["init_scale"] or 0), s["lr"] or 0)):
@@ -162,7 +162,7 @@ def _init_scale_table(cell):
     return _report.markdown_table(header, body)
 
 
-def _init_scale_figure(out, kind, n_obs, cell):
+def init_scale_figure(out, kind, n_obs, cell):
     plt = _report.pyplot()
     if plt is None:
         return

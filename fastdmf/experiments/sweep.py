@@ -27,8 +27,9 @@ import time as _time
 import numba
 import numpy as np
 
-from ..checkpoint import _json_default
-from ..problem import CompletionProblem, synthetic_completion
+from .._kinds import KINDS, by_name, find_kind, kind_of
+from .._plan import threads
+from ..checkpoint import json_default
 from .sweep_store import (
     FORMAT,
     config_digest,
@@ -44,10 +45,7 @@ __all__ = ["sweep", "grid_points", "point_seed", "PROBLEM_KINDS"]
 log = logging.getLogger("fastdmf")
 
 # problem spec kinds: name -> (builder, default spec); builders take the spec's other keys
-PROBLEM_KINDS = {
-    "completion": (synthetic_completion,
-                   {"shape": (100, 100), "rank": 5, "n_observed": 2000, "seed": 0}),
-}
+PROBLEM_KINDS = {kind.name: kind.sweep_spec for kind in KINDS if kind.sweep_spec is not None}
 PROBLEM_AXES = ("kind", "shape", "rank", "n_observed", "problem_seed")
 BATCH_VARYING = ("seed", "init_scale", "lr")  # what fit_batch lets differ between trials
 NOT_IN_SWEEPS = ("observed", "shape", "checkpoint", "checkpoint_every", "progress", "seed",
@@ -249,9 +247,7 @@ def init_worker() -> None:
 def run_task(payload) -> dict:
     """Run one task's fits (in a worker); returns the arrays of its result file."""
     t, fits, spec, fit_kwargs, batch, save_factors = payload
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with threads(1):
         rows, arrays = [], {}
         for group in _groups(fits, spec, fit_kwargs, batch):
             for (i, point, seed), res, wall in _run_group(group, spec, fit_kwargs, batch):
@@ -262,10 +258,8 @@ def run_task(payload) -> dict:
                 if save_factors:
                     for j, w in enumerate(res.factors, start=1):
                         arrays[f"f{k}_W{j}"] = w
-    finally:
-        numba.set_num_threads(old)
     meta = {"format": FORMAT, "task": t, "rows": rows}
-    arrays["__meta__"] = np.array(json.dumps(meta, default=_json_default))
+    arrays["__meta__"] = np.array(json.dumps(meta, default=json_default))
     return arrays
 
 
@@ -279,7 +273,7 @@ def _groups(fits, spec, fit_kwargs, batch):
     for f in fits:
         point = f[1]
         key = json.dumps({k: v for k, v in point.items() if k not in BATCH_VARYING + ("repeat",)},
-                         sort_keys=True, default=_json_default)
+                         sort_keys=True, default=json_default)
         if keys and keys[-1] == key:
             groups[-1].append(f)
         else:
@@ -296,7 +290,7 @@ def _run_group(group, spec, fit_kwargs, batch):
     point = group[0][1]
     problem = _build_problem(spec, point)
     settings = _fit_settings(fit_kwargs, point)
-    if len(group) > 1 and get_optimizer(settings.get("optimizer", "grouprmsprop")).code >= 0:
+    if len(group) > 1 and get_optimizer(settings.get("optimizer", "grouprmsprop")).batched:
         start = _time.perf_counter()
         results = fit_batch(
             problem, seeds=[s for _, _, s in group],
@@ -318,6 +312,10 @@ def _run_group(group, spec, fit_kwargs, batch):
     return out
 
 
+_NOT_SUMMARIES = ("step", "time", "n_evals", "val_error", "schatten", "grad_norm",
+                  "param_norm")
+
+
 def _row(t, i, point, seed, spec, res, wall) -> dict:
     traj = res.trajectory
     row = {"index": i, "task": t}
@@ -326,13 +324,14 @@ def _row(t, i, point, seed, spec, res, wall) -> dict:
         row.update({k: resolved[k] for k in resolved if k != "seed"},
                    problem_seed=resolved["seed"])
     row.update(point)
-    row.update(
-        seed=seed, status=res.status, steps=res.n_steps,
-        train_loss=float(traj.train_loss[-1]), test_error=float(traj.test_error[-1]),
-        nuclear_norm=float(traj.nuclear_norm[-1]),
-        effective_rank=float(traj.effective_rank[-1]), wall_time=wall,
-    )
-    return json.loads(json.dumps(row, default=_json_default))
+    row.update(seed=seed, status=res.status, steps=res.n_steps)
+    # the final record's summary values: train_loss, test_error, then the kind's own
+    # (nuclear_norm, effective_rank for the matrix kinds; l1, l2, support, potential for a
+    # diagonal network)
+    row.update({name: float(getattr(traj, name)[-1]) for name in traj.scalars
+                if name not in _NOT_SUMMARIES})
+    row["wall_time"] = wall
+    return json.loads(json.dumps(row, default=json_default))
 
 
 # --------------------------------------------------------------------------- problems
@@ -350,7 +349,7 @@ def _build_problem(spec, point):
     if not isinstance(spec, dict):
         return spec
     resolved = _resolved_spec(spec, point)
-    return _cached_problem(json.dumps(resolved, sort_keys=True, default=_json_default))
+    return _cached_problem(json.dumps(resolved, sort_keys=True, default=json_default))
 
 
 @functools.lru_cache(maxsize=8)
@@ -363,7 +362,7 @@ def _cached_problem(key: str):
 
 
 def _problem_spec(problem, grid):
-    if isinstance(problem, CompletionProblem):
+    if find_kind(problem) is not None:  # a problem object
         axes = [k for k in grid if k in PROBLEM_AXES]
         if axes:
             raise ValueError(f"grid axes {axes} vary the problem; with problem= given as a "
@@ -425,9 +424,9 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
 
     from .._defaults import is_real_data
     from .._defaults import resolve as resolve_defaults
-    from ..api import _plan, fit
+    from .._plan import plan
+    from ..api import fit
     from ..engine import resolve_backend
-    from ..factors import FactorLayout, initialize
 
     defaults = {k: p.default for k, p in inspect.signature(fit).parameters.items()
                 if p.default is not inspect.Parameter.empty}
@@ -435,23 +434,25 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
             if k == "shape" or (k not in PROBLEM_AXES and k != "repeat")}
     for point in grid_points(axes) if axes else [{}]:
         kw = {**defaults, **_fit_settings(fit_kwargs, point)}
-        shape = (tuple(_resolved_spec(spec, point)["shape"]) if isinstance(spec, dict)
-                 else spec.shape)
+        if isinstance(spec, dict):
+            resolved = _resolved_spec(spec, point)
+            kind, shape = by_name(resolved["kind"]), tuple(resolved["shape"])
+        else:
+            kind, shape = kind_of(spec), spec.shape
         # the defaults that depend on the observations (a spec dict is a synthetic problem)
         kw = resolve_defaults(kw, not isinstance(spec, dict) and is_real_data(spec), shape)
         try:
-            init, _, opt, _, layout, _, _ = _plan(
-                shape, kw["depth"], kw["widths"], kw["init"], kw["init_scale"],
-                kw["optimizer"], kw["lr"], kw["optimizer_options"], kw["max_steps"],
-                kw["max_time"], kw["tol"], kw["record"], kw["top_k"], kw["dtype"],
-                kw["parallel"])
-            if isinstance(init, str):  # the scheme's checks, on 1 x 1 factors
-                tiny = FactorLayout.build((1, 1), kw["depth"], [1] * (kw["depth"] - 1))
-                initialize(tiny, init, kw["init_scale"], np.random.default_rng(0))
+            the = plan(kind, shape, **{k: kw[k] for k in (
+                "depth", "widths", "init", "init_scale", "optimizer", "lr",
+                "optimizer_options", "max_steps", "max_time", "tol", "record", "top_k",
+                "dtype", "parallel")})
+            if isinstance(the.init, str):  # the scheme's checks, on 1 x 1 factors
+                tiny = kind.layout((1, 1), kw["depth"], [1] * (kw["depth"] - 1))
+                kind.initialize(tiny, the.init, kw["init_scale"], np.random.default_rng(0))
             else:
-                layout.pack(init)
+                the.layout.pack(the.init)
             if kw["backend"] != "auto":  # "auto" is decided where the fit runs
-                resolve_backend(kw["backend"], opt.code)
+                resolve_backend(kw["backend"], the.spec)
         except (TypeError, ValueError) as exc:
             raise _refused(exc, "fit refuses the settings of", point) from exc
 

@@ -12,7 +12,8 @@ import zipfile
 
 import numpy as np
 
-from ..checkpoint import _digest, _json_default, atomic_savez, problem_to_arrays
+from ..checkpoint import atomic_savez, json_default, problem_to_arrays
+from ..checkpoint import digest as arrays_digest
 
 FORMAT = 1
 CONFIG_NAME = "sweep.json"
@@ -49,13 +50,13 @@ def make_config(grid, spec, fit_kwargs, base_seed, fits_per_task, n_points, batc
     if isinstance(spec, dict):
         problem = spec
     else:
-        problem = {"object": repr(spec), "sha256": _digest(problem_to_arrays(spec, "p")[0])}
+        problem = {"object": repr(spec), "sha256": arrays_digest(problem_to_arrays(spec, "p")[0])}
     fit_kwargs = {k: _describe(v) if callable(v) else v for k, v in fit_kwargs.items()}
     config = {"format": FORMAT, "grid": grid, "problem": problem, "fit": fit_kwargs,
               "base_seed": int(base_seed), "n_points": n_points,
               "fits_per_task": None if fits_per_task is None else int(fits_per_task),
               "batch": bool(batch)}
-    return json.loads(json.dumps(config, default=_json_default))
+    return json.loads(json.dumps(config, default=json_default))
 
 
 def read_config(out) -> dict:
@@ -78,7 +79,7 @@ def config_digest(config: dict) -> str:
     """A sweep's identity, kept in each of its task files: the SHA-256 of its settings as
     canonical JSON, the grid's axis order (which numbers the points) included."""
     text = json.dumps({"axes": list(config["grid"]), "config": config}, sort_keys=True,
-                      separators=(",", ":"), default=_json_default)
+                      separators=(",", ":"), default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -34,23 +34,19 @@ the serial build.
 
 from __future__ import annotations
 
-import types
-from types import SimpleNamespace
-
 import numba
 import numpy as np
 from numba import prange
 
-from . import CACHE
+from . import CACHE, _family
 from . import flow as _flow
+from .codes import CONVERGED, DIVERGED, OPTIMIZER_CODES, RUNNING  # noqa: F401
 from .flow import run_flow, run_rkc, spectral_radius  # noqa: F401  (compiled per build)
 
 __all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES"]
 
-# Statuses returned by ``run``.
-RUNNING, CONVERGED, DIVERGED = 0, 1, 2
-# Optimisers known to ``run``; hyper = (lr, a, b, eps).
-OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
+# Statuses returned by ``run`` and the optimisers it knows (hyper = (lr, a, b, eps)) are
+# those of fastdmf.kernels.codes.
 # Block size of the deterministic reductions and of the parallel update (independent of the
 # thread count; a problem smaller than one block runs inline, without a parallel region).
 _BLOCK = 16384
@@ -369,27 +365,13 @@ _FAMILY = (
 )
 
 
-def _build(parallel):
-    """Compile the family with ``parallel`` (prange) or as plain loops.
-
-    Each function is re-bound to a namespace in which its callees' names resolve to this
-    build's dispatchers, so the two builds share one source. Only the serial build is cached
-    (caching parallel functions is unsafe when the thread count changes)."""
+def _build(parallel, **options):
+    """Compile the family with ``parallel`` (prange) or as plain loops (see
+    ``fastdmf.kernels._family.build``; ``options`` pass through to it)."""
     ns = dict(globals())
     ns.update({k: v for k, v in vars(_flow).items() if k not in ns})
-    options = {
-        "kernel": dict(parallel=parallel),
-        "fast": dict(parallel=parallel, fastmath=_FASTMATH),
-        "driver": dict(),
-    }
-    built = {}
-    for name, kind in _FAMILY:
-        py = globals()[name]
-        fn = types.FunctionType(py.__code__, ns, name, py.__defaults__, py.__closure__)
-        fn.__qualname__ = name
-        disp = numba.njit(cache=CACHE and not parallel, **options[kind])(fn)
-        ns[name] = built[name] = disp
-    return SimpleNamespace(parallel=parallel, **built)
+    family = [(name, globals()[name], kind) for name, kind in _FAMILY]
+    return _family.build(family, ns, parallel, fastmath=_FASTMATH, **options)
 
 
 SERIAL = _build(False)

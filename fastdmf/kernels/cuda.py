@@ -34,25 +34,23 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..factors import FactorLayout
-
-try:  # a module global: the simulator swaps it for its own inside kernels
-    from numba import cuda
-except Exception as _exc:  # noqa: BLE001  (numba.cuda broken or absent)
-    cuda = None
-    _IMPORT_ERROR = _exc
-else:
-    _IMPORT_ERROR = None
+from ._cuda_env import IMPORT_ERROR as _IMPORT_ERROR
+from ._cuda_env import (  # cuda: a module global, the simulator swaps it inside kernels
+    RESID_PER_BLOCK,
+    THREADS,
+    TILE,
+    cuda,
+    simulated,
+)
+from .codes import ADAM, CONVERGED, DIVERGED, GROUPRMSPROP, IDLE, RUNNING
 
 __all__ = ["available", "require", "kernels", "max_trials", "DeviceBatch"]
 
-RUNNING, CONVERGED, DIVERGED, IDLE = 0, 1, 2, 3
 
-# Default launch shapes on a real GPU (the simulator tests pass small ones).
-TILE = 16
-THREADS = 128
-# Entries per block of the residual pass, and elements per block of the squared-norm
-# reduction: both fix the partition of a reduction, so they depend on the shape only.
-RESID_PER_BLOCK = 1024
+# Default launch shapes on a real GPU (the simulator tests pass small ones): TILE, THREADS
+# and RESID_PER_BLOCK (entries per block of the residual pass) in _cuda_env; elements per
+# block of the squared-norm reduction: like RESID_PER_BLOCK it fixes the partition of a
+# reduction, so it depends on the shape only.
 SQNORM_PER_BLOCK = 16384
 # Inner length per split of a split-K product (dW_j sums over all m rows).
 SPLIT_K = 2048
@@ -88,13 +86,6 @@ def available() -> bool:
         return cuda is not None and bool(cuda.is_available())
     except Exception:  # noqa: BLE001  (no CUDA driver, no toolkit: not available)
         return False
-
-
-def simulated() -> bool:
-    """True when numba.cuda is the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
-    import numba
-
-    return bool(numba.config.ENABLE_CUDASIM)
 
 
 def require() -> None:
@@ -351,7 +342,7 @@ def kernels(
         sc[b, 0] += 1.0
         t = sc[b, 0]
         step = lr
-        if codes[b] == 1:
+        if codes[b] == GROUPRMSPROP:
             acc = f64(0.0)
             for p in range(nparts):
                 acc += part[b, p]
@@ -370,7 +361,7 @@ def kernels(
         start = cuda.blockIdx.x * TPB + cuda.threadIdx.x
         stride = cuda.gridDim.x * TPB
         # float64 arithmetic, rounded once when stored, as the CPU kernels do
-        if code != 2:
+        if code != ADAM:
             step = stepsize[b]
             for e in range(start, size, stride):
                 theta[b, e] = ftype(f64(theta[b, e]) - step * f64(grad[b, e]))

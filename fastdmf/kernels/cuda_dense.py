@@ -34,8 +34,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import cuda as kc
-from .cuda import cuda  # a module global: the simulator swaps it for its own inside kernels
+from ._cuda_env import (  # cuda: a module global, the simulator swaps it inside kernels
+    RESID_PER_BLOCK,
+    THREADS,
+    cuda,
+    simulated,
+)
+from .codes import ADAM, GROUPRMSPROP, RUNNING
 
 __all__ = ["choose_dense", "cublas_products", "DensePath", "DENSE_RATIO", "DENSE_MAX"]
 
@@ -52,7 +57,7 @@ UPDATE_THREADS = 512
 def cublas_products(dtype):
     """A callable running strided-batched GEMMs through CuPy's cuBLAS, or None when CuPy
     cannot be imported or numba.cuda is the simulator."""
-    if kc.simulated():
+    if simulated():
         return None
     try:
         from cupy.cuda import cublas, device
@@ -70,7 +75,7 @@ def choose_dense(m, n, n_observed, depth, launch_dense, have_cublas) -> bool:
     if launch_dense is not None:
         return bool(launch_dense)
     small = m * n <= DENSE_RATIO * n_observed and m * n <= DENSE_MAX
-    return small and (have_cublas or kc.simulated())
+    return small and (have_cublas or simulated())
 
 
 class _Cublas:
@@ -100,7 +105,7 @@ class _Cublas:
 
 
 @cache
-def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESID_PER_BLOCK,
+def dense_kernels(dtype="float64", resid_threads=THREADS, resid_block=RESID_PER_BLOCK,
                   update_threads=UPDATE_THREADS):
     """The residual and fused update kernels for ``dtype``; ``resid_threads`` and
     ``update_threads`` threads per block (powers of two), ``resid_block`` entries per block
@@ -113,7 +118,6 @@ def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESI
     RT, UT, RB = int(resid_threads), int(update_threads), int(resid_block)
     ftype = numba.float32 if dtype == "float32" else numba.float64
     f64 = numba.float64
-    RUNNING = kc.RUNNING
 
     @cuda.jit
     def residuals(Wd, Gd, n, rows, cols, vals, losspart, scale, status):
@@ -155,7 +159,7 @@ def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESI
         code = codes[b]
         lr = hyper[b, 0]
         buf = cuda.shared.array(UT, f64)
-        if code == 1:
+        if code == GROUPRMSPROP:
             acc = f64(0.0)
             for e in range(t, size, UT):
                 x = f64(grad[b, e])
@@ -172,18 +176,18 @@ def dense_kernels(dtype="float64", resid_threads=kc.THREADS, resid_block=kc.RESI
         steps = sc[b, 0] + 1.0
         step = lr
         v = f64(0.0)
-        if code == 1:
+        if code == GROUPRMSPROP:
             a = hyper[b, 1]
             v = a * sc[b, 1] + (1.0 - a) * buf[0]
             step = lr / (math.sqrt(v / (1.0 - a**steps)) + hyper[b, 3])
         cuda.syncthreads()  # all threads have read sc before thread 0 writes it
         if t == 0:
             sc[b, 0] = steps
-            if code == 1:
+            if code == GROUPRMSPROP:
                 sc[b, 1] = v
             sc[b, 2] += step
         # float64 arithmetic, rounded once when stored, as the CPU kernels do
-        if code != 2:
+        if code != ADAM:
             for e in range(t, size, UT):
                 theta[b, e] = ftype(f64(theta[b, e]) - step * f64(grad[b, e]))
             return

@@ -35,15 +35,11 @@ the serial ``run``, so a trial computes exactly what its serial run computes.
 
 from __future__ import annotations
 
-import types
-from types import SimpleNamespace
-
-import numba
 import numpy as np
 from numba import prange
 
 from .. import config
-from . import CACHE, cpu
+from . import _family, cpu
 from . import flow as _flow
 from .batch import _twin
 from .cpu import blocked_sum, run, update
@@ -150,20 +146,14 @@ _FAMILY = (
 )
 
 
-def _build(parallel):
+def _build(parallel, **options):
     """Compile the family serial or parallel (as ``sensing._build``); only the serial build
     is cached. Its cache entries differ from cpu's and sensing's by the argument types (the
     ``(X, y, depth)`` obs tuple), so the families never load each other's code."""
     ns = dict(vars(cpu))
     ns.update({k: v for k, v in vars(_flow).items() if k not in ns})
     ns.update(globals())
-    built = {}
-    for name, py, kind in _FAMILY:
-        fn = types.FunctionType(py.__code__, ns, py.__name__, py.__defaults__, py.__closure__)
-        fn.__qualname__ = py.__name__
-        opts = {"kernel": dict(parallel=parallel), "driver": {}}[kind]
-        ns[name] = built[name] = numba.njit(cache=CACHE and not parallel, **opts)(fn)
-    return SimpleNamespace(parallel=parallel, **built)
+    return _family.build(_FAMILY, ns, parallel, **options)
 
 
 SERIAL = _build(False)

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 from . import CACHE
+from .codes import CONVERGED, DIVERGED, GO_ON, RUNNING
 
 # Dormand-Prince 5(4) tableau. Row s of _A holds a_{s+1, 1..s}; _B is the 5th-order weight
 # vector (equal to the last row, FSAL); _E = b - b* (5th minus 4th order).
@@ -56,15 +57,15 @@ _RKC_EPS, _RKC_SMAX, _RHO_EVERY = 2.0 / 13.0, 400, 25
 
 @numba.njit(inline="always")
 def _stop_code(fs, tol, loss_cap, t_end):
-    """The status to return now (2 diverged, 1 converged, 0 at t_end), or -1 to go on."""
+    """The status to return now (DIVERGED, CONVERGED, RUNNING at t_end), or GO_ON."""
     loss = fs[LOSS]
     if not (loss <= loss_cap):
-        return 2
+        return DIVERGED
     if loss <= tol:
-        return 1
+        return CONVERGED
     if fs[T] >= t_end:
-        return 0
-    return -1
+        return RUNNING
+    return GO_ON
 
 
 @numba.njit(inline="always")
@@ -127,9 +128,9 @@ def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals
     start = fs[ACCEPTED]
     while True:
         code = _stop_code(fs, tol, loss_cap, t_end)
-        if code < 0 and fs[EVALS] + 6 > max_evals:
-            code = 0
-        if code >= 0:
+        if code == GO_ON and fs[EVALS] + 6 > max_evals:
+            code = RUNNING
+        if code != GO_ON:
             theta[:] = y
             return int(fs[ACCEPTED] - start), code, fs[LOSS]
         h = min(fs[H], t_end - fs[T])
@@ -230,7 +231,7 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
     start = fs[ACCEPTED]
     while True:
         code = _stop_code(fs, tol, loss_cap, t_end)
-        if code >= 0:
+        if code != GO_ON:
             theta[:] = y
             return int(fs[ACCEPTED] - start), code, fs[LOSS]
         if fs[RHO] == 0.0 or fs[RHO_AGE] >= _RHO_EVERY:
@@ -238,7 +239,7 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
             room = int(max_evals - fs[EVALS]) - 2
             if room < 1:
                 theta[:] = y
-                return int(fs[ACCEPTED] - start), 0, fs[LOSS]
+                return int(fs[ACCEPTED] - start), RUNNING, fs[LOSS]
             spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk,
                             min(30, room))
         rho = fs[RHO]
@@ -250,7 +251,7 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
         s = max(s, 2)
         if fs[EVALS] + s > max_evals:
             theta[:] = y
-            return int(fs[ACCEPTED] - start), 0, fs[LOSS]
+            return int(fs[ACCEPTED] - start), RUNNING, fs[LOSS]
         w0 = 1.0 + _RKC_EPS / (s * s)
         tc, d1, d2 = _chebyshev(s, w0)
         w1 = d1[s] / d2[s]

@@ -31,14 +31,10 @@ residuals.
 
 from __future__ import annotations
 
-import types
-from types import SimpleNamespace
-
-import numba
 import numpy as np
 
 from .. import config
-from . import CACHE, cpu
+from . import _family, cpu
 from . import flow as _flow
 from .cpu import _blk, _hblock, _suffix, blocked_sum, dense_ab, dense_atb, run, update
 
@@ -186,20 +182,14 @@ _FAMILY = (
 )
 
 
-def _build(parallel):
+def _build(parallel, **options):
     """Compile the family serial or parallel (as ``cpu._build``); only the serial build is
     cached. The shared functions' cache entries differ from cpu's by their argument types
     (the sensing ``obs`` tuple), so the two families never load each other's code."""
     ns = dict(vars(cpu))
     ns.update({k: v for k, v in vars(_flow).items() if k not in ns})
     ns.update(globals())
-    built = {}
-    for name, py, kind in _FAMILY:
-        fn = types.FunctionType(py.__code__, ns, py.__name__, py.__defaults__, py.__closure__)
-        fn.__qualname__ = py.__name__
-        opts = {"kernel": dict(parallel=parallel), "driver": {}}[kind]
-        ns[name] = built[name] = numba.njit(cache=CACHE and not parallel, **opts)(fn)
-    return SimpleNamespace(parallel=parallel, **built)
+    return _family.build(_FAMILY, ns, parallel, **options)
 
 
 SERIAL = _build(False)

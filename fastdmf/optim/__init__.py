@@ -30,16 +30,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.cpu import OPTIMIZER_CODES
+from ..kernels import flow
+from ..kernels.codes import NO_STEP, OPTIMIZER_CODES
 
 __all__ = ["OptimizerSpec", "OPTIMIZERS", "register_optimizer", "get_optimizer"]
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """An update rule: kernel code, default hyper-parameters, per-entry state slots.
+    """An update rule: kernel code, default hyper-parameters, per-entry state slots, and
+    what runs it.
 
     ``slots`` names the options passed in the kernel's ``hyper[1:4] = (a, b, eps)``.
+    ``kind`` is ``"step"`` (a discrete rule, the kernels' ``update`` with ``code``) or
+    ``"flow"`` (the gradient flow, integrated by ``flow_method``, one of
+    ``fastdmf.kernels.flow.DOPRI5`` and ``RKC2``; ``code`` is ``codes.NO_STEP``).
+    ``batched``: ``fit_batch`` runs it; ``cuda``: the CUDA kernels run it.
+    ``evals_per_step``: the fewest gradient evaluations one step costs (the flow's budget is
+    counted in evaluations).
     """
 
     name: str
@@ -49,6 +57,22 @@ class OptimizerSpec:
     state_slots: int  # arrays of len(theta) the rule keeps (Adam: 2)
     rates: tuple = ()  # options that are decay rates, in [0, 1)
     positive: tuple = ()  # options that must be > 0
+    kind: str = "step"
+    flow_method: float | None = None
+    batched: bool = True
+    cuda: bool = True
+    evals_per_step: int = 1
+
+    def __post_init__(self):
+        if self.kind not in ("step", "flow"):
+            raise ValueError(f"OptimizerSpec kind must be 'step' or 'flow', got {self.kind!r}")
+        if (self.kind == "flow") != (self.flow_method is not None):
+            raise ValueError("a flow optimiser names its flow_method, a step rule none")
+
+    @property
+    def is_flow(self) -> bool:
+        """Whether this is the gradient flow (records at flow times, ``max_time``)."""
+        return self.kind == "flow"
 
     def hyper(self, lr, options) -> np.ndarray:
         """``[lr, a, b, eps]`` for the kernel, with option names checked."""
@@ -113,12 +137,14 @@ register_optimizer(
     )
 )
 register_optimizer(
-    OptimizerSpec("flow", -1, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
-                  positive=("rtol", "atol"))
+    OptimizerSpec("flow", NO_STEP, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
+                  positive=("rtol", "atol"), kind="flow", flow_method=flow.RKC2,
+                  batched=False, cuda=False, evals_per_step=2)
 )
 register_optimizer(
-    OptimizerSpec("flow_dopri5", -1, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
-                  positive=("rtol", "atol"))
+    OptimizerSpec("flow_dopri5", NO_STEP, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"),
+                  0, positive=("rtol", "atol"), kind="flow", flow_method=flow.DOPRI5,
+                  batched=False, cuda=False, evals_per_step=6)
 )
 register_optimizer(
     OptimizerSpec(
