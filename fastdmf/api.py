@@ -293,8 +293,7 @@ def as_test(test, problem, what="the fitted problem"):
     test = as_problem(test, None if is_problem(test) else problem.shape)
     if not same_kind(test, problem):
         raise TypeError(f"test= must be of the problem's kind: {kinds_message()}")
-    if test.shape != problem.shape:
-        raise ValueError(f"test= has shape {test.shape}, {what} {problem.shape}")
+    kind_of(problem).check_held_out(test, problem, what)
     return test
 
 

@@ -90,7 +90,8 @@ def test_prepare_matches_the_loss(problems):
         else:
             want = np.mean((np.einsum("kij,ij->k", problem.A, w) - problem.y) ** 2)
         assert loss == pytest.approx(want, rel=1e-12)
-        assert kind.from_dims(layout.dims) == layout
+        assert kind.from_dims(layout.dims, 2) == layout
+        assert kind.param_count(3) == 3
 
 
 # --------------------------------------------------------------------------- the plan
