@@ -46,10 +46,6 @@ def _no_checks(problem, args) -> None:
     return None
 
 
-def _shape(problem) -> tuple:
-    return tuple(problem.shape)
-
-
 @dataclass(frozen=True)
 class Kind:
     """Everything the fit pipeline does differently for one type of problem.
@@ -67,12 +63,15 @@ class Kind:
         ``from_arrays(arrays, meta)``.
     layout : callable ``(shape, depth, widths) -> layout``
         The flat parameter layout (``dims``, ``offsets``, ``size``, ``pack``, ``unpack``).
-    from_dims : callable ``(dims) -> layout``
-        The layout back from its ``dims`` and depth as a checkpoint keeps them.
+    from_dims : callable ``(dims, depth) -> layout``
+        The layout back from its ``dims`` and the fit's depth, as a checkpoint keeps them.
     param_layout : callable ``(problem, params) -> layout``
         The layout of given parameters (``loss_and_grad``, ``Objective``).
     initialize : callable ``(layout, init, init_scale, rng) -> params``
         The initial parameters (``init`` a scheme name or the parameters themselves).
+    param_count : callable ``(depth) -> int``
+        How many parameter arrays a fit of that depth has (``init=`` given as arrays lists
+        that many): the factors W_1..W_N for the matrix kinds.
     prepare : callable ``(problem, layout, dtype, parallel) -> (kernels, nblk, obs, work,
         rowloss)``
         The compiled family and its buffers for one fit (see the module docstring).
@@ -92,6 +91,10 @@ class Kind:
         ``result(params, trajectory, status, settings, n_steps, offsets)``.
     entries : bool
         Observed entries: ``validation=``, ``offsets=`` and the real-data defaults apply.
+    check_held_out : callable ``(test, problem, what) -> None``
+        Raises ValueError when held-out data ``test`` (of this kind) cannot be scored
+        against a fit of ``problem`` (``what`` names the fitted problem); by default their
+        shapes must be equal.
     is_real_data : callable ``(problem) -> bool``
         Whether ``fit``'s defaults for observations without a ground truth apply.
     check_fit : callable ``(problem, args) -> None``
@@ -109,9 +112,6 @@ class Kind:
         How a sweep's problem spec dict ``{"kind": name, ...}`` builds a synthetic problem of
         this kind: ``builder(**spec)`` with the spec's other keys over the defaults; None
         when sweeps take no spec dict of the kind.
-    space : callable ``(problem) -> tuple``
-        What held-out data (``test=``) must share with the problem: the matrix shape by
-        default; the number of features for sparse regression (any number of samples).
     """
 
     name: str
@@ -128,6 +128,9 @@ class Kind:
     score: Callable
     trajectory: Callable
     result: type = FitResult
+    param_count: Callable = field(default=lambda depth: depth)
+    check_held_out: Callable = field(default=lambda test, problem, what: _same_shape(
+        test, problem, what))
     entries: bool = False
     is_real_data: Callable = field(default=_never)
     check_fit: Callable = field(default=_no_checks)
@@ -135,7 +138,6 @@ class Kind:
     cpu_only: str = ""
     residuals: Callable | None = None
     sweep_spec: tuple | None = None
-    space: Callable = field(default=_shape)
 
 
 # --------------------------------------------------------------------------- matrix kinds
@@ -169,7 +171,12 @@ def _matrix_layout(shape, depth, widths):
     return FactorLayout.build(shape, depth, widths)
 
 
-def _matrix_from_dims(dims):
+def _same_shape(test, problem, what) -> None:
+    if test.shape != problem.shape:
+        raise ValueError(f"test= has shape {test.shape}, {what} {problem.shape}")
+
+
+def _matrix_from_dims(dims, depth=None):
     dims = list(dims)
     return FactorLayout.build((dims[-1], dims[0]), len(dims) - 1, dims[1:-1])
 
@@ -273,7 +280,8 @@ DIAGONAL = Kind(
     check_fit=diagonal.check_fit,
     cpu_only="backend='cuda' runs completion problems; a diagonal network runs on the CPU "
              "(backend='cpu')",
-    space=lambda problem: (problem.n_features,),
+    check_held_out=diagonal.check_held_out,
+    param_count=lambda depth: 2,
 )
 
 #: Every kind, in the order ``find_kind`` tries them.

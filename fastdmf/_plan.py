@@ -98,7 +98,7 @@ def plan(kind, shape, *, depth, widths=None, init="gaussian", init_scale=1e-3,
     """``fit``'s checks of everything but the data, the seed and the backend, in ``fit``'s
     order (sweeps run them before starting any fit); the :class:`Plan` they resolve."""
     init = check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-                      max_steps)
+                      max_steps, kind.param_count(depth))
     dtype = dtype_name(dtype)
     spec = get_optimizer(optimizer)
     hyper = spec.hyper(lr, optimizer_options or {})
@@ -123,9 +123,11 @@ def plan(kind, shape, *, depth, widths=None, init="gaussian", init_scale=1e-3,
 
 
 def check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-               max_steps):
+               max_steps, n_params=None):
     """Checks of fit's arguments (fit_batch's too) that later steps would fail on obscurely
-    or take silently; returns ``init`` (a list of factors, or the scheme name)."""
+    or take silently; returns ``init`` (a list of factors, or the scheme name). ``n_params``:
+    how many arrays ``init`` given as arrays must list (default: ``depth``, one factor
+    each)."""
     for name, value in (("lr", lr), ("init_scale", init_scale), ("tol", tol)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
                                                              np.floating)):
@@ -149,7 +151,7 @@ def check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, paral
     except TypeError:
         raise TypeError("init must be a scheme name or a list of the initial factors "
                         f"[W_1, ..., W_N], got {init!r}") from None
-    if len(init) != depth:
+    if len(init) != (depth if n_params is None else n_params):
         raise ValueError(f"init lists {len(init)} factor(s) but depth is {depth!r}: give one "
                          "array per factor W_1..W_N")
     return init

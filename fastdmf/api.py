@@ -293,9 +293,7 @@ def as_test(test, problem, what="the fitted problem"):
     test = as_problem(test, None if is_problem(test) else problem.shape)
     if not same_kind(test, problem):
         raise TypeError(f"test= must be of the problem's kind: {kinds_message()}")
-    kind = kind_of(problem)
-    if kind.space(test) != kind.space(problem):
-        raise ValueError(f"test= has shape {test.shape}, {what} {problem.shape}")
+    kind_of(problem).check_held_out(test, problem, what)
     return test
 
 
@@ -397,8 +395,7 @@ def loss_and_grad(factors, problem, dtype=None, shape=None):
         Compute dtype; by default that of the factors (float64 unless all are float32).
     """
     problem = as_problem(problem, shape)
-    if not isinstance(factors, list):  # a list subclass (DiagonalParams) keeps its depth
-        factors = list(factors)
+    factors = list(factors)
     if not factors:
         raise ValueError("factors must hold at least one matrix")
     layout = kind_of(problem).param_layout(problem, factors)

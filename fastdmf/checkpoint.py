@@ -346,15 +346,15 @@ def resume(path, **overrides):
     kind = by_name(state["problem_kind"])
     problem = problem_from_arrays(arrays, "problem", kind.name, state["problem_meta"])
     test = val = offsets = best = None
-    if "test_shape" in arrays.files:
+    if any(k.startswith("test_") for k in arrays.files):
         test = problem_from_arrays(arrays, "test", kind.name)
-    if "val_shape" in arrays.files:
+    if any(k.startswith("val_") for k in arrays.files):
         val = problem_from_arrays(arrays, "val", kind.name)
         best = dict(state["best"], snap=(raw["best_params"].copy(), raw["best_scalars"].copy()))
     if "offsets_kind" in state:
         offsets = Offsets.from_arrays(state["offsets_kind"], arrays)
     data = FitData(problem, test, val, offsets)
-    layout = kind.from_dims(state["dims"])
+    layout = kind.from_dims(state["dims"], state["traj_depth"])
     spec = get_optimizer(state["optimizer"])
     args = settings["arguments"]
     plan = Plan(kind=kind, shape=tuple(problem.shape), depth=layout.depth, layout=layout,

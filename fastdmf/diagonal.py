@@ -300,8 +300,9 @@ class DiagonalLayout:
             raise ValueError(f"depth must be an integer >= 1, got {N!r}")
 
     @classmethod
-    def from_dims(cls, dims) -> DiagonalLayout:
-        """The layout back from its :attr:`dims` ``(d, depth)``."""
+    def from_dims(cls, dims, depth=None) -> DiagonalLayout:
+        """The layout back from its :attr:`dims` ``(d, depth)`` (they carry the depth, so
+        ``depth`` is unused)."""
         d, depth = (int(x) for x in dims)
         return cls(d, depth)
 
@@ -492,6 +493,12 @@ def start(layout, init, init_scale, rng=None) -> DiagonalParams:
     :data:`INITS`; ``rng`` unused: the start is not random)."""
     check_fit(None, {"init": init})
     return DiagonalParams(initialize(layout, init_scale), layout.depth)
+
+
+def check_held_out(test, problem, what) -> None:
+    """Held-out samples must have the problem's features; any number of samples."""
+    if test.n_features != problem.n_features:
+        raise ValueError(f"test= has {test.n_features} features, {what} {problem.n_features}")
 
 
 def score(params, test, offsets=None) -> float:

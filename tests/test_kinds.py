@@ -90,7 +90,8 @@ def test_prepare_matches_the_loss(problems):
         else:
             want = np.mean((np.einsum("kij,ij->k", problem.A, w) - problem.y) ** 2)
         assert loss == pytest.approx(want, rel=1e-12)
-        assert kind.from_dims(layout.dims) == layout
+        assert kind.from_dims(layout.dims, 2) == layout
+        assert kind.param_count(3) == 3
 
 
 # --------------------------------------------------------------------------- the plan
@@ -284,3 +285,26 @@ def test_trajectory_with_a_kinds_own_fields(tmp_path):
     loaded = load_trajectory(tmp_path / "t.npz")
     assert loaded.scalars == fields and loaded.matrices == ("w",)
     np.testing.assert_array_equal(loaded.w, traj.w)
+
+
+def test_held_out_and_init_checks_go_through_the_kind(problems, monkeypatch):
+    """fit's test= and init= checks ask the kind: its check_held_out and param_count."""
+    comp, sens = problems
+    with pytest.raises(ValueError, match=r"test= has shape \(4, 3\), the fitted problem"):
+        fastdmf.fit(comp, depth=2, test=fastdmf.synthetic_completion((4, 3), 1, 5, seed=0),
+                    max_steps=1)
+    with pytest.raises(TypeError, match="held-out measurements"):
+        fastdmf.fit(comp, depth=2, test=sens, max_steps=1)
+    calls = []
+
+    def lenient(test, problem, what):
+        calls.append((test.shape, problem.shape, what))
+
+    kind = dataclasses.replace(_kinds.COMPLETION, check_held_out=lenient,
+                               param_count=lambda depth: depth + 1)
+    monkeypatch.setattr(_kinds, "KINDS", (kind, _kinds.SENSING))
+    other = fastdmf.synthetic_completion((4, 3), 1, 5, seed=0)
+    assert fastdmf.api.as_test(other, comp) is other
+    assert calls == [((4, 3), (6, 5), "the fitted problem")]
+    with pytest.raises(ValueError, match="init lists 2 factor"):
+        fastdmf.fit(comp, depth=2, init=[np.ones((5, 5)), np.ones((6, 5))], max_steps=1)
