@@ -52,7 +52,9 @@ RUNNING, CONVERGED, DIVERGED = 0, 1, 2
 # Optimisers known to ``run``; hyper = (lr, a, b, eps).
 OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
 # Block size of the deterministic reductions and of the parallel update (independent of the
-# thread count; a problem smaller than one block runs inline, without a parallel region).
+# thread count; a problem smaller than one block runs inline, without a parallel region). The
+# default of the ``block`` argument of ``loss_and_grad``, ``update`` and ``run``: a runtime
+# value, so tests reach the multi-block paths on small problems with the compiled kernels.
 _BLOCK = 16384
 
 _inline = numba.njit(inline="always")
@@ -200,15 +202,15 @@ def _hblock(grad, work, dims, offs, lay, j):
     return _blk(work, lay[N + j], dims[N], dims[j - 1])
 
 
-def blocked_sum(x, square):
-    """sum(x) (or sum(x**2)) in float64 over fixed blocks of _BLOCK entries, one task each,
+def blocked_sum(x, square, block=_BLOCK):
+    """sum(x) (or sum(x**2)) in float64 over fixed blocks of ``block`` entries, one task each,
     then the partial sums in block order: the same result for any thread count."""
-    nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    nb = (x.shape[0] + block - 1) // block
     if nb <= 1:
         return _plain_sum(x, 0, x.shape[0], square)
     part = np.zeros(nb)
     for b in prange(nb):
-        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), square)
+        part[b] = _plain_sum(x, b * block, min((b + 1) * block, x.shape[0]), square)
     return _plain_sum(part, 0, nb, False)
 
 
@@ -243,7 +245,7 @@ def dense_atb(a, b, out, part, nblk):
         out += part[k * size : (k + 1) * size].reshape(out.shape)
 
 
-def depth1(theta, grad, obs, rowloss, scale):
+def depth1(theta, grad, obs, rowloss, scale, block):
     cols, vals, rowptr = obs[1], obs[2], obs[3]
     m = rowptr.shape[0] - 1
     grad[:] = 0.0
@@ -254,9 +256,9 @@ def depth1(theta, grad, obs, rowloss, scale):
             acc += np.float64(r) * np.float64(r)
             grad[cols[k] * m + i] = scale * r
         rowloss[i] = acc
-    return blocked_sum(rowloss, False) / vals.shape[0]
+    return blocked_sum(rowloss, False, block) / vals.shape[0]
 
-def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
+def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, block):
     """Residuals, loss and H_2 = G W_1^T; iteration i owns row i of every output."""
     N = dims.shape[0] - 1
     cols, vals, rowptr = obs[1], obs[2], obs[3]
@@ -268,7 +270,7 @@ def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
         lo, hi = rowptr[i], rowptr[i + 1]
         rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
         _seg_accum(h2[i], q1, cols, g, lo, hi)
-    return blocked_sum(rowloss, False) / vals.shape[0]
+    return blocked_sum(rowloss, False, block) / vals.shape[0]
 
 
 def col_pass(theta, grad, work, dims, offs, lay, obs):
@@ -287,18 +289,19 @@ def col_pass(theta, grad, work, dims, offs, lay, obs):
         _seg_accum(dw1t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
 
 
-def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
+def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block=_BLOCK):
     """Loss at ``theta``; all factor gradients written into ``grad``. Dense products run in
-    ``nblk`` blocks (1: one BLAS call each)."""
+    ``nblk`` blocks (1: one BLAS call each); the loss is summed in blocks of ``block`` rows."""
     N = dims.shape[0] - 1
+    blk = np.int64(block)  # one compiled type whether ``block`` is given or left out
     if N == 1:
-        return depth1(theta, grad, obs, rowloss, scale)
+        return depth1(theta, grad, obs, rowloss, scale, blk)
     lay = work_layout(dims, obs[0].shape[0], nblk)
     for j in range(N - 1, 1, -1):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
         dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), w,
                  _suffix(theta, work, dims, offs, lay, j), nblk)
-    loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
+    loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, blk)
     col_pass(theta, grad, work, dims, offs, lay, obs)
     for j in range(2, N):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
@@ -312,29 +315,32 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
     return loss
 
 
-def update(theta, grad, code, hyper, ostate, sc):
+def update(theta, grad, code, hyper, ostate, sc, block=_BLOCK):
     """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES). Entries are
-    updated in fixed blocks of _BLOCK, one task each (a single block runs inline)."""
+    updated in fixed blocks of ``block``, one task each (a single block runs inline)."""
+    blk = np.int64(block)
     lr, a, eps = hyper[0], hyper[1], hyper[3]
     sc[0] += 1.0
     t = sc[0]
     step = lr
     if code == 1:
-        sc[1] = a * sc[1] + (1.0 - a) * blocked_sum(grad, True)
+        sc[1] = a * sc[1] + (1.0 - a) * blocked_sum(grad, True, blk)
         step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
     size = theta.shape[0]
-    nb = (size + _BLOCK - 1) // _BLOCK
+    nb = (size + blk - 1) // blk
     if nb <= 1:
         _update_range(theta, grad, code, hyper, ostate, step, t, 0, size)
     else:
         for k in prange(nb):
-            _update_range(theta, grad, code, hyper, ostate, step, t, k * _BLOCK,
-                          min((k + 1) * _BLOCK, size))
+            _update_range(theta, grad, code, hyper, ostate, step, t, k * blk,
+                          min((k + 1) * blk, size))
     sc[2] += step
 
 
-def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk):
-    """Up to ``n_steps`` optimiser steps in one compiled call.
+def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk,
+        block=_BLOCK):
+    """Up to ``n_steps`` optimiser steps in one compiled call (``block``: as in
+    ``loss_and_grad`` and ``update``).
 
     ``opt = (code, hyper, ostate, sc)``. Each step evaluates the loss at the current
     ``theta``: at or below ``tol`` the run stops before updating (CONVERGED); NaN, inf or
@@ -342,14 +348,15 @@ def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap
     """
     code, hyper, ostate, sc = opt
     scale = 2.0 / obs[0].shape[0]
+    blk = np.int64(block)
     loss = np.nan
     for s in range(n_steps):
-        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk)
+        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk, blk)
         if not (loss <= loss_cap):
             return s, DIVERGED, loss
         if loss <= tol:
             return s, CONVERGED, loss
-        update(theta, grad, code, hyper, ostate, sc)
+        update(theta, grad, code, hyper, ostate, sc, blk)
     return n_steps, RUNNING, loss
 
 
