@@ -34,7 +34,9 @@ the serial build.
 
 from __future__ import annotations
 
+import hashlib
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import numba
@@ -56,6 +58,26 @@ OPTIMIZER_CODES = {"gd": 0, "grouprmsprop": 1, "adam": 2}
 # default of the ``block`` argument of ``loss_and_grad``, ``update`` and ``run``: a runtime
 # value, so tests reach the multi-block paths on small problems with the compiled kernels.
 _BLOCK = 16384
+
+
+
+def _source_tag() -> str:
+    """A digest of the kernel sources the CPU families compile from (this file, flow.py,
+    sensing.py, diagonal.py), appended to the cached functions' names. Numba keys a cache
+    entry on the source file of the function alone, yet a compiled function embeds its
+    callees: ``flow.run_flow`` holds this file's ``loss_and_grad``, ``sensing.loss_and_grad``
+    its ``blocked_sum``. With the digest in the name, a change to any of these files starts
+    new cache entries instead of loading code built from the old sources."""
+    digest = hashlib.sha1()
+    for name in ("cpu.py", "flow.py", "sensing.py", "diagonal.py"):
+        try:
+            digest.update(Path(__file__).with_name(name).read_bytes())
+        except OSError:  # sources not on disk: nothing is cached anyway
+            return ""
+    return digest.hexdigest()[:12]
+
+
+SOURCE_TAG = _source_tag()
 
 _inline = numba.njit(inline="always")
 # Reassociation and contraction only: the loops vectorise, NaN and inf still propagate.
@@ -478,7 +500,7 @@ def _build(parallel):
     for name, kind in _FAMILY:
         py = globals()[name]
         fn = types.FunctionType(py.__code__, ns, name, py.__defaults__, py.__closure__)
-        fn.__qualname__ = name
+        fn.__qualname__ = f"{name}_{SOURCE_TAG}"  # see _source_tag
         disp = numba.njit(cache=CACHE and not parallel, **options[kind])(fn)
         ns[name] = built[name] = disp
     return SimpleNamespace(parallel=parallel, **built)

@@ -161,7 +161,7 @@ def _build(parallel):
     built = {}
     for name, py, kind in _FAMILY:
         fn = types.FunctionType(py.__code__, ns, py.__name__, py.__defaults__, py.__closure__)
-        fn.__qualname__ = py.__name__
+        fn.__qualname__ = f"{py.__name__}_{cpu.SOURCE_TAG}"  # see cpu._source_tag
         opts = {"kernel": dict(parallel=parallel), "driver": {}}[kind]
         ns[name] = built[name] = numba.njit(cache=CACHE and not parallel, **opts)(fn)
     return SimpleNamespace(parallel=parallel, **built)
