@@ -9,17 +9,39 @@ families that share functions: ``update``, ``run`` and the flow integrators call
 
 from __future__ import annotations
 
+import hashlib
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import numba
 
 from . import CACHE
 
-__all__ = ["build", "KINDS"]
+__all__ = ["build", "KINDS", "SOURCE_TAG"]
 
 #: compile kinds: "kernel" (prange loops), "fast" (prange and ``fastmath``), "driver" (plain)
 KINDS = ("kernel", "fast", "driver")
+
+
+def _source_tag() -> str:
+    """A digest of the kernel sources the CPU families compile from (cpu.py, flow.py,
+    sensing.py, diagonal.py and this file), appended to the cached functions' names. Numba
+    keys a cache entry on the source file of the function alone, yet a compiled function
+    embeds its callees: ``flow.run_flow`` holds cpu's ``loss_and_grad``, ``sensing``'s
+    ``loss_and_grad`` its ``blocked_sum``. With the digest in the name, a change to any of
+    these files starts new cache entries instead of loading code built from the old sources."""
+    digest = hashlib.sha1()
+    for name in ("cpu.py", "flow.py", "sensing.py", "diagonal.py", "_family.py"):
+        try:
+            digest.update(Path(__file__).with_name(name).read_bytes())
+        except OSError:  # sources not on disk: nothing is cached anyway
+            return ""
+    return digest.hexdigest()[:12]
+
+
+#: see :func:`_source_tag`
+SOURCE_TAG = _source_tag()
 
 
 def build(family, namespace, parallel, *, fastmath=frozenset(), cache=None, **names):
@@ -44,6 +66,6 @@ def build(family, namespace, parallel, *, fastmath=frozenset(), cache=None, **na
     built = {}
     for name, py, kind in family:
         fn = types.FunctionType(py.__code__, ns, name, py.__defaults__, py.__closure__)
-        fn.__qualname__ = name
+        fn.__qualname__ = f"{name}_{SOURCE_TAG}"  # see _source_tag
         ns[name] = built[name] = numba.njit(cache=cache, **options[kind])(fn)
     return SimpleNamespace(parallel=parallel, **names, **built)

@@ -48,7 +48,9 @@ __all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES"]
 # Statuses returned by ``run`` and the optimisers it knows (hyper = (lr, a, b, eps)) are
 # those of fastdmf.kernels.codes.
 # Block size of the deterministic reductions and of the parallel update (independent of the
-# thread count; a problem smaller than one block runs inline, without a parallel region).
+# thread count; a problem smaller than one block runs inline, without a parallel region). The
+# default of the ``block`` argument of ``loss_and_grad``, ``update`` and ``run``: a runtime
+# value, so tests reach the multi-block paths on small problems with the compiled kernels.
 _BLOCK = 16384
 
 _inline = numba.njit(inline="always")
@@ -57,49 +59,109 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 @_inline
-def _seg_resid(s, table, idx, vals, lo, hi, scale, g):
-    """For p in [lo, hi): r = s . table[idx[p]] - vals[p], g[p] = scale r; returns sum r^2.
-
-    Four entries per sweep over s, so each element of s is loaded once for four dots."""
+def _dot8(s, q0, q1, q2, q3, q4, q5, q6, q7):
+    """The eight dots s . q_u in one sweep over s (each element of s loaded once)."""
     zero = s.dtype.type(0)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+    for t in range(s.shape[0]):
+        st = s[t]
+        a0 += st * q0[t]
+        a1 += st * q1[t]
+        a2 += st * q2[t]
+        a3 += st * q3[t]
+        a4 += st * q4[t]
+        a5 += st * q5[t]
+        a6 += st * q6[t]
+        a7 += st * q7[t]
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@_inline
+def _axpy8(dest, w, q0, q1, q2, q3, q4, q5, q6, q7):
+    """dest += sum_u w[u] q_u, the eight rows in one sweep over dest."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = w
+    for t in range(dest.shape[0]):
+        dest[t] += ((w0 * q0[t] + w1 * q1[t]) + (w2 * q2[t] + w3 * q3[t])) + (
+            (w4 * q4[t] + w5 * q5[t]) + (w6 * q6[t] + w7 * q7[t]))
+
+
+@_inline
+def _axpy4(dest, w0, w1, w2, w3, q0, q1, q2, q3):
+    for t in range(dest.shape[0]):
+        dest[t] += (w0 * q0[t] + w1 * q1[t]) + (w2 * q2[t] + w3 * q3[t])
+
+
+@_inline
+def _resid(x, vals, p, scale, g):
+    """r = x - vals[p]; g[p] = scale r; returns r^2 in float64."""
+    r = x - vals[p]
+    g[p] = scale * r
+    return np.float64(r) * np.float64(r)
+
+
+@_inline
+def _seg_resid_accum(s, dest, table, idx, vals, lo, hi, scale, g):
+    """For p in [lo, hi): r = s . table[idx[p]] - vals[p], g[p] = scale r, and
+    dest = sum_p g[p] table[idx[p]]; returns sum r^2 (float64).
+
+    Eight entries at a time (then four, then one): their rows of ``table`` are gathered once,
+    for the eight dots in one sweep over s, then, still in L1, added into dest in one sweep."""
+    zero = s.dtype.type(0)
+    dest[:] = 0
     loss = 0.0
     p = lo
-    while p + 4 <= hi:
-        qa, qb, qc, qd = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
-        a, b, c, e = zero, zero, zero, zero
+    while p + 8 <= hi:
+        q0, q1, q2, q3 = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
+        q4, q5, q6, q7 = table[idx[p + 4]], table[idx[p + 5]], table[idx[p + 6]], table[idx[p + 7]]
+        dots = _dot8(s, q0, q1, q2, q3, q4, q5, q6, q7)
+        for u in range(8):
+            loss += _resid(dots[u], vals, p + u, scale, g)
+        _axpy8(dest, (g[p], g[p + 1], g[p + 2], g[p + 3], g[p + 4], g[p + 5], g[p + 6],
+                      g[p + 7]), q0, q1, q2, q3, q4, q5, q6, q7)
+        p += 8
+    if p + 4 <= hi:
+        q0, q1, q2, q3 = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
+        a0, a1, a2, a3 = zero, zero, zero, zero
         for t in range(s.shape[0]):
             st = s[t]
-            a += st * qa[t]
-            b += st * qb[t]
-            c += st * qc[t]
-            e += st * qd[t]
-        for u, x in enumerate((a, b, c, e)):
-            r = x - vals[p + u]
-            loss += np.float64(r) * np.float64(r)
-            g[p + u] = scale * r
+            a0 += st * q0[t]
+            a1 += st * q1[t]
+            a2 += st * q2[t]
+            a3 += st * q3[t]
+        loss += _resid(a0, vals, p, scale, g)
+        loss += _resid(a1, vals, p + 1, scale, g)
+        loss += _resid(a2, vals, p + 2, scale, g)
+        loss += _resid(a3, vals, p + 3, scale, g)
+        _axpy4(dest, g[p], g[p + 1], g[p + 2], g[p + 3], q0, q1, q2, q3)
         p += 4
     while p < hi:
-        qa = table[idx[p]]
-        a = zero
+        q0 = table[idx[p]]
+        a0 = zero
         for t in range(s.shape[0]):
-            a += s[t] * qa[t]
-        r = a - vals[p]
-        loss += np.float64(r) * np.float64(r)
-        g[p] = scale * r
+            a0 += s[t] * q0[t]
+        loss += _resid(a0, vals, p, scale, g)
+        w0 = g[p]
+        for t in range(dest.shape[0]):
+            dest[t] += w0 * q0[t]
         p += 1
     return loss
 
 
 @_inline
 def _seg_accum(dest, table, idx, w, lo, hi):
-    """dest = sum_{p in [lo, hi)} w[p] table[idx[p]], four rows per sweep over dest."""
+    """dest = sum_{p in [lo, hi)} w[p] table[idx[p]], eight rows per sweep over dest (then
+    four, then one)."""
     dest[:] = 0
     p = lo
-    while p + 4 <= hi:
-        ra, rb, rc, rd = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
-        wa, wb, wc, wd = w[p], w[p + 1], w[p + 2], w[p + 3]
-        for t in range(dest.shape[0]):
-            dest[t] += wa * ra[t] + wb * rb[t] + wc * rc[t] + wd * rd[t]
+    while p + 8 <= hi:
+        _axpy8(dest, (w[p], w[p + 1], w[p + 2], w[p + 3], w[p + 4], w[p + 5], w[p + 6],
+                      w[p + 7]),
+               table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]],
+               table[idx[p + 4]], table[idx[p + 5]], table[idx[p + 6]], table[idx[p + 7]])
+        p += 8
+    if p + 4 <= hi:
+        _axpy4(dest, w[p], w[p + 1], w[p + 2], w[p + 3], table[idx[p]], table[idx[p + 1]],
+               table[idx[p + 2]], table[idx[p + 3]])
         p += 4
     while p < hi:
         ra = table[idx[p]]
@@ -112,21 +174,26 @@ def _seg_accum(dest, table, idx, w, lo, hi):
 @_inline
 def _update_range(theta, grad, code, hyper, ostate, step, t, lo, hi):
     """Entries [lo, hi) of one optimiser step: gd and grouprmsprop move by ``step * grad``;
-    adam (code 2) by its bias-corrected moments (``ostate = [m, v]``)."""
+    adam (code 2) by its bias-corrected moments (``ostate = [m, v]``). The loops run over
+    slices from index 0, so Numba's index checks fold away and they vectorise."""
+    th = theta[lo:hi]
+    gr = grad[lo:hi]
     if code != 2:
-        for p in range(lo, hi):
-            theta[p] -= step * grad[p]
+        for p in range(th.shape[0]):
+            th[p] -= step * gr[p]
         return
     lr, b1, b2, eps = hyper[0], hyper[1], hyper[2], hyper[3]
     c1 = 1.0 - b1**t
     c2 = 1.0 - b2**t
     size = theta.shape[0]
-    for p in range(lo, hi):
-        mom = b1 * ostate[p] + (1.0 - b1) * grad[p]
-        vel = b2 * ostate[size + p] + (1.0 - b2) * grad[p] * grad[p]
-        ostate[p] = mom
-        ostate[size + p] = vel
-        theta[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
+    mo = ostate[lo:hi]
+    ve = ostate[size + lo : size + hi]
+    for p in range(th.shape[0]):
+        mom = b1 * mo[p] + (1.0 - b1) * gr[p]
+        vel = b2 * ve[p] + (1.0 - b2) * gr[p] * gr[p]
+        mo[p] = mom
+        ve[p] = vel
+        th[p] -= lr * (mom / c1) / (np.sqrt(vel / c2) + eps)
 
 
 @numba.njit(cache=CACHE)
@@ -171,11 +238,32 @@ _blk = numba.njit(inline="always")(_block)
 
 @_inline
 def _plain_sum(x, lo, hi, square):
-    acc = 0.0
-    for t in range(lo, hi):
-        v = np.float64(x[t])
-        acc += v * v if square else v
-    return acc
+    """sum(x[lo:hi]) (or of its squares) in float64, in four interleaved partial sums
+    (entries lo + 4k + u go to sum u; then (s0 + s1) + (s2 + s3)), so that consecutive adds
+    do not wait on each other."""
+    v = x[lo:hi]
+    s0 = s1 = s2 = s3 = 0.0
+    n4 = v.shape[0] - v.shape[0] % 4
+    if square:
+        for t in range(0, n4, 4):
+            a0, a1 = np.float64(v[t]), np.float64(v[t + 1])
+            a2, a3 = np.float64(v[t + 2]), np.float64(v[t + 3])
+            s0 += a0 * a0
+            s1 += a1 * a1
+            s2 += a2 * a2
+            s3 += a3 * a3
+        for t in range(n4, v.shape[0]):
+            a0 = np.float64(v[t])
+            s0 += a0 * a0
+    else:
+        for t in range(0, n4, 4):
+            s0 += np.float64(v[t])
+            s1 += np.float64(v[t + 1])
+            s2 += np.float64(v[t + 2])
+            s3 += np.float64(v[t + 3])
+        for t in range(n4, v.shape[0]):
+            s0 += np.float64(v[t])
+    return (s0 + s1) + (s2 + s3)
 
 
 @_inline
@@ -196,15 +284,15 @@ def _hblock(grad, work, dims, offs, lay, j):
     return _blk(work, lay[N + j], dims[N], dims[j - 1])
 
 
-def blocked_sum(x, square):
-    """sum(x) (or sum(x**2)) in float64 over fixed blocks of _BLOCK entries, one task each,
+def blocked_sum(x, square, block=_BLOCK):
+    """sum(x) (or sum(x**2)) in float64 over fixed blocks of ``block`` entries, one task each,
     then the partial sums in block order: the same result for any thread count."""
-    nb = (x.shape[0] + _BLOCK - 1) // _BLOCK
+    nb = (x.shape[0] + block - 1) // block
     if nb <= 1:
         return _plain_sum(x, 0, x.shape[0], square)
     part = np.zeros(nb)
     for b in prange(nb):
-        part[b] = _plain_sum(x, b * _BLOCK, min((b + 1) * _BLOCK, x.shape[0]), square)
+        part[b] = _plain_sum(x, b * block, min((b + 1) * block, x.shape[0]), square)
     return _plain_sum(part, 0, nb, False)
 
 
@@ -239,7 +327,7 @@ def dense_atb(a, b, out, part, nblk):
         out += part[k * size : (k + 1) * size].reshape(out.shape)
 
 
-def depth1(theta, grad, obs, rowloss, scale):
+def depth1(theta, grad, obs, rowloss, scale, block):
     cols, vals, rowptr = obs[1], obs[2], obs[3]
     m = rowptr.shape[0] - 1
     grad[:] = 0.0
@@ -250,9 +338,9 @@ def depth1(theta, grad, obs, rowloss, scale):
             acc += np.float64(r) * np.float64(r)
             grad[cols[k] * m + i] = scale * r
         rowloss[i] = acc
-    return blocked_sum(rowloss, False) / vals.shape[0]
+    return blocked_sum(rowloss, False, block) / vals.shape[0]
 
-def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
+def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, block):
     """Residuals, loss and H_2 = G W_1^T; iteration i owns row i of every output."""
     N = dims.shape[0] - 1
     cols, vals, rowptr = obs[1], obs[2], obs[3]
@@ -261,10 +349,9 @@ def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale):
     s2 = _suffix(theta, work, dims, offs, lay, 2)
     h2 = _hblock(grad, work, dims, offs, lay, 2)
     for i in prange(dims[N]):
-        lo, hi = rowptr[i], rowptr[i + 1]
-        rowloss[i] = _seg_resid(s2[i], q1, cols, vals, lo, hi, scale, g)
-        _seg_accum(h2[i], q1, cols, g, lo, hi)
-    return blocked_sum(rowloss, False) / vals.shape[0]
+        rowloss[i] = _seg_resid_accum(s2[i], h2[i], q1, cols, vals, rowptr[i], rowptr[i + 1],
+                                      scale, g)
+    return blocked_sum(rowloss, False, block) / vals.shape[0]
 
 
 def col_pass(theta, grad, work, dims, offs, lay, obs):
@@ -283,18 +370,19 @@ def col_pass(theta, grad, work, dims, offs, lay, obs):
         _seg_accum(dw1t[c], s2, col_rows, gcol, colptr[c], colptr[c + 1])
 
 
-def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
+def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block=_BLOCK):
     """Loss at ``theta``; all factor gradients written into ``grad``. Dense products run in
-    ``nblk`` blocks (1: one BLAS call each)."""
+    ``nblk`` blocks (1: one BLAS call each); the loss is summed in blocks of ``block`` rows."""
     N = dims.shape[0] - 1
+    blk = np.int64(block)  # one compiled type whether ``block`` is given or left out
     if N == 1:
-        return depth1(theta, grad, obs, rowloss, scale)
+        return depth1(theta, grad, obs, rowloss, scale, blk)
     lay = work_layout(dims, obs[0].shape[0], nblk)
     for j in range(N - 1, 1, -1):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
         dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), w,
                  _suffix(theta, work, dims, offs, lay, j), nblk)
-    loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale)
+    loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, blk)
     col_pass(theta, grad, work, dims, offs, lay, obs)
     for j in range(2, N):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
@@ -308,29 +396,32 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk):
     return loss
 
 
-def update(theta, grad, code, hyper, ostate, sc):
+def update(theta, grad, code, hyper, ostate, sc, block=_BLOCK):
     """One optimiser step in place; ``sc = [t, v, time]`` (see OPTIMIZER_CODES). Entries are
-    updated in fixed blocks of _BLOCK, one task each (a single block runs inline)."""
+    updated in fixed blocks of ``block``, one task each (a single block runs inline)."""
+    blk = np.int64(block)
     lr, a, eps = hyper[0], hyper[1], hyper[3]
     sc[0] += 1.0
     t = sc[0]
     step = lr
     if code == 1:
-        sc[1] = a * sc[1] + (1.0 - a) * blocked_sum(grad, True)
+        sc[1] = a * sc[1] + (1.0 - a) * blocked_sum(grad, True, blk)
         step = lr / (np.sqrt(sc[1] / (1.0 - a**t)) + eps)
     size = theta.shape[0]
-    nb = (size + _BLOCK - 1) // _BLOCK
+    nb = (size + blk - 1) // blk
     if nb <= 1:
         _update_range(theta, grad, code, hyper, ostate, step, t, 0, size)
     else:
         for k in prange(nb):
-            _update_range(theta, grad, code, hyper, ostate, step, t, k * _BLOCK,
-                          min((k + 1) * _BLOCK, size))
+            _update_range(theta, grad, code, hyper, ostate, step, t, k * blk,
+                          min((k + 1) * blk, size))
     sc[2] += step
 
 
-def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk):
-    """Up to ``n_steps`` optimiser steps in one compiled call.
+def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk,
+        block=_BLOCK):
+    """Up to ``n_steps`` optimiser steps in one compiled call (``block``: as in
+    ``loss_and_grad`` and ``update``).
 
     ``opt = (code, hyper, ostate, sc)``. Each step evaluates the loss at the current
     ``theta``: at or below ``tol`` the run stops before updating (CONVERGED); NaN, inf or
@@ -338,14 +429,15 @@ def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap
     """
     code, hyper, ostate, sc = opt
     scale = 2.0 / obs[0].shape[0]
+    blk = np.int64(block)
     loss = np.nan
     for s in range(n_steps):
-        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk)
+        loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk, blk)
         if not (loss <= loss_cap):
             return s, DIVERGED, loss
         if loss <= tol:
             return s, CONVERGED, loss
-        update(theta, grad, code, hyper, ostate, sc)
+        update(theta, grad, code, hyper, ostate, sc, blk)
     return n_steps, RUNNING, loss
 
 

@@ -98,9 +98,10 @@ def blocks_pass(X, w, y, resid, g, part, scale, nblk):
     return acc
 
 
-def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk):
+def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=None):
     """Loss at ``theta = [u; v]``; ``[du; dv]`` written into ``grad`` (see the module
-    docstring). ``resid`` receives ``scale * r``."""
+    docstring). ``resid`` receives ``scale * r``. ``block`` (the block size ``cpu.run``
+    passes on) is unused: this family has no blocked sums in its loss."""
     X, y, depth = obs
     d = dims[0]
     u = theta[offs[0] : offs[1]]

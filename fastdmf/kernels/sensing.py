@@ -36,7 +36,7 @@ import numpy as np
 from .. import config
 from . import _family, cpu
 from . import flow as _flow
-from .cpu import _blk, _hblock, _suffix, blocked_sum, dense_ab, dense_atb, run, update
+from .cpu import _BLOCK, _blk, _hblock, _suffix, blocked_sum, dense_ab, dense_atb, run, update
 
 __all__ = ["SERIAL", "PARALLEL", "work_layout", "prepare"]
 
@@ -117,9 +117,10 @@ def fused_pass(a, wvec, y, resid, gvec, scale):
     return acc
 
 
-def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk):
+def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=_BLOCK):
     """Sensing loss at ``theta``; all factor gradients written into ``grad`` (see the module
-    docstring). ``resid`` receives ``scale * r``."""
+    docstring). ``resid`` receives ``scale * r``. ``block``: the block size of the parallel
+    build's sum of squared residuals (``cpu.blocked_sum``)."""
     amat, y, lay = obs
     N = dims.shape[0] - 1
     m, n = dims[N], dims[0]
@@ -145,7 +146,7 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk):
         dense_ab(amat, wvec.reshape((mn, 1)), resid.reshape((resid.shape[0], 1)), nblk)
         for k in range(resid.shape[0]):
             resid[k] -= y[k]
-        loss = blocked_sum(resid, True) / resid.shape[0]
+        loss = blocked_sum(resid, True, np.int64(block)) / resid.shape[0]
         for k in range(resid.shape[0]):
             resid[k] *= scale
         dense_atb(amat, resid.reshape((resid.shape[0], 1)), gvec.reshape((mn, 1)), part, nblk)
