@@ -73,9 +73,11 @@ def _assert_same_state(a, b):
 
 
 def _check_blocks(engine, block):
-    """The problem really spans several blocks of rows (or residuals) and of parameters."""
+    """The problem really spans several blocks of rows (or residuals) and of parameters,
+    and the parallel build's dense products several row blocks."""
     assert engine.rowloss.shape[0] >= 3 * block
     assert engine.theta.shape[0] >= 10 * block
+    assert engine.dims[-1] // cpu._MIN_BLOCK_ROWS >= 2
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])

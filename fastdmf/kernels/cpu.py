@@ -21,7 +21,8 @@ O(m d^2) (O(d^3) when square). Depth 2 needs no dense product at all; depth 1 wo
 Parallelism and determinism: each task owns whole rows (row pass) or whole columns (column
 pass) of the outputs, so there are no shared accumulators and no atomics; scalar sums (loss,
 squared gradient norm) go through per-block buffers of a fixed block size summed serially;
-dense products run in ``config.DENSE_BLOCKS`` fixed row blocks, one BLAS call per task, and
+dense products run in ``config.DENSE_BLOCKS`` fixed row blocks (fewer where blocks would have
+under ``_MIN_BLOCK_ROWS`` rows: a function of the shape only), one BLAS call per task, and
 the middle gradients (a sum over the m rows) keep one partial product per block, summed in
 block order. The floating-point result is therefore the same for any thread count. Serial
 and parallel variants are compiled from the same Python functions (``SERIAL`` / ``PARALLEL``).
@@ -54,6 +55,11 @@ __all__ = ["SERIAL", "PARALLEL", "work_layout", "OPTIMIZER_CODES"]
 _BLOCK = 16384
 
 _inline = numba.njit(inline="always")
+# Fewest rows per block of a dense product in the parallel build: every BLAS call packs its
+# whole right operand again, so at the paper's 100 x 100 eight blocks of 12 rows cost twice
+# the work of one call (a @ b plus a^T @ b, one thread: 198 against 104 us) and two blocks
+# of 50 cost 121 us, which two threads share.
+_MIN_BLOCK_ROWS = 48
 # Reassociation and contraction only: the loops vectorise, NaN and inf still propagate.
 _FASTMATH = {"reassoc", "contract"}
 
@@ -296,34 +302,45 @@ def blocked_sum(x, square, block=_BLOCK):
     return _plain_sum(part, 0, nb, False)
 
 
+@_inline
+def _dense_blocks(rows, nblk):
+    """Blocks a dense product over ``rows`` rows is split in: ``nblk``, but none under
+    _MIN_BLOCK_ROWS rows (a function of the shape alone, never of the thread count)."""
+    return max(1, min(nblk, rows // _MIN_BLOCK_ROWS))
+
+
 def dense_ab(a, b, out, nblk):
-    """out = a @ b (BLAS), the rows of a and out split in ``nblk`` blocks, one per task."""
-    if nblk == 1:
+    """out = a @ b (BLAS), the rows of a and out split in up to ``nblk`` blocks (see
+    _dense_blocks), one per task."""
+    rows = a.shape[0]
+    nb = _dense_blocks(rows, nblk)
+    if nb == 1:
         np.dot(a, b, out)
         return
-    rows = a.shape[0]
-    for k in prange(nblk):
-        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
+    for k in prange(nb):
+        lo, hi = k * rows // nb, (k + 1) * rows // nb
         if hi > lo:
             np.dot(a[lo:hi], b, out[lo:hi])
 
 
 def dense_atb(a, b, out, part, nblk):
-    """out = a^T @ b (BLAS), the shared dimension split in ``nblk`` blocks whose partial
-    products go to their own slice of ``part`` and are then summed in block order."""
-    if nblk == 1:
+    """out = a^T @ b (BLAS), the shared dimension split in up to ``nblk`` blocks (see
+    _dense_blocks) whose partial products go to their own slice of ``part`` and are then
+    summed in block order."""
+    rows, size = a.shape[0], out.shape[0] * out.shape[1]
+    nb = _dense_blocks(rows, nblk)
+    if nb == 1:
         np.dot(a.T, b, out)
         return
-    rows, size = a.shape[0], out.shape[0] * out.shape[1]
-    for k in prange(nblk):
-        lo, hi = k * rows // nblk, (k + 1) * rows // nblk
+    for k in prange(nb):
+        lo, hi = k * rows // nb, (k + 1) * rows // nb
         pk = part[k * size : (k + 1) * size].reshape(out.shape)
         if hi > lo:
             np.dot(a[lo:hi].T, b[lo:hi], pk)
         else:
             pk[:, :] = 0
     out[:, :] = part[:size].reshape(out.shape)
-    for k in range(1, nblk):
+    for k in range(1, nb):
         out += part[k * size : (k + 1) * size].reshape(out.shape)
 
 
