@@ -395,7 +395,8 @@ def loss_and_grad(factors, problem, dtype=None, shape=None):
         Compute dtype; by default that of the factors (float64 unless all are float32).
     """
     problem = as_problem(problem, shape)
-    factors = list(factors)
+    if not isinstance(factors, list):  # a list subclass (DiagonalParams) keeps its depth
+        factors = list(factors)
     if not factors:
         raise ValueError("factors must hold at least one matrix")
     layout = kind_of(problem).param_layout(problem, factors)
