@@ -136,7 +136,7 @@ def test_init_scale_figure_draws_means_and_std_bars(tmp_path, saved):
     cell = [summary("depth2", 1e-3, 1e-2, 1.0), summary("depth2", 1e-2, 1e-2, 2.0),
             summary("depth3", 1e-2, 1e-2, 3.0), summary("depth3", 1e-3, 1e-2, 4.0),
             summary("nuclear", None, None, 5.0)]
-    paper_tables._init_scale_figure(str(tmp_path), "completion", 60, cell)
+    paper_tables.init_scale_figure(str(tmp_path), "completion", 60, cell)
     assert (tmp_path / "init_scale_completion_60.png").stat().st_size > 1000
     (fig,) = saved
     assert fig._suptitle.get_text() == "completion, 60 observations"
