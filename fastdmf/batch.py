@@ -25,6 +25,7 @@ from .api import (
     as_problem,
     prepare_observations,
 )
+from .batch_flow import per_trial_options
 from .drive import Watch
 from .engine import Engine, resolve_backend
 from .factors import initialize
@@ -51,6 +52,7 @@ def fit_batch(
     optimizer: str = "grouprmsprop",
     optimizer_options: dict | None = None,
     max_steps: int = 1_000_000,
+    max_time=None,
     tol: float = 1e-6,
     record="auto",
     top_k: int | None = None,
@@ -61,14 +63,26 @@ def fit_batch(
     dtype: str = "float64",
     n_threads: int | None = None,
     backend: str = "cpu",
+    checkpoint=None,
+    checkpoint_every=None,
 ) -> list[FitResult]:
     """Fit one trial per seed, all together; ``init_scale`` and ``lr`` are scalars or one
-    value per trial. Other arguments as in :func:`fastdmf.fit`, the defaults that depend on
-    the observations included (the flow optimisers, held-out test entries, callbacks and
+    value per trial, and so is each value of ``optimizer_options`` (a list holds one per
+    trial: ``{"rtol": [1e-4, 1e-6]}``). Other arguments as in :func:`fastdmf.fit`, the
+    defaults that depend on the observations included (held-out test entries, callbacks and
     ``refit`` are not batched). The trials share one validation split and one set of
     offsets; each stops early on its own. Returns one :class:`FitResult` per trial, in the
     order of ``seeds``; each equals ``fit(observed, depth, seed=s, init_scale=..., lr=...,
-    parallel=False, ...)`` exactly. ``backend="cuda"`` advances all trials on the GPU
+    parallel=False, ...)`` exactly.
+
+    The flow optimisers (``"flow"``, ``"flow_dopri5"``; :mod:`fastdmf.batch_flow`) take
+    ``max_time``, a flow time or one per trial; each trial keeps its own integrator state
+    and record times, and stops alone (converged, diverged, out of its evaluation budget
+    ``max_steps``, or at its ``max_time``). With ``checkpoint`` (a path ``p``: trial b
+    writes ``p.b``; or a list of one path per seed) and ``checkpoint_every`` as in
+    :func:`fastdmf.fit`, each trial writes its own checkpoint, which
+    :func:`fastdmf.resume` continues bit for bit. ``backend="cuda"`` refuses the flow (it
+    runs on the CPU only). ``backend="cuda"`` advances all trials on the GPU
     (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
     same settings exactly (and the CPU fit within rounding).
 
@@ -92,12 +106,24 @@ def fit_batch(
         raise ValueError("seeds is empty: fit_batch runs one trial per seed, give at least one")
     scales = _per_trial(init_scale, n, "init_scale")
     rates = _per_trial(lr, n, "lr")
-    if get_optimizer(optimizer).code < 0:
-        raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
+    if get_optimizer(optimizer).code < 0:  # the flow: fastdmf.batch_flow
+        from .batch_flow import fit_batch_flow
+
+        return fit_batch_flow(problem, (auto, val, patience, fitted), (seeds, scales, rates), {
+            "init": init, "optimizer": optimizer, "optimizer_options": optimizer_options,
+            "max_steps": max_steps, "max_time": max_time, "tol": tol, "top_k": top_k,
+            "dtype": dtype, "n_threads": n_threads, "backend": backend,
+            "validation_seed": validation_seed, "checkpoint": checkpoint,
+            "checkpoint_every": checkpoint_every})
+    if checkpoint is not None:
+        raise ValueError("fit_batch writes checkpoints for the flow optimisers ('flow', "
+                         "'flow_dopri5'); for the others checkpoint each trial with "
+                         "fastdmf.fit(..., checkpoint=...)")
+    options = per_trial_options(optimizer_options, n)
     # fit's checks (the first trial's lr and init_scale; each trial's hyper checks the rest)
     init, dtype, spec, _, layout, schedule, _ = _plan(
-        problem.shape, depth, widths, init, scales[0], optimizer, rates[0], optimizer_options,
-        max_steps, None, tol, record, top_k, dtype, False)
+        problem.shape, depth, widths, init, scales[0], optimizer, rates[0], options[0],
+        max_steps, max_time, tol, record, top_k, dtype, False)
     where = resolve_backend(backend, spec.code, problem)
     if where == "cuda":
         from .kernels.cuda import max_trials
@@ -105,7 +131,7 @@ def fit_batch(
         most = max_trials(problem.shape[0], depth)
         if n > most:  # more trials than one launch holds: consecutive batches (same bits)
             kw = dict(depth=depth, shape=shape, widths=widths, init=init, optimizer=optimizer,
-                      optimizer_options=optimizer_options, max_steps=max_steps, tol=tol,
+                      max_steps=max_steps, tol=tol,
                       record=record, top_k=top_k, dtype=dtype, n_threads=n_threads,
                       backend=backend, validation=validation, patience=patience,
                       validation_seed=validation_seed, offsets=offsets)
@@ -113,11 +139,13 @@ def fit_batch(
             return [res for lo in range(0, n, most)
                     for res in fit_batch(source, seeds=seeds[lo:lo + most],
                                          init_scale=scales[lo:lo + most],
-                                         lr=rates[lo:lo + most], **kw)]
+                                         lr=rates[lo:lo + most],
+                                         optimizer_options=_slice(options, lo, lo + most),
+                                         **kw)]
     engines = []
-    for seed, scale, rate in zip(seeds, scales, rates, strict=True):
+    for seed, scale, rate, opts in zip(seeds, scales, rates, options, strict=True):
         factors = initialize(layout, init, scale, np.random.default_rng(seed))
-        hyper = spec.hyper(rate, optimizer_options or {})
+        hyper = spec.hyper(rate, opts)
         theta = layout.pack(factors, dtype=_DTYPES[dtype])
         engines.append(Engine(problem, layout, theta, spec, hyper, parallel=False))
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
@@ -132,15 +160,16 @@ def fit_batch(
         trajs, statuses = _drive_batch(engines, stacked, problem, schedule, max_steps, tol,
                                        top_k, depth, val, patience)
     common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
-              "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
+              "max_steps": max_steps, "tol": tol,
               "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
               "backend": backend, "validation": _validation_arg(auto["validation"]),
               "patience": patience, "validation_seed": validation_seed,
               "offsets": fitted.kind if fitted is not None else None}
     results = []
-    for eng, traj, status, seed, scale, rate in zip(engines, trajs, statuses, seeds, scales,
-                                                    rates, strict=True):
-        args = {**common, "seed": seed, "init_scale": scale, "lr": rate}
+    for eng, traj, status, seed, scale, rate, opts in zip(engines, trajs, statuses, seeds,
+                                                          scales, rates, options, strict=True):
+        args = {**common, "seed": seed, "init_scale": scale, "lr": rate,
+                "optimizer_options": opts or None}
         settings = _settings(args, seed, problem,
                              "cuda (batched)" if where == "cuda" else "serial (batched)")
         if fitted is not None:
@@ -150,6 +179,11 @@ def fit_batch(
         results.append(FitResult([np.array(w) for w in eng.factors()], traj, status,
                                  settings, eng.n_steps, fitted))
     return results
+
+
+def _slice(options, lo, hi):
+    """Trials lo..hi-1 of per-trial options, as one options dict with per-trial lists."""
+    return {key: [o[key] for o in options[lo:hi]] for key in options[0]}
 
 
 def _per_trial(value, n, name):
