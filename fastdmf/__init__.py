@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 from . import baselines, theory
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
+from .batch_flow import resume_batch
 from .checkpoint import resume
 from .experiments.sweep import sweep
 from .experiments.sweep_table import SweepTable, load_sweep
@@ -35,6 +36,7 @@ __all__ = [
     "fit",
     "fit_batch",
     "resume",
+    "resume_batch",
     "sweep",
     "load_sweep",
     "SweepTable",

@@ -38,7 +38,7 @@ from .kernels.flow_batch import run_batch_flow, run_batch_flow_sensing
 from .problem import SensingProblem
 from .trajectory import Trajectory
 
-__all__ = ["fit_batch_flow", "per_trial_options", "checkpoint_paths"]
+__all__ = ["fit_batch_flow", "resume_batch", "per_trial_options", "checkpoint_paths"]
 
 _FLOW_NAMES = ("flow_y", "flow_ks", "flow_fs")
 
@@ -247,3 +247,92 @@ def drive_flows(runs, stacked, problem, budget, tol, fresh=True) -> list[str]:
         if r.saver is not None:
             r.saver.finish(s)
     return statuses
+
+
+def resume_batch(paths, n_threads=None) -> list[FitResult]:
+    """Continue the trials of a batched flow from their checkpoint files, all together; one
+    :class:`FitResult` per path, each bit for bit the uninterrupted trial's (and the result
+    :func:`fastdmf.resume` gives for that file alone). The files are those
+    ``fit_batch(..., optimizer="flow", checkpoint=...)`` wrote: trials of one problem (its
+    arrays must match), one optimiser and one evaluation budget. A finished trial's file
+    returns its result; the others keep writing their checkpoints at their cadence."""
+    from .batch import _stack
+    from .checkpoint import (
+        Checkpointer,
+        _Arrays,
+        _schedule_from,
+        _trajectory_from,
+        problem_from_arrays,
+        read_checkpoint,
+    )
+    from .factors import FactorLayout
+    from .offsets import Offsets
+    from .optim import get_optimizer
+
+    paths = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike))
+                                    else paths)]
+    if not paths:
+        raise ValueError("resume_batch needs at least one checkpoint file")
+    loaded = [read_checkpoint(p) for p in paths]
+    first = loaded[0][0]
+    for p, (state, _) in zip(paths, loaded, strict=True):
+        for key in ("problem_sha256", "optimizer", "dims", "dtype", "budget", "tol"):
+            if state[key] != first[key]:
+                raise ValueError(f"{p!r} is not a trial of the same batch as {paths[0]!r}: "
+                                 f"its {key} differs; resume it with fastdmf.resume")
+        if state["optimizer"] not in ("flow", "flow_dopri5"):
+            raise ValueError(f"{p!r} holds a {state['optimizer']!r} fit; resume_batch "
+                             "continues batched flows, fastdmf.resume any single fit")
+    data0 = _Arrays(loaded[0][1])
+    problem = problem_from_arrays(data0, "problem", first["problem_kind"],
+                                  first["problem_meta"])
+    dims = first["dims"]
+    layout = FactorLayout.build((dims[-1], dims[0]), len(dims) - 1, dims[1:-1])
+    spec = get_optimizer(first["optimizer"])
+    engines, runs, results = [], [], [None] * len(paths)
+    for b, (state, raw) in enumerate(loaded):
+        data = _Arrays(raw)
+        val = best = offsets = None
+        if "val_shape" in data.files:
+            val = problem_from_arrays(data, "val", state["problem_kind"])
+            best = dict(state["best"], snap=(raw["best_params"].copy(),
+                                             raw["best_scalars"].copy()))
+        if "offsets_kind" in state:
+            offsets = Offsets.from_arrays(state["offsets_kind"], data)
+        eng = Engine(problem, layout, raw["theta"].copy(), spec, raw["hyper"].copy(),
+                     parallel=False)
+        eng.obs = engines[0].obs if engines else eng.obs
+        for name in ("grad", "ostate", "scalars"):
+            getattr(eng, name)[:] = raw[name]
+        for buf, name in zip(eng.flow, _FLOW_NAMES, strict=True):
+            buf[:] = raw[name]
+        engines.append(eng)
+        traj = _trajectory_from(data, state)
+        if state["status"] is not None:  # finished: the file holds the result
+            results[b] = FitResult([np.array(w) for w in eng.factors()], traj,
+                                   state["status"], state["settings"], eng.n_steps, offsets)
+            continue
+        watch = Watch.resumed(eng, problem, None, traj, state["top_k"], state["loss"],
+                              state["cap"], (raw["good_params"].copy(),
+                                             raw["good_scalars"].copy()),
+                              state["good_step"], val, state.get("patience"), best, offsets)
+        schedule = _schedule_from(state, raw)
+        saver = Checkpointer(paths[b], state["settings"]["arguments"].get("checkpoint_every"),
+                             {"settings": state["settings"], "problem": problem, "test": None,
+                              "schedule": schedule, "end": state["end"],
+                              "budget": state["budget"], "tol": state["tol"],
+                              "top_k": state["top_k"], "val": val,
+                              "patience": state.get("patience"), "offsets": offsets})
+        saver.attach(eng, watch, traj)
+        runs.append((b, FlowTrial(eng, watch, schedule, state["end"], saver)))
+    if runs:
+        stacked = _stack([r.engine for _, r in runs])
+        stack_flow([r.engine for _, r in runs], stacked)
+        with _threads(n_threads):
+            statuses = drive_flows([r for _, r in runs], stacked, problem, first["budget"],
+                                   first["tol"], fresh=False)
+        for (b, r), status in zip(runs, statuses, strict=True):
+            results[b] = FitResult([np.array(w) for w in r.engine.factors()], r.watch.traj,
+                                   status, loaded[b][0]["settings"], r.engine.n_steps,
+                                   r.watch.offsets)
+    return results

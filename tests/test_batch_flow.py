@@ -2,6 +2,8 @@
 its serial flow fit bit for bit, with its own end time, tolerances and status; checkpoints of
 a batched flow resume bit for bit."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -136,10 +138,17 @@ def test_batched_flow_checkpoints_resume_bit_for_bit(square, tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         batched(square, TRIALS, checkpoint=path, checkpoint_every=1, **kw)
     monkeypatch.undo()
+    files = [f"{path}.{b}" for b in range(len(TRIALS))]
+    copies = [tmp_path / f"copy{b}" for b in range(len(TRIALS))]
+    for f, c in zip(files, copies):
+        c.write_bytes(Path(f).read_bytes())
+    # all together: fastdmf.resume_batch, then each alone: fastdmf.resume
+    for got, want in zip(fastdmf.resume_batch(copies, n_threads=2), ref, strict=True):
+        assert_same_fit(got, want)
     for b, want in enumerate(ref):
-        state, _ = read_checkpoint(f"{path}.{b}")
+        state, _ = read_checkpoint(files[b])
         assert state["status"] is None and 0 < state["n_steps"] < want.n_steps
-        got = fastdmf.resume(f"{path}.{b}")
+        got = fastdmf.resume(files[b])
         assert_same_fit(got, want)
         assert read_checkpoint(f"{path}.{b}")[0]["status"] == want.status
     # a finished batch's checkpoints, one path per trial, hold the final results
@@ -148,6 +157,13 @@ def test_batched_flow_checkpoints_resume_bit_for_bit(square, tmp_path, monkeypat
     for p, want, got in zip(paths, ref, done, strict=True):
         assert_same_fit(got, want)
         assert_same_fit(fastdmf.resume(p), want)
+    for got, want in zip(fastdmf.resume_batch(paths), ref, strict=True):
+        assert_same_fit(got, want)
+    with pytest.raises(ValueError, match="not a trial of the same batch"):
+        other = tmp_path / "other.ckpt"
+        fastdmf.fit(fastdmf.synthetic_completion((9, 8), 2, 40, seed=0), depth=3,
+                    optimizer=method, max_time=1.0, seed=0, checkpoint=other, progress=False)
+        fastdmf.resume_batch([paths[0], other])
 
 
 def test_batched_flow_argument_errors(square, tmp_path):
