@@ -53,6 +53,8 @@ def per_trial_options(options, n: int) -> list[dict]:
         raise TypeError(f"optimizer_options must be a dict or None, got {options!r}")
     out = [{} for _ in range(n)]
     for key, value in options.items():
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
         if isinstance(value, (list, tuple, np.ndarray)):
             vals = list(np.asarray(value, dtype=object).ravel()) \
                 if np.ndim(value) == 1 else None
