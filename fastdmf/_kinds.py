@@ -281,6 +281,7 @@ DIAGONAL = Kind(
     initialize=diagonal.start,
     prepare=diagonal_kernels.prepare,
     batch_run=diagonal_kernels.run_batch,
+    batch_flow=diagonal_kernels.run_batch_flow,
     measure=diagonal.record,
     score=diagonal.score,
     trajectory=diagonal.trajectory,
