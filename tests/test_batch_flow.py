@@ -203,3 +203,19 @@ def test_per_trial_options_of_the_discrete_optimisers(square):
         assert_same_fit(got, fastdmf.fit(square, seed=0, parallel=False, progress=False,
                                          optimizer_options={"alpha": alpha}, **kw))
     assert not np.array_equal(res[0].factors[0], res[1].factors[0])
+
+
+def test_a_kind_without_a_batched_flow_is_refused(square):
+    """A kind whose table entry names no batch_flow: fit_batch says to fit per trial."""
+    import dataclasses
+
+    from fastdmf import _kinds
+
+    bare = dataclasses.replace(_kinds.COMPLETION, batch_flow=None)
+    with pytest.raises(ValueError, match="no batched flow for a completion problem"):
+        batch_flow.run_batch_flow(bare)
+    plans = [fastdmf._plan.plan(bare, square.shape, depth=2, optimizer="flow",
+                                max_time=1.0).trial(0, 1e-3, 1e-3)]
+    data = fastdmf._plan.FitData(square)
+    with pytest.raises(ValueError, match="fastdmf.fit\\(..., optimizer='flow'\\) per trial"):
+        batch_flow.fit_batch_flow(data, plans, [{}])
