@@ -12,6 +12,7 @@ from . import baselines, theory
 from ._version import __version__
 from .api import FitResult, fit, loss_and_grad, warmup
 from .batch import fit_batch
+from .batch_flow import resume_batch
 from .checkpoint import resume
 from .diagonal import SparseRegressionProblem, sparse_regression, synthetic_sparse_regression
 from .experiments.sweep import sweep
@@ -35,6 +36,7 @@ __all__ = [
     "fit",
     "fit_batch",
     "resume",
+    "resume_batch",
     "sweep",
     "load_sweep",
     "SweepTable",

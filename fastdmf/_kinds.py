@@ -30,6 +30,7 @@ from .factors import initialize as initialize_factors
 from .kernels import cpu, sensing
 from .kernels import diagonal as diagonal_kernels
 from .kernels.batch import run_batch, run_batch_sensing
+from .kernels.flow_batch import run_batch_flow, run_batch_flow_sensing
 from .problem import CompletionProblem, SensingProblem, synthetic_completion
 from .result import FitResult
 from .trajectory import Trajectory, held_out_mse, measure
@@ -77,6 +78,10 @@ class Kind:
         The compiled family and its buffers for one fit (see the module docstring).
     batch_run : callable
         The batched step loop over the serial build (``fit_batch``).
+    batch_flow : callable or None
+        The batched flow over the serial build's ``run_flow`` (``fit_batch`` with a flow
+        optimiser; the contract of :func:`fastdmf.kernels.flow_batch.run_batch_flow`); None
+        when ``fit_batch`` refuses the flow for the kind.
     measure : callable ``(params, grads, loss, counts, data, plan) -> dict``
         One trajectory record. ``counts`` is ``(step, time, n_evals)``; ``data`` holds
         ``problem``, ``test``, ``val`` and ``offsets``; ``plan`` is the fit's
@@ -138,6 +143,7 @@ class Kind:
     cpu_only: str = ""
     residuals: Callable | None = None
     sweep_spec: tuple | None = None
+    batch_flow: Callable | None = None
 
 
 # --------------------------------------------------------------------------- matrix kinds
@@ -232,6 +238,7 @@ COMPLETION = Kind(
     initialize=initialize_factors,
     prepare=_prepare_completion,
     batch_run=run_batch,
+    batch_flow=run_batch_flow,
     measure=functools.partial(_matrix_measure, score=held_out_mse),
     score=held_out_mse,
     trajectory=_matrix_trajectory,
@@ -254,6 +261,7 @@ SENSING = Kind(
     initialize=initialize_factors,
     prepare=sensing.prepare,
     batch_run=run_batch_sensing,
+    batch_flow=run_batch_flow_sensing,
     measure=functools.partial(_matrix_measure, score=_sensing_score),
     score=_sensing_score,
     trajectory=_matrix_trajectory,
@@ -273,6 +281,7 @@ DIAGONAL = Kind(
     initialize=diagonal.start,
     prepare=diagonal_kernels.prepare,
     batch_run=diagonal_kernels.run_batch,
+    batch_flow=diagonal_kernels.run_batch_flow,
     measure=diagonal.record,
     score=diagonal.score,
     trajectory=diagonal.trajectory,

@@ -27,7 +27,7 @@ from .trajectory import record_schedule, time_schedule
 
 __all__ = ["Plan", "FitData", "plan", "DTYPES", "dtype_name", "resolve_seed", "threads",
            "settings", "versions", "jsonable", "plain", "validation_arg", "widths_of",
-           "check_args"]
+           "check_args", "per_trial", "per_trial_options"]
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -259,3 +259,42 @@ def validation_arg(validation):
     if validation is None or isinstance(validation, (int, float, np.integer, np.floating)):
         return plain(validation)
     return "<entries>"
+
+
+def per_trial(value, n: int, name: str) -> list[float]:
+    """``fit_batch``'s per-trial real arguments (``init_scale``, ``lr``, ``max_time``): a
+    scalar shared by the ``n`` trials, or one value per trial."""
+    raw = np.asarray(value)
+    if raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number or one per seed, got {value!r}")
+    vals = np.broadcast_to(raw.astype(np.float64), (n,)) if raw.ndim == 0 \
+        else raw.astype(np.float64)
+    if vals.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or one value per seed ({n}), got {value!r}")
+    return [float(v) for v in vals]
+
+
+def per_trial_options(options, n: int) -> list[dict]:
+    """One options dict per trial from ``optimizer_options``: a value given as a list, tuple
+    or 1-D array holds one value per trial (e.g. ``{"rtol": [1e-4, 1e-6]}``), any other
+    value is shared by every trial."""
+    if options is None:
+        return [{} for _ in range(n)]
+    if not isinstance(options, dict):
+        raise TypeError(f"optimizer_options must be a dict or None, got {options!r}")
+    out = [{} for _ in range(n)]
+    for key, value in options.items():
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, (list, tuple, np.ndarray)):
+            vals = list(np.asarray(value, dtype=object).ravel()) \
+                if np.ndim(value) == 1 else None
+            if vals is None or len(vals) != n:
+                raise ValueError(f"optimizer option {key} must be a scalar or one value per "
+                                 f"seed ({n}), got {value!r}")
+            for b in range(n):
+                out[b][key] = vals[b].item() if isinstance(vals[b], np.generic) else vals[b]
+        else:
+            for b in range(n):
+                out[b][key] = value
+    return out

@@ -15,10 +15,20 @@ import numpy as np
 
 from . import config
 from ._kinds import kind_of
-from ._plan import FitData, plan, resolve_seed, settings, threads, validation_arg
+from ._plan import (
+    FitData,
+    per_trial,
+    per_trial_options,
+    plan,
+    resolve_seed,
+    settings,
+    threads,
+    validation_arg,
+)
 from .api import as_problem, prepare_observations
+from .batch_flow import fit_batch_flow
 from .drive import Watch
-from .engine import Engine, resolve_backend
+from .engine import Engine, resolve_backend, stack
 from .kernels.blas import blas_threads
 from .kernels.codes import CONVERGED
 from .optim import get_optimizer
@@ -40,6 +50,7 @@ def fit_batch(
     optimizer: str = "grouprmsprop",
     optimizer_options: dict | None = None,
     max_steps: int = 1_000_000,
+    max_time=None,
     tol: float = 1e-6,
     record="auto",
     top_k: int | None = None,
@@ -50,14 +61,26 @@ def fit_batch(
     dtype: str = "float64",
     n_threads: int | None = None,
     backend: str = "cpu",
+    checkpoint=None,
+    checkpoint_every=None,
 ) -> list[FitResult]:
     """Fit one trial per seed, all together; ``init_scale`` and ``lr`` are scalars or one
-    value per trial. Other arguments as in :func:`fastdmf.fit`, the defaults that depend on
-    the observations included (the flow optimisers, held-out test entries, callbacks and
+    value per trial, and so is each value of ``optimizer_options`` (a list holds one per
+    trial: ``{"rtol": [1e-4, 1e-6]}``). Other arguments as in :func:`fastdmf.fit`, the
+    defaults that depend on the observations included (held-out test entries, callbacks and
     ``refit`` are not batched). The trials share one validation split and one set of
     offsets; each stops early on its own. Returns one :class:`FitResult` per trial, in the
     order of ``seeds``; each equals ``fit(observed, depth, seed=s, init_scale=..., lr=...,
-    parallel=False, ...)`` exactly. ``backend="cuda"`` advances all trials on the GPU
+    parallel=False, ...)`` exactly.
+
+    The flow optimisers (``"flow"``, ``"flow_dopri5"``; :mod:`fastdmf.batch_flow`) take
+    ``max_time``, a flow time or one per trial; each trial keeps its own integrator state
+    and record times, and stops alone (converged, diverged, out of its evaluation budget
+    ``max_steps``, or at its ``max_time``). With ``checkpoint`` (a path ``p``: trial b
+    writes ``p.b``; or a list of one path per seed) and ``checkpoint_every`` as in
+    :func:`fastdmf.fit`, each trial writes its own checkpoint, which
+    :func:`fastdmf.resume` continues bit for bit. ``backend="cuda"`` refuses the flow (it
+    runs on the CPU only). ``backend="cuda"`` advances all trials on the GPU
     (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
     same settings exactly (and the CPU fit within rounding).
 
@@ -79,41 +102,69 @@ def fit_batch(
     n = len(seeds)
     if n == 0:
         raise ValueError("seeds is empty: fit_batch runs one trial per seed, give at least one")
-    scales = _per_trial(init_scale, n, "init_scale")
-    rates = _per_trial(lr, n, "lr")
-    if not get_optimizer(optimizer).batched:
+    scales = per_trial(init_scale, n, "init_scale")
+    rates = per_trial(lr, n, "lr")
+    options = per_trial_options(optimizer_options, n)
+    spec = get_optimizer(optimizer)
+    if not (spec.batched or spec.is_flow):
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
+    if checkpoint is not None and not spec.is_flow:
+        raise ValueError("fit_batch writes checkpoints for the flow optimisers ('flow', "
+                         "'flow_dopri5'); for the others checkpoint each trial with "
+                         "fastdmf.fit(..., checkpoint=...)")
+    times = [max_time] * n
+    if spec.is_flow and max_time is not None:
+        times = per_trial(max_time, n, "max_time")
     kind = kind_of(problem)
-    # fit's checks (the first trial's lr and init_scale; each trial's hyper checks the rest)
+    # fit's checks (the first trial's lr, init_scale, options and max_time; each trial's
+    # plan or hyper checks the rest)
     base = plan(kind, problem.shape, depth=depth, widths=widths, init=init,
                 init_scale=scales[0], optimizer=optimizer, lr=rates[0],
-                optimizer_options=optimizer_options, max_steps=max_steps, max_time=None,
+                optimizer_options=options[0], max_steps=max_steps, max_time=times[0],
                 tol=tol, record=record, top_k=top_k, dtype=dtype, parallel=False)
     base = base.replace(patience=patience)
-    init, dtype, spec, layout = base.init, base.dtype, base.spec, base.layout
+    init, dtype, layout = base.init, base.dtype, base.layout
     common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
-              "optimizer_options": optimizer_options, "max_steps": max_steps, "tol": tol,
+              "max_steps": max_steps, "tol": tol,
               "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
               "backend": backend, "validation": validation_arg(auto["validation"]),
               "patience": patience, "validation_seed": validation_seed,
               "offsets": fitted.kind if fitted is not None else None}
-    kind.check_fit(problem, {**common, "init_scale": scales[0], "lr": rates[0]})
+    kind.check_fit(problem, {**common, "init_scale": scales[0], "lr": rates[0],
+                             "optimizer_options": options[0]})
     where = resolve_backend(backend, spec, problem)
+    data = FitData(problem, None, val, fitted)
+    if spec.is_flow:  # each trial its own end time: its own plan (fastdmf.batch_flow)
+        plans = [base if b == 0 else plan(
+            kind, problem.shape, depth=depth, widths=widths, init=init,
+            init_scale=scales[b], optimizer=optimizer, lr=rates[b],
+            optimizer_options=options[b], max_steps=max_steps, max_time=times[b], tol=tol,
+            record=record, top_k=top_k, dtype=dtype, parallel=False).replace(
+                patience=patience) for b in range(n)]
+        plans = [p.trial(seed, scale, rate, opts) for p, seed, scale, rate, opts
+                 in zip(plans, seeds, scales, rates, options, strict=True)]
+        args = [{**common, "seed": seed, "init_scale": scale, "lr": rate, "max_time": t,
+                 "optimizer_options": opts or None, "checkpoint_every": checkpoint_every}
+                for seed, scale, rate, t, opts in zip(seeds, scales, rates, times, options,
+                                                      strict=True)]
+        return fit_batch_flow(data, plans, args, checkpoint, checkpoint_every, n_threads)
     if where == "cuda":
         most = kind.cuda().max_trials(problem.shape[0], depth)
         if n > most:  # more trials than one launch holds: consecutive batches (same bits)
             kw = dict(depth=depth, shape=shape, widths=widths, init=init, optimizer=optimizer,
-                      optimizer_options=optimizer_options, max_steps=max_steps, tol=tol,
+                      max_steps=max_steps, tol=tol,
                       record=record, top_k=top_k, dtype=dtype, n_threads=n_threads,
                       backend=backend, validation=validation, patience=patience,
                       validation_seed=validation_seed, offsets=offsets)
-            # each launch splits the observations and fits the offsets the same way
+            source = observed if shape is None else source
             return [res for lo in range(0, n, most)
                     for res in fit_batch(source, seeds=seeds[lo:lo + most],
                                          init_scale=scales[lo:lo + most],
-                                         lr=rates[lo:lo + most], **kw)]
-    plans = [base.trial(seed, scale, rate, optimizer_options)
-             for seed, scale, rate in zip(seeds, scales, rates, strict=True)]
+                                         lr=rates[lo:lo + most],
+                                         optimizer_options=_slice(options, lo, lo + most),
+                                         **kw)]
+    plans = [base.trial(seed, scale, rate, opts)
+             for seed, scale, rate, opts in zip(seeds, scales, rates, options, strict=True)]
     engines = []
     for trial in plans:
         params = kind.initialize(layout, init, trial.init_scale,
@@ -121,17 +172,18 @@ def fit_batch(
         theta = layout.pack(params, dtype=trial.np_dtype)
         engines.append(Engine(problem, layout, theta, spec, trial.hyper, parallel=False))
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
-    stacked = _stack(engines)
+    stacked = stack(engines)
     if where == "cuda":
         stacked["device"] = kind.cuda().DeviceBatch(
             problem, engines[0].dims, stacked["theta"], stacked["codes"], stacked["hyper"],
             stacked["ostate"], stacked["scalars"])
-    data = FitData(problem, None, val, fitted)
     with threads(n_threads):
         trajs, statuses = _drive_batch(engines, stacked, data, plans)
     results = []
-    for eng, traj, status, trial in zip(engines, trajs, statuses, plans, strict=True):
-        args = {**common, "seed": trial.seed, "init_scale": trial.init_scale, "lr": trial.lr}
+    for eng, traj, status, trial, opts in zip(engines, trajs, statuses, plans, options,
+                                              strict=True):
+        args = {**common, "seed": trial.seed, "init_scale": trial.init_scale, "lr": trial.lr,
+                "optimizer_options": opts or None}
         trial_settings = settings(args, trial.seed, problem,
                                   "cuda (batched)" if where == "cuda" else "serial (batched)")
         if fitted is not None:
@@ -143,25 +195,9 @@ def fit_batch(
     return results
 
 
-def _per_trial(value, n, name):
-    raw = np.asarray(value)
-    if raw.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be a real number or one per seed, got {value!r}")
-    vals = np.broadcast_to(raw.astype(np.float64), (n,)) if raw.ndim == 0 \
-        else raw.astype(np.float64)
-    if vals.shape != (n,):
-        raise ValueError(f"{name} must be a scalar or one value per seed ({n}), got {value!r}")
-    return [float(v) for v in vals]
-
-
-def _stack(engines):
-    """Stack the trials' buffers (trial axis first) and make each engine use its row."""
-    names = engines[0].BUFFERS
-    stacked = {name: np.stack([e.buffers()[name] for e in engines]) for name in names}
-    for b, eng in enumerate(engines):
-        eng.bind({name: stacked[name][b] for name in names})
-    stacked["codes"] = np.full(len(engines), engines[0].spec.code, dtype=np.int64)
-    return stacked
+def _slice(options, lo, hi):
+    """Trials lo..hi-1 of per-trial options, as one options dict with per-trial lists."""
+    return {key: [o[key] for o in options[lo:hi]] for key in options[0]}
 
 
 def _drive_batch(engines, st, data, plans):

@@ -29,6 +29,7 @@ import os
 import tempfile
 import time as _time
 import zipfile
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from .offsets import Offsets
 from .optim import get_optimizer
 from .trajectory import Grid
 
-__all__ = ["resume", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
+__all__ = ["resume", "restore", "Restored", "read_checkpoint", "atomic_savez", "DEFAULT_EVERY"]
 
 log = logging.getLogger("fastdmf")
 
@@ -340,6 +341,42 @@ def resume(path, **overrides):
             f"resume() cannot change {sorted(unknown)}: they would change the result. It "
             f"takes only {list(SAFE_OVERRIDES)}; start a new fit to change the others"
         )
+    with threads(overrides.get("n_threads")):
+        fit = restore(path, overrides.get("checkpoint", path),
+                      overrides.get("checkpoint_every", _NOT_GIVEN))
+        if fit.result is not None:  # a finished fit: its result again
+            return fit.result
+        log.info("resuming %s at step %d", os.fspath(path), fit.engine.n_steps)
+        return run(fit.engine, fit.data, fit.plan, fit.traj, fit.settings,
+                   callback=overrides.get("callback"), progress=overrides.get("progress"),
+                   saver=fit.saver, watch=fit.watch)
+
+
+_NOT_GIVEN = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Restored:
+    """A fit rebuilt from its checkpoint (:func:`restore`): its JSON ``state``, plan, data,
+    settings, trajectory and engine; for a finished fit its ``result``, else the ``watch``
+    to continue with and the ``saver`` (or None) that keeps writing checkpoints."""
+
+    state: dict
+    plan: Plan
+    data: FitData
+    settings: dict
+    traj: object
+    engine: object
+    watch: object = None
+    saver: object = None
+    result: object = None
+
+
+def restore(path, target=_NOT_GIVEN, every=_NOT_GIVEN) -> Restored:
+    """The fit saved in checkpoint ``path``, rebuilt to continue (``resume`` and
+    ``fastdmf.resume_batch`` run it on). Checkpoints go on to ``target`` (default ``path``;
+    None for none) every ``every`` (default: the fit's ``checkpoint_every``). Engines are
+    built with the current Numba thread count."""
     state, raw = read_checkpoint(path)
     arrays = _Arrays(raw)
     settings = state["settings"]
@@ -367,21 +404,19 @@ def resume(path, **overrides):
     traj = kind.trajectory(plan, problem)  # the kind's fields, the records saved so far
     traj.depth, traj.meta = state["traj_depth"], state["traj_meta"]
     traj.append_arrays({k[len("traj_"):]: raw[k] for k in raw if k.startswith("traj_")})
-    with threads(overrides.get("n_threads")):
-        engine = make_engine(problem, layout, raw["theta"].copy(), spec, plan.hyper,
-                             state["parallel"], state.get("backend", "cpu"))
-        engine.load_state(raw)
-        if state["status"] is not None:  # a finished fit: its result again
-            return kind.result([np.array(w) for w in engine.factors()], traj,
-                               state["status"], settings, engine.n_steps, offsets)
-        watch = Watch.resumed(engine, data, plan, traj, state["loss"], state["cap"],
-                              (raw["good_params"].copy(), raw["good_scalars"].copy()),
-                              state["good_step"], best)
-        every = overrides.get("checkpoint_every", args.get("checkpoint_every"))
-        target = overrides.get("checkpoint", path)
-        saver = None if target is None else Checkpointer(target, every, plan, data, settings)
-        if saver is not None:
-            saver.attach(engine, watch, traj)
-        log.info("resuming %s at step %d", os.fspath(path), engine.n_steps)
-        return run(engine, data, plan, traj, settings, callback=overrides.get("callback"),
-                   progress=overrides.get("progress"), saver=saver, watch=watch)
+    engine = make_engine(problem, layout, raw["theta"].copy(), spec, plan.hyper,
+                         state["parallel"], state.get("backend", "cpu"))
+    engine.load_state(raw)
+    if state["status"] is not None:
+        result = kind.result([np.array(w) for w in engine.factors()], traj, state["status"],
+                             settings, engine.n_steps, offsets)
+        return Restored(state, plan, data, settings, traj, engine, result=result)
+    watch = Watch.resumed(engine, data, plan, traj, state["loss"], state["cap"],
+                          (raw["good_params"].copy(), raw["good_scalars"].copy()),
+                          state["good_step"], best)
+    every = args.get("checkpoint_every") if every is _NOT_GIVEN else every
+    target = path if target is _NOT_GIVEN else target
+    saver = None if target is None else Checkpointer(target, every, plan, data, settings)
+    if saver is not None:
+        saver.attach(engine, watch, traj)
+    return Restored(state, plan, data, settings, traj, engine, watch, saver)

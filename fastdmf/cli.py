@@ -93,7 +93,7 @@ def _reproduce(args) -> int:
             paper.reproduce_init_scale
         try:
             run(out, full=args.full, kinds=_names(args.kinds), methods=_names(args.methods),
-                runs=args.runs)
+                runs=args.runs, optimizer=args.optimizer)
         except (ImportError, ValueError) as exc:  # a method or kind this build lacks, bad names
             print(f"fastdmf reproduce {args.experiment}: {exc}", file=sys.stderr)
             return 2
@@ -159,6 +159,10 @@ def main(argv=None) -> int:
     rep.add_argument("--runs", default=None,
                      help="table, init-scale: tabulate the runs.csv of an earlier run "
                           "instead of fitting")
+    rep.add_argument("--optimizer", default=None,
+                     help="table, init-scale: the factorizations' optimiser instead of "
+                          "grouprmsprop, e.g. flow (the gradient flow itself, integrated by "
+                          "RKC: the same errors in far fewer gradient evaluations)")
     rep.set_defaults(func=_reproduce)
     info = sub.add_parser("info", help="versions and threads")
     info.set_defaults(func=_info)

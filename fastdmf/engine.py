@@ -15,7 +15,8 @@ from .kernels import flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
-__all__ = ["Engine", "FlowEngine", "CudaEngine", "make_engine", "select_kernels", "BACKENDS"]
+__all__ = ["Engine", "FlowEngine", "CudaEngine", "make_engine", "select_kernels", "stack",
+           "BACKENDS"]
 
 BACKENDS = ("cpu", "cuda", "auto")
 
@@ -201,7 +202,9 @@ class FlowEngine(Engine):
     positions are flow times, the budget counts gradient evaluations, and the integrator's
     state (``flow = (y, stages, flow state)``) is part of the engine's state."""
 
-    STATE = Engine.STATE + ("flow_y", "flow_ks", "flow_fs")
+    FLOW = ("flow_y", "flow_ks", "flow_fs")
+    STATE = Engine.STATE + FLOW
+    BUFFERS = Engine.BUFFERS + FLOW
     END_STATUS = "max_time"
 
     def __init__(self, problem, layout, theta, optimizer="flow", hyper=None, parallel=None):
@@ -210,6 +213,16 @@ class FlowEngine(Engine):
         fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
         fs[flow.METHOD] = self.spec.flow_method
         self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=theta.dtype), fs)
+
+    def bind(self, buffers) -> None:
+        buffers = dict(buffers)
+        flows = [buffers.pop(name, old) for name, old in zip(self.FLOW, self.flow, strict=True)]
+        for name, arr, old in zip(self.FLOW, flows, self.flow, strict=True):
+            if arr.shape != old.shape or arr.dtype != old.dtype:
+                raise ValueError(f"bind: {name} of shape {arr.shape} {arr.dtype}, expected "
+                                 f"{old.shape} {old.dtype}")
+        super().bind(buffers)
+        self.flow = tuple(flows)
 
     @property
     def flow_y(self):
@@ -275,6 +288,18 @@ class FlowEngine(Engine):
                 self.nblk,
             )
         return int(done), int(status), float(loss)
+
+
+def stack(engines) -> dict:
+    """Stack the trials' buffers (``BUFFERS``, trial axis first) into one dict of arrays and
+    make each engine use its row (``fit_batch``); ``codes`` holds the optimiser's code per
+    trial."""
+    names = engines[0].BUFFERS
+    stacked = {name: np.stack([e.buffers()[name] for e in engines]) for name in names}
+    for b, eng in enumerate(engines):
+        eng.bind({name: stacked[name][b] for name in names})
+    stacked["codes"] = np.full(len(engines), engines[0].spec.code, dtype=np.int64)
+    return stacked
 
 
 def _spec(optimizer) -> OptimizerSpec:

@@ -37,5 +37,5 @@ def test_a_diverging_trial_stops_alone(square):
 def test_batch_argument_errors(square):
     with pytest.raises(ValueError, match="one value per seed"):
         fastdmf.fit_batch(square, seeds=[0, 1], lr=[1e-3, 1e-3, 1e-3])
-    with pytest.raises(ValueError, match="not batched"):
+    with pytest.raises(ValueError, match="give max_time="):
         fastdmf.fit_batch(square, seeds=[0], optimizer="flow")

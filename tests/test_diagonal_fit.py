@@ -243,6 +243,29 @@ def test_fit_batch_equals_serial_fits_bit_for_bit(noisy):
         potential(batch[0].coef, 0.3, 3), rel=1e-12)
 
 
+@pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
+def test_fit_batch_flow_equals_serial_flow_fits_bit_for_bit(noisy, tmp_path, method):
+    """The kind's batched flow: each trial (its own scale, first step, end time and
+    tolerance) equals its serial flow fit bit for bit, and so do its checkpoints resumed
+    together by resume_batch."""
+    kw = dict(depth=3, optimizer=method, max_steps=100_000, record=2.0, tol=0)
+    scales, rates, times, rtols = [0.3, 0.6, 1.0], [1e-2, 1e-3, 1e-2], [12.0, 8.0, 5.0], \
+        [1e-6, 1e-5, 1e-7]
+    paths = [tmp_path / f"t{b}.ckpt" for b in range(3)]
+    batch = fastdmf.fit_batch(noisy, seeds=[0, 1, 2], init_scale=scales, lr=rates,
+                              max_time=times, optimizer_options={"rtol": rtols},
+                              checkpoint=paths, **kw)
+    for b, got in enumerate(batch):
+        assert isinstance(got, D.DiagonalResult)
+        ref = fastdmf.fit(noisy, seed=b, init_scale=scales[b], lr=rates[b], max_time=times[b],
+                          optimizer_options={"rtol": rtols[b]}, progress=False, **kw)
+        assert ref.settings["kernels"] != got.settings["kernels"]  # serial vs batched
+        _same(got, ref)
+        assert got.trajectory.time[-1] == times[b] and got.status == "max_time"
+    for got, want in zip(fastdmf.resume_batch(paths), batch, strict=True):
+        _same(got, want)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "flow"])
 def test_checkpoint_resume_is_bit_identical(noisy, tmp_path, optimizer):
     if optimizer == "flow":

@@ -179,3 +179,40 @@ def test_matrix_metrics_agree_with_the_trajectory(tiny_table):
     exact = paper.matrix_metrics(sensing.ground_truth, sensing)
     assert exact["train_loss"] < 1e-28 and exact["recon_error"] == 0.0
     assert exact["effective_rank"] == pytest.approx(1.0)
+
+
+TINY_FLOW = paper.Grid(kinds=("completion",), n_observed=(150,), methods=("depth2", "depth3"),
+                       size=20, rank=2, init_scales=(1e-2, 1e-3), lrs=(1e-3,), seeds=(0, 1),
+                       optimizer="flow", max_time=1e6, max_steps=50_000,
+                       optimizer_options={"rtol": 1e-5})
+
+
+def test_reproduce_table_by_the_flow_rows_are_the_direct_flow_fits(tmp_path):
+    """--optimizer flow: each row is the serial flow fit of its trial, integrated to the
+    grid's tol (the flow time is only an upper bound), with its gradient evaluations."""
+    res = paper.reproduce_table(tmp_path, grid=TINY_FLOW, progress=False)
+    problem = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
+    assert len(res["runs"]) == 2 * 2 * 2
+    for row in res["runs"]:
+        direct = fastdmf.fit(problem, int(row["method"][-1]), seed=row["seed"],
+                             init_scale=row["init_scale"], lr=row["lr"], optimizer="flow",
+                             max_time=1e6, max_steps=50_000, optimizer_options={"rtol": 1e-5},
+                             record=None, parallel=False, progress=False)
+        assert row["status"] == direct.status == "converged"
+        assert row["steps"] == direct.n_steps and row["evals"] == direct.trajectory.n_evals[-1]
+        assert row["evals"] > row["steps"]  # RKC: several evaluations per step
+        assert row["recon_error"] == direct.trajectory.test_error[-1]
+    md = (tmp_path / "table.md").read_text()
+    assert "the gradient flow itself (flow, rtol 1e-05" in md and "| evals |" in md
+
+
+def test_reproduce_cli_takes_the_optimizer(tmp_path, capsys):
+    out = tmp_path / "t"
+    runs = tmp_path / "runs.csv"
+    paper._report.write_csv(runs, paper.reproduce_table(tmp_path / "src", grid=TINY_FLOW,
+                                                        progress=False)["runs"])
+    assert main(["reproduce", "table", "--runs", str(runs), "--kinds", "completion",
+                 "--methods", "depth2,depth3", "--optimizer", "flow", "--out", str(out)]) == 0
+    assert main(["reproduce", "table", "--optimizer", "sgd9", "--kinds", "completion",
+                 "--out", str(out)]) == 2
+    assert "unknown optimizer 'sgd9'" in capsys.readouterr().err

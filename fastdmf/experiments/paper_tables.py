@@ -38,6 +38,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         row["n_seeds"] = len(members)
         row["converged"] = sum(m["status"] == "converged" for m in members)
         row["steps_mean"] = float(np.mean([m["steps"] for m in members]))
+        # gradient evaluations (a discrete step is one; runs.csv files from before the
+        # column have steps only)
+        row["evals_mean"] = float(np.mean([m.get("evals", m["steps"]) for m in members]))
         for name in _METRICS:
             row[f"{name}_mean"], row[f"{name}_std"] = _report.mean_std(m[name] for m in members)
         out.append(row)
@@ -91,10 +94,20 @@ def grid_lines(grid, wall):
         f"{', '.join(map(str, grid.seeds))}"
         + (f" (sensing: {', '.join(map(str, grid.sensing_seeds))})"
            if grid.sensing_seeds and "sensing" in grid.kinds else "")
-        + " (vary the initialisation); stop at train loss "
-        f"{grid.tol:g} or {grid.max_steps:,} steps.",
+        + " (vary the initialisation); " + _stop_rule(grid),
         f"Wall time of the fits: {wall:.1f} s.",
     ]
+
+
+def _stop_rule(grid) -> str:
+    if grid.is_flow:
+        rtol = (grid.optimizer_options or {}).get("rtol")
+        return (f"the gradient flow itself ({grid.optimizer}"
+                + (f", rtol {rtol:g}" if rtol is not None else ", default tolerances")
+                + "; lr is the first trial step), integrated until train loss "
+                f"{grid.tol:g}, flow time {grid.max_time:g} or {grid.max_steps:,} gradient "
+                "evaluations.")
+    return f"stop at train loss {grid.tol:g} or {grid.max_steps:,} steps."
 
 
 def pending_lines(grid):
@@ -142,10 +155,10 @@ def table_md(grid, summary, wall):
              "" if s["init_scale"] is None else f"{s['init_scale']:g}",
              "" if s["lr"] is None else f"{s['lr']:g}",
              f"{s['converged']}/{s['n_seeds']}", f"{s['steps_mean']:,.0f}",
-             *_metric_cells(s)] for s in summary]
+             f"{s['evals_mean']:,.0f}", *_metric_cells(s)] for s in summary]
     lines += _report.markdown_table(
-        ["kind", "obs", "method", "init", "lr", "converged", "steps", "recon. error",
-         "nuclear norm", "eff. rank"], body)
+        ["kind", "obs", "method", "init", "lr", "converged", "steps", "evals",
+         "recon. error", "nuclear norm", "eff. rank"], body)
     pending = pending_lines(grid)
     if pending:
         lines += ["", "## Pending", "", *pending]

@@ -30,7 +30,9 @@ The optimiser ``update``, the step loop ``run`` and the flow integrators are tho
 vector: GroupRMSprop's single group is all of theta (one step size from
 ``sum(du^2) + sum(dv^2)``), and Adam's moments are per entry, as for the matrix kinds.
 ``run_batch`` advances many trials of one problem, one trial per task, each trial running
-the serial ``run``, so a trial computes exactly what its serial run computes.
+the serial ``run``, so a trial computes exactly what its serial run computes;
+``run_batch_flow`` does the same for the flow (the serial ``run_flow``; see
+:mod:`fastdmf.kernels.flow_batch`).
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ from . import _family, cpu
 from . import flow as _flow
 from .batch import _twin
 from .cpu import blocked_sum, run, update
+from .flow_batch import batch_flow_of
 from .sensing import FUSED_BYTES, fused_pass  # noqa: F401  (FUSED_BYTES: read by fused_pass)
 
-__all__ = ["SERIAL", "PARALLEL", "work_layout", "prepare", "run_batch"]
+__all__ = ["SERIAL", "PARALLEL", "work_layout", "prepare", "run_batch", "run_batch_flow"]
 
 
 def work_layout(d, nblk):
@@ -163,3 +166,4 @@ PARALLEL = _build(True)
 run_batch = _twin(SERIAL.run)
 """``fastdmf.kernels.batch.run_batch`` over this family's serial ``run``: the same contract
 (``bufs``, ``dims``, ``offs``, ``obs``, ``opts``, ...), one trial per task."""
+run_batch_flow = batch_flow_of(SERIAL.run_flow)

@@ -1,0 +1,231 @@
+"""``fit_batch`` for the flow optimisers: many gradient flows integrated together.
+
+Each trial keeps its own integrator state (time, step size, evaluations, RKC's stage count and
+stiffness estimate, tolerances), its own plan (record times and end time ``max_time``) and
+its own :class:`~fastdmf.drive.Watch`. One compiled call (the problem kind's ``batch_flow``,
+e.g. :func:`fastdmf.kernels.flow_batch.run_batch_flow`) integrates every running trial up to
+its next record time, one trial per task; Python then records each trial, as
+:func:`fastdmf.drive.drive` does for one fit. Every trial runs the serial kernels and asks
+for the same integration targets in the same order as a serial flow ``fit``, so its result
+is that fit's, bit for bit; a trial that converges, diverges, or spends its evaluation
+budget stops alone with its own status while the others go on.
+
+Checkpoints: one file per trial, in the format of ``fit(..., checkpoint=...)``; each is
+resumed by :func:`fastdmf.resume` (one trial, serially) or, all together, by
+:func:`resume_batch`, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+from ._plan import settings, threads
+from .checkpoint import Checkpointer, check_path, parse_every, restore
+from .drive import Watch
+from .engine import Engine, FlowEngine, stack
+from .kernels.blas import blas_threads
+from .kernels.codes import CONVERGED, RUNNING
+from .result import FitResult
+
+__all__ = ["fit_batch_flow", "resume_batch", "checkpoint_paths", "run_batch_flow"]
+
+
+def checkpoint_paths(checkpoint, n: int) -> list | None:
+    """The trials' checkpoint files: a list of one path per trial as it is, or one path
+    ``p`` standing for ``p.0``, ``p.1``, ... (trial b writes ``f"{p}.{b}"``)."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, (list, tuple)):
+        if len(checkpoint) != n:
+            raise ValueError(f"checkpoint= lists {len(checkpoint)} path(s) for {n} trial(s): "
+                             "give one per seed, or one path p (trial b writes p.b)")
+        paths = [os.fspath(p) for p in checkpoint]
+        if len(set(paths)) != n:
+            raise ValueError("checkpoint= lists a path twice: each trial needs its own file")
+        return paths
+    try:
+        base = os.fspath(checkpoint)
+    except TypeError:
+        raise TypeError(f"checkpoint must be a file path or a list of them, got "
+                        f"{checkpoint!r}") from None
+    return [f"{base}.{b}" for b in range(n)]
+
+
+def run_batch_flow(kind, *args) -> None:
+    """One compiled call of ``kind``'s batched flow (:attr:`fastdmf._kinds.Kind.batch_flow`,
+    the contract of :func:`fastdmf.kernels.flow_batch.run_batch_flow`)."""
+    if kind.batch_flow is None:
+        raise ValueError(f"fit_batch has no batched flow for a {kind.title}; run "
+                         "fastdmf.fit(..., optimizer='flow') per trial")
+    kind.batch_flow(*args)
+
+
+def fit_batch_flow(data, plans, args, checkpoint=None, every=None,
+                   n_threads=None) -> list[FitResult]:
+    """``fit_batch`` for ``optimizer="flow"`` or ``"flow_dopri5"``: ``data`` the trials'
+    shared :class:`~fastdmf._plan.FitData`, ``plans`` one :class:`~fastdmf._plan.Plan` per
+    trial (seed, init scale, hyper-parameters, record times and end time its own), ``args``
+    each trial's arguments as its settings keep them; ``checkpoint`` one path (trial b
+    writes ``p.b``) or one per trial, every ``every`` as in ``fit``."""
+    problem, fitted, val = data.problem, data.offsets, data.val
+    kind = plans[0].kind
+    if kind.batch_flow is None:
+        run_batch_flow(kind)  # refuses it, saying what to do instead
+    n = len(plans)
+    paths = checkpoint_paths(checkpoint, n)
+    if paths is not None:
+        parse_every(every)
+        paths = [check_path(p) for p in paths]
+    engines = []
+    for trial in plans:
+        params = kind.initialize(trial.layout, trial.init, trial.init_scale,
+                                 np.random.default_rng(trial.seed))
+        theta = trial.layout.pack(params, dtype=trial.np_dtype)
+        engines.append(Engine(problem, trial.layout, theta, trial.spec, trial.hyper,
+                              parallel=False))
+        engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
+    stacked = stack(engines)
+    runs = []
+    for b, (eng, trial) in enumerate(zip(engines, plans, strict=True)):
+        trial_args = {**args[b], "checkpoint": None if paths is None else paths[b]}
+        s = settings(trial_args, trial.seed, problem, "serial (batched)")
+        if fitted is not None:
+            s["offsets"] = fitted.describe()
+        if val is not None:
+            s["validation_entries"] = val.n_observed
+        traj = kind.trajectory(trial, problem)
+        watch = Watch(eng, data, trial, traj)
+        saver = None if paths is None else Checkpointer(paths[b], every, trial, data, s)
+        runs.append(FlowTrial(eng, watch, trial, s, saver))
+    with threads(n_threads):
+        statuses = drive_flows(runs, stacked)
+    return [r.result(status) for r, status in zip(runs, statuses, strict=True)]
+
+
+class FlowTrial:
+    """One trial's place in the loop of :func:`fastdmf.drive.drive`, taken apart so that
+    all trials' integrations run in one compiled call: :meth:`start` (the checks before the
+    first chunk), :meth:`target` (the next record time, before a call) and :meth:`settle`
+    (records, stopping and checkpoints, after it)."""
+
+    def __init__(self, engine, watch, plan, settings, saver=None):
+        self.engine, self.watch, self.plan, self.settings, self.saver = (
+            engine, watch, plan, settings, saver)
+        self.nxt, self.status, self.goal, self.before = 1, None, plan.end, None
+
+    def start(self) -> None:
+        eng, plan = self.engine, self.plan
+        if self.saver is not None:
+            self.saver.started(eng, self.watch, self.watch.traj)
+        if self.watch.loss <= plan.tol:
+            self.status = "converged"
+        elif plan.end <= 0:
+            self.status = eng.END_STATUS
+        elif eng.out_of_budget(plan.budget):
+            self.status = "max_steps"
+
+    def target(self) -> float:
+        eng, sched = self.engine, self.plan.schedule
+        while self.nxt < len(sched) and sched[self.nxt] <= eng.position:
+            self.nxt += 1
+        self.goal = sched[self.nxt] if self.nxt < len(sched) else self.plan.end
+        self.before = (eng.position, eng.n_evals)
+        return self.goal
+
+    def settle(self, code: int) -> None:
+        eng, plan = self.engine, self.plan
+        # a call that moved nothing (an RKC step needs more evaluations than are left)
+        stalled = code == RUNNING and (eng.position, eng.n_evals) == self.before
+        done = eng.position >= plan.end or eng.out_of_budget(plan.budget) or stalled
+        at_record = eng.position >= self.goal or code == CONVERGED or done
+        status = self.watch.settle(code, at_record, plan.tol)
+        if status is None and done:
+            status = eng.END_STATUS if eng.position >= plan.end else "max_steps"
+        if status is None and self.saver is not None:
+            self.saver.chunk_done()
+        self.status = status
+
+    def result(self, status) -> FitResult:
+        eng = self.engine
+        return self.plan.kind.result([np.array(w) for w in eng.factors()], self.watch.traj,
+                                     status, self.settings, eng.n_steps,
+                                     self.watch.data.offsets)
+
+
+def drive_flows(runs, stacked, fresh=True) -> list[str]:
+    """Integrate every trial of ``runs`` (:class:`FlowTrial`, engines bound to the rows of
+    ``stacked``) to its end; their statuses after :meth:`~fastdmf.drive.Watch.finish`,
+    final checkpoints written. The trials share one problem, evaluation budget and tol."""
+    if fresh:
+        for r in runs:
+            r.start()
+    n = len(runs)
+    caps = np.array([r.watch.cap for r in runs])
+    t_ends, status = np.zeros(n), np.zeros(n, np.int64)
+    eng0, plan0 = runs[0].engine, runs[0].plan
+    bufs = (stacked["theta"], stacked["grad"], stacked["work"], stacked["rowloss"])
+    flows = tuple(stacked[name] for name in FlowEngine.FLOW)
+    while True:
+        active = np.array([r.status is None for r in runs])
+        if not active.any():
+            break
+        for b in np.flatnonzero(active):
+            t_ends[b] = runs[b].target()
+        with blas_threads(1):
+            old = numba.get_parallel_chunksize()
+            numba.set_parallel_chunksize(1)
+            try:
+                run_batch_flow(plan0.kind, bufs, eng0.dims, eng0.offs, eng0.obs, flows,
+                               t_ends, int(plan0.budget), float(plan0.tol), caps, active,
+                               status)
+            finally:
+                numba.set_parallel_chunksize(old)
+        for b in np.flatnonzero(active):
+            runs[b].settle(int(status[b]))
+    statuses = [r.watch.finish(r.status) for r in runs]
+    for r, s in zip(runs, statuses, strict=True):
+        if r.saver is not None:
+            r.saver.finish(s)
+    return statuses
+
+
+def resume_batch(paths, n_threads=None) -> list[FitResult]:
+    """Continue the trials of a batched flow from their checkpoint files, all together; one
+    :class:`FitResult` per path, each bit for bit the uninterrupted trial's (and the result
+    :func:`fastdmf.resume` gives for that file alone). The files are those
+    ``fit_batch(..., optimizer="flow", checkpoint=...)`` wrote: trials of one problem (its
+    arrays must match), one optimiser and one evaluation budget. A finished trial's file
+    returns its result; the others keep writing their checkpoints at their cadence."""
+    paths = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike))
+                                    else paths)]
+    if not paths:
+        raise ValueError("resume_batch needs at least one checkpoint file")
+    with threads(n_threads):
+        fits = [restore(p) for p in paths]
+        first = fits[0].state
+        for p, fit in zip(paths, fits, strict=True):
+            for key in ("problem_sha256", "optimizer", "dims", "dtype", "budget", "tol"):
+                if fit.state[key] != first[key]:
+                    raise ValueError(f"{p!r} is not a trial of the same batch as "
+                                     f"{paths[0]!r}: its {key} differs; resume it with "
+                                     "fastdmf.resume")
+            if not fit.plan.is_flow or fit.state["parallel"]:
+                raise ValueError(f"{p!r} holds a {fit.state['optimizer']!r} fit, not a "
+                                 "trial of a batched flow; resume_batch continues batched "
+                                 "flows, fastdmf.resume any single fit")
+        results = [fit.result for fit in fits]
+        live = [b for b, fit in enumerate(fits) if fit.result is None]
+        if live:
+            engines = [fits[b].engine for b in live]
+            for eng in engines[1:]:
+                eng.obs = engines[0].obs  # one copy of the observations (or operator)
+            stacked = stack(engines)
+            runs = [FlowTrial(fits[b].engine, fits[b].watch, fits[b].plan, fits[b].settings,
+                              fits[b].saver) for b in live]
+            statuses = drive_flows(runs, stacked, fresh=False)
+            for b, r, status in zip(live, runs, statuses, strict=True):
+                results[b] = r.result(status)
+    return results
