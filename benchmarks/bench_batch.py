@@ -40,8 +40,12 @@ def torch_steps_per_second(problem, steps):
     torch.set_num_threads(TORCH_THREADS)
     m, n = problem.shape
     rng = np.random.default_rng(0)
-    ws = [torch.nn.Parameter(torch.tensor(rng.standard_normal((m if j == 2 else n, n))
-                                          * 1e-1 / np.sqrt(n))) for j in range(3)]
+    ws = [
+        torch.nn.Parameter(
+            torch.tensor(rng.standard_normal((m if j == 2 else n, n)) * 1e-1 / np.sqrt(n))
+        )
+        for j in range(3)
+    ]
     rows = torch.tensor(problem.rows)
     cols = torch.tensor(problem.cols)
     y = torch.tensor(problem.values)
@@ -75,23 +79,34 @@ def main(argv=None):
     rows = []
     for threads in (1, 2):
         t = time.perf_counter()
-        fastdmf.fit_batch(problem, seeds=seeds, init_scale=scales, max_steps=args.steps,
-                          n_threads=threads, **kw)
-        rows.append((f"fit_batch, {threads} thread(s)",
-                     args.trials * args.steps / (time.perf_counter() - t)))
+        fastdmf.fit_batch(
+            problem, seeds=seeds, init_scale=scales, max_steps=args.steps, n_threads=threads, **kw
+        )
+        rows.append(
+            (
+                f"fit_batch, {threads} thread(s)",
+                args.trials * args.steps / (time.perf_counter() - t),
+            )
+        )
     n_serial = min(SERIAL_TRIALS, args.trials)
     t = time.perf_counter()
     for s, sc in zip(seeds[:n_serial], scales[:n_serial], strict=True):
         fastdmf.fit(problem, seed=s, init_scale=sc, max_steps=args.steps, parallel=False, **kw)
-    rows.append((f"fit per trial, serial ({n_serial} trials)",
-                 n_serial * args.steps / (time.perf_counter() - t)))
+    rows.append(
+        (
+            f"fit per trial, serial ({n_serial} trials)",
+            n_serial * args.steps / (time.perf_counter() - t),
+        )
+    )
     torch_rate = torch_steps_per_second(problem, args.steps)
     if torch_rate is not None:
         rows.append(("PyTorch per trial (dense, autograd, SGD)", torch_rate))
     print("# Batch throughput")
     print("\n".join(stamp(torch_threads=TORCH_THREADS)))
-    print(f"- paper grid cell (100x100, 2000 obs, depth 3, width 100), {args.trials} trials x "
-          f"{args.steps} steps, float64")
+    print(
+        f"- paper grid cell (100x100, 2000 obs, depth 3, width 100), {args.trials} trials x "
+        f"{args.steps} steps, float64"
+    )
     print()
     print("| runner | trial-steps/s | vs 1-thread batch | vs PyTorch |")
     print("|---|---|---|---|")

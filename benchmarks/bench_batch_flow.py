@@ -54,30 +54,37 @@ def main(argv=None):
     fastdmf.fit(problem, seed=0, parallel=False, progress=False, **{**kw, "max_time": 1.0})
     before = load()
     t, c = time.perf_counter(), time.process_time()
-    serial = [fastdmf.fit(problem, seed=s, init_scale=sc, parallel=False, progress=False, **kw)
-              for s, sc in zip(seeds, scales, strict=True)]
-    rows = [("serial fit, one trial after another", time.perf_counter() - t,
-             time.process_time() - c)]
+    serial = [
+        fastdmf.fit(problem, seed=s, init_scale=sc, parallel=False, progress=False, **kw)
+        for s, sc in zip(seeds, scales, strict=True)
+    ]
+    rows = [
+        ("serial fit, one trial after another", time.perf_counter() - t, time.process_time() - c)
+    ]
     for threads in (1, 2):
         t, c = time.perf_counter(), time.process_time()
-        batch = fastdmf.fit_batch(problem, seeds=seeds, init_scale=scales, n_threads=threads,
-                                  **kw)
-        rows.append((f"fit_batch, {threads} thread(s)", time.perf_counter() - t,
-                     time.process_time() - c))
+        batch = fastdmf.fit_batch(problem, seeds=seeds, init_scale=scales, n_threads=threads, **kw)
+        rows.append(
+            (f"fit_batch, {threads} thread(s)", time.perf_counter() - t, time.process_time() - c)
+        )
         for a, b in zip(batch, serial, strict=True):
             assert a.status == b.status and a.n_steps == b.n_steps
             assert all(np.array_equal(x, y) for x, y in zip(a.factors, b.factors, strict=True))
     evals = [int(r.trajectory.n_evals[-1]) for r in serial]
     print("# Batched gradient flow")
     print("\n".join(stamp(torch_threads=None)))
-    print(f"- paper grid cell (100x100, 2000 obs, depth {args.depth}, width 100), "
-          f"{args.trials} trials (init {', '.join(f'{s:g}' for s in SCALES[:args.trials])} "
-          f"cycling, seeds 0..{args.trials - 1}), flow (RKC, rtol 1e-6) to train loss 1e-6, "
-          "float64")
+    print(
+        f"- paper grid cell (100x100, 2000 obs, depth {args.depth}, width 100), "
+        f"{args.trials} trials (init {', '.join(f'{s:g}' for s in SCALES[: args.trials])} "
+        f"cycling, seeds 0..{args.trials - 1}), flow (RKC, rtol 1e-6) to train loss 1e-6, "
+        "float64"
+    )
     print(f"- {before} before, {load()} after (2 cores shared with other work)")
-    print(f"- statuses: {sorted({r.status for r in serial})}; gradient evaluations per "
-          f"trial: {evals} (total {sum(evals):,}); every batched trial equals its serial "
-          "fit bit for bit")
+    print(
+        f"- statuses: {sorted({r.status for r in serial})}; gradient evaluations per "
+        f"trial: {evals} (total {sum(evals):,}); every batched trial equals its serial "
+        "fit bit for bit"
+    )
     print()
     print("| runner | wall s | CPU s | cores' worth (CPU / wall) | speed-up vs serial |")
     print("|---|---|---|---|---|")

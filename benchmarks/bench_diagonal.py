@@ -64,8 +64,20 @@ def _setup(problem, scale, parallel=False):
 def _run(kern, nblk, obs, bufs, lay, k):
     theta, grad, work, resid = bufs
     opt = (GD[0], GD[1], np.zeros(0), np.zeros(3))
-    return kern.run(theta, grad, work, np.asarray(lay.dims, np.int64), lay.offsets, obs,
-                    resid, opt, k, 0.0, np.inf, nblk)
+    return kern.run(
+        theta,
+        grad,
+        work,
+        np.asarray(lay.dims, np.int64),
+        lay.offsets,
+        obs,
+        resid,
+        opt,
+        k,
+        0.0,
+        np.inf,
+        nblk,
+    )
 
 
 def step_times(problem, k, repeats):
@@ -107,13 +119,31 @@ def batch_times(problem, n_trials, k, repeats):
 
     def batched():
         thetas = init.copy()
-        bufs = (thetas, np.zeros_like(thetas), np.zeros((n_trials, work.size)),
-                np.zeros((n_trials, resid.size)))
-        opts = (np.zeros(n_trials, np.int64), np.tile(GD[1], (n_trials, 1)),
-                np.zeros((n_trials, 0)), np.zeros((n_trials, 3)))
+        bufs = (
+            thetas,
+            np.zeros_like(thetas),
+            np.zeros((n_trials, work.size)),
+            np.zeros((n_trials, resid.size)),
+        )
+        opts = (
+            np.zeros(n_trials, np.int64),
+            np.tile(GD[1], (n_trials, 1)),
+            np.zeros((n_trials, 0)),
+            np.zeros((n_trials, 3)),
+        )
         status = np.zeros(n_trials, np.int64)
-        K.run_batch(bufs, dims, lay.offsets, obs, opts, k, 0.0, np.full(n_trials, np.inf),
-                    np.ones(n_trials, np.bool_), status)
+        K.run_batch(
+            bufs,
+            dims,
+            lay.offsets,
+            obs,
+            opts,
+            k,
+            0.0,
+            np.full(n_trials, np.inf),
+            np.ones(n_trials, np.bool_),
+            status,
+        )
         return thetas
 
     def serial():
@@ -143,34 +173,50 @@ def main(argv=None):
     n, d = 1000, 10_000
     repeats, k = (5, 5) if args.quick else (15, 10)
     problem = D.synthetic_sparse_regression(n, d, 20, seed=0)
-    lines = ["# Deep diagonal networks: step and batch timings", "", *stamp(None),
-             f"- OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
-             f"Numba threads {numba.get_num_threads()}", "",
-             f"## One step, n = {n}, d = {d}, depth {DEPTH}, GD (ms/step, {repeats} repeats "
-             f"of {k} steps)", "",
-             "| implementation | median | best | / two mat-vecs | X read GB/s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# Deep diagonal networks: step and batch timings",
+        "",
+        *stamp(None),
+        f"- OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+        f"Numba threads {numba.get_num_threads()}",
+        "",
+        f"## One step, n = {n}, d = {d}, depth {DEPTH}, GD (ms/step, {repeats} repeats "
+        f"of {k} steps)",
+        "",
+        "| implementation | median | best | / two mat-vecs | X read GB/s |",
+        "|---|---|---|---|---|",
+    ]
     before = cpu_snapshot()
     times = step_times(problem, k, repeats)
     busy_step = contention(before, cpu_snapshot())
     floor = np.median(times["numpy two mat-vecs"])
     for name, t in times.items():
         med = np.median(t)
-        lines.append(f"| {name} | {1e3 * med:.2f} | {1e3 * t.min():.2f} | {med / floor:.2f} | "
-                     f"{8 * n * d / med / 1e9:.1f} |")
+        lines.append(
+            f"| {name} | {1e3 * med:.2f} | {1e3 * t.min():.2f} | {med / floor:.2f} | "
+            f"{8 * n * d / med / 1e9:.1f} |"
+        )
     n_trials, kb = 4, (5 if args.quick else 10)
     before = cpu_snapshot()
     tb, ts, same = batch_times(problem, n_trials, kb, max(3, repeats // 3))
     busy_batch = contention(before, cpu_snapshot())
-    lines += ["", f"## {n_trials} trials x {kb} steps, run_batch ({numba.get_num_threads()} "
-              "threads) vs serial runs in turn (s)", "",
-              "| batched median | serial median | speed-up | bit-identical |", "|---|---|---|---|",
-              f"| {np.median(tb):.3f} | {np.median(ts):.3f} | {np.median(ts) / np.median(tb):.2f}x"
-              f" | {same} |"]
+    lines += [
+        "",
+        f"## {n_trials} trials x {kb} steps, run_batch ({numba.get_num_threads()} "
+        "threads) vs serial runs in turn (s)",
+        "",
+        "| batched median | serial median | speed-up | bit-identical |",
+        "|---|---|---|---|",
+        f"| {np.median(tb):.3f} | {np.median(ts):.3f} | {np.median(ts) / np.median(tb):.2f}x"
+        f" | {same} |",
+    ]
     (other_s, steal_s), (other_b, steal_b) = busy_step, busy_batch
-    lines += ["", f"Other processes used {other_s:.0f}% of all cores during the step timings "
-              f"and {other_b:.0f}% during the batch timings (steal {steal_s:.0f}% / "
-              f"{steal_b:.0f}%): parallel figures on a shared machine depend on it."]
+    lines += [
+        "",
+        f"Other processes used {other_s:.0f}% of all cores during the step timings "
+        f"and {other_b:.0f}% during the batch timings (steal {steal_s:.0f}% / "
+        f"{steal_b:.0f}%): parallel figures on a shared machine depend on it.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -35,8 +35,7 @@ from fastdmf.factors import FactorLayout, initialize  # noqa: E402
 
 def step_time(problem, dtype, parallel, k, repeats=7):
     layout = FactorLayout.build(problem.shape, 3, 100)
-    theta = layout.pack(initialize(layout, "gaussian", 1e-3, np.random.default_rng(0)),
-                        dtype=dtype)
+    theta = layout.pack(initialize(layout, "gaussian", 1e-3, np.random.default_rng(0)), dtype=dtype)
     eng = Engine(problem, layout, theta, "gd", np.array([1e-3, 0, 0, 0]), parallel=parallel)
     eng.run(2, 0.0, 1e300)
     times = []
@@ -49,8 +48,11 @@ def step_time(problem, dtype, parallel, k, repeats=7):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats, a smaller large problem, fits capped at 5000 steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repeats, a smaller large problem, fits capped at 5000 steps",
+    )
     parser.add_argument("--out", help="also write the report (markdown) to this file")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 7
@@ -69,27 +71,35 @@ def main(argv=None):
     paper = fastdmf.synthetic_completion(seed=0)
     big_shape, big_obs = ((1000, 1000), 50_000) if args.quick else ((2000, 2000), 200_000)
     big = fastdmf.synthetic_completion(shape=big_shape, rank=5, n_observed=big_obs, seed=0)
-    for name, prob, par, k in (("100x100, 2000 obs", paper, False, 500),
-                               (f"{big_shape[0]}x{big_shape[1]}, {big_obs // 1000}k obs", big,
-                                True, 10)):
+    for name, prob, par, k in (
+        ("100x100, 2000 obs", paper, False, 500),
+        (f"{big_shape[0]}x{big_shape[1]}, {big_obs // 1000}k obs", big, True, 10),
+    ):
         t64 = step_time(prob, np.float64, par, k, repeats)
         t32 = step_time(prob, np.float32, par, k, repeats)
-        say(f"| {name} | {'parallel' if par else 'serial'} | {1e3 * t64:.3f} | "
-            f"{1e3 * t32:.3f} | {t64 / t32:.2f}x |")
+        say(
+            f"| {name} | {'parallel' if par else 'serial'} | {1e3 * t64:.3f} | "
+            f"{1e3 * t32:.3f} | {t64 / t32:.2f}x |"
+        )
     say()
     cap = {"max_steps": 5000} if args.quick else {}
-    fits = {dt: fastdmf.fit(paper, depth=3, seed=0, record=500, dtype=dt, **cap)
-            for dt in ("float64", "float32")}
+    fits = {
+        dt: fastdmf.fit(paper, depth=3, seed=0, record=500, dtype=dt, **cap)
+        for dt in ("float64", "float32")
+    }
     a, b = fits["float64"].trajectory, fits["float32"].trajectory
     n = min(len(a), len(b))
-    gap = np.max(np.abs(b.singular_values[:n, 0] - a.singular_values[:n, 0])
-                 / a.singular_values[:n, 0])
+    gap = np.max(
+        np.abs(b.singular_values[:n, 0] - a.singular_values[:n, 0]) / a.singular_values[:n, 0]
+    )
     say("| dtype | status | steps | reconstruction error | top-5 singular values |")
     say("|---|---|---|---|---|")
     for dt, res in fits.items():
         tr = res.trajectory
-        say(f"| {dt} | {res.status} | {res.n_steps} | {tr.test_error[-1]:.3e} | "
-            f"{np.array2string(tr.singular_values[-1][:5], precision=4)} |")
+        say(
+            f"| {dt} | {res.status} | {res.n_steps} | {tr.test_error[-1]:.3e} | "
+            f"{np.array2string(tr.singular_values[-1][:5], precision=4)} |"
+        )
     say()
     say(f"largest relative gap of sigma_1 over the {n} common records: {gap:.2e}")
     if args.out:

@@ -67,11 +67,15 @@ def main(argv=None):
     say()
     conv, t_conv = timed(optimizer="flow", lr=1e-3, max_time=1e7, tol=1e-6, max_steps=10**8)
     T = float(conv.trajectory.time[-1])
-    say(f"flow to train loss 1e-6: T = {T:.6g}, {conv.trajectory.n_evals[-1]} gradient "
-        f"evaluations ({conv.n_steps} accepted steps), {t_conv:.2f} s")
+    say(
+        f"flow to train loss 1e-6: T = {T:.6g}, {conv.trajectory.n_evals[-1]} gradient "
+        f"evaluations ({conv.n_steps} accepted steps), {t_conv:.2f} s"
+    )
     say()
-    say("| GD step h | steps | wall (s) | top-5 singular values | test error | change vs 2h "
-        "(sv, test error) |")
+    say(
+        "| GD step h | steps | wall (s) | top-5 singular values | test error | change vs 2h "
+        "(sv, test error) |"
+    )
     say("|---|---|---|---|---|---|")
     h, prev, ref, t_ref = args.h0, None, None, None
     while True:
@@ -82,34 +86,50 @@ def main(argv=None):
             derr = rel([res.trajectory.test_error[-1]], [prev.trajectory.test_error[-1]])
         else:
             dsv = derr = np.nan
-        say(f"| {T / steps:.4g} | {steps} | {wall:.1f} | {np.array2string(top(res), precision=4)}"
-            f" | {res.trajectory.test_error[-1]:.4e} | {dsv:.1e}, {derr:.1e} |")
+        say(
+            f"| {T / steps:.4g} | {steps} | {wall:.1f} | {np.array2string(top(res), precision=4)}"
+            f" | {res.trajectory.test_error[-1]:.4e} | {dsv:.1e}, {derr:.1e} |"
+        )
         if prev is not None and dsv < 1e-3 and derr < 5e-3:
             ref, t_ref = res, wall
             break
         prev, h = res, h / 2
     say()
-    say("| run | gradient evaluations | wall (s) | test error | top-5 singular values | "
-        "sv diff | test error diff | fewer evaluations | less wall time |")
+    say(
+        "| run | gradient evaluations | wall (s) | test error | top-5 singular values | "
+        "sv diff | test error diff | fewer evaluations | less wall time |"
+    )
     say("|---|---|---|---|---|---|---|---|---|")
-    say(f"| GD reference, h = {ref.settings['arguments']['lr']:.4g} | {ref.n_steps} | "
+    say(
+        f"| GD reference, h = {ref.settings['arguments']['lr']:.4g} | {ref.n_steps} | "
         f"{t_ref:.2f} | {ref.trajectory.test_error[-1]:.4e} | "
-        f"{np.array2string(top(ref), precision=5)} | | | | |")
+        f"{np.array2string(top(ref), precision=5)} | | | | |"
+    )
     for name, rtol in (("flow", 1e-4), ("flow", 1e-6), ("flow_dopri5", 1e-6)):
-        res, wall = timed(optimizer=name, lr=1e-3, max_time=T, tol=0, max_steps=10**8,
-                          optimizer_options={"rtol": rtol, "atol": rtol * 1e-3})
+        res, wall = timed(
+            optimizer=name,
+            lr=1e-3,
+            max_time=T,
+            tol=0,
+            max_steps=10**8,
+            optimizer_options={"rtol": rtol, "atol": rtol * 1e-3},
+        )
         evals = res.trajectory.n_evals[-1]
         dsv = rel(top(res), top(ref))
         derr = rel([res.trajectory.test_error[-1]], [ref.trajectory.test_error[-1]])
-        say(f"| {name}, rtol {rtol:g} | {evals} | {wall:.2f} | "
+        say(
+            f"| {name}, rtol {rtol:g} | {evals} | {wall:.2f} | "
             f"{res.trajectory.test_error[-1]:.4e} | {np.array2string(top(res), precision=5)} | "
-            f"{dsv:.1e} | {derr:.1e} | {ref.n_steps / evals:.0f}x | {t_ref / wall:.0f}x |")
+            f"{dsv:.1e} | {derr:.1e} | {ref.n_steps / evals:.0f}x | {t_ref / wall:.0f}x |"
+        )
     say()
     rms, t_rms = timed(optimizer="grouprmsprop", lr=1e-3, tol=1e-6)
     dist = np.linalg.norm(rms.matrix() - conv.matrix()) / np.linalg.norm(conv.matrix())
-    say(f"GroupRMSprop (lr 1e-3) to loss 1e-6: {rms.n_steps} evaluations, {t_rms:.2f} s, test "
+    say(
+        f"GroupRMSprop (lr 1e-3) to loss 1e-6: {rms.n_steps} evaluations, {t_rms:.2f} s, test "
         f"error {rms.trajectory.test_error[-1]:.4e} (flow: {conv.trajectory.test_error[-1]:.4e});"
-        f" ||W_rms - W_flow|| / ||W_flow|| = {dist:.2e}")
+        f" ||W_rms - W_flow|| / ||W_flow|| = {dist:.2e}"
+    )
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(lines) + "\n")

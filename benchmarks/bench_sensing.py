@@ -74,8 +74,14 @@ class FastdmfImpl:
     def load(self, factors):
         theta = self.layout.pack(factors, dtype=self.dtype)
         if self.engine is None:
-            self.engine = Engine(self.problem, self.layout, theta, "gd",
-                                 np.array([LR, 0, 0, 0]), parallel=self.parallel)
+            self.engine = Engine(
+                self.problem,
+                self.layout,
+                theta,
+                "gd",
+                np.array([LR, 0, 0, 0]),
+                parallel=self.parallel,
+            )
         else:
             self.engine.theta[:] = theta
             self.engine.scalars[:] = 0
@@ -137,25 +143,38 @@ class TorchSensing(TorchDense):
 
 def agreement(impls, factors0):
     """One step from ``factors0`` each vs fastdmf serial; float32 rows are reported only."""
-    return check_agreement(impls, factors0,
-                           lambda impl: None if "float32" in impl.name else AGREE_RTOL)
+    return check_agreement(
+        impls, factors0, lambda impl: None if "float32" in impl.name else AGREE_RTOL
+    )
 
 
 def step_section(quick):
-    lines = ["### Time per step (depth 3, 100x100, widths 100, plain GD)", "",
-             "| measurements | implementation | ms/step (median) | ms/step (best) | k | "
-             "x fastdmf serial | operator read GB/s |", "|---|---|---|---|---|---|---|"]
-    agree = ["### Agreement (one step from identical factors, vs fastdmf serial)", "",
-             "max over factors of ||A - B||_F / ||B||_F", "",
-             "| measurements | implementation | gradients | updated factors |",
-             "|---|---|---|---|"]
+    lines = [
+        "### Time per step (depth 3, 100x100, widths 100, plain GD)",
+        "",
+        "| measurements | implementation | ms/step (median) | ms/step (best) | k | "
+        "x fastdmf serial | operator read GB/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    agree = [
+        "### Agreement (one step from identical factors, vs fastdmf serial)",
+        "",
+        "max over factors of ||A - B||_F / ||B||_F",
+        "",
+        "| measurements | implementation | gradients | updated factors |",
+        "|---|---|---|---|",
+    ]
     busy = []
     for p in (2000, 5000):
         problem = fastdmf.synthetic_sensing((100, 100), 5, p, seed=SEED)
         layout = FactorLayout.build(problem.shape, DEPTH)
         factors0 = initialize(layout, "gaussian", INIT_SCALE, np.random.default_rng(SEED))
-        impls = [FastdmfImpl(problem, layout, False), FastdmfImpl(problem, layout, True),
-                 FastdmfImpl(problem, layout, False, np.float32), NumpyDense(problem, layout)]
+        impls = [
+            FastdmfImpl(problem, layout, False),
+            FastdmfImpl(problem, layout, True),
+            FastdmfImpl(problem, layout, False, np.float32),
+            NumpyDense(problem, layout),
+        ]
         if torch_or_none() is not None:
             impls.append(TorchSensing(problem, layout))
         for name, (g, w) in agreement(impls, factors0).items():
@@ -169,29 +188,44 @@ def step_section(quick):
             med, best, k = res[impl.name]
             item = 4 if "float32" in impl.name else 8
             rate = 2 * problem.operator.size * item / med / 1e9
-            lines.append(f"| {p} | {impl.name} | {1e3 * med:.2f} | {1e3 * best:.2f} | {k} | "
-                         f"{med / base:.2f} | {rate:.1f} |")
+            lines.append(
+                f"| {p} | {impl.name} | {1e3 * med:.2f} | {1e3 * best:.2f} | {k} | "
+                f"{med / base:.2f} | {rate:.1f} |"
+            )
         del impls
-    return lines + ["", "CPU taken by other processes while timing: " + "; ".join(busy),
-                    ""] + agree
+    return lines + ["", "CPU taken by other processes while timing: " + "; ".join(busy), ""] + agree
 
 
 def fit_section(scales):
     problem = fastdmf.synthetic_sensing((100, 100), 5, 2000, seed=SEED)
-    lines = ["### Paper-style fit (100x100 rank 5, 2000 measurements, depth 3, GroupRMSprop "
-             "lr 1e-3, tol 1e-6, serial float64)", "",
-             "| init scale | status | steps | wall s | ms/step | reconstruction error | "
-             "top 6 singular values | effective rank |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Paper-style fit (100x100 rank 5, 2000 measurements, depth 3, GroupRMSprop "
+        "lr 1e-3, tol 1e-6, serial float64)",
+        "",
+        "| init scale | status | steps | wall s | ms/step | reconstruction error | "
+        "top 6 singular values | effective rank |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for scale in scales:
         t0 = time.perf_counter()
-        res = fastdmf.fit(problem, depth=DEPTH, init_scale=scale, lr=1e-3, tol=1e-6,
-                          max_steps=200_000, record=1000, seed=SEED)
+        res = fastdmf.fit(
+            problem,
+            depth=DEPTH,
+            init_scale=scale,
+            lr=1e-3,
+            tol=1e-6,
+            max_steps=200_000,
+            record=1000,
+            seed=SEED,
+        )
         wall = time.perf_counter() - t0
         tr = res.trajectory
         sv = np.array2string(tr.singular_values[-1][:6], precision=3, max_line_width=200)
-        lines.append(f"| {scale:g} | {res.status} | {res.n_steps} | {wall:.0f} | "
-                     f"{1e3 * wall / max(res.n_steps, 1):.1f} | {tr.test_error[-1]:.2e} | "
-                     f"{sv} | {tr.effective_rank[-1]:.2f} |")
+        lines.append(
+            f"| {scale:g} | {res.status} | {res.n_steps} | {wall:.0f} | "
+            f"{1e3 * wall / max(res.n_steps, 1):.1f} | {tr.test_error[-1]:.2e} | "
+            f"{sv} | {tr.effective_rank[-1]:.2f} |"
+        )
         print(lines[-1], flush=True)
     return lines
 

@@ -235,8 +235,9 @@ def run_config(cfg, repeats, target_s):
     layout = FactorLayout.build(cfg.shape, cfg.depth, cfg.width)
     factors0 = initialize(layout, "gaussian", INIT_SCALE, np.random.default_rng(SEED))
     impls = make_impls(problem, layout)
-    agree = check_agreement(impls, factors0, lambda impl: AGREE_RTOL if DTYPE == "float64"
-                            else AGREE_RTOL_F32)
+    agree = check_agreement(
+        impls, factors0, lambda impl: AGREE_RTOL if DTYPE == "float64" else AGREE_RTOL_F32
+    )
     times = time_impls(impls, factors0, repeats, target_s)
     return {
         "times": times,
@@ -395,8 +396,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
     parser.add_argument("--out", help="also write the markdown report to this file")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                        help="compute dtype of every implementation (float32: no memory rows)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="compute dtype of every implementation (float32: no memory rows)",
+    )
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global DTYPE

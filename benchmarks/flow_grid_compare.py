@@ -22,19 +22,27 @@ DOCS = ROOT / "docs" / "reproduction"
 def read(path):
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {(int(r["n_observed"]), r["method"], float(r["init_scale"]), float(r["lr"])): r
-            for r in rows if r["method"].startswith("depth")}
+    return {
+        (int(r["n_observed"]), r["method"], float(r["init_scale"]), float(r["lr"])): r
+        for r in rows
+        if r["method"].startswith("depth")
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tables", nargs="*", default=[DOCS / "table_full_completion.csv",
-                                                      DOCS / "table_full_completion_flow.csv"])
+    parser.add_argument(
+        "tables",
+        nargs="*",
+        default=[DOCS / "table_full_completion.csv", DOCS / "table_full_completion_flow.csv"],
+    )
     parser.add_argument("--within", type=float, default=0.10)
     args = parser.parse_args(argv)
     grm, flow = (read(p) for p in args.tables)
-    print("| obs | depth | init | lr | GroupRMSprop error | steps | flow error | evals | "
-          "flow / GroupRMSprop |")
+    print(
+        "| obs | depth | init | lr | GroupRMSprop error | steps | flow error | evals | "
+        "flow / GroupRMSprop |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     inside, outside = 0, []
     for key in sorted(grm, key=lambda k: (k[0], k[1], -k[2], -k[3])):
@@ -47,15 +55,24 @@ def main(argv=None):
         if not ok:
             outside.append((key, ratio))
         evals = float(f.get("evals_mean") or f["steps_mean"])
-        print(f"| {key[0]} | {key[1][-1]} | {key[2]:g} | {key[3]:g} | "
-              f"{float(g['recon_error_mean']):.3g} | {float(g['steps_mean']):,.0f} | "
-              f"{float(f['recon_error_mean']):.3g} | {evals:,.0f} | "
-              f"{'**' if not ok else ''}{ratio:.3f}{'**' if not ok else ''} |")
+        print(
+            f"| {key[0]} | {key[1][-1]} | {key[2]:g} | {key[3]:g} | "
+            f"{float(g['recon_error_mean']):.3g} | {float(g['steps_mean']):,.0f} | "
+            f"{float(f['recon_error_mean']):.3g} | {evals:,.0f} | "
+            f"{'**' if not ok else ''}{ratio:.3f}{'**' if not ok else ''} |"
+        )
     total = inside + len(outside)
     print()
-    print(f"{inside}/{total} cells within {100 * args.within:g}% of GroupRMSprop; outside: "
-          + (", ".join(f"{k[0]} obs depth {k[1][-1]} init {k[2]:g} lr {k[3]:g} ({r:.3f}x)"
-                       for k, r in outside) or "none"))
+    print(
+        f"{inside}/{total} cells within {100 * args.within:g}% of GroupRMSprop; outside: "
+        + (
+            ", ".join(
+                f"{k[0]} obs depth {k[1][-1]} init {k[2]:g} lr {k[3]:g} ({r:.3f}x)"
+                for k, r in outside
+            )
+            or "none"
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ def stamp(commit=None):
     dev = kc.cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
     say("# fastdmf GPU check")
-    say(f"- GPU: {name} (compute capability {dev.compute_capability}, "
-        f"{dev.MULTIPROCESSOR_COUNT} SMs)")
+    say(
+        f"- GPU: {name} (compute capability {dev.compute_capability}, "
+        f"{dev.MULTIPROCESSOR_COUNT} SMs)"
+    )
     try:
         import cupy
 
@@ -82,10 +84,14 @@ def stamp(commit=None):
 
 def batch_state(problem, layout, seeds, dtype, optimizer="grouprmsprop", lr=1e-3, scale=1e-3):
     spec = get_optimizer(optimizer)
-    thetas = np.stack([
-        layout.pack(initialize(layout, "gaussian", scale, np.random.default_rng(s)), dtype=dtype)
-        for s in seeds
-    ])
+    thetas = np.stack(
+        [
+            layout.pack(
+                initialize(layout, "gaussian", scale, np.random.default_rng(s)), dtype=dtype
+            )
+            for s in seeds
+        ]
+    )
     B, P = thetas.shape
     hyper = np.tile(spec.hyper(lr, {}), (B, 1))
     ostate = np.zeros((B, spec.state_slots * P), dtype)
@@ -100,15 +106,22 @@ def check_correctness():
     ok_all = True
     for dtype, tol in (("float64", 1e-12), ("float32", 1e-4)):
         for depth, widths in ((1, None), (2, [40]), (3, [30, 45]), (4, [35, 20, 40])):
-            for dense in ((False,) if depth == 1 else (False, True)):
+            for dense in (False,) if depth == 1 else (False, True):
                 layout = FactorLayout.build(p.shape, depth, widths)
                 rng = np.random.default_rng(depth)
                 fs = [initialize(layout, "gaussian", 2.0, rng) for _ in range(3)]
                 thetas = np.stack([layout.pack(f, dtype=dtype) for f in fs])
                 B = len(fs)
-                db = kc.DeviceBatch(p, layout.dims, thetas, np.zeros(B, np.int64),
-                                    np.zeros((B, 4)), np.zeros((B, 0), dtype),
-                                    np.zeros((B, 3)), {"split_k": 32, "dense": dense})
+                db = kc.DeviceBatch(
+                    p,
+                    layout.dims,
+                    thetas,
+                    np.zeros(B, np.int64),
+                    np.zeros((B, 4)),
+                    np.zeros((B, 0), dtype),
+                    np.zeros((B, 3)),
+                    {"split_k": 32, "dense": dense},
+                )
                 loss, grads = db.evaluate()
                 err = 0.0
                 for b in range(B):
@@ -119,30 +132,48 @@ def check_correctness():
                         err = max(err, float(np.abs(a - g).max() / np.abs(g).max()))
                 ok = err < tol
                 ok_all &= ok
-                say(f"| loss+grad vs NumPy, {db.path}, {dtype}, depth {depth} | max rel err "
-                    f"{err:.1e} | {'yes' if ok else 'NO'} |")
+                say(
+                    f"| loss+grad vs NumPy, {db.path}, {dtype}, depth {depth} | max rel err "
+                    f"{err:.1e} | {'yes' if ok else 'NO'} |"
+                )
     ok_all &= check_steps(p)
     kw = dict(depth=3, init_scale=1e-1, lr=1e-3, max_steps=500, record=100, seed=3, tol=0)
     gpu = fastdmf.fit(p, backend="cuda", **kw)
     cpu = fastdmf.fit(p, **kw)
-    diff = max(float(np.abs(a - b).max() / np.abs(b).max())
-               for a, b in zip(gpu.factors, cpu.factors, strict=True))
+    diff = max(
+        float(np.abs(a - b).max() / np.abs(b).max())
+        for a, b in zip(gpu.factors, cpu.factors, strict=True)
+    )
     ok = diff < 1e-8
     ok_all &= ok
-    say(f"| fit: 500 GroupRMSprop steps, GPU ({path_of(p, 3)}) vs CPU factors | max rel diff "
-        f"{diff:.1e} | {'yes' if ok else 'NO'} |")
-    batch = fastdmf.fit_batch(p, depth=3, seeds=[3, 4, 5], init_scale=1e-1, lr=1e-3,
-                              max_steps=200, record=100, tol=0, backend="cuda")
+    say(
+        f"| fit: 500 GroupRMSprop steps, GPU ({path_of(p, 3)}) vs CPU factors | max rel diff "
+        f"{diff:.1e} | {'yes' if ok else 'NO'} |"
+    )
+    batch = fastdmf.fit_batch(
+        p,
+        depth=3,
+        seeds=[3, 4, 5],
+        init_scale=1e-1,
+        lr=1e-3,
+        max_steps=200,
+        record=100,
+        tol=0,
+        backend="cuda",
+    )
     alone = fastdmf.fit(p, backend="cuda", **{**kw, "max_steps": 200})
-    same = all(np.array_equal(a, b) for a, b in zip(batch[0].factors, alone.factors,
-                                                    strict=True))
-    diff = max(float(np.abs(a - b).max() / np.abs(b).max())
-               for a, b in zip(batch[0].factors, alone.factors, strict=True))
+    same = all(np.array_equal(a, b) for a, b in zip(batch[0].factors, alone.factors, strict=True))
+    diff = max(
+        float(np.abs(a - b).max() / np.abs(b).max())
+        for a, b in zip(batch[0].factors, alone.factors, strict=True)
+    )
     # cuBLAS picks its GEMM kernel by batch size: the dense step promises rounding, not bits
     ok = same or ("cublas" in path_of(p, 3) and diff < 1e-12)
     ok_all &= ok
-    say(f"| batch trial vs the same fit alone on the GPU ({path_of(p, 3)}) | bit-identical: "
-        f"{same}, max rel diff {diff:.1e} | {'yes' if ok else 'NO'} |")
+    say(
+        f"| batch trial vs the same fit alone on the GPU ({path_of(p, 3)}) | bit-identical: "
+        f"{same}, max rel diff {diff:.1e} | {'yes' if ok else 'NO'} |"
+    )
     say("")
     return ok_all
 
@@ -150,8 +181,9 @@ def check_correctness():
 def path_of(problem, depth, launch=None):
     """The step a DeviceBatch of one trial takes on ``problem`` (dense or sparse)."""
     layout = FactorLayout.build(problem.shape, depth)
-    return kc.DeviceBatch(problem, layout.dims, *batch_state(problem, layout, [0], "float64"),
-                          launch).path
+    return kc.DeviceBatch(
+        problem, layout.dims, *batch_state(problem, layout, [0], "float64"), launch
+    ).path
 
 
 def check_steps(p):
@@ -168,16 +200,21 @@ def check_steps(p):
                 db.run(50, 0.0, [np.inf] * 2, [True] * 2, st)
                 err = 0.0
                 for b in range(2):
-                    eng = fastdmf.engine.Engine(p, layout, host[0][b], opt, host[2][b],
-                                                parallel=False)
+                    eng = fastdmf.engine.Engine(
+                        p, layout, host[0][b], opt, host[2][b], parallel=False
+                    )
                     eng.run(50, 0.0, np.inf)
-                    err = max(err, float(np.abs(state[0][b] - eng.theta).max()
-                                         / np.abs(eng.theta).max()),
-                              float(abs(state[4][b][2] - eng.scalars[2]) / eng.scalars[2]))
+                    err = max(
+                        err,
+                        float(np.abs(state[0][b] - eng.theta).max() / np.abs(eng.theta).max()),
+                        float(abs(state[4][b][2] - eng.scalars[2]) / eng.scalars[2]),
+                    )
                 ok = err < tol and st.tolist() == [kc.RUNNING] * 2
                 ok_all &= ok
-                say(f"| 50 {opt} steps, {db.path}, {dtype}, GPU vs CPU engine | max rel diff "
-                    f"{err:.1e} | {'yes' if ok else 'NO'} |")
+                say(
+                    f"| 50 {opt} steps, {db.path}, {dtype}, GPU vs CPU engine | max rel diff "
+                    f"{err:.1e} | {'yes' if ok else 'NO'} |"
+                )
     return ok_all
 
 
@@ -208,9 +245,11 @@ def torch_program(problem, B, dtype, device="cuda"):
     m, n = problem.shape
     d = min(m, n)
     g = torch.Generator(device="cpu").manual_seed(0)
-    ws = [(torch.randn(B, d, n, generator=g, dtype=tdt) * 1e-1 / np.sqrt(n)).to(dev),
-          (torch.randn(B, d, d, generator=g, dtype=tdt) * 1e-1 / np.sqrt(d)).to(dev),
-          (torch.randn(B, m, d, generator=g, dtype=tdt) * 1e-1 / np.sqrt(d)).to(dev)]
+    ws = [
+        (torch.randn(B, d, n, generator=g, dtype=tdt) * 1e-1 / np.sqrt(n)).to(dev),
+        (torch.randn(B, d, d, generator=g, dtype=tdt) * 1e-1 / np.sqrt(d)).to(dev),
+        (torch.randn(B, m, d, generator=g, dtype=tdt) * 1e-1 / np.sqrt(d)).to(dev),
+    ]
     for w in ws:
         w.requires_grad_(True)
     rows = torch.tensor(problem.rows, device=dev)
@@ -251,14 +290,56 @@ def torch_rate(problem, B, steps, dtype):
 
 
 # ATen operator names (the CPU profile's keys), without leading/trailing underscores
-ATEN_GEMM = {"mm", "bmm", "matmul", "addmm", "addbmm", "baddbmm", "mv", "addmv", "dot", "vdot",
-             "linear", "einsum", "tensordot"}
-ATEN_GATHER = {"take", "put", "embedding", "embedding_backward", "embedding_dense_backward",
-               "masked_select"}
-ATEN_REDUCE = {"sum", "mean", "prod", "nansum", "nanmean", "norm", "linalg_vector_norm",
-               "frobenius_norm", "amax", "amin", "aminmax", "max", "min", "argmax", "argmin",
-               "var", "std", "var_mean", "std_mean", "logsumexp", "all", "any", "count_nonzero",
-               "cumsum", "cumprod"}
+ATEN_GEMM = {
+    "mm",
+    "bmm",
+    "matmul",
+    "addmm",
+    "addbmm",
+    "baddbmm",
+    "mv",
+    "addmv",
+    "dot",
+    "vdot",
+    "linear",
+    "einsum",
+    "tensordot",
+}
+ATEN_GATHER = {
+    "take",
+    "put",
+    "embedding",
+    "embedding_backward",
+    "embedding_dense_backward",
+    "masked_select",
+}
+ATEN_REDUCE = {
+    "sum",
+    "mean",
+    "prod",
+    "nansum",
+    "nanmean",
+    "norm",
+    "linalg_vector_norm",
+    "frobenius_norm",
+    "amax",
+    "amin",
+    "aminmax",
+    "max",
+    "min",
+    "argmax",
+    "argmin",
+    "var",
+    "std",
+    "var_mean",
+    "std_mean",
+    "logsumexp",
+    "all",
+    "any",
+    "count_nonzero",
+    "cumsum",
+    "cumprod",
+}
 
 
 def kernel_kind(name):
@@ -269,7 +350,7 @@ def kernel_kind(name):
     at::native::reduce_kernel<...>``) and the CPU profile's ATen operator names alike."""
     low = name.lower()
     if low.startswith("aten::"):
-        op = low[len("aten::"):].strip("_")  # add_ -> add, _index_put_impl_ -> index_put_impl
+        op = low[len("aten::") :].strip("_")  # add_ -> add, _index_put_impl_ -> index_put_impl
         if op in ATEN_GEMM:
             return "GEMM"
         if op.startswith("index") or "scatter" in op or "gather" in op or op in ATEN_GATHER:
@@ -280,8 +361,20 @@ def kernel_kind(name):
     # GPU kernels. cuBLAS's split-K epilogue (splitKreduce_kernel) belongs to its GEMM; scatter
     # kernels carry functor names like ReduceAdd, so the specific reduction kernels come first
     # and the bare word "reduce" only after the gathers and scatters.
-    if any(k in low for k in ("gemm", "gemv", "xmma", "cutlass", "sm90_", "sm80_", "matmul",
-                              "bmm", "splitkreduce")):
+    if any(
+        k in low
+        for k in (
+            "gemm",
+            "gemv",
+            "xmma",
+            "cutlass",
+            "sm90_",
+            "sm80_",
+            "matmul",
+            "bmm",
+            "splitkreduce",
+        )
+    ):
         return "GEMM"
     if any(k in low for k in ("reduce_kernel", "devicereduce", "devicesegmentedreduce")):
         return "reduction"
@@ -369,12 +462,16 @@ def paper_batch(quick):
     B = 1024
     steps = 100 if quick else 300
     cpu = cpu_rate(p, 16, 100)
-    say(f"- fit_batch on this host's CPU, 2 threads: {cpu:,.0f} trial-steps/s "
-        "(reference 2-core machine: see benchmarks/RESULTS_batch.md)")
+    say(
+        f"- fit_batch on this host's CPU, 2 threads: {cpu:,.0f} trial-steps/s "
+        "(reference 2-core machine: see benchmarks/RESULTS_batch.md)"
+    )
     say(f"- each rate: the better of two timed runs of {steps} steps after a warm-up")
     say("")
-    say("| runner | dtype | trials | trial-steps/s | ms/step | vs PyTorch GPU | "
-        "vs host CPU (2 thr) |")
+    say(
+        "| runner | dtype | trials | trial-steps/s | ms/step | vs PyTorch GPU | "
+        "vs host CPU (2 thr) |"
+    )
     say("|---|---|---|---|---|---|---|")
     for dtype in ("float64", "float32"):
         try:
@@ -389,11 +486,15 @@ def paper_batch(quick):
             if launch is None:
                 MEASURED["fastdmf", dtype] = rate
             vs = f"{rate / trate:.2f}x" if trate else "n/a"
-            say(f"| fastdmf CUDA, {path} step | {dtype} | {B} | {rate:,.0f} | "
-                f"{1e3 * B / rate:.3f} | {vs} | {rate / cpu:.1f}x |")
+            say(
+                f"| fastdmf CUDA, {path} step | {dtype} | {B} | {rate:,.0f} | "
+                f"{1e3 * B / rate:.3f} | {vs} | {rate / cpu:.1f}x |"
+            )
         if trate:
-            say(f"| PyTorch batched (bmm, autograd) | {dtype} | {B} | {trate:,.0f} | "
-                f"{1e3 * B / trate:.3f} | 1.00x | {trate / cpu:.1f}x |")
+            say(
+                f"| PyTorch batched (bmm, autograd) | {dtype} | {B} | {trate:,.0f} | "
+                f"{1e3 * B / trate:.3f} | 1.00x | {trate / cpu:.1f}x |"
+            )
     say("")
 
 
@@ -403,8 +504,10 @@ def profile():
     B, steps = 1024, 20
     for dtype, launch in (("float64", None), ("float32", None), ("float64", {"dense": False})):
         db = kc.DeviceBatch(p, layout.dims, *batch_state(p, layout, range(B), dtype), launch)
-        say(f"## Where a step's time goes (paper grid, 1024 trials, {dtype}, {db.path} step, "
-            "launches serialised)")
+        say(
+            f"## Where a step's time goes (paper grid, 1024 trials, {dtype}, {db.path} step, "
+            "launches serialised)"
+        )
         st, act, caps = np.zeros(B, np.int64), np.ones(B, bool), np.full(B, np.inf)
         db.run(2, 0.0, caps, act, st)
         db.timings = {}
@@ -431,9 +534,11 @@ def ceilings():
     bw = copy_bandwidth()
     say(f"- device-to-device copy: {bw:,.0f} GB/s (read + written)")
     say("")
-    say("| dtype | cuBLAS bmm TFLOP/s | fastdmf product TFLOP/s | PyTorch step ms: GEMM | "
+    say(
+        "| dtype | cuBLAS bmm TFLOP/s | fastdmf product TFLOP/s | PyTorch step ms: GEMM | "
         "gather/scatter | reduction | elementwise/other | cuBLAS-based step floor ms | "
-        "floor vs PyTorch | 3x PyTorch needs ms |")
+        "floor vs PyTorch | 3x PyTorch needs ms |"
+    )
     say("|---|---|---|---|---|---|---|---|---|---|")
     prof = MEASURED.get("profile", {})
     mm = [t for name, t in prof.items() if name.startswith("matmul")]
@@ -448,15 +553,20 @@ def ceilings():
         floor_ms = 6 * gflop / rate + 3 * params / (bw * 1e9) * 1e3
         trate = MEASURED.get(("torch", dtype))
         tstep = B / trate * 1e3 if trate else float("nan")
-        cols = [kinds.get(k, 0.0) for k in ("GEMM", "gather/scatter", "reduction",
-                                             "elementwise/other")]
-        say(f"| {dtype} | {rate:.1f} | {ours if dtype == 'float64' else '-'} | "
+        cols = [
+            kinds.get(k, 0.0) for k in ("GEMM", "gather/scatter", "reduction", "elementwise/other")
+        ]
+        say(
+            f"| {dtype} | {rate:.1f} | {ours if dtype == 'float64' else '-'} | "
             + " | ".join(f"{c:.3f}" for c in cols)
-            + f" | {floor_ms:.3f} | {tstep / floor_ms:.2f}x | {tstep / 3:.3f} |")
+            + f" | {floor_ms:.3f} | {tstep / floor_ms:.2f}x | {tstep / 3:.3f} |"
+        )
     say("")
-    say("(fastdmf's product rate is from the float64 profile above; the floor counts the dense "
+    say(
+        "(fastdmf's product rate is from the float64 profile above; the floor counts the dense "
         "formulation's 6 GEMMs at the measured cuBLAS rate plus one fused update at the copy "
-        "bandwidth, and nothing else.)")
+        "bandwidth, and nothing else.)"
+    )
     say("")
 
 
@@ -489,18 +599,29 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="write the report (markdown) here too")
     ap.add_argument("--quick", action="store_true", help="fewer steps, a smaller large case")
-    ap.add_argument("--commit", default=None,
-                    help="the fastdmf commit run, for the stamp, where the copy has no git")
-    ap.add_argument("--sections", default="correctness,batch,large,profile,ceilings",
-                    help="comma-separated sections to run, in this order")
+    ap.add_argument(
+        "--commit",
+        default=None,
+        help="the fastdmf commit run, for the stamp, where the copy has no git",
+    )
+    ap.add_argument(
+        "--sections",
+        default="correctness,batch,large,profile,ceilings",
+        help="comma-separated sections to run, in this order",
+    )
     args = ap.parse_args(argv)
     kc.require()
     # small grids are expected for the small checks; the timed runs are large
     warnings.filterwarnings("ignore", message=".*Grid size")
     stamp(args.commit)
     ok = True
-    sections = {"correctness": check_correctness, "batch": lambda: paper_batch(args.quick),
-                "large": lambda: large(args.quick), "profile": profile, "ceilings": ceilings}
+    sections = {
+        "correctness": check_correctness,
+        "batch": lambda: paper_batch(args.quick),
+        "large": lambda: large(args.quick),
+        "profile": profile,
+        "ceilings": ceilings,
+    }
     for name in args.sections.split(","):
         section = sections[name]
         try:

@@ -46,8 +46,17 @@ MAXITER = 20_000
 
 def run_flow(problem, depth):
     t0 = time.perf_counter()
-    res = fastdmf.fit(problem, depth=depth, optimizer="flow", max_time=1e7, tol=TOL,
-                      init_scale=INIT_SCALE, seed=0, record=None, progress=False)
+    res = fastdmf.fit(
+        problem,
+        depth=depth,
+        optimizer="flow",
+        max_time=1e7,
+        tol=TOL,
+        init_scale=INIT_SCALE,
+        seed=0,
+        record=None,
+        progress=False,
+    )
     return res, res.trajectory.n_evals[-1], time.perf_counter() - t0
 
 
@@ -61,10 +70,14 @@ def run_lbfgsb(problem, depth):
 
     t0 = time.perf_counter()
     with blas_threads(1):  # SciPy's own BLAS calls on one thread (see bench_objective.py)
-        out = scipy.optimize.minimize(obj, x0, jac=True, method="L-BFGS-B",
-                                      callback=stop_at_tol,
-                                      options={"maxiter": MAXITER, "maxfun": 2 * MAXITER,
-                                               "ftol": 0.0, "gtol": 0.0})
+        out = scipy.optimize.minimize(
+            obj,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            callback=stop_at_tol,
+            options={"maxiter": MAXITER, "maxfun": 2 * MAXITER, "ftol": 0.0, "gtol": 0.0},
+        )
     wall = time.perf_counter() - t0
     return obj.result(out.x, n_steps=out.nit, tol=TOL), out.nfev, wall
 
@@ -72,9 +85,11 @@ def run_lbfgsb(problem, depth):
 def row(name, depth, res, evals, wall):
     last = res.trajectory.last()
     sv = last["singular_values"]
-    return (f"| {depth} | {name} | {res.status} | {last['train_loss']:.2e} | "
-            f"{last['test_error']:.3e} | {last['effective_rank']:.3f} | "
-            f"{last['nuclear_norm']:.2f} | {sv[5] / sv[4]:.2e} | {evals} | {wall:.2f} |")
+    return (
+        f"| {depth} | {name} | {res.status} | {last['train_loss']:.2e} | "
+        f"{last['test_error']:.3e} | {last['effective_rank']:.3f} | "
+        f"{last['nuclear_norm']:.2f} | {sv[5] / sv[4]:.2e} | {evals} | {wall:.2f} |"
+    )
 
 
 def main(argv=None):
@@ -86,18 +101,22 @@ def main(argv=None):
         run_flow(tiny, depth)
         run_lbfgsb(tiny, depth)
     problem = fastdmf.synthetic_completion(seed=0)
-    lines = ["# L-BFGS-B (through fastdmf.Objective) against the gradient flow", "",
-             "Produced by `PYTHONPATH=. python benchmarks/lbfgsb_bias.py --out "
-             "benchmarks/RESULTS_lbfgsb.md` (the module docstring says what runs).", "",
-             *stamp(None),
-             f"- problem: {problem!r}; gaussian init scale {INIT_SCALE}, seed 0; stop at "
-             f"train loss {TOL} (L-BFGS-B: or {MAXITER} iterations)", "",
-             "| depth | solver | status | train loss | recon. error | effective rank | "
-             "nuclear norm | σ6/σ5 | gradient evaluations | wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# L-BFGS-B (through fastdmf.Objective) against the gradient flow",
+        "",
+        "Produced by `PYTHONPATH=. python benchmarks/lbfgsb_bias.py --out "
+        "benchmarks/RESULTS_lbfgsb.md` (the module docstring says what runs).",
+        "",
+        *stamp(None),
+        f"- problem: {problem!r}; gaussian init scale {INIT_SCALE}, seed 0; stop at "
+        f"train loss {TOL} (L-BFGS-B: or {MAXITER} iterations)",
+        "",
+        "| depth | solver | status | train loss | recon. error | effective rank | "
+        "nuclear norm | σ6/σ5 | gradient evaluations | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for depth in (2, 3):
-        lines.append(row("gradient flow (fit, optimizer='flow')", depth,
-                         *run_flow(problem, depth)))
+        lines.append(row("gradient flow (fit, optimizer='flow')", depth, *run_flow(problem, depth)))
         lines.append(row("scipy L-BFGS-B (Objective)", depth, *run_lbfgsb(problem, depth)))
         print("\n".join(lines[-2:]), flush=True)
     report = "\n".join(lines) + "\n"

@@ -20,8 +20,13 @@ import numpy as np
 
 import fastdmf
 
-GRID = {"lr": [1e-3, 3e-4], "depth": [2, 3, 4], "init_scale": [1e-3, 1e-4, 1e-5, 1e-6],
-        "n_observed": [2000, 5000], "repeat": 3}
+GRID = {
+    "lr": [1e-3, 3e-4],
+    "depth": [2, 3, 4],
+    "init_scale": [1e-3, 1e-4, 1e-5, 1e-6],
+    "n_observed": [2000, 5000],
+    "repeat": 3,
+}
 
 
 def main(argv=None):
@@ -36,8 +41,10 @@ def main(argv=None):
     t = time.perf_counter()
     pool = fastdmf.sweep(GRID, out=root / "pool", workers=2, **kw)
     t_pool = time.perf_counter() - t
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
         t = time.perf_counter()
         dask = fastdmf.sweep(GRID, out=root / "dask", executor=client, **kw)
         t_dask = time.perf_counter() - t
@@ -45,14 +52,17 @@ def main(argv=None):
     same = len(rows_p) == len(rows_d) == 144
     for k in range(len(rows_p)):
         same &= rows_p[k]["seed"] == rows_d[k]["seed"]
-        same &= all(np.array_equal(a, b)
-                    for a, b in zip(pool.factors(k), dask.factors(k), strict=True))
+        same &= all(
+            np.array_equal(a, b) for a, b in zip(pool.factors(k), dask.factors(k), strict=True)
+        )
     from _harness import stamp  # the common stamp (this folder is on sys.path)
 
     print("# 144-fit grid through fastdmf.sweep")
     print("\n".join(stamp(None)))
-    print(f"- fits: {len(rows_p)} (pool) and {len(rows_d)} (LocalCluster, 2 workers x 1 thread),"
-          f" each truncated at {args.max_steps} steps")
+    print(
+        f"- fits: {len(rows_p)} (pool) and {len(rows_d)} (LocalCluster, 2 workers x 1 thread),"
+        f" each truncated at {args.max_steps} steps"
+    )
     print(f"- wall: pool {t_pool:.1f} s, LocalCluster {t_dask:.1f} s")
     print(f"- final factors and seeds identical for every grid point: {same}")
     return 0 if same else 1

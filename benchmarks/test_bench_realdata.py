@@ -55,8 +55,9 @@ def test_std_rmse_in_column_units(table):
         vals = [v for v in x_train[:, j] if not math.isnan(v)]
         mu = sum(vals) / len(vals)
         assert mean[j] == pytest.approx(mu, rel=1e-12)
-        assert std[j] == pytest.approx(math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals)),
-                                       rel=1e-12)
+        assert std[j] == pytest.approx(
+            math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals)), rel=1e-12
+        )
     pred = truth + np.random.default_rng(2).standard_normal(truth.size)
     total = sum(((p - t) / std[c]) ** 2 for p, t, c in zip(pred, truth, cols, strict=True))
     assert std_rmse(pred, truth, cols, std) == pytest.approx(math.sqrt(total / truth.size))
@@ -78,10 +79,10 @@ def test_mean_imputer_predicts_training_means(table):
 
 
 def test_summary_counts_and_geometric_mean():
-    res = {"a": {"dmf_imputer": ([0.5], [1.0]), "iterative": ([1.0], [0.1]),
-                 "mean": ([1.0], [0.0])},
-           "b": {"dmf_imputer": ([2.0], [3.0]), "iterative": ([1.0], [0.1]),
-                 "mean": ([1.5], [0.0])}}
+    res = {
+        "a": {"dmf_imputer": ([0.5], [1.0]), "iterative": ([1.0], [0.1]), "mean": ([1.0], [0.0])},
+        "b": {"dmf_imputer": ([2.0], [3.0]), "iterative": ([1.0], [0.1]), "mean": ([1.5], [0.0])},
+    }
     lines = table_summary(res, ["mean", "iterative", "dmf_imputer"])
     assert geomean([0.5, 2.0]) == pytest.approx(1.0)
     assert "geometric-mean RMSE ratio to iterative: 1.000" in lines[0]

@@ -71,7 +71,8 @@ def __getattr__(name):
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] != "sklearn":
                 raise
-            raise ImportError("fastdmf.DMFImputer needs scikit-learn: "
-                              "pip install \"fastdmf[sklearn]\"") from exc
+            raise ImportError(
+                'fastdmf.DMFImputer needs scikit-learn: pip install "fastdmf[sklearn]"'
+            ) from exc
         return DMFImputer
     raise AttributeError(f"module 'fastdmf' has no attribute {name!r}")

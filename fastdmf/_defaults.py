@@ -15,10 +15,24 @@ from ._kinds import find_kind
 __all__ = ["AUTO", "PAPER", "REAL_DATA", "is_real_data", "resolve"]
 
 AUTO = "auto"
-PAPER = {"depth": 3, "lr": 1e-3, "record": 1000, "validation": None, "offsets": None,
-         "patience": 20, "width_cap": None}
-REAL_DATA = {"depth": 2, "lr": 3e-2, "record": 25, "validation": 0.1, "offsets": "auto",
-             "patience": 20, "width_cap": 32}
+PAPER = {
+    "depth": 3,
+    "lr": 1e-3,
+    "record": 1000,
+    "validation": None,
+    "offsets": None,
+    "patience": 20,
+    "width_cap": None,
+}
+REAL_DATA = {
+    "depth": 2,
+    "lr": 3e-2,
+    "record": 25,
+    "validation": 0.1,
+    "offsets": "auto",
+    "patience": 20,
+    "width_cap": 32,
+}
 
 
 def is_real_data(problem) -> bool:
@@ -40,8 +54,11 @@ def resolve(kw: dict, real: bool, shape) -> dict:
         if _is_auto(out.get(name)):
             out[name] = base[name]
     # initial factors given as arrays carry their widths
-    if out.get("widths") is None and base["width_cap"] is not None \
-            and isinstance(out.get("init", "gaussian"), str):
+    if (
+        out.get("widths") is None
+        and base["width_cap"] is not None
+        and isinstance(out.get("init", "gaussian"), str)
+    ):
         out["widths"] = min(shape[0], shape[1], base["width_cap"])
     return out
 

@@ -35,8 +35,16 @@ from .problem import CompletionProblem, SensingProblem, synthetic_completion
 from .result import FitResult
 from .trajectory import Trajectory, held_out_mse, measure
 
-__all__ = ["Kind", "KINDS", "kind_of", "find_kind", "by_name", "is_problem", "same_kind",
-           "select_kernels"]
+__all__ = [
+    "Kind",
+    "KINDS",
+    "kind_of",
+    "find_kind",
+    "by_name",
+    "is_problem",
+    "same_kind",
+    "select_kernels",
+]
 
 
 def _never(problem) -> bool:
@@ -134,8 +142,9 @@ class Kind:
     trajectory: Callable
     result: type = FitResult
     param_count: Callable = field(default=lambda depth: depth)
-    check_held_out: Callable = field(default=lambda test, problem, what: _same_shape(
-        test, problem, what))
+    check_held_out: Callable = field(
+        default=lambda test, problem, what: _same_shape(test, problem, what)
+    )
     entries: bool = False
     is_real_data: Callable = field(default=_never)
     check_fit: Callable = field(default=_no_checks)
@@ -198,8 +207,20 @@ def _matrix_trajectory(plan, problem):
 
 def _matrix_measure(params, grads, loss, counts, data, plan, score):
     step, time, n_evals = counts
-    return measure(params, grads, loss, step, time, n_evals, data.problem, data.test,
-                   plan.top_k, data.val, data.offsets, held_out=score)
+    return measure(
+        params,
+        grads,
+        loss,
+        step,
+        time,
+        n_evals,
+        data.problem,
+        data.test,
+        plan.top_k,
+        data.val,
+        data.offsets,
+        held_out=score,
+    )
 
 
 def _sensing_score(factors, test, offsets=None) -> float:
@@ -246,8 +267,10 @@ COMPLETION = Kind(
     is_real_data=_completion_real_data,
     cuda=_cuda_kernels,
     residuals=_completion_residuals,
-    sweep_spec=(synthetic_completion,
-                {"shape": (100, 100), "rank": 5, "n_observed": 2000, "seed": 0}),
+    sweep_spec=(
+        synthetic_completion,
+        {"shape": (100, 100), "rank": 5, "n_observed": 2000, "seed": 0},
+    ),
 )
 
 SENSING = Kind(
@@ -266,7 +289,7 @@ SENSING = Kind(
     score=_sensing_score,
     trajectory=_matrix_trajectory,
     cpu_only="backend='cuda' runs completion problems; matrix sensing runs on the CPU "
-             "(backend='cpu')",
+    "(backend='cpu')",
     residuals=_sensing_residuals,
 )
 
@@ -288,7 +311,7 @@ DIAGONAL = Kind(
     result=diagonal.DiagonalResult,
     check_fit=diagonal.check_fit,
     cpu_only="backend='cuda' runs completion problems; a diagonal network runs on the CPU "
-             "(backend='cpu')",
+    "(backend='cpu')",
     check_held_out=diagonal.check_held_out,
     param_count=lambda depth: 2,
 )
@@ -336,5 +359,5 @@ def same_kind(a, b) -> bool:
 
 
 def kinds_message() -> str:
-    """"held-out entries for a completion problem, ..." for error messages about ``test=``."""
+    """ "held-out entries for a completion problem, ..." for error messages about ``test=``."""
     return ", ".join(f"{k.held_out} for a {k.title}" for k in KINDS)

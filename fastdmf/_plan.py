@@ -25,9 +25,24 @@ from ._version import __version__
 from .optim import OptimizerSpec, get_optimizer
 from .trajectory import record_schedule, time_schedule
 
-__all__ = ["Plan", "FitData", "plan", "DTYPES", "dtype_name", "resolve_seed", "threads",
-           "settings", "versions", "jsonable", "plain", "validation_arg", "widths_of",
-           "check_args", "per_trial", "per_trial_options"]
+__all__ = [
+    "Plan",
+    "FitData",
+    "plan",
+    "DTYPES",
+    "dtype_name",
+    "resolve_seed",
+    "threads",
+    "settings",
+    "versions",
+    "jsonable",
+    "plain",
+    "validation_arg",
+    "widths_of",
+    "check_args",
+    "per_trial",
+    "per_trial_options",
+]
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -87,26 +102,58 @@ class Plan:
 
     def trial(self, seed, init_scale, lr, optimizer_options=None) -> Plan:
         """This plan for one trial of ``fit_batch`` (its seed, init scale and rate)."""
-        return self.replace(seed=seed, init_scale=init_scale, lr=lr,
-                            hyper=self.spec.hyper(lr, optimizer_options or {}))
+        return self.replace(
+            seed=seed,
+            init_scale=init_scale,
+            lr=lr,
+            hyper=self.spec.hyper(lr, optimizer_options or {}),
+        )
 
 
-def plan(kind, shape, *, depth, widths=None, init="gaussian", init_scale=1e-3,
-         optimizer="grouprmsprop", lr=1e-3, optimizer_options=None, max_steps=1_000_000,
-         max_time=None, tol=1e-6, record=None, top_k=None, dtype="float64",
-         parallel=None) -> Plan:
+def plan(
+    kind,
+    shape,
+    *,
+    depth,
+    widths=None,
+    init="gaussian",
+    init_scale=1e-3,
+    optimizer="grouprmsprop",
+    lr=1e-3,
+    optimizer_options=None,
+    max_steps=1_000_000,
+    max_time=None,
+    tol=1e-6,
+    record=None,
+    top_k=None,
+    dtype="float64",
+    parallel=None,
+) -> Plan:
     """``fit``'s checks of everything but the data, the seed and the backend, in ``fit``'s
     order (sweeps run them before starting any fit); the :class:`Plan` they resolve."""
-    init = check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-                      max_steps, kind.param_count(depth))
+    init = check_args(
+        depth,
+        lr,
+        init_scale,
+        tol,
+        init,
+        optimizer_options,
+        top_k,
+        parallel,
+        max_steps,
+        kind.param_count(depth),
+    )
     dtype = dtype_name(dtype)
     spec = get_optimizer(optimizer)
     hyper = spec.hyper(lr, optimizer_options or {})
     layout = kind.layout(shape, depth, widths_of(init, widths))
     if spec.is_flow:
-        if (max_time is None or isinstance(max_time, bool)
-                or not isinstance(max_time, (int, float, np.integer, np.floating))
-                or not (np.isfinite(max_time) and max_time >= 0)):
+        if (
+            max_time is None
+            or isinstance(max_time, bool)
+            or not isinstance(max_time, (int, float, np.integer, np.floating))
+            or not (np.isfinite(max_time) and max_time >= 0)
+        ):
             raise ValueError(
                 "optimizer='flow' integrates up to a flow time: give max_time= (a finite "
                 f"number >= 0), got {max_time!r}"
@@ -116,31 +163,48 @@ def plan(kind, shape, *, depth, widths=None, init="gaussian", init_scale=1e-3,
         if max_time is not None:
             raise ValueError("max_time= applies to optimizer='flow'; use max_steps= here")
         schedule, end = record_schedule(record, max_steps), max_steps
-    return Plan(kind=kind, shape=tuple(shape), depth=depth, layout=layout, widths=widths,
-                init=init, init_scale=init_scale, spec=spec, lr=lr, hyper=hyper,
-                schedule=schedule, end=end, budget=max_steps, tol=tol, top_k=top_k,
-                dtype=dtype, parallel=parallel)
+    return Plan(
+        kind=kind,
+        shape=tuple(shape),
+        depth=depth,
+        layout=layout,
+        widths=widths,
+        init=init,
+        init_scale=init_scale,
+        spec=spec,
+        lr=lr,
+        hyper=hyper,
+        schedule=schedule,
+        end=end,
+        budget=max_steps,
+        tol=tol,
+        top_k=top_k,
+        dtype=dtype,
+        parallel=parallel,
+    )
 
 
-def check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel,
-               max_steps, n_params=None):
+def check_args(
+    depth, lr, init_scale, tol, init, optimizer_options, top_k, parallel, max_steps, n_params=None
+):
     """Checks of fit's arguments (fit_batch's too) that later steps would fail on obscurely
     or take silently; returns ``init`` (a list of factors, or the scheme name). ``n_params``:
     how many arrays ``init`` given as arrays must list (default: ``depth``, one factor
     each)."""
     for name, value in (("lr", lr), ("init_scale", init_scale), ("tol", tol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
-                                                             np.floating)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name} must be a real number, got {value!r}")
     if not (tol >= 0 and np.isfinite(tol)):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    if isinstance(max_steps, bool) or not (isinstance(max_steps, (int, np.integer))
-                                           and max_steps >= 0):
+    if isinstance(max_steps, bool) or not (
+        isinstance(max_steps, (int, np.integer)) and max_steps >= 0
+    ):
         raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
     if optimizer_options is not None and not isinstance(optimizer_options, dict):
         raise TypeError(f"optimizer_options must be a dict or None, got {optimizer_options!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(
-            top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1
+    ):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
         raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
@@ -149,11 +213,15 @@ def check_args(depth, lr, init_scale, tol, init, optimizer_options, top_k, paral
     try:
         init = list(init)
     except TypeError:
-        raise TypeError("init must be a scheme name or a list of the initial factors "
-                        f"[W_1, ..., W_N], got {init!r}") from None
+        raise TypeError(
+            "init must be a scheme name or a list of the initial factors "
+            f"[W_1, ..., W_N], got {init!r}"
+        ) from None
     if len(init) != (depth if n_params is None else n_params):
-        raise ValueError(f"init lists {len(init)} factor(s) but depth is {depth!r}: give one "
-                         "array per factor W_1..W_N")
+        raise ValueError(
+            f"init lists {len(init)} factor(s) but depth is {depth!r}: give one "
+            "array per factor W_1..W_N"
+        )
     return init
 
 
@@ -166,7 +234,7 @@ def widths_of(init, widths):
 
 
 def dtype_name(dtype) -> str:
-    """"float64" or "float32" for any spelling numpy accepts (np.float32, "f4", ...)."""
+    """ "float64" or "float32" for any spelling numpy accepts (np.float32, "f4", ...)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy's deprecated aliases: refused below anyway
@@ -267,8 +335,9 @@ def per_trial(value, n: int, name: str) -> list[float]:
     raw = np.asarray(value)
     if raw.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be a real number or one per seed, got {value!r}")
-    vals = np.broadcast_to(raw.astype(np.float64), (n,)) if raw.ndim == 0 \
-        else raw.astype(np.float64)
+    vals = (
+        np.broadcast_to(raw.astype(np.float64), (n,)) if raw.ndim == 0 else raw.astype(np.float64)
+    )
     if vals.shape != (n,):
         raise ValueError(f"{name} must be a scalar or one value per seed ({n}), got {value!r}")
     return [float(v) for v in vals]
@@ -287,11 +356,12 @@ def per_trial_options(options, n: int) -> list[dict]:
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value.item()
         if isinstance(value, (list, tuple, np.ndarray)):
-            vals = list(np.asarray(value, dtype=object).ravel()) \
-                if np.ndim(value) == 1 else None
+            vals = list(np.asarray(value, dtype=object).ravel()) if np.ndim(value) == 1 else None
             if vals is None or len(vals) != n:
-                raise ValueError(f"optimizer option {key} must be a scalar or one value per "
-                                 f"seed ({n}), got {value!r}")
+                raise ValueError(
+                    f"optimizer option {key} must be a scalar or one value per "
+                    f"seed ({n}), got {value!r}"
+                )
             for b in range(n):
                 out[b][key] = vals[b].item() if isinstance(vals[b], np.generic) else vals[b]
         else:

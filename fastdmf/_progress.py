@@ -32,8 +32,14 @@ class _FitBar:
     """A tqdm bar over steps (or flow time) with the train loss as postfix."""
 
     def __init__(self, tqdm, end, label):
-        self.bar = tqdm(total=end, unit=label, desc="fastdmf", mininterval=0.5, delay=BAR_DELAY,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=end,
+            unit=label,
+            desc="fastdmf",
+            mininterval=0.5,
+            delay=BAR_DELAY,
+            dynamic_ncols=True,
+        )
         self.pos = 0
 
     def update(self, position, loss=None):
@@ -76,8 +82,10 @@ class StatusLine:
             return
         self.last = now
         rate = step / max(now - self.start, 1e-9)
-        self.stream.write(f"\rfastdmf: {self.label} {step:,.6g}/{self.end:,.6g}  train loss "
-                          f"{self.loss:.3e}  {rate:,.0f} {self.label}s/s ")
+        self.stream.write(
+            f"\rfastdmf: {self.label} {step:,.6g}/{self.end:,.6g}  train loss "
+            f"{self.loss:.3e}  {rate:,.0f} {self.label}s/s "
+        )
         self.stream.flush()
 
     def close(self):

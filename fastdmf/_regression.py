@@ -113,11 +113,19 @@ def record(data: RegressionData, w, n_evals=0) -> dict:
         test = float(np.sum((w - truth) ** 2) / np.sum(truth**2))
     norm2 = float(np.linalg.norm(w))
     return {
-        "step": 0, "time": 0.0, "n_evals": int(n_evals),
-        "train_loss": float(resid @ resid / n), "test_error": test,
-        "val_error": np.nan, "nuclear_norm": norm2, "effective_rank": 1.0 if norm2 else 0.0,
-        "schatten": norm2**2, "grad_norm": float(np.linalg.norm(2.0 / n * data.X.T @ resid)),
-        "param_norm": norm2, "singular_values": np.array([norm2]), "balancedness": np.zeros(0),
+        "step": 0,
+        "time": 0.0,
+        "n_evals": int(n_evals),
+        "train_loss": float(resid @ resid / n),
+        "test_error": test,
+        "val_error": np.nan,
+        "nuclear_norm": norm2,
+        "effective_rank": 1.0 if norm2 else 0.0,
+        "schatten": norm2**2,
+        "grad_norm": float(np.linalg.norm(2.0 / n * data.X.T @ resid)),
+        "param_norm": norm2,
+        "singular_values": np.array([norm2]),
+        "balancedness": np.zeros(0),
     }
 
 
@@ -133,8 +141,13 @@ def pack(data: RegressionData, w, status, settings, n_iter, n_evals=0):
     traj = Trajectory(1, None, {"shape": [1, w.size], "solver": settings["solver"]})
     traj.append(record(data, w, n_evals))
     meta = getattr(data.source, "meta", None)
-    settings = {**settings, "coef": w, "problem": repr(data.source) if meta is not None
-                else f"(X {data.shape[0]}x{data.shape[1]}, y)",
-                "problem_meta": dict(meta) if meta is not None else {},
-                "versions": versions()}
+    settings = {
+        **settings,
+        "coef": w,
+        "problem": repr(data.source)
+        if meta is not None
+        else f"(X {data.shape[0]}x{data.shape[1]}, y)",
+        "problem_meta": dict(meta) if meta is not None else {},
+        "versions": versions(),
+    }
     return FitResult([w[None, :].copy()], traj, status, settings, int(n_iter))

@@ -38,8 +38,10 @@ def as_problem(observed, shape=None):
     ``shape``)."""
     if is_problem(observed):
         if shape is not None and tuple(shape) != tuple(observed.shape):
-            raise ValueError(f"the problem has shape {tuple(observed.shape)}, not "
-                             f"shape={tuple(shape)}: a problem carries its shape")
+            raise ValueError(
+                f"the problem has shape {tuple(observed.shape)}, not "
+                f"shape={tuple(shape)}: a problem carries its shape"
+            )
         return observed
     if isinstance(observed, tuple):
         if len(observed) != 3:
@@ -228,32 +230,67 @@ def fit(
     >>> fastdmf.fit(sensed, depth=2, optimizer="adam", lr=1e-2, max_steps=500, seed=0).shape
     (10, 10)
     """
-    args = {k: v for k, v in locals().items()
-            if k not in ("observed", "callback", "test", "validation")}
-    again = {k: v for k, v in args.items() if k not in ("validation_seed", "patience", "refit",
-                                                       "checkpoint", "checkpoint_every")}
+    args = {
+        k: v for k, v in locals().items() if k not in ("observed", "callback", "test", "validation")
+    }
+    again = {
+        k: v
+        for k, v in args.items()
+        if k not in ("validation_seed", "patience", "refit", "checkpoint", "checkpoint_every")
+    }
     problem = as_problem(observed, shape)
     test = as_test(test, problem)
     if refit and checkpoint is not None:
-        raise ValueError("refit=True runs a second fit that checkpoints do not cover; "
-                         "checkpoint the fit with refit=False, then refit from its result "
-                         "(settings and n_steps)")
+        raise ValueError(
+            "refit=True runs a second fit that checkpoints do not cover; "
+            "checkpoint the fit with refit=False, then refit from its result "
+            "(settings and n_steps)"
+        )
     observed_problem = problem
     auto, problem, val, patience, fitted = prepare_observations(
-        problem, {"depth": depth, "lr": lr, "record": record, "widths": widths, "init": init,
-                  "validation": validation, "offsets": offsets, "patience": patience},
-        validation_seed)
+        problem,
+        {
+            "depth": depth,
+            "lr": lr,
+            "record": record,
+            "widths": widths,
+            "init": init,
+            "validation": validation,
+            "offsets": offsets,
+            "patience": patience,
+        },
+        validation_seed,
+    )
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
     kind = kind_of(problem)
-    the_plan = plan(kind, problem.shape, depth=depth, widths=widths, init=init,
-                    init_scale=init_scale, optimizer=optimizer, lr=lr,
-                    optimizer_options=optimizer_options, max_steps=max_steps,
-                    max_time=max_time, tol=tol, record=record, top_k=top_k, dtype=dtype,
-                    parallel=parallel)
-    args.update(depth=depth, lr=lr, record=record, widths=widths, dtype=the_plan.dtype,
-                validation=validation_arg(auto["validation"]), patience=patience,
-                offsets=(auto["offsets"].kind if isinstance(auto["offsets"], Offsets)
-                         else auto["offsets"]))
+    the_plan = plan(
+        kind,
+        problem.shape,
+        depth=depth,
+        widths=widths,
+        init=init,
+        init_scale=init_scale,
+        optimizer=optimizer,
+        lr=lr,
+        optimizer_options=optimizer_options,
+        max_steps=max_steps,
+        max_time=max_time,
+        tol=tol,
+        record=record,
+        top_k=top_k,
+        dtype=dtype,
+        parallel=parallel,
+    )
+    args.update(
+        depth=depth,
+        lr=lr,
+        record=record,
+        widths=widths,
+        dtype=the_plan.dtype,
+        validation=validation_arg(auto["validation"]),
+        patience=patience,
+        offsets=(auto["offsets"].kind if isinstance(auto["offsets"], Offsets) else auto["offsets"]),
+    )
     kind.check_fit(problem, args)
     seed = resolve_seed(seed)
     args["seed"] = seed
@@ -264,11 +301,9 @@ def fit(
     theta = layout.pack(params0, dtype=the_plan.np_dtype)
     where = resolve_backend(backend, the_plan.spec, problem)
     with threads(n_threads):
-        engine = make_engine(problem, layout, theta, the_plan.spec, the_plan.hyper, parallel,
-                             where)
+        engine = make_engine(problem, layout, theta, the_plan.spec, the_plan.hyper, parallel, where)
         traj = kind.trajectory(the_plan, problem)
-        label = "cuda" if where == "cuda" else (
-            "parallel" if engine.kernels.parallel else "serial")
+        label = "cuda" if where == "cuda" else ("parallel" if engine.kernels.parallel else "serial")
         fit_settings = settings(args, seed, problem, label)
         if fitted is not None:
             fit_settings["offsets"] = fitted.describe()
@@ -277,11 +312,20 @@ def fit(
         saver = None
         if checkpoint is not None:
             saver = Checkpointer(checkpoint, checkpoint_every, the_plan, data, fit_settings)
-        result = run(engine, data, the_plan, traj, fit_settings, callback=callback,
-                     progress=progress, saver=saver)
+        result = run(
+            engine,
+            data,
+            the_plan,
+            traj,
+            fit_settings,
+            callback=callback,
+            progress=progress,
+            saver=saver,
+        )
     if refit and val is not None:
-        return _refit(observed_problem, problem, test, fitted, again, seed, engine,
-                      result.status, callback)
+        return _refit(
+            observed_problem, problem, test, fitted, again, seed, engine, result.status, callback
+        )
     return result
 
 
@@ -301,9 +345,14 @@ def _refit(observed, train, test, fitted, args, seed, engine, status, callback) 
     """fit(refit=True)'s second fit: all observed entries, the chosen length scaled by
     |Omega| / |Omega_train|, the offsets refitted at the chosen ridge strength."""
     ratio = observed.n_observed / train.n_observed
-    args = {**args, "seed": seed, "validation": None, "test": test, "callback": callback,
-            "offsets": None if fitted is None else fit_offsets(observed, fitted.kind,
-                                                               lam=fitted.lam)}
+    args = {
+        **args,
+        "seed": seed,
+        "validation": None,
+        "test": test,
+        "callback": callback,
+        "offsets": None if fitted is None else fit_offsets(observed, fitted.kind, lam=fitted.lam),
+    }
     if engine.is_flow:
         chosen = engine.time
         args["max_time"] = chosen * ratio
@@ -311,8 +360,12 @@ def _refit(observed, train, test, fitted, args, seed, engine, status, callback) 
         chosen = engine.n_steps
         args["max_steps"] = int(round(chosen * ratio))
     res = fit(observed, **args)
-    res.settings["refit"] = {"chosen_status": status, "chosen_step": engine.n_steps,
-                             "chosen_time": engine.time, "ratio": ratio}
+    res.settings["refit"] = {
+        "chosen_status": status,
+        "chosen_step": engine.n_steps,
+        "chosen_time": engine.time,
+        "ratio": ratio,
+    }
     res.status = status
     return res
 
@@ -326,8 +379,8 @@ def prepare_observations(problem, kw, validation_seed):
     auto = resolve_defaults(kw, is_real_data(problem), problem.shape)
     val_auto = isinstance(kw["validation"], str) and kw["validation"] == "auto"
     problem, val, patience, fitted = _generalization(
-        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"],
-        val_auto)
+        problem, auto["validation"], auto["patience"], validation_seed, auto["offsets"], val_auto
+    )
     if fitted is not None and val is not None:
         val = fitted.remove(val)
     return auto, problem, val, patience, fitted
@@ -339,16 +392,18 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
     offsets are fitted on the training entries but not yet removed from anything. A default
     (``val_auto``) fraction that finds no entry to hold out (every entry is the last of its
     row or column: tiny inputs) means no validation."""
-    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) \
-            or patience < 1:
+    if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
         raise ValueError(f"patience must be a positive number of records, got {patience!r}")
     kind = kind_of(problem)
     if not kind.entries and (validation is not None or offsets is not None):
-        raise TypeError("validation= and offsets= apply to observed entries (completion); "
-                        f"pass validation=None, offsets=None for a {kind.title}")
+        raise TypeError(
+            "validation= and offsets= apply to observed entries (completion); "
+            f"pass validation=None, offsets=None for a {kind.title}"
+        )
     val = None
-    if isinstance(validation, (int, float, np.integer, np.floating)) \
-            and not isinstance(validation, bool):
+    if isinstance(validation, (int, float, np.integer, np.floating)) and not isinstance(
+        validation, bool
+    ):
         try:
             problem, val = validation_split(problem, validation, validation_seed)
         except ValueError:
@@ -356,30 +411,39 @@ def _generalization(problem, validation, patience, validation_seed, offsets, val
                 raise
     elif validation is not None:
         if isinstance(validation, (bool, str)):
-            raise TypeError("validation= takes a fraction in (0, 1), validation entries, "
-                            f"None or 'auto', not {validation!r}")
+            raise TypeError(
+                "validation= takes a fraction in (0, 1), validation entries, "
+                f"None or 'auto', not {validation!r}"
+            )
         val = as_problem(validation, None if is_problem(validation) else problem.shape)
         if not same_kind(val, problem):
-            raise TypeError(f"validation= of a {kind.title} takes {kind.held_out}, not a "
-                            f"{kind_of(val).title}")
+            raise TypeError(
+                f"validation= of a {kind.title} takes {kind.held_out}, not a {kind_of(val).title}"
+            )
         check_validation(problem, val)
     if offsets is None:
         return problem, val, int(patience), None
     if isinstance(offsets, Offsets):  # given as they are (fit(refit=True) passes its own)
         if (offsets.row.shape, offsets.col.shape) != ((problem.shape[0],), (problem.shape[1],)):
-            raise ValueError(f"offsets= of shape {(offsets.row.size, offsets.col.size)} for "
-                             f"a problem of shape {problem.shape}")
+            raise ValueError(
+                f"offsets= of shape {(offsets.row.size, offsets.col.size)} for "
+                f"a problem of shape {problem.shape}"
+            )
         return offsets.remove(problem), val, int(patience), offsets
     if offsets not in ("mean", "biases", "scaled", "auto"):
-        raise ValueError(f"offsets must be 'biases', 'scaled', 'mean', 'auto', an Offsets or "
-                         f"None, got {offsets!r}")
+        raise ValueError(
+            f"offsets must be 'biases', 'scaled', 'mean', 'auto', an Offsets or "
+            f"None, got {offsets!r}"
+        )
     if not is_real_data(problem):
         raise ValueError(
             "offsets= applies to observations without a ground truth: the reconstruction "
             "error of a synthetic problem is measured on the factorization alone. Pass "
-            "offsets=None, or remove the offsets yourself (fastdmf.offsets.fit_offsets)")
+            "offsets=None, or remove the offsets yourself (fastdmf.offsets.fit_offsets)"
+        )
     fitted = fit_offsets(problem, offsets, validation=val)
     return fitted.remove(problem), val, int(patience), fitted
+
 
 def loss_and_grad(factors, problem, dtype=None, shape=None):
     """``(loss, [dL/dW_1, ..., dL/dW_N])`` of the completion loss (or, for a SensingProblem,

@@ -94,9 +94,19 @@ def fit_batch(
     """
     source = as_problem(observed, shape)
     auto, problem, val, patience, fitted = prepare_observations(
-        source, {"depth": depth, "lr": lr, "record": record, "widths": widths, "init": init,
-                 "validation": validation, "offsets": offsets, "patience": patience},
-        validation_seed)
+        source,
+        {
+            "depth": depth,
+            "lr": lr,
+            "record": record,
+            "widths": widths,
+            "init": init,
+            "validation": validation,
+            "offsets": offsets,
+            "patience": patience,
+        },
+        validation_seed,
+    )
     depth, lr, record, widths = auto["depth"], auto["lr"], auto["record"], auto["widths"]
     seeds = [resolve_seed(s) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
     n = len(seeds)
@@ -109,89 +119,186 @@ def fit_batch(
     if not (spec.batched or spec.is_flow):
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
     if checkpoint is not None and not spec.is_flow:
-        raise ValueError("fit_batch writes checkpoints for the flow optimisers ('flow', "
-                         "'flow_dopri5'); for the others checkpoint each trial with "
-                         "fastdmf.fit(..., checkpoint=...)")
+        raise ValueError(
+            "fit_batch writes checkpoints for the flow optimisers ('flow', "
+            "'flow_dopri5'); for the others checkpoint each trial with "
+            "fastdmf.fit(..., checkpoint=...)"
+        )
     times = [max_time] * n
     if spec.is_flow and max_time is not None:
         times = per_trial(max_time, n, "max_time")
     kind = kind_of(problem)
     # fit's checks (the first trial's lr, init_scale, options and max_time; each trial's
     # plan or hyper checks the rest)
-    base = plan(kind, problem.shape, depth=depth, widths=widths, init=init,
-                init_scale=scales[0], optimizer=optimizer, lr=rates[0],
-                optimizer_options=options[0], max_steps=max_steps, max_time=times[0],
-                tol=tol, record=record, top_k=top_k, dtype=dtype, parallel=False)
+    base = plan(
+        kind,
+        problem.shape,
+        depth=depth,
+        widths=widths,
+        init=init,
+        init_scale=scales[0],
+        optimizer=optimizer,
+        lr=rates[0],
+        optimizer_options=options[0],
+        max_steps=max_steps,
+        max_time=times[0],
+        tol=tol,
+        record=record,
+        top_k=top_k,
+        dtype=dtype,
+        parallel=False,
+    )
     base = base.replace(patience=patience)
     init, dtype, layout = base.init, base.dtype, base.layout
-    common = {"depth": depth, "widths": widths, "init": init, "optimizer": optimizer,
-              "max_steps": max_steps, "tol": tol,
-              "record": record, "top_k": top_k, "dtype": dtype, "parallel": False,
-              "backend": backend, "validation": validation_arg(auto["validation"]),
-              "patience": patience, "validation_seed": validation_seed,
-              "offsets": fitted.kind if fitted is not None else None}
-    kind.check_fit(problem, {**common, "init_scale": scales[0], "lr": rates[0],
-                             "optimizer_options": options[0]})
+    common = {
+        "depth": depth,
+        "widths": widths,
+        "init": init,
+        "optimizer": optimizer,
+        "max_steps": max_steps,
+        "tol": tol,
+        "record": record,
+        "top_k": top_k,
+        "dtype": dtype,
+        "parallel": False,
+        "backend": backend,
+        "validation": validation_arg(auto["validation"]),
+        "patience": patience,
+        "validation_seed": validation_seed,
+        "offsets": fitted.kind if fitted is not None else None,
+    }
+    kind.check_fit(
+        problem,
+        {**common, "init_scale": scales[0], "lr": rates[0], "optimizer_options": options[0]},
+    )
     where = resolve_backend(backend, spec, problem)
     data = FitData(problem, None, val, fitted)
     if spec.is_flow:  # each trial its own end time: its own plan (fastdmf.batch_flow)
-        plans = [base if b == 0 else plan(
-            kind, problem.shape, depth=depth, widths=widths, init=init,
-            init_scale=scales[b], optimizer=optimizer, lr=rates[b],
-            optimizer_options=options[b], max_steps=max_steps, max_time=times[b], tol=tol,
-            record=record, top_k=top_k, dtype=dtype, parallel=False).replace(
-                patience=patience) for b in range(n)]
-        plans = [p.trial(seed, scale, rate, opts) for p, seed, scale, rate, opts
-                 in zip(plans, seeds, scales, rates, options, strict=True)]
-        args = [{**common, "seed": seed, "init_scale": scale, "lr": rate, "max_time": t,
-                 "optimizer_options": opts or None, "checkpoint_every": checkpoint_every}
-                for seed, scale, rate, t, opts in zip(seeds, scales, rates, times, options,
-                                                      strict=True)]
+        plans = [
+            base
+            if b == 0
+            else plan(
+                kind,
+                problem.shape,
+                depth=depth,
+                widths=widths,
+                init=init,
+                init_scale=scales[b],
+                optimizer=optimizer,
+                lr=rates[b],
+                optimizer_options=options[b],
+                max_steps=max_steps,
+                max_time=times[b],
+                tol=tol,
+                record=record,
+                top_k=top_k,
+                dtype=dtype,
+                parallel=False,
+            ).replace(patience=patience)
+            for b in range(n)
+        ]
+        plans = [
+            p.trial(seed, scale, rate, opts)
+            for p, seed, scale, rate, opts in zip(plans, seeds, scales, rates, options, strict=True)
+        ]
+        args = [
+            {
+                **common,
+                "seed": seed,
+                "init_scale": scale,
+                "lr": rate,
+                "max_time": t,
+                "optimizer_options": opts or None,
+                "checkpoint_every": checkpoint_every,
+            }
+            for seed, scale, rate, t, opts in zip(seeds, scales, rates, times, options, strict=True)
+        ]
         return fit_batch_flow(data, plans, args, checkpoint, checkpoint_every, n_threads)
     if where == "cuda":
         most = kind.cuda().max_trials(problem.shape[0], depth)
         if n > most:  # more trials than one launch holds: consecutive batches (same bits)
-            kw = dict(depth=depth, shape=shape, widths=widths, init=init, optimizer=optimizer,
-                      max_steps=max_steps, tol=tol,
-                      record=record, top_k=top_k, dtype=dtype, n_threads=n_threads,
-                      backend=backend, validation=validation, patience=patience,
-                      validation_seed=validation_seed, offsets=offsets)
+            kw = dict(
+                depth=depth,
+                shape=shape,
+                widths=widths,
+                init=init,
+                optimizer=optimizer,
+                max_steps=max_steps,
+                tol=tol,
+                record=record,
+                top_k=top_k,
+                dtype=dtype,
+                n_threads=n_threads,
+                backend=backend,
+                validation=validation,
+                patience=patience,
+                validation_seed=validation_seed,
+                offsets=offsets,
+            )
             source = observed if shape is None else source
-            return [res for lo in range(0, n, most)
-                    for res in fit_batch(source, seeds=seeds[lo:lo + most],
-                                         init_scale=scales[lo:lo + most],
-                                         lr=rates[lo:lo + most],
-                                         optimizer_options=_slice(options, lo, lo + most),
-                                         **kw)]
-    plans = [base.trial(seed, scale, rate, opts)
-             for seed, scale, rate, opts in zip(seeds, scales, rates, options, strict=True)]
+            return [
+                res
+                for lo in range(0, n, most)
+                for res in fit_batch(
+                    source,
+                    seeds=seeds[lo : lo + most],
+                    init_scale=scales[lo : lo + most],
+                    lr=rates[lo : lo + most],
+                    optimizer_options=_slice(options, lo, lo + most),
+                    **kw,
+                )
+            ]
+    plans = [
+        base.trial(seed, scale, rate, opts)
+        for seed, scale, rate, opts in zip(seeds, scales, rates, options, strict=True)
+    ]
     engines = []
     for trial in plans:
-        params = kind.initialize(layout, init, trial.init_scale,
-                                 np.random.default_rng(trial.seed))
+        params = kind.initialize(layout, init, trial.init_scale, np.random.default_rng(trial.seed))
         theta = layout.pack(params, dtype=trial.np_dtype)
         engines.append(Engine(problem, layout, theta, spec, trial.hyper, parallel=False))
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = stack(engines)
     if where == "cuda":
         stacked["device"] = kind.cuda().DeviceBatch(
-            problem, engines[0].dims, stacked["theta"], stacked["codes"], stacked["hyper"],
-            stacked["ostate"], stacked["scalars"])
+            problem,
+            engines[0].dims,
+            stacked["theta"],
+            stacked["codes"],
+            stacked["hyper"],
+            stacked["ostate"],
+            stacked["scalars"],
+        )
     with threads(n_threads):
         trajs, statuses = _drive_batch(engines, stacked, data, plans)
     results = []
-    for eng, traj, status, trial, opts in zip(engines, trajs, statuses, plans, options,
-                                              strict=True):
-        args = {**common, "seed": trial.seed, "init_scale": trial.init_scale, "lr": trial.lr,
-                "optimizer_options": opts or None}
-        trial_settings = settings(args, trial.seed, problem,
-                                  "cuda (batched)" if where == "cuda" else "serial (batched)")
+    for eng, traj, status, trial, opts in zip(
+        engines, trajs, statuses, plans, options, strict=True
+    ):
+        args = {
+            **common,
+            "seed": trial.seed,
+            "init_scale": trial.init_scale,
+            "lr": trial.lr,
+            "optimizer_options": opts or None,
+        }
+        trial_settings = settings(
+            args, trial.seed, problem, "cuda (batched)" if where == "cuda" else "serial (batched)"
+        )
         if fitted is not None:
             trial_settings["offsets"] = fitted.describe()
         if val is not None:
             trial_settings["validation_entries"] = val.n_observed
-        results.append(kind.result([np.array(w) for w in eng.factors()], traj, status,
-                                   trial_settings, eng.n_steps, fitted))
+        results.append(
+            kind.result(
+                [np.array(w) for w in eng.factors()],
+                traj,
+                status,
+                trial_settings,
+                eng.n_steps,
+                fitted,
+            )
+        )
     return results
 
 
@@ -210,8 +317,7 @@ def _drive_batch(engines, st, data, plans):
     watches = [Watch(e, data, p, t) for e, p, t in zip(engines, plans, trajs, strict=True)]
     statuses: list = ["converged" if w.loss <= tol else None for w in watches]
     if max_steps == 0:
-        return trajs, [w.finish(s or "max_steps") for w, s in zip(watches, statuses,
-                                                                    strict=True)]
+        return trajs, [w.finish(s or "max_steps") for w, s in zip(watches, statuses, strict=True)]
     caps = np.array([w.cap for w in watches])
     status = np.zeros(n, np.int64)
     eng0, step, nxt = engines[0], 0, 1
@@ -242,9 +348,17 @@ def _run_cpu(st, eng0, chunk, tol, caps, active, status):
         old = numba.get_parallel_chunksize()
         numba.set_parallel_chunksize(1)
         try:
-            kernel((st["theta"], st["grad"], st["work"], st["rowloss"]), eng0.dims,
-                      eng0.offs, eng0.obs, (st["codes"], st["hyper"], st["ostate"],
-                                            st["scalars"]),
-                      chunk, tol, caps, active, status)
+            kernel(
+                (st["theta"], st["grad"], st["work"], st["rowloss"]),
+                eng0.dims,
+                eng0.offs,
+                eng0.obs,
+                (st["codes"], st["hyper"], st["ostate"], st["scalars"]),
+                chunk,
+                tol,
+                caps,
+                active,
+                status,
+            )
         finally:
             numba.set_parallel_chunksize(old)

@@ -40,8 +40,10 @@ def checkpoint_paths(checkpoint, n: int) -> list | None:
         return None
     if isinstance(checkpoint, (list, tuple)):
         if len(checkpoint) != n:
-            raise ValueError(f"checkpoint= lists {len(checkpoint)} path(s) for {n} trial(s): "
-                             "give one per seed, or one path p (trial b writes p.b)")
+            raise ValueError(
+                f"checkpoint= lists {len(checkpoint)} path(s) for {n} trial(s): "
+                "give one per seed, or one path p (trial b writes p.b)"
+            )
         paths = [os.fspath(p) for p in checkpoint]
         if len(set(paths)) != n:
             raise ValueError("checkpoint= lists a path twice: each trial needs its own file")
@@ -49,8 +51,9 @@ def checkpoint_paths(checkpoint, n: int) -> list | None:
     try:
         base = os.fspath(checkpoint)
     except TypeError:
-        raise TypeError(f"checkpoint must be a file path or a list of them, got "
-                        f"{checkpoint!r}") from None
+        raise TypeError(
+            f"checkpoint must be a file path or a list of them, got {checkpoint!r}"
+        ) from None
     return [f"{base}.{b}" for b in range(n)]
 
 
@@ -58,13 +61,16 @@ def run_batch_flow(kind, *args) -> None:
     """One compiled call of ``kind``'s batched flow (:attr:`fastdmf._kinds.Kind.batch_flow`,
     the contract of :func:`fastdmf.kernels.flow_batch.run_batch_flow`)."""
     if kind.batch_flow is None:
-        raise ValueError(f"fit_batch has no batched flow for a {kind.title}; run "
-                         "fastdmf.fit(..., optimizer='flow') per trial")
+        raise ValueError(
+            f"fit_batch has no batched flow for a {kind.title}; run "
+            "fastdmf.fit(..., optimizer='flow') per trial"
+        )
     kind.batch_flow(*args)
 
 
-def fit_batch_flow(data, plans, args, checkpoint=None, every=None,
-                   n_threads=None) -> list[FitResult]:
+def fit_batch_flow(
+    data, plans, args, checkpoint=None, every=None, n_threads=None
+) -> list[FitResult]:
     """``fit_batch`` for ``optimizer="flow"`` or ``"flow_dopri5"``: ``data`` the trials'
     shared :class:`~fastdmf._plan.FitData`, ``plans`` one :class:`~fastdmf._plan.Plan` per
     trial (seed, init scale, hyper-parameters, record times and end time its own), ``args``
@@ -81,11 +87,13 @@ def fit_batch_flow(data, plans, args, checkpoint=None, every=None,
         paths = [check_path(p) for p in paths]
     engines = []
     for trial in plans:
-        params = kind.initialize(trial.layout, trial.init, trial.init_scale,
-                                 np.random.default_rng(trial.seed))
+        params = kind.initialize(
+            trial.layout, trial.init, trial.init_scale, np.random.default_rng(trial.seed)
+        )
         theta = trial.layout.pack(params, dtype=trial.np_dtype)
-        engines.append(Engine(problem, trial.layout, theta, trial.spec, trial.hyper,
-                              parallel=False))
+        engines.append(
+            Engine(problem, trial.layout, theta, trial.spec, trial.hyper, parallel=False)
+        )
         engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
     stacked = stack(engines)
     runs = []
@@ -113,7 +121,12 @@ class FlowTrial:
 
     def __init__(self, engine, watch, plan, settings, saver=None):
         self.engine, self.watch, self.plan, self.settings, self.saver = (
-            engine, watch, plan, settings, saver)
+            engine,
+            watch,
+            plan,
+            settings,
+            saver,
+        )
         self.nxt, self.status, self.goal, self.before = 1, None, plan.end, None
 
     def start(self) -> None:
@@ -150,9 +163,14 @@ class FlowTrial:
 
     def result(self, status) -> FitResult:
         eng = self.engine
-        return self.plan.kind.result([np.array(w) for w in eng.factors()], self.watch.traj,
-                                     status, self.settings, eng.n_steps,
-                                     self.watch.data.offsets)
+        return self.plan.kind.result(
+            [np.array(w) for w in eng.factors()],
+            self.watch.traj,
+            status,
+            self.settings,
+            eng.n_steps,
+            self.watch.data.offsets,
+        )
 
 
 def drive_flows(runs, stacked, fresh=True) -> list[str]:
@@ -178,9 +196,20 @@ def drive_flows(runs, stacked, fresh=True) -> list[str]:
             old = numba.get_parallel_chunksize()
             numba.set_parallel_chunksize(1)
             try:
-                run_batch_flow(plan0.kind, bufs, eng0.dims, eng0.offs, eng0.obs, flows,
-                               t_ends, int(plan0.budget), float(plan0.tol), caps, active,
-                               status)
+                run_batch_flow(
+                    plan0.kind,
+                    bufs,
+                    eng0.dims,
+                    eng0.offs,
+                    eng0.obs,
+                    flows,
+                    t_ends,
+                    int(plan0.budget),
+                    float(plan0.tol),
+                    caps,
+                    active,
+                    status,
+                )
             finally:
                 numba.set_parallel_chunksize(old)
         for b in np.flatnonzero(active):
@@ -199,8 +228,7 @@ def resume_batch(paths, n_threads=None) -> list[FitResult]:
     ``fit_batch(..., optimizer="flow", checkpoint=...)`` wrote: trials of one problem (its
     arrays must match), one optimiser and one evaluation budget. A finished trial's file
     returns its result; the others keep writing their checkpoints at their cadence."""
-    paths = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike))
-                                    else paths)]
+    paths = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not paths:
         raise ValueError("resume_batch needs at least one checkpoint file")
     with threads(n_threads):
@@ -209,13 +237,17 @@ def resume_batch(paths, n_threads=None) -> list[FitResult]:
         for p, fit in zip(paths, fits, strict=True):
             for key in ("problem_sha256", "optimizer", "dims", "dtype", "budget", "tol"):
                 if fit.state[key] != first[key]:
-                    raise ValueError(f"{p!r} is not a trial of the same batch as "
-                                     f"{paths[0]!r}: its {key} differs; resume it with "
-                                     "fastdmf.resume")
+                    raise ValueError(
+                        f"{p!r} is not a trial of the same batch as "
+                        f"{paths[0]!r}: its {key} differs; resume it with "
+                        "fastdmf.resume"
+                    )
             if not fit.plan.is_flow or fit.state["parallel"]:
-                raise ValueError(f"{p!r} holds a {fit.state['optimizer']!r} fit, not a "
-                                 "trial of a batched flow; resume_batch continues batched "
-                                 "flows, fastdmf.resume any single fit")
+                raise ValueError(
+                    f"{p!r} holds a {fit.state['optimizer']!r} fit, not a "
+                    "trial of a batched flow; resume_batch continues batched "
+                    "flows, fastdmf.resume any single fit"
+                )
         results = [fit.result for fit in fits]
         live = [b for b, fit in enumerate(fits) if fit.result is None]
         if live:
@@ -223,8 +255,12 @@ def resume_batch(paths, n_threads=None) -> list[FitResult]:
             for eng in engines[1:]:
                 eng.obs = engines[0].obs  # one copy of the observations (or operator)
             stacked = stack(engines)
-            runs = [FlowTrial(fits[b].engine, fits[b].watch, fits[b].plan, fits[b].settings,
-                              fits[b].saver) for b in live]
+            runs = [
+                FlowTrial(
+                    fits[b].engine, fits[b].watch, fits[b].plan, fits[b].settings, fits[b].saver
+                )
+                for b in live
+            ]
             statuses = drive_flows(runs, stacked, fresh=False)
             for b, r, status in zip(live, runs, statuses, strict=True):
                 results[b] = r.result(status)

@@ -47,11 +47,38 @@ log = logging.getLogger("fastdmf")
 
 FORMAT = 1
 # what every checkpoint holds (newer optional keys are read with defaults)
-STATE_KEYS = ("status", "settings", "optimizer", "parallel", "dims", "dtype", "end", "budget",
-              "tol", "top_k", "loss", "cap", "good_step", "traj_depth", "traj_meta", "n_steps",
-              "problem_kind", "problem_meta", "problem_sha256")
-ARRAY_KEYS = ("theta", "grad", "ostate", "scalars", "hyper", "schedule", "good_params",
-              "good_scalars", "traj_step")
+STATE_KEYS = (
+    "status",
+    "settings",
+    "optimizer",
+    "parallel",
+    "dims",
+    "dtype",
+    "end",
+    "budget",
+    "tol",
+    "top_k",
+    "loss",
+    "cap",
+    "good_step",
+    "traj_depth",
+    "traj_meta",
+    "n_steps",
+    "problem_kind",
+    "problem_meta",
+    "problem_sha256",
+)
+ARRAY_KEYS = (
+    "theta",
+    "grad",
+    "ostate",
+    "scalars",
+    "hyper",
+    "schedule",
+    "good_params",
+    "good_scalars",
+    "traj_step",
+)
 DEFAULT_EVERY = 60.0  # seconds between checkpoints when checkpoint_every is not given
 SAFE_OVERRIDES = ("callback", "progress", "checkpoint", "checkpoint_every", "n_threads")
 
@@ -97,9 +124,7 @@ def parse_every(every):
         if not (np.isfinite(every) and every >= 0):
             raise ValueError(f"checkpoint_every={every}: seconds must be finite and >= 0")
         return None, float(every)
-    raise TypeError(
-        f"checkpoint_every takes an int (steps) or a float (seconds), got {every!r}"
-    )
+    raise TypeError(f"checkpoint_every takes an int (steps) or a float (seconds), got {every!r}")
 
 
 def check_path(path) -> str:
@@ -111,8 +136,10 @@ def check_path(path) -> str:
     if not os.path.isdir(folder):
         raise ValueError(f"checkpoint={path!r}: the folder {folder!r} does not exist")
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint={path!r} is a folder; give a file path inside it, "
-                         f"e.g. {os.path.join(path, 'fit.ckpt')!r}")
+        raise ValueError(
+            f"checkpoint={path!r} is a folder; give a file path inside it, "
+            f"e.g. {os.path.join(path, 'fit.ckpt')!r}"
+        )
     return path
 
 
@@ -179,13 +206,15 @@ class Checkpointer:
             "schedule_grid": _grid_state(plan.schedule),
         }
         arrays = dict(engine.state())
-        arrays.update(schedule=_schedule_array(plan.schedule), good_params=watch.good[0],
-                      good_scalars=watch.good[1])
+        arrays.update(
+            schedule=_schedule_array(plan.schedule),
+            good_params=watch.good[0],
+            good_scalars=watch.good[1],
+        )
         arrays.update({f"traj_{k}": v for k, v in traj.to_arrays().items()})
         problem_arrays, kind, pmeta = problem_to_arrays(data.problem, "problem")
         arrays.update(problem_arrays)
-        state.update(problem_kind=kind, problem_meta=pmeta,
-                     problem_sha256=digest(problem_arrays))
+        state.update(problem_kind=kind, problem_meta=pmeta, problem_sha256=digest(problem_arrays))
         if data.test is not None:
             test_arrays, _, _ = problem_to_arrays(data.test, "test")
             arrays.update(test_arrays)
@@ -203,8 +232,12 @@ class Checkpointer:
         atomic_savez(self.path, arrays)
         self.last_step, self.last_time = engine.n_steps, _time.monotonic()
         self.count += 1
-        log.info("checkpoint %s at step %d%s", self.path, engine.n_steps,
-                 f" (final, {status})" if status else "")
+        log.info(
+            "checkpoint %s at step %d%s",
+            self.path,
+            engine.n_steps,
+            f" (final, {status})" if status else "",
+        )
 
 
 def _grid_state(schedule):
@@ -232,7 +265,7 @@ def problem_to_arrays(problem, prefix):
 def problem_from_arrays(data, prefix, kind, meta=None):
     """The problem of kind name ``kind`` back from :func:`problem_to_arrays`'s arrays."""
     head = f"{prefix}_"
-    arrays = {k[len(head):]: data[k] for k in data.files if k.startswith(head)}
+    arrays = {k[len(head) :]: data[k] for k in data.files if k.startswith(head)}
     return by_name(kind).problem_type.from_arrays(arrays, meta)
 
 
@@ -273,8 +306,10 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     except IsADirectoryError:
         raise ValueError(f"{name!r} is a folder; resume takes the checkpoint file") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{name!r} is not a readable checkpoint (damaged, truncated or another "
-                         f"kind of file): {exc}") from None
+        raise ValueError(
+            f"{name!r} is not a readable checkpoint (damaged, truncated or another "
+            f"kind of file): {exc}"
+        ) from None
     if "__state__" not in arrays:
         raise ValueError(f"{name!r} is an .npz file but not a fastdmf checkpoint")
     try:
@@ -283,17 +318,19 @@ def read_checkpoint(path) -> tuple[dict, dict]:
         raise ValueError(f"{name!r}: the checkpoint's state is damaged ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
-        raise ValueError(f"checkpoint format {found!r} is not supported "
-                         f"(this fastdmf reads format {FORMAT})")
+        raise ValueError(
+            f"checkpoint format {found!r} is not supported (this fastdmf reads format {FORMAT})"
+        )
     missing = [key for key in STATE_KEYS if key not in state]
     missing += [key for key in ARRAY_KEYS if key not in arrays]
     if missing:
-        raise ValueError(f"{name!r}: the checkpoint's state lacks {missing}; the file is "
-                         "damaged")
+        raise ValueError(f"{name!r}: the checkpoint's state lacks {missing}; the file is damaged")
     problem_arrays = {k: v for k, v in arrays.items() if k.startswith("problem_")}
     if digest(problem_arrays) != state["problem_sha256"]:
-        raise ValueError(f"checkpoint {os.fspath(path)!r}: the problem's arrays do not match "
-                         "their recorded SHA-256; the file is damaged")
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r}: the problem's arrays do not match "
+            "their recorded SHA-256; the file is damaged"
+        )
     return state, arrays
 
 
@@ -342,14 +379,23 @@ def resume(path, **overrides):
             f"takes only {list(SAFE_OVERRIDES)}; start a new fit to change the others"
         )
     with threads(overrides.get("n_threads")):
-        fit = restore(path, overrides.get("checkpoint", path),
-                      overrides.get("checkpoint_every", _NOT_GIVEN))
+        fit = restore(
+            path, overrides.get("checkpoint", path), overrides.get("checkpoint_every", _NOT_GIVEN)
+        )
         if fit.result is not None:  # a finished fit: its result again
             return fit.result
         log.info("resuming %s at step %d", os.fspath(path), fit.engine.n_steps)
-        return run(fit.engine, fit.data, fit.plan, fit.traj, fit.settings,
-                   callback=overrides.get("callback"), progress=overrides.get("progress"),
-                   saver=fit.saver, watch=fit.watch)
+        return run(
+            fit.engine,
+            fit.data,
+            fit.plan,
+            fit.traj,
+            fit.settings,
+            callback=overrides.get("callback"),
+            progress=overrides.get("progress"),
+            saver=fit.saver,
+            watch=fit.watch,
+        )
 
 
 _NOT_GIVEN = object()
@@ -394,26 +440,61 @@ def restore(path, target=_NOT_GIVEN, every=_NOT_GIVEN) -> Restored:
     layout = kind.from_dims(state["dims"], state["traj_depth"])
     spec = get_optimizer(state["optimizer"])
     args = settings["arguments"]
-    plan = Plan(kind=kind, shape=tuple(problem.shape), depth=layout.depth, layout=layout,
-                widths=args.get("widths"), init=args.get("init"),
-                init_scale=args.get("init_scale"), spec=spec, lr=args.get("lr"),
-                hyper=raw["hyper"].copy(), schedule=_schedule_from(state, raw),
-                end=state["end"], budget=state["budget"], tol=state["tol"],
-                top_k=state["top_k"], dtype=state["dtype"], parallel=state["parallel"],
-                seed=settings.get("seed"), patience=state.get("patience"))
+    plan = Plan(
+        kind=kind,
+        shape=tuple(problem.shape),
+        depth=layout.depth,
+        layout=layout,
+        widths=args.get("widths"),
+        init=args.get("init"),
+        init_scale=args.get("init_scale"),
+        spec=spec,
+        lr=args.get("lr"),
+        hyper=raw["hyper"].copy(),
+        schedule=_schedule_from(state, raw),
+        end=state["end"],
+        budget=state["budget"],
+        tol=state["tol"],
+        top_k=state["top_k"],
+        dtype=state["dtype"],
+        parallel=state["parallel"],
+        seed=settings.get("seed"),
+        patience=state.get("patience"),
+    )
     traj = kind.trajectory(plan, problem)  # the kind's fields, the records saved so far
     traj.depth, traj.meta = state["traj_depth"], state["traj_meta"]
-    traj.append_arrays({k[len("traj_"):]: raw[k] for k in raw if k.startswith("traj_")})
-    engine = make_engine(problem, layout, raw["theta"].copy(), spec, plan.hyper,
-                         state["parallel"], state.get("backend", "cpu"))
+    traj.append_arrays({k[len("traj_") :]: raw[k] for k in raw if k.startswith("traj_")})
+    engine = make_engine(
+        problem,
+        layout,
+        raw["theta"].copy(),
+        spec,
+        plan.hyper,
+        state["parallel"],
+        state.get("backend", "cpu"),
+    )
     engine.load_state(raw)
     if state["status"] is not None:
-        result = kind.result([np.array(w) for w in engine.factors()], traj, state["status"],
-                             settings, engine.n_steps, offsets)
+        result = kind.result(
+            [np.array(w) for w in engine.factors()],
+            traj,
+            state["status"],
+            settings,
+            engine.n_steps,
+            offsets,
+        )
         return Restored(state, plan, data, settings, traj, engine, result=result)
-    watch = Watch.resumed(engine, data, plan, traj, state["loss"], state["cap"],
-                          (raw["good_params"].copy(), raw["good_scalars"].copy()),
-                          state["good_step"], best)
+    watch = Watch.resumed(
+        engine,
+        data,
+        plan,
+        traj,
+        state["loss"],
+        state["cap"],
+        (raw["good_params"].copy(), raw["good_scalars"].copy()),
+        state["good_step"],
+        best,
+    )
     every = args.get("checkpoint_every") if every is _NOT_GIVEN else every
     target = path if target is _NOT_GIVEN else target
     saver = None if target is None else Checkpointer(target, every, plan, data, settings)

@@ -52,8 +52,10 @@ def _demo(args) -> int:
     warmup(parallel=(select_kernels(problem.n_observed, layout).parallel,))
     print(f"{time.perf_counter() - t0:.1f} s")
     print()
-    header = f"{'depth':>5}  {'status':>9}  {'steps':>7}  {'recon. error':>12}  " \
-             f"{'eff. rank':>9}  {'us/step':>8}"
+    header = (
+        f"{'depth':>5}  {'status':>9}  {'steps':>7}  {'recon. error':>12}  "
+        f"{'eff. rank':>9}  {'us/step':>8}"
+    )
     print(header)
     print("-" * len(header))
     for depth in args.depths:
@@ -89,11 +91,16 @@ def _reproduce(args) -> int:
     from .experiments import paper
 
     if args.experiment in ("table", "init-scale"):
-        run = paper.reproduce_table if args.experiment == "table" else \
-            paper.reproduce_init_scale
+        run = paper.reproduce_table if args.experiment == "table" else paper.reproduce_init_scale
         try:
-            run(out, full=args.full, kinds=_names(args.kinds), methods=_names(args.methods),
-                runs=args.runs, optimizer=args.optimizer)
+            run(
+                out,
+                full=args.full,
+                kinds=_names(args.kinds),
+                methods=_names(args.methods),
+                runs=args.runs,
+                optimizer=args.optimizer,
+            )
         except (ImportError, ValueError) as exc:  # a method or kind this build lacks, bad names
             print(f"fastdmf reproduce {args.experiment}: {exc}", file=sys.stderr)
             return 2
@@ -118,11 +125,12 @@ def _info(args) -> int:
 def _sweep(args) -> int:
     from .experiments.sweep_cli import run_config, summary
 
-    table = run_config(args.config, out=args.out, workers=args.workers,
-                       scheduler=args.scheduler)
+    table = run_config(args.config, out=args.out, workers=args.workers, scheduler=args.scheduler)
     print(summary(table))
-    print(f"{len(table)} fits in {table.config['n_points']} grid points; "
-          "fastdmf.load_sweep() reads them")
+    print(
+        f"{len(table)} fits in {table.config['n_points']} grid points; "
+        "fastdmf.load_sweep() reads them"
+    )
     return 0
 
 
@@ -138,31 +146,50 @@ def main(argv=None) -> int:
     demo.add_argument("--max-steps", type=int, default=1_000_000)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
-    rep = sub.add_parser("reproduce", help="re-run an experiment: the paper's table, "
-                         "init-scale, dynamics, razin-cohen, the theory checks, or the "
-                         "diagonal networks' transition")
-    rep.add_argument("experiment",
-                     choices=["theory", "table", "init-scale", "dynamics", "razin-cohen",
-                              "diagonal"])
+    rep = sub.add_parser(
+        "reproduce",
+        help="re-run an experiment: the paper's table, "
+        "init-scale, dynamics, razin-cohen, the theory checks, or the "
+        "diagonal networks' transition",
+    )
+    rep.add_argument(
+        "experiment",
+        choices=["theory", "table", "init-scale", "dynamics", "razin-cohen", "diagonal"],
+    )
     rep.add_argument("--out", default=None, help="output folder (default fastdmf-EXPERIMENT)")
-    rep.add_argument("--full", action="store_true",
-                     help="the full setting: the 100x100 problem (theory), the paper's whole "
-                          "grid (table, init-scale), longer runs (dynamics, razin-cohen)")
-    rep.add_argument("--quick", action="store_true",
-                     help="diagonal: a small problem, in seconds (the default is the full "
-                          "setting: n = 100, d = 1000, 3 seeds)")
+    rep.add_argument(
+        "--full",
+        action="store_true",
+        help="the full setting: the 100x100 problem (theory), the paper's whole "
+        "grid (table, init-scale), longer runs (dynamics, razin-cohen)",
+    )
+    rep.add_argument(
+        "--quick",
+        action="store_true",
+        help="diagonal: a small problem, in seconds (the default is the full "
+        "setting: n = 100, d = 1000, 3 seeds)",
+    )
     rep.add_argument("--seed", type=int, default=0, help="seed (theory, dynamics)")
-    rep.add_argument("--kinds", default=None,
-                     help="table, init-scale: problem kinds, e.g. completion,sensing")
-    rep.add_argument("--methods", default=None,
-                     help="table, init-scale: e.g. nuclear,depth1,depth2,depth3,depth4")
-    rep.add_argument("--runs", default=None,
-                     help="table, init-scale: tabulate the runs.csv of an earlier run "
-                          "instead of fitting")
-    rep.add_argument("--optimizer", default=None,
-                     help="table, init-scale: the factorizations' optimiser instead of "
-                          "grouprmsprop, e.g. flow (the gradient flow itself, integrated by "
-                          "RKC: the same errors in far fewer gradient evaluations)")
+    rep.add_argument(
+        "--kinds", default=None, help="table, init-scale: problem kinds, e.g. completion,sensing"
+    )
+    rep.add_argument(
+        "--methods",
+        default=None,
+        help="table, init-scale: e.g. nuclear,depth1,depth2,depth3,depth4",
+    )
+    rep.add_argument(
+        "--runs",
+        default=None,
+        help="table, init-scale: tabulate the runs.csv of an earlier run instead of fitting",
+    )
+    rep.add_argument(
+        "--optimizer",
+        default=None,
+        help="table, init-scale: the factorizations' optimiser instead of "
+        "grouprmsprop, e.g. flow (the gradient flow itself, integrated by "
+        "RKC: the same errors in far fewer gradient evaluations)",
+    )
     rep.set_defaults(func=_reproduce)
     info = sub.add_parser("info", help="versions and threads")
     info.set_defaults(func=_info)
@@ -172,8 +199,11 @@ def main(argv=None) -> int:
     swp.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     swp.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
     swp.set_defaults(func=_sweep)
-    parser.add_argument("--traceback", action="store_true",
-                        help="on an error, print the whole traceback, not only its message")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, print the whole traceback, not only its message",
+    )
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -182,9 +212,11 @@ def main(argv=None) -> int:
             raise
         # bad input (a config, a file, a name): its message, not a traceback
         text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fastdmf {args.command}: error: {type(exc).__name__}: {text}\n"
-              "(run with --traceback, before the command, for the whole traceback)",
-              file=sys.stderr)
+        print(
+            f"fastdmf {args.command}: error: {type(exc).__name__}: {text}\n"
+            "(run with --traceback, before the command, for the whole traceback)",
+            file=sys.stderr,
+        )
         return 2
 
 

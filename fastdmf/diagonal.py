@@ -131,18 +131,25 @@ class SparseRegressionProblem:
         fits no offsets."""
         if offsets is not None:
             raise ValueError("a sparse-regression fit has no offsets; pass offsets=None")
-        w = params.coef if isinstance(params, DiagonalParams) else np.asarray(
-            params, dtype=np.float64)
+        w = (
+            params.coef
+            if isinstance(params, DiagonalParams)
+            else np.asarray(params, dtype=np.float64)
+        )
         if w.shape != (self.n_features,):
-            raise ValueError(f"coefficients of shape {w.shape} for a problem with "
-                             f"{self.n_features} features; pass [u, v] as DiagonalParams "
-                             "(layout.unpack(theta)) or w itself")
+            raise ValueError(
+                f"coefficients of shape {w.shape} for a problem with "
+                f"{self.n_features} features; pass [u, v] as DiagonalParams "
+                "(layout.unpack(theta)) or w itself"
+            )
         r = self.X @ w - self.y
         return float(r @ r / self.n_samples)
 
     def _subset(self, mask):
         return SparseRegressionProblem(
-            np.ascontiguousarray(self.X[mask]), self.y[mask].copy(), self.ground_truth,
+            np.ascontiguousarray(self.X[mask]),
+            self.y[mask].copy(),
+            self.ground_truth,
             dict(self.meta),
         )
 
@@ -157,8 +164,7 @@ class SparseRegressionProblem:
     @classmethod
     def from_arrays(cls, arrays, meta=None) -> SparseRegressionProblem:
         """The problem back from :meth:`to_arrays`'s dict (validated again)."""
-        return sparse_regression(arrays["X"], arrays["y"], arrays.get("ground_truth"),
-                                 meta=meta)
+        return sparse_regression(arrays["X"], arrays["y"], arrays.get("ground_truth"), meta=meta)
 
 
 def _check_canonical(p) -> None:
@@ -194,8 +200,10 @@ def _check_canonical(p) -> None:
             "target per sample (is X transposed?)"
         )
     if not X.flags.c_contiguous:
-        raise ValueError("SparseRegressionProblem X must be C-contiguous; build the problem "
-                         "with fastdmf.sparse_regression(X, y), which copies it")
+        raise ValueError(
+            "SparseRegressionProblem X must be C-contiguous; build the problem "
+            "with fastdmf.sparse_regression(X, y), which copies it"
+        )
     for name, arr in (("X", X), ("y", y)):
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -207,8 +215,10 @@ def _check_canonical(p) -> None:
     truth = p.ground_truth
     if truth is not None:
         if not isinstance(truth, np.ndarray) or truth.shape != (d,):
-            raise ValueError(f"ground_truth has shape {np.shape(truth)}, expected ({d},): one "
-                             "coefficient per feature")
+            raise ValueError(
+                f"ground_truth has shape {np.shape(truth)}, expected ({d},): one "
+                "coefficient per feature"
+            )
         if not np.all(np.isfinite(truth)):
             raise ValueError("ground_truth must be finite")
 
@@ -241,8 +251,9 @@ def sparse_regression(X, y, ground_truth=None, meta=None) -> SparseRegressionPro
     return SparseRegressionProblem(X, y, ground_truth, dict(meta or {}))
 
 
-def synthetic_sparse_regression(n_samples, n_features, sparsity, noise=0.0, seed=0
-                                ) -> SparseRegressionProblem:
+def synthetic_sparse_regression(
+    n_samples, n_features, sparsity, noise=0.0, seed=0
+) -> SparseRegressionProblem:
     """Gaussian design, sparse ground truth: ``y = X w* + noise * e``.
 
     ``X`` has i.i.d. N(0, 1) entries; ``w*`` has ``sparsity`` nonzeros on a support drawn
@@ -254,15 +265,19 @@ def synthetic_sparse_regression(n_samples, n_features, sparsity, noise=0.0, seed
     for name, v, low in (("n_samples", n_samples, 1), ("n_features", n_features, 1)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if (not isinstance(sparsity, (int, np.integer)) or isinstance(sparsity, bool)
-            or not 0 <= sparsity <= n_features):
+    if (
+        not isinstance(sparsity, (int, np.integer))
+        or isinstance(sparsity, bool)
+        or not 0 <= sparsity <= n_features
+    ):
         raise ValueError(
             f"sparsity must be an integer in [0, n_features = {n_features}] (the number of "
             f"nonzeros of w*), got {sparsity!r}"
         )
     if not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0 (a standard deviation), got "
-                         f"{noise!r}")
+        raise ValueError(
+            f"noise must be a finite number >= 0 (a standard deviation), got {noise!r}"
+        )
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_samples, n_features))
     truth = np.zeros(n_features)
@@ -271,9 +286,14 @@ def synthetic_sparse_regression(n_samples, n_features, sparsity, noise=0.0, seed
     y = X @ truth
     if noise > 0:
         y = y + noise * rng.standard_normal(n_samples)
-    meta = {"generator": "synthetic_sparse_regression", "n_samples": int(n_samples),
-            "n_features": int(n_features), "sparsity": int(sparsity), "noise": float(noise),
-            "seed": seed}
+    meta = {
+        "generator": "synthetic_sparse_regression",
+        "n_samples": int(n_samples),
+        "n_features": int(n_features),
+        "sparsity": int(sparsity),
+        "noise": float(noise),
+        "seed": seed,
+    }
     return SparseRegressionProblem(X, y, truth, meta)
 
 
@@ -324,8 +344,9 @@ class DiagonalLayout:
         """Flatten ``[u, v]`` into ``theta``, checking shapes and values."""
         params = list(params)
         if len(params) != 2:
-            raise ValueError(f"a diagonal network has two parameter vectors [u, v], got "
-                             f"{len(params)}")
+            raise ValueError(
+                f"a diagonal network has two parameter vectors [u, v], got {len(params)}"
+            )
         theta = np.empty(self.size, dtype=dtype)
         for k, (name, p) in enumerate(zip("uv", params, strict=True)):
             p = np.asarray(p)
@@ -363,8 +384,11 @@ def initialize(layout: DiagonalLayout, init_scale: float) -> list[np.ndarray]:
     alpha must be positive: at alpha = 0 every gradient vanishes (each is a multiple of
     ``u^(N-1)`` or ``v^(N-1)``) and training never starts for N >= 2."""
     alpha = init_scale
-    if (isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating))
-            or not (np.isfinite(alpha) and alpha > 0)):
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float, np.integer, np.floating))
+        or not (np.isfinite(alpha) and alpha > 0)
+    ):
         raise ValueError(
             f"init_scale (alpha) must be a positive finite number, got {alpha!r}: u = v = "
             "alpha at the start, and alpha = 0 is a stationary point"
@@ -451,23 +475,31 @@ def check_fit(problem, args) -> None:
     widths, init = args.get("widths"), args.get("init", "constant")
     validation, offsets = args.get("validation"), args.get("offsets")
     if widths is not None:
-        raise ValueError("widths= sets the hidden widths of a matrix factorization; a "
-                         "diagonal network has none (pass widths=None)")
+        raise ValueError(
+            "widths= sets the hidden widths of a matrix factorization; a "
+            "diagonal network has none (pass widths=None)"
+        )
     if validation is not None and not (isinstance(validation, str) and validation == "auto"):
         raise ValueError(
             "validation= (early stopping on held-out entries) is for completion problems; "
             "for a sparse-regression problem pass validation=None, and hold samples out "
-            "with problem.split() and test=")
+            "with problem.split() and test="
+        )
     if offsets is not None and not (isinstance(offsets, str) and offsets == "auto"):
-        raise ValueError("offsets= applies to completion problems; a diagonal network fits "
-                         "no offsets (pass offsets=None; center X and y yourself)")
+        raise ValueError(
+            "offsets= applies to completion problems; a diagonal network fits "
+            "no offsets (pass offsets=None; center X and y yourself)"
+        )
     if not isinstance(init, str):
         raise TypeError(
             "a diagonal network starts from u = v = init_scale * 1; init= takes one of "
-            f"{list(INITS)}, not initial arrays")
+            f"{list(INITS)}, not initial arrays"
+        )
     if init not in INITS:
-        raise ValueError(f"init={init!r}: a diagonal network starts from u = v = init_scale "
-                         f"* 1; use one of {list(INITS)}")
+        raise ValueError(
+            f"init={init!r}: a diagonal network starts from u = v = init_scale "
+            f"* 1; use one of {list(INITS)}"
+        )
     if "depth" in args:
         DiagonalLayout(problem.n_features, args["depth"])  # checks depth
     if "init_scale" in args:
@@ -483,8 +515,10 @@ def layout(shape, depth, widths=None) -> DiagonalLayout:
 def param_layout(problem, params) -> DiagonalLayout:
     """The layout of given parameters: a :class:`DiagonalParams` (it knows its depth)."""
     if not isinstance(params, DiagonalParams):
-        raise TypeError("the parameters of a diagonal network are DiagonalParams([u, v], "
-                        "depth): the depth is not readable off u and v")
+        raise TypeError(
+            "the parameters of a diagonal network are DiagonalParams([u, v], "
+            "depth): the depth is not readable off u and v"
+        )
     return DiagonalLayout(problem.n_features, params.depth)
 
 
@@ -507,14 +541,27 @@ def score(params, test, offsets=None) -> float:
 
 
 #: The fields of a diagonal network's trajectory records (see :func:`measure`).
-SCALARS = ("step", "time", "n_evals", "train_loss", "test_error", "val_error", "grad_norm",
-           "param_norm", "l1", "l2", "support", "potential")
+SCALARS = (
+    "step",
+    "time",
+    "n_evals",
+    "train_loss",
+    "test_error",
+    "val_error",
+    "grad_norm",
+    "param_norm",
+    "l1",
+    "l2",
+    "support",
+    "potential",
+)
 
 
 def trajectory(plan, problem) -> Trajectory:
     """The empty trajectory of a fit: :data:`SCALARS`, no matrix fields."""
-    return Trajectory(plan.depth, None, {"shape": list(problem.shape)}, scalars=SCALARS,
-                      matrices=())
+    return Trajectory(
+        plan.depth, None, {"shape": list(problem.shape)}, scalars=SCALARS, matrices=()
+    )
 
 
 def record(params, grads, loss, counts, data, plan) -> dict:
@@ -523,12 +570,20 @@ def record(params, grads, loss, counts, data, plan) -> dict:
     step, time, n_evals = counts
     if not isinstance(params, DiagonalParams):
         params = DiagonalParams(params, plan.depth)
-    return measure(params, grads, loss, step, time, n_evals, data.problem, data.test,
-                   init_scale=plan.init_scale)
+    return measure(
+        params,
+        grads,
+        loss,
+        step,
+        time,
+        n_evals,
+        data.problem,
+        data.test,
+        init_scale=plan.init_scale,
+    )
 
 
-def measure(params, grads, loss, step, time, n_evals, problem, test=None, *,
-            init_scale) -> dict:
+def measure(params, grads, loss, step, time, n_evals, problem, test=None, *, init_scale) -> dict:
     """One trajectory record of a diagonal network, in float64 whatever the fit's dtype.
 
     ``step``, ``time``, ``n_evals``, ``train_loss`` (= ``loss``), ``grad_norm``
@@ -573,8 +628,10 @@ class DiagonalResult(FitResult):
         if not isinstance(self.factors, DiagonalParams):
             depth = (self.settings or {}).get("arguments", {}).get("depth")
             if depth is None:
-                raise ValueError("DiagonalResult needs the depth: pass DiagonalParams([u, v], "
-                                 "depth) or settings={'arguments': {'depth': N}}")
+                raise ValueError(
+                    "DiagonalResult needs the depth: pass DiagonalParams([u, v], "
+                    "depth) or settings={'arguments': {'depth': N}}"
+                )
             self.factors = DiagonalParams(self.factors, depth)
 
     @property
@@ -599,11 +656,15 @@ class DiagonalResult(FitResult):
         X = _real_array(X, "X")
         d = self.shape[1]
         if X.shape[-1:] != (d,) or X.ndim > 2:
-            raise ValueError(f"X has shape {X.shape}; the fit has {d} features: pass an "
-                             f"(n, {d}) array or one sample of {d}")
+            raise ValueError(
+                f"X has shape {X.shape}; the fit has {d} features: pass an "
+                f"(n, {d}) array or one sample of {d}"
+            )
         return X @ self.coef
 
     def __repr__(self) -> str:
-        return (f"DiagonalResult(depth={self.depth}, features={self.shape[1]}, "
-                f"status={self.status!r}, steps={self.n_steps}, "
-                f"train_loss={self.train_loss:.3g})")
+        return (
+            f"DiagonalResult(depth={self.depth}, features={self.shape[1]}, "
+            f"status={self.status!r}, steps={self.n_steps}, "
+            f"train_loss={self.train_loss:.3g})"
+        )

@@ -117,8 +117,7 @@ def _check_scale(init_scale) -> float:
     ):
         raise TypeError(f"init_scale must be a positive number, got {init_scale!r}")
     if not (np.isfinite(init_scale) and init_scale > 0):
-        raise ValueError(f"init_scale (alpha) must be a positive finite number, got "
-                         f"{init_scale!r}")
+        raise ValueError(f"init_scale (alpha) must be a positive finite number, got {init_scale!r}")
     return float(init_scale)
 
 
@@ -317,15 +316,17 @@ def diagonal_limit(problem, init_scale, depth=2, *, tol: float = 1e-12, max_iter
     alpha, depth = _check_scale(init_scale), _check_depth(depth)
     if isinstance(tol, bool) or not (isinstance(tol, (int, float, np.floating)) and 0 < tol < 1):
         raise ValueError(f"tol must be a number in (0, 1), e.g. 1e-12; got {tol!r}")
-    if isinstance(max_iter, bool) or not (isinstance(max_iter, (int, np.integer))
-                                          and max_iter >= 1):
+    if isinstance(max_iter, bool) or not (
+        isinstance(max_iter, (int, np.integer)) and max_iter >= 1
+    ):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     log_scale = depth * np.log(alpha)
     rows = RowSpace.of(data.X)
     reduced = rows.reduced_targets(data.y)
     size = float(np.max(np.abs(reduced), initial=0.0))
-    if size > 0 and not (np.log(_TARGET_RANGE[0]) <= np.log(size) - log_scale
-                         <= np.log(_TARGET_RANGE[1])):
+    if size > 0 and not (
+        np.log(_TARGET_RANGE[0]) <= np.log(size) - log_scale <= np.log(_TARGET_RANGE[1])
+    ):
         raise ValueError(
             f"init_scale = {alpha:g} at depth {depth:g} puts y / alpha^D at "
             f"{size:.1e} / {alpha:g}^{depth:g}, outside [{_TARGET_RANGE[0]:g}, "
@@ -354,13 +355,25 @@ def diagonal_limit(problem, init_scale, depth=2, *, tol: float = 1e-12, max_iter
     outside = grad_q - rows.Vt.T @ (rows.Vt @ grad_q)
     kkt = float(np.linalg.norm(outside)) / max(float(np.linalg.norm(grad_q)), 1e-300)
     cert = {
-        "multiplier": rows.multiplier(c), "z": z, "residual": residual, "kkt_residual": kkt,
-        "potential": potential(w, alpha, depth), "boundary_distance": boundary,
-        "l1_norm": float(np.sum(np.abs(w))), "l2_norm": float(np.linalg.norm(w)),
+        "multiplier": rows.multiplier(c),
+        "z": z,
+        "residual": residual,
+        "kkt_residual": kkt,
+        "potential": potential(w, alpha, depth),
+        "boundary_distance": boundary,
+        "l1_norm": float(np.sum(np.abs(w))),
+        "l2_norm": float(np.linalg.norm(w)),
     }
-    settings = {"solver": "diagonal_limit", "method": "dual-newton", "init_scale": alpha,
-                "depth": depth, "tol": tol, "max_iter": int(max_iter), "iterations": it,
-                "certificate": cert}
+    settings = {
+        "solver": "diagonal_limit",
+        "method": "dual-newton",
+        "init_scale": alpha,
+        "depth": depth,
+        "tol": tol,
+        "max_iter": int(max_iter),
+        "iterations": it,
+        "certificate": cert,
+    }
     return pack(data, w, "converged" if converged else "max_steps", settings, it)
 
 
@@ -430,8 +443,11 @@ def _newton(vt, target, depth, tol, max_iter):
             step = -np.linalg.lstsq(hess, grad, rcond=None)[0]
         slope = float(grad @ step)
         # rounding allowance of the objective: near the optimum the decrease is below it
-        noise = 64 * _EPS * (float(np.sum(np.abs(link_potential(z, depth))))
-                             + abs(float(target @ c)) + 1e-300)
+        noise = (
+            64
+            * _EPS
+            * (float(np.sum(np.abs(link_potential(z, depth)))) + abs(float(target @ c)) + 1e-300)
+        )
         t = _first_step(z, vt.T @ step, depth)
         for _ in range(80):
             f_new, z_new = _dual(vt, target, depth, c + t * step)

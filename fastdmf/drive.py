@@ -37,8 +37,7 @@ class Watch:
         self.good, self.good_step = engine.snapshot(), 0
         if self.val is not None:
             first = float(traj.last()["val_error"])
-            self.best = {"val": first, "ref": first, "index": 0, "since": 0,
-                         "snap": self.good}
+            self.best = {"val": first, "ref": first, "index": 0, "since": 0, "snap": self.good}
 
     @classmethod
     def resumed(cls, engine, data, plan, traj, loss, cap, good, good_step, best=None):
@@ -56,9 +55,16 @@ class Watch:
         eng = self.engine
         loss = eng.evaluate()
         if np.isfinite(loss):
-            self.traj.append(self.plan.kind.measure(
-                eng.factors(), eng.grads(), loss, (eng.n_steps, eng.time, eng.n_evals),
-                self.data, self.plan))
+            self.traj.append(
+                self.plan.kind.measure(
+                    eng.factors(),
+                    eng.grads(),
+                    loss,
+                    (eng.n_steps, eng.time, eng.n_evals),
+                    self.data,
+                    self.plan,
+                )
+            )
         return loss
 
     def settle(self, code: int, at_record: bool, tol: float):
@@ -129,12 +135,26 @@ def drive(engine, data, plan, traj, callback=None, progress=None, saver=None, wa
     fresh = watch is None
     if watch is None:
         watch = Watch(engine, data, plan, traj)
-    return watch.finish(_loop(engine, traj, plan.schedule, plan.end, plan.budget, plan.tol,
-                              callback, progress, saver, watch, fresh))
+    return watch.finish(
+        _loop(
+            engine,
+            traj,
+            plan.schedule,
+            plan.end,
+            plan.budget,
+            plan.tol,
+            callback,
+            progress,
+            saver,
+            watch,
+            fresh,
+        )
+    )
 
 
-def run(engine, data, plan, traj, settings, *, callback=None, progress=None, saver=None,
-        watch=None):
+def run(
+    engine, data, plan, traj, settings, *, callback=None, progress=None, saver=None, watch=None
+):
     """:func:`drive` a fit to its end under a progress bar, write its final checkpoint, and
     return the kind's result (``fit`` and ``resume`` both end here)."""
     bar = fit_progress(plan.end, "time" if plan.is_flow else "step", progress)
@@ -178,8 +198,9 @@ def _loop(engine, traj, schedule, end, budget, tol, callback, progress, saver, w
         if progress is not None:
             progress.update(engine.position, watch.loss if at_record else None)
         if at_record:
-            log.debug("step %d  time %.4g  train loss %.3e", engine.n_steps, engine.time,
-                      watch.loss)
+            log.debug(
+                "step %d  time %.4g  train loss %.3e", engine.n_steps, engine.time, watch.loss
+            )
             if callback is not None and callback(
                 {**traj.last(), "factors": [np.array(w) for w in engine.factors()]}
             ):

@@ -15,8 +15,15 @@ from .kernels import flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
-__all__ = ["Engine", "FlowEngine", "CudaEngine", "make_engine", "select_kernels", "stack",
-           "BACKENDS"]
+__all__ = [
+    "Engine",
+    "FlowEngine",
+    "CudaEngine",
+    "make_engine",
+    "select_kernels",
+    "stack",
+    "BACKENDS",
+]
 
 BACKENDS = ("cpu", "cuda", "auto")
 
@@ -65,7 +72,8 @@ class Engine:
         self.offs = layout.offsets
         self.kind = kind_of(problem)
         self.kernels, self.nblk, self.obs, self.work, self.rowloss = self.kind.prepare(
-            problem, layout, dtype, parallel)
+            problem, layout, dtype, parallel
+        )
         self.spec = spec
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
         self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
@@ -139,8 +147,10 @@ class Engine:
         for name, arr in buffers.items():
             old = getattr(self, name)
             if arr.shape != old.shape or arr.dtype != old.dtype:
-                raise ValueError(f"bind: {name} of shape {arr.shape} {arr.dtype}, expected "
-                                 f"{old.shape} {old.dtype}")
+                raise ValueError(
+                    f"bind: {name} of shape {arr.shape} {arr.dtype}, expected "
+                    f"{old.shape} {old.dtype}"
+                )
             setattr(self, name, arr)
 
     def factors(self) -> list[np.ndarray]:
@@ -163,8 +173,15 @@ class Engine:
         scale = 2.0 / self.obs[0].shape[0]
         with self._blas():
             return self.kernels.loss_and_grad(
-                theta, grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
-                scale, self.nblk,
+                theta,
+                grad,
+                self.work,
+                self.dims,
+                self.offs,
+                self.obs,
+                self.rowloss,
+                scale,
+                self.nblk,
             )
 
     def _blas(self):
@@ -219,8 +236,10 @@ class FlowEngine(Engine):
         flows = [buffers.pop(name, old) for name, old in zip(self.FLOW, self.flow, strict=True)]
         for name, arr, old in zip(self.FLOW, flows, self.flow, strict=True):
             if arr.shape != old.shape or arr.dtype != old.dtype:
-                raise ValueError(f"bind: {name} of shape {arr.shape} {arr.dtype}, expected "
-                                 f"{old.shape} {old.dtype}")
+                raise ValueError(
+                    f"bind: {name} of shape {arr.shape} {arr.dtype}, expected "
+                    f"{old.shape} {old.dtype}"
+                )
         super().bind(buffers)
         self.flow = tuple(flows)
 
@@ -262,8 +281,10 @@ class FlowEngine(Engine):
 
     def divergence_advice(self) -> str:
         # lr is only the first trial step here; the tolerances steer the integrator
-        return (f"Try smaller tolerances than optimizer_options rtol={self.hyper[1]:g}, "
-                f"atol={self.hyper[3]:g}.")
+        return (
+            f"Try smaller tolerances than optimizer_options rtol={self.hyper[1]:g}, "
+            f"atol={self.hyper[3]:g}."
+        )
 
     def snapshot(self):
         return self.flow[0].copy(), self.flow[2].copy()
@@ -283,8 +304,18 @@ class FlowEngine(Engine):
         """
         with self._blas():
             done, status, loss = self.kernels.run_flow(
-                self.theta, self.grad, self.work, self.dims, self.offs, self.obs, self.rowloss,
-                self.flow, float(t_end), int(max_evals), float(tol), float(loss_cap),
+                self.theta,
+                self.grad,
+                self.work,
+                self.dims,
+                self.offs,
+                self.obs,
+                self.rowloss,
+                self.flow,
+                float(t_end),
+                int(max_evals),
+                float(tol),
+                float(loss_cap),
                 self.nblk,
             )
         return int(done), int(status), float(loss)
@@ -328,8 +359,14 @@ class CudaEngine(Engine):
         kc.require()
         super().__init__(problem, layout, theta, spec, hyper, parallel=False)
         self.device = kc.DeviceBatch(
-            problem, self.dims, self.theta[None], np.array([spec.code]), self.hyper[None],
-            self.ostate[None], self.scalars[None], launch,
+            problem,
+            self.dims,
+            self.theta[None],
+            np.array([spec.code]),
+            self.hyper[None],
+            self.ostate[None],
+            self.scalars[None],
+            launch,
         )
 
     def run(self, n_steps: int, tol: float, loss_cap: float):
@@ -347,8 +384,10 @@ class CudaEngine(Engine):
         self.device.upload()  # the GPU copy of the restored state
 
 
-_CPU_ONLY = ("the flow optimisers ('flow', 'flow_dopri5') run on the CPU only; use "
-             "backend='cpu' (or one of gd, grouprmsprop, adam on the GPU)")
+_CPU_ONLY = (
+    "the flow optimisers ('flow', 'flow_dopri5') run on the CPU only; use "
+    "backend='cpu' (or one of gd, grouprmsprop, adam on the GPU)"
+)
 
 
 def resolve_backend(backend: str, optimizer, problem=None) -> str:

@@ -71,16 +71,25 @@ class Objective:
     True
     """
 
-    def __init__(self, problem, depth: int, widths=None, dtype: str = "float64", *,
-                 shape=None, parallel: bool | None = None):
+    def __init__(
+        self,
+        problem,
+        depth: int,
+        widths=None,
+        dtype: str = "float64",
+        *,
+        shape=None,
+        parallel: bool | None = None,
+    ):
         self.problem = as_problem(problem, shape)
         if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
             raise TypeError(f"parallel must be True, False or None, got {parallel!r}")
         self.dtype = np.dtype(dtype_name(dtype))
         self.kind = kind_of(self.problem)
         self.layout = self.kind.layout(self.problem.shape, depth, widths)
-        self._engine = Engine(self.problem, self.layout, np.zeros(self.layout.size, self.dtype),
-                              parallel=parallel)
+        self._engine = Engine(
+            self.problem, self.layout, np.zeros(self.layout.size, self.dtype), parallel=parallel
+        )
         self._size = self.layout.size  # FactorLayout.size recomputes the offsets: read once
         self.n_calls = 0
 
@@ -101,8 +110,10 @@ class Objective:
 
     def __repr__(self) -> str:
         kernels = "parallel" if self._engine.kernels.parallel else "serial"
-        return (f"Objective(depth={self.depth}, dims={list(self.layout.dims)}, "
-                f"size={self.size}, dtype={self.dtype.name}, kernels={kernels})")
+        return (
+            f"Objective(depth={self.depth}, dims={list(self.layout.dims)}, "
+            f"size={self.size}, dtype={self.dtype.name}, kernels={kernels})"
+        )
 
     # ------------------------------------------------------------------ evaluation
     def __call__(self, x) -> tuple[float, np.ndarray]:
@@ -117,12 +128,17 @@ class Objective:
             grad = np.empty(self.size, self.dtype)
         else:
             grad = out
-            if not (isinstance(out, np.ndarray) and out.shape == (self.size,)
-                    and out.dtype == self.dtype and out.flags.c_contiguous
-                    and out.flags.writeable):
+            if not (
+                isinstance(out, np.ndarray)
+                and out.shape == (self.size,)
+                and out.dtype == self.dtype
+                and out.flags.c_contiguous
+                and out.flags.writeable
+            ):
                 raise ValueError(
                     f"out= must be a writeable C-contiguous {self.dtype.name} vector of "
-                    f"{self.size} entries, got {_describe(out)}")
+                    f"{self.size} entries, got {_describe(out)}"
+                )
             if np.may_share_memory(out, x):
                 raise ValueError("out= must not overlap x: the gradient would overwrite it")
         loss = self._engine.evaluate_at(x, grad)
@@ -144,10 +160,12 @@ class Objective:
         if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer)) and seed >= 0):
             raise TypeError(f"seed must be a non-negative int, got {seed!r}")
         if isinstance(init_scale, bool) or not isinstance(
-                init_scale, (int, float, np.integer, np.floating)):
+            init_scale, (int, float, np.integer, np.floating)
+        ):
             raise TypeError(f"init_scale must be a real number, got {init_scale!r}")
-        factors = self.kind.initialize(self.layout, init, init_scale,
-                                       np.random.default_rng(int(seed)))
+        factors = self.kind.initialize(
+            self.layout, init, init_scale, np.random.default_rng(int(seed))
+        )
         return self.layout.pack(factors, dtype=self.dtype)
 
     def pack(self, factors) -> np.ndarray:
@@ -161,8 +179,17 @@ class Objective:
         return self.layout.unpack(self._check(x, finite=False))
 
     # ------------------------------------------------------------------ reading an answer
-    def result(self, x, *, test=None, top_k: int | None = None, status: str | None = None,
-               n_steps: int = 0, tol: float = 1e-6, history=None) -> FitResult:
+    def result(
+        self,
+        x,
+        *,
+        test=None,
+        top_k: int | None = None,
+        status: str | None = None,
+        n_steps: int = 0,
+        tol: float = 1e-6,
+        history=None,
+    ) -> FitResult:
         """A :class:`~fastdmf.FitResult` for the vector ``x`` an outside solver returned,
         so that its answer reads like a fit's (factors, ``matrix()``, ``predict``, records).
 
@@ -190,13 +217,20 @@ class Objective:
         record's ``n_evals`` is this objective's call count.
         """
         test = self._check_test(test)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(
-                top_k, (int, np.integer)) or top_k < 1):
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1
+        ):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         points = [self._check(h, finite=True) for h in (history or [])]
         x = self._check(x, finite=True)
-        plan = Plan(kind=self.kind, shape=tuple(self.shape), depth=self.depth,
-                    layout=self.layout, top_k=top_k, dtype=self.dtype.name)
+        plan = Plan(
+            kind=self.kind,
+            shape=tuple(self.shape),
+            depth=self.depth,
+            layout=self.layout,
+            top_k=top_k,
+            dtype=self.dtype.name,
+        )
         data = FitData(self.problem, test)
         traj = self.kind.trajectory(plan, self.problem)
         grad = np.empty(self.size, self.dtype)
@@ -204,11 +238,21 @@ class Objective:
         for k, (step, point) in enumerate(zip(steps, [*points, x], strict=True)):
             loss = self._engine.evaluate_at(point, grad)
             if not np.isfinite(loss):
-                raise ValueError(f"the loss at {'x' if k == len(points) else f'history[{k}]'} "
-                                 "is not finite; the solver diverged")
+                raise ValueError(
+                    f"the loss at {'x' if k == len(points) else f'history[{k}]'} "
+                    "is not finite; the solver diverged"
+                )
             n_evals = self.n_calls if k == len(points) else k
-            traj.append(self.kind.measure(self.layout.unpack(point), self.layout.unpack(grad),
-                                          loss, (step, np.nan, n_evals), data, plan))
+            traj.append(
+                self.kind.measure(
+                    self.layout.unpack(point),
+                    self.layout.unpack(grad),
+                    loss,
+                    (step, np.nan, n_evals),
+                    data,
+                    plan,
+                )
+            )
         if status is None:
             status = "converged" if loss <= tol else "stopped"
         factors = [np.array(w, dtype=self.dtype) for w in self.layout.unpack(x)]
@@ -221,25 +265,30 @@ class Objective:
             if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
                 x = np.asarray(x)
             else:
-                raise TypeError(f"x must be a flat NumPy vector of {self.size} floats, got "
-                                f"{type(x).__name__}")
+                raise TypeError(
+                    f"x must be a flat NumPy vector of {self.size} floats, got {type(x).__name__}"
+                )
         if x.dtype not in (np.float64, np.float32):
             raise TypeError(
                 f"x must hold float64 or float32 values, got dtype {x.dtype}; the objective "
-                f"computes in {self.dtype.name} (x.astype(np.{self.dtype.name}) converts)")
+                f"computes in {self.dtype.name} (x.astype(np.{self.dtype.name}) converts)"
+            )
         if x.ndim != 1 or x.size != self.size:
             raise ValueError(
                 f"x has shape {x.shape}; this objective takes a flat vector of {self.size} "
                 f"entries (depth {self.depth}, dims d_0..d_N = {list(self.layout.dims)}). "
                 "obj.pack([W_1, ..., W_N]) builds one; was it made for another problem shape "
-                "or depth?")
+                "or depth?"
+            )
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if not x.flags.writeable:  # Numba types read-only arrays apart: a copy, not a
-            x = x.copy()           # second compilation of the kernels (JAX hands these)
+            x = x.copy()  # second compilation of the kernels (JAX hands these)
         if finite and not np.isfinite(x.sum()) and not np.all(np.isfinite(x)):
             bad = int(np.flatnonzero(~np.isfinite(x))[0])
-            raise ValueError(f"x holds a non-finite value (x[{bad}] = {x[bad]}); the "
-                             "solver diverged or was given a bad start")
+            raise ValueError(
+                f"x holds a non-finite value (x[{bad}] = {x[bad]}); the "
+                "solver diverged or was given a bad start"
+            )
         return x
 
     def _check_test(self, test):
@@ -248,8 +297,12 @@ class Objective:
     def _settings(self) -> dict:
         """What a FitResult keeps (the keys of fit's settings)."""
         return {
-            "arguments": {"depth": self.depth, "widths": list(self.layout.dims[1:-1]),
-                          "dtype": self.dtype.name, "solver": "Objective"},
+            "arguments": {
+                "depth": self.depth,
+                "widths": list(self.layout.dims[1:-1]),
+                "dtype": self.dtype.name,
+                "solver": "Objective",
+            },
             "seed": None,
             "problem": repr(self.problem),
             "problem_meta": dict(self.problem.meta),

@@ -49,13 +49,17 @@ def jax_loss(objective: Objective):
 
     def call(theta):
         if theta.ndim != 1 or theta.shape[0] != objective.size:
-            raise ValueError(f"theta has shape {tuple(theta.shape)}; the objective takes a flat "
-                             f"vector of {objective.size} entries (dims d_0..d_N = "
-                             f"{list(objective.layout.dims)})")
+            raise ValueError(
+                f"theta has shape {tuple(theta.shape)}; the objective takes a flat "
+                f"vector of {objective.size} entries (dims d_0..d_N = "
+                f"{list(objective.layout.dims)})"
+            )
         if theta.dtype not in (np.float64, np.float32):
             raise TypeError(f"theta must be float64 or float32, got {theta.dtype}")
-        out = (jax.ShapeDtypeStruct((), theta.dtype), jax.ShapeDtypeStruct(theta.shape,
-                                                                           theta.dtype))
+        out = (
+            jax.ShapeDtypeStruct((), theta.dtype),
+            jax.ShapeDtypeStruct(theta.shape, theta.dtype),
+        )
         return jax.pure_callback(host, out, theta, vmap_method="sequential")
 
     @jax.custom_vjp

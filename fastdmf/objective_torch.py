@@ -41,8 +41,9 @@ try:
 except ModuleNotFoundError as exc:  # an optional extra
     if (exc.name or "").split(".")[0] != "torch":
         raise
-    raise ImportError('fastdmf.objective_torch needs PyTorch: pip install "fastdmf[torch]"'
-                      ) from exc
+    raise ImportError(
+        'fastdmf.objective_torch needs PyTorch: pip install "fastdmf[torch]"'
+    ) from exc
 
 from .objective import Objective
 
@@ -96,8 +97,10 @@ def factors_loss(factors, objective: Objective) -> torch.Tensor:
         want = objective.layout.factor_shape(j)
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != want:
             got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-            raise ValueError(f"factor W_{j} must be a tensor of shape {want}, got {got} "
-                             f"(dims d_0..d_N = {list(objective.layout.dims)})")
+            raise ValueError(
+                f"factor W_{j} must be a tensor of shape {want}, got {got} "
+                f"(dims d_0..d_N = {list(objective.layout.dims)})"
+            )
     flat = torch.cat([factors[0].T.reshape(-1)] + [w.reshape(-1) for w in factors[1:]])
     return objective_loss(flat, objective)
 
@@ -122,12 +125,14 @@ class FactorizationLoss(torch.nn.Module):
         As :meth:`fastdmf.Objective.x0` (the factors ``fit`` starts from).
     """
 
-    def __init__(self, objective: Objective, init="gaussian", init_scale: float = 1e-3,
-                 seed: int = 0):
+    def __init__(
+        self, objective: Objective, init="gaussian", init_scale: float = 1e-3, seed: int = 0
+    ):
         super().__init__()
         if not isinstance(objective, Objective):
             raise TypeError(
-                f"objective must be a fastdmf.Objective, got {type(objective).__name__}")
+                f"objective must be a fastdmf.Objective, got {type(objective).__name__}"
+            )
         self.objective = objective
         self.theta = torch.nn.Parameter(torch.from_numpy(objective.x0(init, init_scale, seed)))
 
@@ -153,14 +158,18 @@ def _as_vector(theta, objective, check_only=False):
     if not isinstance(theta, torch.Tensor):
         raise TypeError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
     if theta.device.type != "cpu":
-        raise ValueError(f"theta is on {theta.device}: the fused kernels run on the CPU; pass "
-                         "theta.cpu() (or fit with backend='cuda')")
+        raise ValueError(
+            f"theta is on {theta.device}: the fused kernels run on the CPU; pass "
+            "theta.cpu() (or fit with backend='cuda')"
+        )
     if theta.dtype not in (torch.float64, torch.float32):
         raise TypeError(f"theta must be float64 or float32, got {theta.dtype}")
     if theta.dim() != 1 or theta.numel() != objective.size:
-        raise ValueError(f"theta has shape {tuple(theta.shape)}; the objective takes a flat "
-                         f"vector of {objective.size} entries (dims d_0..d_N = "
-                         f"{list(objective.layout.dims)})")
+        raise ValueError(
+            f"theta has shape {tuple(theta.shape)}; the objective takes a flat "
+            f"vector of {objective.size} entries (dims d_0..d_N = "
+            f"{list(objective.layout.dims)})"
+        )
     if check_only:
         return None
     want = _TORCH_DTYPES[objective.dtype]

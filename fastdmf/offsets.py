@@ -29,8 +29,14 @@ import numpy as np
 
 from .problem import CompletionProblem
 
-__all__ = ["Offsets", "fit_offsets", "validation_split", "check_validation", "OFFSET_KINDS",
-           "RIDGE_GRID"]
+__all__ = [
+    "Offsets",
+    "fit_offsets",
+    "validation_split",
+    "check_validation",
+    "OFFSET_KINDS",
+    "RIDGE_GRID",
+]
 
 OFFSET_KINDS = ("mean", "biases", "scaled")
 # prior weight (in degrees of freedom) of the typical column's log variance in a column's
@@ -106,8 +112,11 @@ class Offsets:
         return {"kind": self.kind, "mean": float(self.mean), "lam": float(self.lam)}
 
     def to_arrays(self, prefix: str = "offsets") -> dict:
-        out = {f"{prefix}_row": self.row, f"{prefix}_col": self.col,
-               f"{prefix}_scalars": np.array([self.mean, self.lam])}
+        out = {
+            f"{prefix}_row": self.row,
+            f"{prefix}_col": self.col,
+            f"{prefix}_scalars": np.array([self.mean, self.lam]),
+        }
         if self.scale is not None:
             out[f"{prefix}_scale"] = self.scale
         return out
@@ -117,12 +126,17 @@ class Offsets:
         mean, lam = (float(v) for v in data[f"{prefix}_scalars"])
         key = f"{prefix}_scale"
         scale = np.array(data[key]) if key in data.files else None
-        return cls(kind, mean, np.array(data[f"{prefix}_row"]), np.array(data[f"{prefix}_col"]),
-                   lam, scale)
+        return cls(
+            kind, mean, np.array(data[f"{prefix}_row"]), np.array(data[f"{prefix}_col"]), lam, scale
+        )
 
 
-def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
-                validation: CompletionProblem | None = None) -> Offsets:
+def fit_offsets(
+    problem: CompletionProblem,
+    kind: str = "biases",
+    lam=None,
+    validation: CompletionProblem | None = None,
+) -> Offsets:
     """Fit the offsets of ``problem``'s observed values (see the module docstring).
 
     Parameters
@@ -145,8 +159,9 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
         Held-out entries of the same shape, used only to choose ``lam``.
     """
     if kind not in OFFSET_KINDS + ("auto",):
-        raise ValueError(f"offsets must be one of {list(OFFSET_KINDS)}, 'auto' or None, got "
-                         f"{kind!r}")
+        raise ValueError(
+            f"offsets must be one of {list(OFFSET_KINDS)}, 'auto' or None, got {kind!r}"
+        )
     m, n = problem.shape
     if kind == "auto":
         scale = column_scale(problem)
@@ -156,8 +171,15 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
         # biases of the standardised values; the column means go into the column offsets
         scale = column_scale(problem)
         count = np.bincount(problem.cols, minlength=n)
-        centre = np.divide(np.bincount(problem.cols, problem.values, n), count,
-                           out=np.zeros(n), where=count > 0) / scale
+        centre = (
+            np.divide(
+                np.bincount(problem.cols, problem.values, n),
+                count,
+                out=np.zeros(n),
+                where=count > 0,
+            )
+            / scale
+        )
         unit = Offsets("mean", 0.0, np.zeros(m), centre, scale=scale)
         z = unit.remove(problem)  # (values - column mean) / s_j
         zval = None if validation is None else unit.remove(validation)
@@ -176,10 +198,14 @@ def fit_offsets(problem: CompletionProblem, kind: str = "biases", lam=None,
                 pred = fitted.at(validation.rows, validation.cols)
                 errors.append(float(np.mean((validation.values - pred) ** 2)))
             lam = RIDGE_GRID[int(np.argmin(errors))]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) \
-            or not (np.isfinite(lam) and lam >= 0):
-        raise ValueError(f"the ridge strength of the biases must be a finite number >= 0, "
-                         f"got {lam!r}")
+    if (
+        isinstance(lam, bool)
+        or not isinstance(lam, (int, float, np.integer, np.floating))
+        or not (np.isfinite(lam) and lam >= 0)
+    ):
+        raise ValueError(
+            f"the ridge strength of the biases must be a finite number >= 0, got {lam!r}"
+        )
     return _ridge_biases(problem, mean, float(lam))
 
 
@@ -193,8 +219,7 @@ def column_scale(problem: CompletionProblem) -> np.ndarray:
     n = problem.shape[1]
     cols, values = problem.cols, problem.values
     count = np.bincount(cols, minlength=n).astype(np.float64)
-    col_mean = np.divide(np.bincount(cols, values, n), count, out=np.zeros(n),
-                         where=count > 0)
+    col_mean = np.divide(np.bincount(cols, values, n), count, out=np.zeros(n), where=count > 0)
     ss = np.bincount(cols, (values - col_mean[cols]) ** 2, n)
     dof = np.maximum(count - 1.0, 0.0)
     var = np.divide(ss, dof, out=np.zeros(n), where=dof > 0)
@@ -217,8 +242,9 @@ def _ridge_biases(problem, mean, lam) -> Offsets:
 
     def normal(x):
         fitted = x[:m][rows] + x[m:][cols]
-        return np.concatenate([np.bincount(rows, fitted, m), np.bincount(cols, fitted, n)]) \
-            + lam * x
+        return (
+            np.concatenate([np.bincount(rows, fitted, m), np.bincount(cols, fitted, n)]) + lam * x
+        )
 
     rhs = np.concatenate([np.bincount(rows, resid, m), np.bincount(cols, resid, n)])
     diag = np.concatenate([np.bincount(rows, minlength=m), np.bincount(cols, minlength=n)]) + lam
@@ -255,12 +281,16 @@ def validation_split(problem: CompletionProblem, fraction: float, seed=0):
     column's last training entry, so every row and column with observations keeps one to
     train on. Entries are visited in a random order and held out while both their row and
     column still have another training entry, up to ``round(fraction * |Omega|)``."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (float, np.floating, int,
-                                                               np.integer)) \
-            or not 0 < fraction < 1:
-        raise ValueError(f"validation={fraction!r}: a fraction of the observed entries must "
-                         "lie strictly between 0 and 1 (e.g. 0.1), or give the validation "
-                         "entries themselves, or None for no validation")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (float, np.floating, int, np.integer))
+        or not 0 < fraction < 1
+    ):
+        raise ValueError(
+            f"validation={fraction!r}: a fraction of the observed entries must "
+            "lie strictly between 0 and 1 (e.g. 0.1), or give the validation "
+            "entries themselves, or None for no validation"
+        )
     want = int(round(fraction * problem.n_observed))
     order = np.random.default_rng(seed).permutation(problem.n_observed)
     pick = _pick(order, problem.rows, problem.cols, problem.shape[0], problem.shape[1], want)
@@ -268,7 +298,8 @@ def validation_split(problem: CompletionProblem, fraction: float, seed=0):
         raise ValueError(
             f"validation={fraction!r} leaves no validation entry: every observed entry is the "
             "last of its row or column. Give a larger fraction, validation entries, or "
-            "validation=None")
+            "validation=None"
+        )
     return problem.subset(~pick), problem.subset(pick)
 
 
@@ -293,20 +324,22 @@ def check_validation(train: CompletionProblem, val: CompletionProblem) -> None:
     """Refuse validation entries that overlap the training entries or whose row or column
     has nothing left to train on."""
     if val.shape != train.shape:
-        raise ValueError(f"the validation entries have shape {val.shape}, the fitted problem "
-                         f"{train.shape}")
+        raise ValueError(
+            f"the validation entries have shape {val.shape}, the fitted problem {train.shape}"
+        )
     if val.n_observed == 0:
-        raise ValueError("the validation entries are empty; give at least one, or "
-                         "validation=None")
+        raise ValueError("the validation entries are empty; give at least one, or validation=None")
     m, n = train.shape
     keys_train = train.rows.astype(np.int64) * n + train.cols
     keys_val = val.rows.astype(np.int64) * n + val.cols
     both = np.intersect1d(keys_train, keys_val)
     if both.size:
         i, j = divmod(int(both[0]), n)
-        raise ValueError(f"{both.size} validation entries are also training entries (e.g. "
-                         f"row {i}, column {j}); validation entries must be held out of the "
-                         "observations given to fit")
+        raise ValueError(
+            f"{both.size} validation entries are also training entries (e.g. "
+            f"row {i}, column {j}); validation entries must be held out of the "
+            "observations given to fit"
+        )
     for axis, name, size in ((0, "row", m), (1, "column", n)):
         tr = np.bincount(train.rows if axis == 0 else train.cols, minlength=size)
         va = np.bincount(val.rows if axis == 0 else val.cols, minlength=size)
@@ -316,4 +349,5 @@ def check_validation(train: CompletionProblem, val: CompletionProblem) -> None:
                 f"{empty.size} {name}(s) have validation entries but nothing to train on (e.g. "
                 f"{name} {int(empty[0])}): the factorization cannot predict them. Move one of "
                 f"their entries back to the observations, or use validation=<fraction>, "
-                "which never takes a row's or column's last entry")
+                "which never takes a row's or column's last entry"
+            )

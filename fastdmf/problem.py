@@ -101,8 +101,15 @@ class CompletionProblem:
     def from_arrays(cls, arrays, meta=None) -> CompletionProblem:
         """The problem back from :meth:`to_arrays`'s dict (checked again)."""
         shape, truth, factors = _truth_from(arrays)
-        return cls(shape, arrays["rows"], arrays["cols"], arrays["values"], truth,
-                   dict(meta or {}), factors)
+        return cls(
+            shape,
+            arrays["rows"],
+            arrays["cols"],
+            arrays["values"],
+            truth,
+            dict(meta or {}),
+            factors,
+        )
 
     def split(self, test_fraction: float = 0.1, seed=None):
         """Split the observed entries at random into ``(train, test)`` problems.
@@ -133,33 +140,45 @@ _FIX = "; fastdmf.completion(rows, cols, values, shape=(m, n)) builds a valid pr
 def _check_canonical(p) -> None:
     """Refuse a :class:`CompletionProblem` whose arrays the kernels cannot read as they are."""
     shape = p.shape
-    if not (isinstance(shape, tuple) and len(shape) == 2
-            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
-                    for s in shape)):
-        raise ValueError(f"CompletionProblem shape must be a tuple of two positive ints, got "
-                         f"{shape!r}{_FIX}")
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) == 2
+        and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape
+        )
+    ):
+        raise ValueError(
+            f"CompletionProblem shape must be a tuple of two positive ints, got {shape!r}{_FIX}"
+        )
     m, n = shape
     for name, kind in (("rows", np.int64), ("cols", np.int64), ("values", np.float64)):
         arr = getattr(p, name)
         if not (isinstance(arr, np.ndarray) and arr.dtype == kind):
             what = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
-            raise TypeError(f"CompletionProblem {name} must be a numpy array of "
-                            f"{np.dtype(kind)}, got {what}{_FIX}")
+            raise TypeError(
+                f"CompletionProblem {name} must be a numpy array of "
+                f"{np.dtype(kind)}, got {what}{_FIX}"
+            )
         if arr.ndim != 1:
-            raise ValueError(f"CompletionProblem {name} must be one-dimensional, got shape "
-                             f"{arr.shape}{_FIX}")
+            raise ValueError(
+                f"CompletionProblem {name} must be one-dimensional, got shape {arr.shape}{_FIX}"
+            )
     k = p.rows.shape[0]
     if not k == p.cols.shape[0] == p.values.shape[0]:
-        raise ValueError(f"CompletionProblem rows, cols and values must have the same length; "
-                         f"got {k}, {p.cols.shape[0]} and {p.values.shape[0]}{_FIX}")
+        raise ValueError(
+            f"CompletionProblem rows, cols and values must have the same length; "
+            f"got {k}, {p.cols.shape[0]} and {p.values.shape[0]}{_FIX}"
+        )
     if k == 0:
         raise ValueError("CompletionProblem has no observed entries: it needs at least one")
     for name, arr, bound in (("rows", p.rows, m), ("cols", p.cols, n)):
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= bound:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"CompletionProblem {name} has index {bad} out of range for a "
-                             f"dimension of size {bound}{_FIX}")
+            raise ValueError(
+                f"CompletionProblem {name} has index {bad} out of range for a "
+                f"dimension of size {bound}{_FIX}"
+            )
     # sorted by (row, col), no repeat: each step raises the row, or keeps it and raises the col
     dr = np.diff(p.rows)
     bad = np.flatnonzero((dr < 0) | ((dr == 0) & (np.diff(p.cols) <= 0)))
@@ -167,16 +186,21 @@ def _check_canonical(p) -> None:
         at = int(bad[0]) + 1
         same = p.rows[at] == p.rows[at - 1] and p.cols[at] == p.cols[at - 1]
         what = "repeats the position before it" if same else "comes before the one before it"
-        raise ValueError(f"CompletionProblem entries must be sorted by row then column, each "
-                         f"position once; entry {at} (row {int(p.rows[at])}, col "
-                         f"{int(p.cols[at])}) {what}{_FIX} (sorting, and refusing repeats)")
+        raise ValueError(
+            f"CompletionProblem entries must be sorted by row then column, each "
+            f"position once; entry {at} (row {int(p.rows[at])}, col "
+            f"{int(p.cols[at])}) {what}{_FIX} (sorting, and refusing repeats)"
+        )
     if not np.isfinite(p.values).all():
         at = int(np.flatnonzero(~np.isfinite(p.values))[0])
-        raise ValueError(f"CompletionProblem values must be finite; entry {at} is "
-                         f"{p.values[at]}{_FIX}")
+        raise ValueError(
+            f"CompletionProblem values must be finite; entry {at} is {p.values[at]}{_FIX}"
+        )
     if p.ground_truth is not None and np.shape(p.ground_truth) != (m, n):
-        raise ValueError(f"CompletionProblem ground_truth has shape {np.shape(p.ground_truth)}, "
-                         f"the problem has shape {shape}")
+        raise ValueError(
+            f"CompletionProblem ground_truth has shape {np.shape(p.ground_truth)}, "
+            f"the problem has shape {shape}"
+        )
 
 
 def completion(*args, shape=None, ground_truth=None) -> CompletionProblem:
@@ -678,9 +702,7 @@ def check_index(idx, name, bound):
         if lo < 0:
             raise ValueError(f"{name} has a negative index ({lo}); indices start at 0")
         if hi >= bound:
-            raise ValueError(
-                f"{name} has index {hi} out of range for a dimension of size {bound}"
-            )
+            raise ValueError(f"{name} has index {hi} out of range for a dimension of size {bound}")
     return arr
 
 

@@ -124,10 +124,26 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     (True, 'early_stopped')
     """
 
-    def __init__(self, depth=None, *, init_scale=1e-3, lr=None, optimizer="grouprmsprop",
-                 max_steps=100_000, tol=1e-6, widths=None, init="gaussian",
-                 optimizer_options=None, validation="auto", patience="auto", refit=True,
-                 offsets="auto", standardize=True, random_state=None, dtype="float64"):
+    def __init__(
+        self,
+        depth=None,
+        *,
+        init_scale=1e-3,
+        lr=None,
+        optimizer="grouprmsprop",
+        max_steps=100_000,
+        tol=1e-6,
+        widths=None,
+        init="gaussian",
+        optimizer_options=None,
+        validation="auto",
+        patience="auto",
+        refit=True,
+        offsets="auto",
+        standardize=True,
+        random_state=None,
+        dtype="float64",
+    ):
         self.depth = depth
         self.init_scale = init_scale
         self.lr = lr
@@ -158,8 +174,9 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64)
         observed = ~np.isnan(X)
         if not observed.any():
-            raise ValueError("X has no observed entries (all NaN); DMFImputer needs at least "
-                             "one to fit")
+            raise ValueError(
+                "X has no observed entries (all NaN); DMFImputer needs at least one to fit"
+            )
         rows, cols = np.nonzero(observed)
         values = X[rows, cols]
         self.mean_, self.scale_ = _standardization(X, observed, self.standardize)
@@ -170,16 +187,32 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         problem = completion(rows, cols, z, shape=X.shape)
         offsets = self.offsets
         if isinstance(offsets, str) and offsets == "scaled":
-            raise ValueError("DMFImputer scales the columns itself (standardize=True): use "
-                             "offsets='biases', 'mean', None or 'auto'")
+            raise ValueError(
+                "DMFImputer scales the columns itself (standardize=True): use "
+                "offsets='biases', 'mean', None or 'auto'"
+            )
         if isinstance(offsets, str) and offsets == "auto":
             offsets = "biases"  # fit's real-data default scales the columns: done above
-        res = fit(problem, self.depth, widths=self.widths, init=self.init,
-                  init_scale=self.init_scale, optimizer=self.optimizer, lr=self.lr,
-                  optimizer_options=self.optimizer_options, max_steps=self.max_steps,
-                  tol=self.tol, validation=self.validation, validation_seed=split_seed,
-                  patience=self.patience, refit=self.refit, offsets=offsets, seed=seed,
-                  dtype=self.dtype, progress=False)
+        res = fit(
+            problem,
+            self.depth,
+            widths=self.widths,
+            init=self.init,
+            init_scale=self.init_scale,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            optimizer_options=self.optimizer_options,
+            max_steps=self.max_steps,
+            tol=self.tol,
+            validation=self.validation,
+            validation_seed=split_seed,
+            patience=self.patience,
+            refit=self.refit,
+            offsets=offsets,
+            seed=seed,
+            dtype=self.dtype,
+            progress=False,
+        )
         self.result_ = res
         self.factors_ = res.factors
         self.offsets_ = res.offsets
@@ -197,8 +230,9 @@ class DMFImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         """A copy of ``X`` with its NaN entries filled (see the module docstring)."""
         check_is_fitted(self, "factors_")
-        X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=np.float64,
-                          reset=False, copy=True)
+        X = validate_data(
+            self, X, ensure_all_finite="allow-nan", dtype=np.float64, reset=False, copy=True
+        )
         missing = np.isnan(X)
         if not missing.any():
             return X
@@ -242,10 +276,16 @@ def _standardization(X, observed, standardize):
     count = observed.sum(axis=0)
     filled = np.where(observed, X, 0.0)
     mean = np.divide(filled.sum(axis=0), count, out=np.zeros(n), where=count > 0)
-    var = np.divide((np.where(observed, X - mean, 0.0) ** 2).sum(axis=0), count,
-                    out=np.zeros(n), where=count > 0)
+    var = np.divide(
+        (np.where(observed, X - mean, 0.0) ** 2).sum(axis=0),
+        count,
+        out=np.zeros(n),
+        where=count > 0,
+    )
     std = np.sqrt(var)
     return mean, np.where(std > 0, std, 1.0)
+
+
 def _row_key(x) -> bytes:
     """A row's identity: its NaN positions and observed values."""
     nan = np.isnan(x)

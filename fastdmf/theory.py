@@ -184,8 +184,9 @@ def end_to_end_rhs(w, grad_w, depth: float) -> np.ndarray:
         right = np.power(mu[None, :], ((n_int - 1 - j) / n_int)[:, None])  # mu^{(N-j)/N}
         kernel = left.T @ right  # m x n
     else:
-        kernel = _divided_power(lam[:, None] ** (1 / n_layers), mu[None, :] ** (1 / n_layers),
-                                n_layers)
+        kernel = _divided_power(
+            lam[:, None] ** (1 / n_layers), mu[None, :] ** (1 / n_layers), n_layers
+        )
     return -(u @ (kernel * (u.T @ g @ vt.T)) @ vt)
 
 
@@ -197,8 +198,9 @@ def _divided_power(x, y, n_layers):
     pos = hi > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         logr = np.log(np.where(pos, lo, 1.0) / np.where(pos, hi, 1.0))
-        ratio = np.where(np.abs(logr) < 1e-12, float(n_layers),
-                         np.expm1(n_layers * logr) / np.expm1(logr))
+        ratio = np.where(
+            np.abs(logr) < 1e-12, float(n_layers), np.expm1(n_layers * logr) / np.expm1(logr)
+        )
     out[pos] = (np.power(hi, n_layers - 1) * ratio)[pos]
     return out
 
@@ -394,8 +396,10 @@ def _check_pair(w, grad_w):
 
 
 def _check_depth(depth):
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(
-        depth, (int, float, np.integer, np.floating)
-    ) or not (np.isfinite(depth) and depth >= 1):
+    if (
+        isinstance(depth, (bool, np.bool_))
+        or not isinstance(depth, (int, float, np.integer, np.floating))
+        or not (np.isfinite(depth) and depth >= 1)
+    ):
         raise ValueError(f"depth must be a real number N >= 1, got {depth!r}")
     return int(depth) if float(depth).is_integer() else float(depth)

@@ -65,8 +65,12 @@ def _is_log(record) -> bool:
     through JSON (checkpoints, sweep files, settings saved by users)."""
     if isinstance(record, str):
         return record == "log"
-    return (isinstance(record, (tuple, list)) and len(record) > 0
-            and isinstance(record[0], str) and record[0] == "log")
+    return (
+        isinstance(record, (tuple, list))
+        and len(record) > 0
+        and isinstance(record[0], str)
+        and record[0] == "log"
+    )
 
 
 def _log_count(record, default: int) -> int:
@@ -141,8 +145,10 @@ def record_schedule(record, max_steps: int):
     elif isinstance(record, str):
         raise ValueError(f"record={record!r}: use an int, a list of steps, 'log' or None")
     elif isinstance(record, (float, np.floating)):
-        raise TypeError(f"record={record!r}: a step interval is an integer (e.g. "
-                        f"record={max(1, int(record))}); flow times apply to the flow optimisers")
+        raise TypeError(
+            f"record={record!r}: a step interval is an integer (e.g. "
+            f"record={max(1, int(record))}); flow times apply to the flow optimisers"
+        )
     elif isinstance(record, (int, np.integer)):
         if record < 1:
             raise ValueError(f"record={record}: the interval must be a positive number of steps")
@@ -171,8 +177,7 @@ def time_schedule(record, max_time: float):
         count = _log_count(record, 60)
         times = np.geomspace(max_time * 1e-6, max_time, count) if max_time > 0 else []
     elif isinstance(record, str):
-        raise ValueError(f"record={record!r}: use a time interval, times, 'log' or "
-                         "('log', count)")
+        raise ValueError(f"record={record!r}: use a time interval, times, 'log' or ('log', count)")
     elif np.isscalar(record):
         if not (np.isfinite(record) and record > 0):
             raise ValueError(f"record={record!r}: the time interval must be positive")
@@ -240,8 +245,7 @@ class Trajectory:
         old = self._arrays
         for name in self.scalars + self.matrices:
             # a row without a scalar field (a record written before it existed) holds NaN
-            new = np.array([r.get(name, np.nan) if name in self.scalars else r[name]
-                            for r in rows])
+            new = np.array([r.get(name, np.nan) if name in self.scalars else r[name] for r in rows])
             # an earlier block counts by its rows, whatever their width: depth 1 records
             # balancedness as rows of width 0
             if name in old and len(old[name]):
@@ -270,19 +274,31 @@ class Trajectory:
     def to_arrays(self) -> dict:
         """Every field as an array, like :meth:`as_dict`, but leaving this trajectory as it
         is (a running fit keeps appending rows to it); :meth:`from_arrays` is the inverse."""
-        copy = Trajectory(self.depth, self.top_k, self.meta, list(self._rows),
-                          dict(self._arrays), self.scalars, self.matrices)
+        copy = Trajectory(
+            self.depth,
+            self.top_k,
+            self.meta,
+            list(self._rows),
+            dict(self._arrays),
+            self.scalars,
+            self.matrices,
+        )
         return copy.as_dict()
 
     @classmethod
-    def from_arrays(cls, arrays, depth: int, top_k: int | None = None,
-                    meta: dict | None = None, scalars=SCALARS,
-                    matrices=MATRICES) -> Trajectory:
+    def from_arrays(
+        cls,
+        arrays,
+        depth: int,
+        top_k: int | None = None,
+        meta: dict | None = None,
+        scalars=SCALARS,
+        matrices=MATRICES,
+    ) -> Trajectory:
         """A trajectory holding the records of ``arrays`` (field name -> array, one row per
         record, as :meth:`to_arrays` gives; a scalar field left out reads NaN), to which more
         records can be appended."""
-        traj = cls(depth, top_k, dict(meta or {}), scalars=tuple(scalars),
-                   matrices=tuple(matrices))
+        traj = cls(depth, top_k, dict(meta or {}), scalars=tuple(scalars), matrices=tuple(matrices))
         traj.append_arrays(arrays)
         return traj
 
@@ -290,8 +306,7 @@ class Trajectory:
         """Append the records of ``arrays`` (field name -> array, one row per record), as
         rows."""
         for i in range(len(arrays["step"])):
-            row = {name: arrays[name][i] for name in self.scalars + self.matrices
-                   if name in arrays}
+            row = {name: arrays[name][i] for name in self.scalars + self.matrices if name in arrays}
             for name in self.scalars:
                 if name in row:
                     row[name] = row[name].item()
@@ -319,8 +334,9 @@ class Trajectory:
         ax.plot(self._array(x), sv[:, :k])
         ax.set_xlabel(x)
         ax.set_ylabel("singular values of W")
-        ax.set_title(f"top {min(k, sv.shape[1] if sv.ndim == 2 else 0)} singular values, "
-                     f"depth {self.depth}")
+        ax.set_title(
+            f"top {min(k, sv.shape[1] if sv.ndim == 2 else 0)} singular values, depth {self.depth}"
+        )
         return ax
 
 
@@ -328,9 +344,13 @@ def load_trajectory(path) -> Trajectory:
     """Read a trajectory written by :meth:`Trajectory.save`."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["__meta__"]))
-        traj = Trajectory(meta["depth"], meta["top_k"], meta["meta"],
-                          scalars=tuple(meta.get("scalars", SCALARS)),
-                          matrices=tuple(meta.get("matrices", MATRICES)))
+        traj = Trajectory(
+            meta["depth"],
+            meta["top_k"],
+            meta["meta"],
+            scalars=tuple(meta.get("scalars", SCALARS)),
+            matrices=tuple(meta.get("matrices", MATRICES)),
+        )
         traj._arrays = {k: data[k] for k in data.files if k != "__meta__"}
     return traj
 
@@ -377,8 +397,20 @@ def held_out_mse(factors, entries, offsets=None) -> float:
     return float(np.mean((pred - entries.values) ** 2))
 
 
-def measure(factors, grad_factors, loss, step, time, n_evals, problem, test, top_k, val=None,
-            offsets=None, held_out=None):
+def measure(
+    factors,
+    grad_factors,
+    loss,
+    step,
+    time,
+    n_evals,
+    problem,
+    test,
+    top_k,
+    val=None,
+    offsets=None,
+    held_out=None,
+):
     """One record's values at the current state (called between compiled chunks), computed
     in float64 from the factors whatever the fit's dtype; ``val`` holds the validation
     entries in the units the factors train on (residuals), ``test`` held-out data in the

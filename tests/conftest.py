@@ -49,8 +49,7 @@ def tall():
     flat = rng.choice(m * n, size=50, replace=False)
     rows, cols = np.divmod(flat, n)
     keep = (rows != 4) & (cols != 2)
-    return fastdmf.completion(rows[keep], cols[keep], rng.standard_normal(keep.sum()),
-                              shape=(m, n))
+    return fastdmf.completion(rows[keep], cols[keep], rng.standard_normal(keep.sum()), shape=(m, n))
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +70,9 @@ def engine_for(problem, factors, dtype=np.float64, parallel=False, optimizer="gd
     """An Engine (completion or sensing) holding ``factors``; widths read off the factors."""
     widths = [w.shape[0] for w in factors[:-1]]
     layout = FactorLayout.build(problem.shape, len(factors), widths)
-    return Engine(problem, layout, layout.pack(factors, dtype=dtype), optimizer, hyper,
-                  parallel=parallel)
+    return Engine(
+        problem, layout, layout.pack(factors, dtype=dtype), optimizer, hyper, parallel=parallel
+    )
 
 
 def assert_parallel_invariant(problem, factors):

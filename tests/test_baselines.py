@@ -115,8 +115,17 @@ def test_nuclear_trajectory_matches_measure(small):
     mat, y = operator(small)
     resid = mat @ w.ravel() - y
     grad = (2.0 / len(y) * mat.T @ resid).reshape(w.shape)
-    ref = measure([w], [grad], float(resid @ resid / len(y)), result.n_steps, result.n_steps,
-                  traj.n_evals[-1], small, None, None)
+    ref = measure(
+        [w],
+        [grad],
+        float(resid @ resid / len(y)),
+        result.n_steps,
+        result.n_steps,
+        traj.n_evals[-1],
+        small,
+        None,
+        None,
+    )
     last = traj.last()
     assert set(last) == set(ref)
     for name in SCALARS:
@@ -129,8 +138,7 @@ def test_nuclear_matches_cvxpy(square):
     cp = pytest.importorskip("cvxpy")
     m, n = square.shape
     x = cp.Variable((m, n))
-    cons = [x[square.rows[k], square.cols[k]] == square.values[k]
-            for k in range(square.n_observed)]
+    cons = [x[square.rows[k], square.cols[k]] == square.values[k] for k in range(square.n_observed)]
     solver = cp.CLARABEL if "CLARABEL" in cp.installed_solvers() else cp.SCS
     best = cp.Problem(cp.Minimize(cp.normNuc(x)), cons).solve(solver=solver)
     result = baselines.nuclear_norm(square)
@@ -212,20 +220,25 @@ def test_subspace_svt_falls_back_when_the_buffer_thins():
     assert len(s) == 12 and thr.v.shape[1] == 12 + MIN_SPARE
 
 
-@pytest.mark.parametrize("kind, shape, rank, n_observed, seed, recovers", [
-    ("completion", (60, 50), 2, 900, 1, True),  # enough entries: the truth is the minimiser
-    ("completion", (60, 60), 3, 1200, 0, False),  # too few: the minimiser is not the truth
-    ("sensing", (30, 25), 2, 300, 1, True),
-])
+@pytest.mark.parametrize(
+    "kind, shape, rank, n_observed, seed, recovers",
+    [
+        ("completion", (60, 50), 2, 900, 1, True),  # enough entries: the truth is the minimiser
+        ("completion", (60, 60), 3, 1200, 0, False),  # too few: the minimiser is not the truth
+        ("sensing", (30, 25), 2, 300, 1, True),
+    ],
+)
 def test_nuclear_subspace_path_certified(kind, shape, rank, n_observed, seed, recovers):
     """Problems whose thresholded rank stays far below their size run on the subspace step,
     yet end on a full-SVD iterate with the certificate."""
     if kind == "completion":
-        problem = fastdmf.synthetic_completion(shape=shape, rank=rank, n_observed=n_observed,
-                                               seed=seed)
+        problem = fastdmf.synthetic_completion(
+            shape=shape, rank=rank, n_observed=n_observed, seed=seed
+        )
     else:
-        problem = fastdmf.synthetic_sensing(shape=shape, rank=rank, n_measurements=n_observed,
-                                            seed=seed)
+        problem = fastdmf.synthetic_sensing(
+            shape=shape, rank=rank, n_measurements=n_observed, seed=seed
+        )
     result = baselines.nuclear_norm(problem)
     assert result.status == "converged"
     svds = result.settings["svds"]
@@ -252,7 +265,7 @@ def test_min_frobenius_sensing(small_sensing):
     mat, y = operator(small_sensing)
     w = baselines.min_frobenius(small_sensing).matrix().ravel()
     np.testing.assert_allclose(mat @ w, y, rtol=0, atol=1e-10 * np.linalg.norm(y))
-    null = np.linalg.svd(mat)[2][mat.shape[0]:]  # an orthonormal basis of null(A)
+    null = np.linalg.svd(mat)[2][mat.shape[0] :]  # an orthonormal basis of null(A)
     assert np.abs(null @ w).max() <= 1e-10 * np.linalg.norm(w)
     np.testing.assert_allclose(w, np.linalg.lstsq(mat, y, rcond=None)[0], atol=1e-10)
 
@@ -314,19 +327,28 @@ def test_schatten_bad_p(square, p):
 # ------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("solver", [baselines.nuclear_norm, baselines.min_frobenius,
-                                    baselines.schatten_p])
+@pytest.mark.parametrize(
+    "solver", [baselines.nuclear_norm, baselines.min_frobenius, baselines.schatten_p]
+)
 def test_wrong_problem_type(solver):
     with pytest.raises(TypeError, match="CompletionProblem or a SensingProblem"):
         solver(np.eye(3))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"tol": 0}, "tol must be"), ({"tol": 1.5}, "tol must be"), ({"tol": float("nan")}, "tol"),
-    ({"tol": "1e-6"}, "tol must be"), ({"max_iter": 0}, "max_iter"),
-    ({"max_iter": 2.5}, "max_iter"), ({"tau": -1.0}, "tau must be"),
-    ({"memory": -1}, "memory"), ({"record": 0}, "record"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"tol": 0}, "tol must be"),
+        ({"tol": 1.5}, "tol must be"),
+        ({"tol": float("nan")}, "tol"),
+        ({"tol": "1e-6"}, "tol must be"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"max_iter": 2.5}, "max_iter"),
+        ({"tau": -1.0}, "tau must be"),
+        ({"memory": -1}, "memory"),
+        ({"record": 0}, "record"),
+    ],
+)
 def test_nuclear_bad_arguments(square, kwargs, match):
     with pytest.raises(ValueError, match=match):
         baselines.nuclear_norm(square, **kwargs)
@@ -342,6 +364,8 @@ def test_registry():
     with pytest.raises(ValueError, match="choose one of"):
         baselines.get_baseline("trace")
     assert "baselines" in fastdmf.__all__
+
+
 def test_bad_threads(square):
     with pytest.raises(ValueError, match="n_threads"):
         baselines.nuclear_norm(square, n_threads=0)

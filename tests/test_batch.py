@@ -25,12 +25,29 @@ def test_batch_equals_single_fits(square):
 
 def test_a_diverging_trial_stops_alone(square):
     with pytest.warns(RuntimeWarning, match="diverged"):
-        res = fastdmf.fit_batch(square, depth=2, seeds=[0, 1], optimizer="gd",
-                                lr=[1e-2, 1e3], init_scale=1.0, max_steps=300, record=50)
+        res = fastdmf.fit_batch(
+            square,
+            depth=2,
+            seeds=[0, 1],
+            optimizer="gd",
+            lr=[1e-2, 1e3],
+            init_scale=1.0,
+            max_steps=300,
+            record=50,
+        )
     assert [r.status for r in res] == ["max_steps", "diverged"]
     assert res[0].n_steps == 300 and np.all(np.isfinite(res[1].factors[0]))
-    alone = fastdmf.fit(square, depth=2, seed=0, optimizer="gd", lr=1e-2, init_scale=1.0,
-                        max_steps=300, record=50, parallel=False)
+    alone = fastdmf.fit(
+        square,
+        depth=2,
+        seed=0,
+        optimizer="gd",
+        lr=1e-2,
+        init_scale=1.0,
+        max_steps=300,
+        record=50,
+        parallel=False,
+    )
     np.testing.assert_array_equal(res[0].factors[1], alone.factors[1])
 
 

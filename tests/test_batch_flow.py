@@ -30,18 +30,31 @@ def serial(problem, trial, **kw):
 TRIALS = [  # seed, init scale, first step, end time, tolerances: all per trial
     dict(seed=0, init_scale=1e-2, lr=1e-3, max_time=40.0, optimizer_options={"rtol": 1e-6}),
     dict(seed=1, init_scale=1e-3, lr=1e-2, max_time=70.0, optimizer_options={"rtol": 1e-5}),
-    dict(seed=2, init_scale=1e-2, lr=1e-3, max_time=25.0,
-         optimizer_options={"rtol": 1e-4, "atol": 1e-7}),
+    dict(
+        seed=2,
+        init_scale=1e-2,
+        lr=1e-3,
+        max_time=25.0,
+        optimizer_options={"rtol": 1e-4, "atol": 1e-7},
+    ),
 ]
 
 
 def batched(problem, trials, **kw):
     col = {k: [t[k] for t in trials] for k in ("seed", "init_scale", "lr", "max_time")}
-    opts = {k: [t["optimizer_options"].get(k, d) for t in trials]
-            for k, d in (("rtol", 1e-6), ("atol", 1e-9))}
-    return fastdmf.fit_batch(problem, seeds=col["seed"], init_scale=col["init_scale"],
-                             lr=col["lr"], max_time=col["max_time"], optimizer_options=opts,
-                             **kw)
+    opts = {
+        k: [t["optimizer_options"].get(k, d) for t in trials]
+        for k, d in (("rtol", 1e-6), ("atol", 1e-9))
+    }
+    return fastdmf.fit_batch(
+        problem,
+        seeds=col["seed"],
+        init_scale=col["init_scale"],
+        lr=col["lr"],
+        max_time=col["max_time"],
+        optimizer_options=opts,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
@@ -49,9 +62,11 @@ def test_batched_flow_equals_serial_flow_fits(square, method):
     kw = dict(depth=3, optimizer=method, tol=1e-6, record=5.0, max_steps=20_000)
     res = batched(square, TRIALS, n_threads=2, **kw)
     for got, trial in zip(res, TRIALS, strict=True):
-        ref = serial(square, {**trial, "optimizer_options": {"atol": 1e-9,
-                                                             **trial["optimizer_options"]}},
-                     **kw)
+        ref = serial(
+            square,
+            {**trial, "optimizer_options": {"atol": 1e-9, **trial["optimizer_options"]}},
+            **kw,
+        )
         assert_same_fit(got, ref)
         # the records sit on the trial's own flow times, up to its own end
         assert got.trajectory.time[-1] == trial["max_time"] and got.status == "max_time"
@@ -66,39 +81,47 @@ def test_batched_flow_equals_serial_flow_fits(square, method):
 def test_a_trial_out_of_budget_stops_alone(square):
     """A tight tolerance exhausts the evaluation budget; the loose trial goes on to converge."""
     kw = dict(depth=2, optimizer="flow", tol=1e-6, record=None, max_steps=400, max_time=1e5)
-    res = fastdmf.fit_batch(square, seeds=[0, 0], optimizer_options={"rtol": [1e-3, 1e-11],
-                                                                     "atol": [1e-6, 1e-14]},
-                            **kw)
+    res = fastdmf.fit_batch(
+        square, seeds=[0, 0], optimizer_options={"rtol": [1e-3, 1e-11], "atol": [1e-6, 1e-14]}, **kw
+    )
     assert [r.status for r in res] == ["converged", "max_steps"]
     assert res[1].trajectory.n_evals[-1] <= 400
     for got, rtol, atol in zip(res, [1e-3, 1e-11], [1e-6, 1e-14]):
-        assert_same_fit(got, serial(square, {"seed": 0, "optimizer_options": {
-            "rtol": rtol, "atol": atol}}, **kw))
+        assert_same_fit(
+            got,
+            serial(square, {"seed": 0, "optimizer_options": {"rtol": rtol, "atol": atol}}, **kw),
+        )
 
 
 def test_a_diverging_flow_trial_stops_alone(square):
     """Tolerances of 1e6 accept any step: the second trial's loss leaves the divergence cap,
     it returns to its last good record with status "diverged" while the first goes on."""
-    kw = dict(depth=2, optimizer="flow_dopri5", max_time=200.0, init_scale=0.5, record=20.0,
-              tol=1e-8, max_steps=50_000)
+    kw = dict(
+        depth=2,
+        optimizer="flow_dopri5",
+        max_time=200.0,
+        init_scale=0.5,
+        record=20.0,
+        tol=1e-8,
+        max_steps=50_000,
+    )
     opts = {"rtol": [1e-6, 1e6], "atol": [1e-9, 1e6]}
     with pytest.warns(RuntimeWarning, match="diverged"):
-        res = fastdmf.fit_batch(square, seeds=[0, 0], lr=[1e-3, 10.0],
-                                optimizer_options=opts, **kw)
+        res = fastdmf.fit_batch(square, seeds=[0, 0], lr=[1e-3, 10.0], optimizer_options=opts, **kw)
     assert res[1].status == "diverged" and res[0].status in ("converged", "max_time")
     assert np.all(np.isfinite(res[1].factors[0]))
     assert res[0].trajectory.time[-1] > res[1].trajectory.time[-1]
     assert_same_fit(res[0], serial(square, {"seed": 0, "lr": 1e-3}, **kw))
     with pytest.warns(RuntimeWarning, match="diverged"):
-        alone = serial(square, {"seed": 0, "lr": 10.0,
-                                "optimizer_options": {"rtol": 1e6, "atol": 1e6}}, **kw)
+        alone = serial(
+            square, {"seed": 0, "lr": 10.0, "optimizer_options": {"rtol": 1e6, "atol": 1e6}}, **kw
+        )
     assert_same_fit(res[1], alone)
 
 
 def test_batched_sensing_flow_equals_serial():
     s = fastdmf.synthetic_sensing((6, 5), 1, 24, seed=1)
-    kw = dict(depth=2, optimizer="flow", max_time=30.0, record=3.0, tol=1e-8,
-              max_steps=20_000)
+    kw = dict(depth=2, optimizer="flow", max_time=30.0, record=3.0, tol=1e-8, max_steps=20_000)
     res = fastdmf.fit_batch(s, seeds=[0, 1], init_scale=[1e-2, 1e-3], **kw)
     for got, seed, scale in zip(res, [0, 1], [1e-2, 1e-3]):
         assert_same_fit(got, serial(s, {"seed": seed, "init_scale": scale}, **kw))
@@ -110,8 +133,7 @@ def test_batched_flow_early_stopping_equals_serial():
     x = rng.standard_normal((15, 4)) @ rng.standard_normal((4, 12))
     x += 0.3 * rng.standard_normal(x.shape)
     x[rng.random(x.shape) < 0.4] = np.nan
-    kw = dict(depth=2, optimizer="flow", max_time=400.0, record=10.0, patience=3,
-              max_steps=50_000)
+    kw = dict(depth=2, optimizer="flow", max_time=400.0, record=10.0, patience=3, max_steps=50_000)
     res = fastdmf.fit_batch(x, seeds=[0, 1], init_scale=1e-2, **kw)
     for got, seed in zip(res, [0, 1]):
         ref = fastdmf.fit(x, seed=seed, init_scale=1e-2, parallel=False, progress=False, **kw)
@@ -161,8 +183,15 @@ def test_batched_flow_checkpoints_resume_bit_for_bit(square, tmp_path, monkeypat
         assert_same_fit(got, want)
     with pytest.raises(ValueError, match="not a trial of the same batch"):
         other = tmp_path / "other.ckpt"
-        fastdmf.fit(fastdmf.synthetic_completion((9, 8), 2, 40, seed=0), depth=3,
-                    optimizer=method, max_time=1.0, seed=0, checkpoint=other, progress=False)
+        fastdmf.fit(
+            fastdmf.synthetic_completion((9, 8), 2, 40, seed=0),
+            depth=3,
+            optimizer=method,
+            max_time=1.0,
+            seed=0,
+            checkpoint=other,
+            progress=False,
+        )
         fastdmf.resume_batch([paths[0], other])
 
 
@@ -174,34 +203,49 @@ def test_batched_flow_argument_errors(square, tmp_path):
     with pytest.raises(ValueError, match="give max_time="):
         fastdmf.fit_batch(square, seeds=[0, 1], optimizer="flow", max_time=[1.0, np.inf])
     with pytest.raises(ValueError, match="optimizer option rtol must be a scalar or one"):
-        fastdmf.fit_batch(square, seeds=[0, 1], optimizer="flow", max_time=1.0,
-                          optimizer_options={"rtol": [1e-6]})
+        fastdmf.fit_batch(
+            square, seeds=[0, 1], optimizer="flow", max_time=1.0, optimizer_options={"rtol": [1e-6]}
+        )
     with pytest.raises(ValueError, match="rtol must be > 0"):
-        fastdmf.fit_batch(square, seeds=[0, 1], optimizer="flow", max_time=1.0,
-                          optimizer_options={"rtol": [1e-6, 0.0]})
+        fastdmf.fit_batch(
+            square,
+            seeds=[0, 1],
+            optimizer="flow",
+            max_time=1.0,
+            optimizer_options={"rtol": [1e-6, 0.0]},
+        )
     with pytest.raises(ValueError, match="run on the CPU only"):
-        fastdmf.fit_batch(square, seeds=[0, 1], optimizer="flow", max_time=1.0,
-                          backend="cuda")
+        fastdmf.fit_batch(square, seeds=[0, 1], optimizer="flow", max_time=1.0, backend="cuda")
     with pytest.raises(ValueError, match="max_time= applies to optimizer='flow'"):
         fastdmf.fit_batch(square, seeds=[0], max_time=1.0)
     with pytest.raises(ValueError, match="checkpoints for the flow optimisers"):
         fastdmf.fit_batch(square, seeds=[0], checkpoint=tmp_path / "x")
     with pytest.raises(ValueError, match="one per seed"):
-        fastdmf.fit_batch(square, seeds=[0, 1], optimizer="flow", max_time=1.0,
-                          checkpoint=[tmp_path / "a"])
+        fastdmf.fit_batch(
+            square, seeds=[0, 1], optimizer="flow", max_time=1.0, checkpoint=[tmp_path / "a"]
+        )
     with pytest.raises(ValueError, match="does not exist"):
-        fastdmf.fit_batch(square, seeds=[0], optimizer="flow", max_time=1.0,
-                          checkpoint=tmp_path / "no" / "x")
+        fastdmf.fit_batch(
+            square, seeds=[0], optimizer="flow", max_time=1.0, checkpoint=tmp_path / "no" / "x"
+        )
 
 
 def test_per_trial_options_of_the_discrete_optimisers(square):
     """Options given per trial reach each trial of the discrete optimisers too."""
     kw = dict(depth=2, optimizer="grouprmsprop", lr=1e-2, max_steps=300, record=100)
-    res = fastdmf.fit_batch(square, seeds=[0, 0], optimizer_options={"alpha": [0.9, 0.99]},
-                            **kw)
+    res = fastdmf.fit_batch(square, seeds=[0, 0], optimizer_options={"alpha": [0.9, 0.99]}, **kw)
     for got, alpha in zip(res, [0.9, 0.99]):
-        assert_same_fit(got, fastdmf.fit(square, seed=0, parallel=False, progress=False,
-                                         optimizer_options={"alpha": alpha}, **kw))
+        assert_same_fit(
+            got,
+            fastdmf.fit(
+                square,
+                seed=0,
+                parallel=False,
+                progress=False,
+                optimizer_options={"alpha": alpha},
+                **kw,
+            ),
+        )
     assert not np.array_equal(res[0].factors[0], res[1].factors[0])
 
 
@@ -214,8 +258,11 @@ def test_a_kind_without_a_batched_flow_is_refused(square):
     bare = dataclasses.replace(_kinds.COMPLETION, batch_flow=None)
     with pytest.raises(ValueError, match="no batched flow for a completion problem"):
         batch_flow.run_batch_flow(bare)
-    plans = [fastdmf._plan.plan(bare, square.shape, depth=2, optimizer="flow",
-                                max_time=1.0).trial(0, 1e-3, 1e-3)]
+    plans = [
+        fastdmf._plan.plan(bare, square.shape, depth=2, optimizer="flow", max_time=1.0).trial(
+            0, 1e-3, 1e-3
+        )
+    ]
     data = fastdmf._plan.FitData(square)
     with pytest.raises(ValueError, match="fastdmf.fit\\(..., optimizer='flow'\\) per trial"):
         batch_flow.fit_batch_flow(data, plans, [{}])

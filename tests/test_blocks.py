@@ -45,24 +45,47 @@ def _pair(problem, depth, optimizer, seed):
     dims = [problem.shape[1]] + [6] * (depth - 1) + [problem.shape[0]]
     factors = random_factors(dims, np.random.default_rng(seed), scale=0.7)
     hyper = get_optimizer(optimizer).hyper(0.05, {})
-    return [engine_for(problem, factors, parallel=True, optimizer=optimizer, hyper=hyper)
-            for _ in range(2)]
+    return [
+        engine_for(problem, factors, parallel=True, optimizer=optimizer, hyper=hyper)
+        for _ in range(2)
+    ]
 
 
 def _steps(engine, kernels, n_steps, block):
     opt = (engine.spec.code, engine.hyper, engine.ostate, engine.scalars)
     with engine._blas():
-        return kernels.run(engine.theta, engine.grad, engine.work, engine.dims, engine.offs,
-                           engine.obs, engine.rowloss, opt, n_steps, 0.0, 1e300, engine.nblk,
-                           block)
+        return kernels.run(
+            engine.theta,
+            engine.grad,
+            engine.work,
+            engine.dims,
+            engine.offs,
+            engine.obs,
+            engine.rowloss,
+            opt,
+            n_steps,
+            0.0,
+            1e300,
+            engine.nblk,
+            block,
+        )
 
 
 def _loss(engine, kernels, block):
     scale = 2.0 / engine.obs[0].shape[0]
     with engine._blas():
-        return kernels.loss_and_grad(engine.theta, engine.grad, engine.work, engine.dims,
-                                     engine.offs, engine.obs, engine.rowloss, scale,
-                                     engine.nblk, block)
+        return kernels.loss_and_grad(
+            engine.theta,
+            engine.grad,
+            engine.work,
+            engine.dims,
+            engine.offs,
+            engine.obs,
+            engine.rowloss,
+            scale,
+            engine.nblk,
+            block,
+        )
 
 
 def _assert_same_state(a, b):
@@ -97,8 +120,9 @@ def test_completion_loss_blocks_match_reference(tall_completion, depth):
     assert _loss(ser, cpu.SERIAL, cpu._BLOCK) == pytest.approx(loss_s, rel=1e-13)
 
 
-@pytest.mark.parametrize(("depth", "optimizer"),
-                         [(1, "grouprmsprop"), (2, "adam"), (3, "grouprmsprop"), (3, "gd")])
+@pytest.mark.parametrize(
+    ("depth", "optimizer"), [(1, "grouprmsprop"), (2, "adam"), (3, "grouprmsprop"), (3, "gd")]
+)
 def test_completion_run_serial_equals_parallel(tall_completion, depth, optimizer):
     ser, par = _pair(tall_completion, depth, optimizer, seed=10 + depth)
     _check_blocks(ser, BLOCK)

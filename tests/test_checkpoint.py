@@ -29,6 +29,7 @@ def _interrupt_at(step):
     def cb(record):
         if record["step"] >= step:
             raise KeyboardInterrupt
+
     return cb
 
 
@@ -36,8 +37,9 @@ CASES = {
     "grouprmsprop": dict(KW),
     "adam-depth1": dict(KW, depth=1, optimizer="adam", lr=1e-2),
     "record-none-chunks": dict(KW, record=None, max_steps=700),
-    "flow": dict(depth=2, optimizer="flow", lr=1e-2, max_time=30.0, record=1.0, seed=1,
-                 max_steps=10_000),
+    "flow": dict(
+        depth=2, optimizer="flow", lr=1e-2, max_time=30.0, record=1.0, seed=1, max_steps=10_000
+    ),
     "converges": dict(KW, tol=1e-3, max_steps=20_000),
     # a budget whose record steps are never listed (a Grid kept as two numbers)
     "huge-budget": dict(KW, tol=1e-3, max_steps=10**12),
@@ -116,12 +118,12 @@ def test_diverged_fit_resumes_to_the_same_last_good_state(square, tmp_path):
     assert ref.status == "diverged" and ref.n_steps == 20  # the last good record
     traj = ref.trajectory
     np.testing.assert_array_equal(traj.step, np.arange(0, 21, 5))
-    np.testing.assert_allclose(traj.train_loss, traj.train_loss[0] * grow ** (2 * traj.step),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        traj.train_loss, traj.train_loss[0] * grow ** (2 * traj.step), rtol=1e-9
+    )
     path = tmp_path / "d.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        fastdmf.fit(square, **kw, checkpoint=path, checkpoint_every=1,
-                    callback=_interrupt_at(15))
+        fastdmf.fit(square, **kw, checkpoint=path, checkpoint_every=1, callback=_interrupt_at(15))
     assert read_checkpoint(path)[0]["n_steps"] == 10  # written before the callback at 15
     with pytest.warns(RuntimeWarning, match="diverged near step 23"):
         res = fastdmf.resume(path)
@@ -143,8 +145,13 @@ def test_held_out_entries_and_time_cadence(tall, tmp_path):
     assert np.all(np.isfinite(ref.trajectory.test_error))
     path = tmp_path / "t.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        fastdmf.fit(train, **kw, checkpoint=path, checkpoint_every=0.0,  # every chunk
-                    callback=_interrupt_at(300))
+        fastdmf.fit(
+            train,
+            **kw,
+            checkpoint=path,
+            checkpoint_every=0.0,  # every chunk
+            callback=_interrupt_at(300),
+        )
     assert read_checkpoint(path)[0]["n_steps"] == 200  # written before the callback at 300
     assert_same_fit(ref, fastdmf.resume(path, progress=False))
 
@@ -198,9 +205,13 @@ def test_damaged_or_foreign_files_are_refused_with_a_valueerror(square, tmp_path
     np.save(tmp_path / "single.npy", np.arange(3))
     np.savez(tmp_path / "notjson.npz", __state__=np.array("not json"))
     np.savez(tmp_path / "partial.npz", __state__=np.array('{"format": 1}'))
-    cases = {"truncated.ckpt": "not a readable checkpoint", "empty.ckpt": "not a readable",
-             "single.npy": "single array", "notjson.npz": "state is damaged",
-             "partial.npz": "lacks .*problem_sha256"}
+    cases = {
+        "truncated.ckpt": "not a readable checkpoint",
+        "empty.ckpt": "not a readable",
+        "single.npy": "single array",
+        "notjson.npz": "state is damaged",
+        "partial.npz": "lacks .*problem_sha256",
+    }
     for name, words in cases.items():
         with pytest.raises(ValueError, match=words):
             fastdmf.resume(tmp_path / name)
@@ -214,8 +225,11 @@ def test_log_schedule_survives_the_json_round_trip(square, tmp_path):
     path = tmp_path / "log.ckpt"
     first = fastdmf.fit(square, **dict(KW, max_steps=60, record=("log", 5)), checkpoint=path)
     back = fastdmf.resume(path)
-    args = {k: v for k, v in back.settings["arguments"].items()
-            if k not in ("checkpoint", "checkpoint_every")}
+    args = {
+        k: v
+        for k, v in back.settings["arguments"].items()
+        if k not in ("checkpoint", "checkpoint_every")
+    }
     assert args["record"] == ["log", 5]  # JSON keeps no tuples
     again = fastdmf.fit(square, **args)
     np.testing.assert_array_equal(again.trajectory.step, first.trajectory.step)

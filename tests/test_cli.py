@@ -46,6 +46,11 @@ def test_python_dash_m_runs_the_command_line(same_fastdmf):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "fastdmf", "--version"], capture_output=True,
-                         text=True, check=True, **same_fastdmf)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastdmf", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        **same_fastdmf,
+    )
     assert out.stdout.strip() == f"fastdmf {fastdmf.__version__}"

@@ -30,12 +30,19 @@ def small():
 def batch(problem, layout, n, dtype="float64", scale=1.0, optimizer="gd", lr=1e-2):
     spec = get_optimizer(optimizer)
     rng = np.random.default_rng(7)
-    factors = [[w + 0.3 * rng.standard_normal(w.shape)
-                for w in initialize(layout, "gaussian", scale, rng)] for _ in range(n)]
+    factors = [
+        [w + 0.3 * rng.standard_normal(w.shape) for w in initialize(layout, "gaussian", scale, rng)]
+        for _ in range(n)
+    ]
     thetas = np.stack([layout.pack(f, dtype=dtype) for f in factors])
     P = thetas.shape[1]
-    state = (thetas, np.full(n, spec.code), np.tile(spec.hyper(lr, {}), (n, 1)),
-             np.zeros((n, spec.state_slots * P), dtype), np.zeros((n, 3)))
+    state = (
+        thetas,
+        np.full(n, spec.code),
+        np.tile(spec.hyper(lr, {}), (n, 1)),
+        np.zeros((n, spec.state_slots * P), dtype),
+        np.zeros((n, 3)),
+    )
     return factors, state
 
 
@@ -53,8 +60,13 @@ def assert_matches_reference(db, small, layout, factors, dtype):
 
 @pytest.mark.parametrize(
     "depth, widths, dtype",
-    [(1, None, "float64"), (2, [5], "float64"), (3, [6, 5], "float64"),
-     (4, [5, 6, 4], "float64"), (3, [6, 5], "float32")],
+    [
+        (1, None, "float64"),
+        (2, [5], "float64"),
+        (3, [6, 5], "float64"),
+        (4, [5, 6, 4], "float64"),
+        (3, [6, 5], "float32"),
+    ],
 )
 @pytest.mark.parametrize("dense", [False, True])
 def test_loss_and_gradients_match_reference(small, depth, widths, dtype, dense):
@@ -67,8 +79,10 @@ def test_loss_and_gradients_match_reference(small, depth, widths, dtype, dense):
     assert_matches_reference(db, small, layout, factors, dtype)
 
 
-@pytest.mark.parametrize("depth, optimizer, lr", [(2, "gd", 0.05), (2, "grouprmsprop", 1e-2),
-                                                  (2, "adam", 1e-2), (3, "grouprmsprop", 1e-2)])
+@pytest.mark.parametrize(
+    "depth, optimizer, lr",
+    [(2, "gd", 0.05), (2, "grouprmsprop", 1e-2), (2, "adam", 1e-2), (3, "grouprmsprop", 1e-2)],
+)
 @pytest.mark.parametrize("dense", [False, True])
 def test_step_loop_matches_cpu_run(small, depth, optimizer, lr, dense):
     """Both steps' updates (three kernels; the dense step's fused one) against the CPU."""
@@ -99,25 +113,25 @@ def test_fit_on_cuda_equals_cpu_fit(small):
     assert gpu.settings["kernels"] == "cuda"
     for a, b in zip(gpu.factors, cpu_fit.factors, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(gpu.trajectory.train_loss, cpu_fit.trajectory.train_loss,
-                               rtol=1e-12)
+    np.testing.assert_allclose(gpu.trajectory.train_loss, cpu_fit.trajectory.train_loss, rtol=1e-12)
 
 
 def test_batch_statuses_and_bits(small):
     """Per-trial stopping on the device (converged, diverged, running) and a trial's bits
     independent of the batch it runs in."""
     kw = dict(depth=2, init_scale=0.5, optimizer="gd", max_steps=6, record=3)
-    loss0 = fastdmf.fit(small, lr=0.05, seed=0, max_steps=0, depth=2,
-                        init_scale=0.5).trajectory.train_loss[0]
+    loss0 = fastdmf.fit(
+        small, lr=0.05, seed=0, max_steps=0, depth=2, init_scale=0.5
+    ).trajectory.train_loss[0]
     with pytest.warns(RuntimeWarning, match="diverged"):
-        rs = fastdmf.fit_batch(small, seeds=[0, 1, 2], lr=[0.05, 0.05, 80.0], tol=0.0,
-                               backend="cuda", **kw)
+        rs = fastdmf.fit_batch(
+            small, seeds=[0, 1, 2], lr=[0.05, 0.05, 80.0], tol=0.0, backend="cuda", **kw
+        )
     assert [r.status for r in rs] == ["max_steps", "max_steps", "diverged"]
     alone = fastdmf.fit(small, lr=0.05, seed=1, tol=0.0, backend="cuda", **kw)
     for a, b in zip(rs[1].factors, alone.factors, strict=True):
         np.testing.assert_array_equal(a, b)
-    conv = fastdmf.fit_batch(small, seeds=[0], lr=0.05, tol=0.999 * loss0, backend="cuda",
-                             **kw)
+    conv = fastdmf.fit_batch(small, seeds=[0], lr=0.05, tol=0.999 * loss0, backend="cuda", **kw)
     assert conv[0].status == "converged" and conv[0].n_steps < 6
 
 
@@ -135,8 +149,9 @@ def test_backend_errors(small, monkeypatch):
 
 
 def test_cuda_fit_checkpoint_resume_is_bit_identical(small, tmp_path):
-    kw = dict(depth=2, init_scale=0.5, lr=1e-2, max_steps=8, record=2, seed=1, tol=0,
-              backend="cuda")
+    kw = dict(
+        depth=2, init_scale=0.5, lr=1e-2, max_steps=8, record=2, seed=1, tol=0, backend="cuda"
+    )
     ref = fastdmf.fit(small, **kw)
     path = tmp_path / "fit.ckpt"
 
@@ -163,8 +178,16 @@ def test_sensing_is_not_sent_to_the_gpu():
 def test_a_batch_beyond_the_grid_limit_runs_in_consecutive_batches(small, monkeypatch):
     """The trial axis is a grid's y (z times the splits in the products): a batch beyond
     CUDA's limit is refused by DeviceBatch and split by fit_batch, with the same bits."""
-    kw = dict(depth=3, seeds=[0, 1, 2], lr=[0.02, 0.03, 0.04], init_scale=0.5, max_steps=2,
-              record=None, tol=0.0, backend="cuda")
+    kw = dict(
+        depth=3,
+        seeds=[0, 1, 2],
+        lr=[0.02, 0.03, 0.04],
+        init_scale=0.5,
+        max_steps=2,
+        record=None,
+        tol=0.0,
+        backend="cuda",
+    )
     whole = fastdmf.fit_batch(small, **kw)
     monkeypatch.setattr(kc, "GRID_YZ", 6)  # 9 rows, split_k 4: 3 splits, 2 trials a launch
     assert kc.max_trials(9, 3) == 2 and kc.max_trials(9, 2) == 6
@@ -192,13 +215,13 @@ class _FakeCublas:
     def _mat(self, ptr, rows, cols, ld):
         """The column-major rows x cols matrix at ``ptr`` with leading dimension ``ld``."""
         item = self.dtype.itemsize
-        raw = np.ctypeslib.as_array((ctypes.c_char * (((cols - 1) * ld + rows) * item))
-                                    .from_address(ptr))
+        raw = np.ctypeslib.as_array(
+            (ctypes.c_char * (((cols - 1) * ld + rows) * item)).from_address(ptr)
+        )
         flat = raw.view(self.dtype)
         return np.lib.stride_tricks.as_strided(flat, (rows, cols), (item, ld * item))
 
-    def gemm(self, handle, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc,
-             batch):
+    def gemm(self, handle, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch):
         item = self.dtype.itemsize
         a_ = self._mat(alpha, 1, 1, 1)[0, 0]
         b_ = self._mat(beta, 1, 1, 1)[0, 0]
@@ -219,16 +242,23 @@ class _HostPointers(cuda_dense._Cublas):
         return arr._ary.__array_interface__["data"][0] + int(off) * self.item
 
 
-@pytest.mark.parametrize("depth, widths, dtype", [(2, [5], "float64"), (3, [6, 5], "float64"),
-                                                  (4, [5, 6, 4], "float64"),
-                                                  (3, [6, 5], "float32"),
-                                                  (4, [5, 6, 4], "float32")])
+@pytest.mark.parametrize(
+    "depth, widths, dtype",
+    [
+        (2, [5], "float64"),
+        (3, [6, 5], "float64"),
+        (4, [5, 6, 4], "float64"),
+        (3, [6, 5], "float32"),
+        (4, [5, 6, 4], "float32"),
+    ],
+)
 def test_dense_step_with_cublas_call_matches_reference(small, monkeypatch, depth, widths, dtype):
     """The dense step through the cuBLAS call (row-major operands given to a column-major
     GEMM, strided over the trials) against the NumPy reference, and 3 GroupRMSprop steps of
     it against the CPU engine."""
-    monkeypatch.setattr(cuda_dense, "cublas_products",
-                        lambda dt: _HostPointers(_FakeCublas(dt), 0, np.dtype(dt)))
+    monkeypatch.setattr(
+        cuda_dense, "cublas_products", lambda dt: _HostPointers(_FakeCublas(dt), 0, np.dtype(dt))
+    )
     layout = FactorLayout.build(small.shape, depth, widths)
     factors, state = batch(small, layout, 2, dtype, optimizer="grouprmsprop", lr=1e-2)
     cpu_state = [a.copy() for a in state]
@@ -240,8 +270,9 @@ def test_dense_step_with_cublas_call_matches_reference(small, monkeypatch, depth
     db.run(3, 0.0, [np.inf, np.inf], [True, True], status)
     thetas, codes, hyper, ostate, scalars = cpu_state
     for b in range(2):
-        eng = fastdmf.engine.Engine(small, layout, thetas[b], "grouprmsprop", hyper[b],
-                                    parallel=False)
+        eng = fastdmf.engine.Engine(
+            small, layout, thetas[b], "grouprmsprop", hyper[b], parallel=False
+        )
         eng.run(3, 0.0, np.inf)
         np.testing.assert_allclose(state[0][b], eng.theta, rtol=10 * tol, atol=tol)
         np.testing.assert_allclose(state[4][b], eng.scalars, rtol=10 * tol)

@@ -33,8 +33,9 @@ def evaluate(problem, u, v, depth, dtype=np.float64, parallel=False):
     theta = lay.pack([u, v], dtype)
     grad = np.zeros_like(theta)
     scale = 2.0 / problem.n_observed
-    loss = kern.loss_and_grad(theta, grad, work, np.asarray(lay.dims, np.int64), lay.offsets,
-                              obs, resid, scale, nblk)
+    loss = kern.loss_and_grad(
+        theta, grad, work, np.asarray(lay.dims, np.int64), lay.offsets, obs, resid, scale, nblk
+    )
     return loss, grad, resid
 
 
@@ -47,12 +48,12 @@ def test_loss_and_grad_match_reference(problem, depth):
     loss, grad, resid = evaluate(problem, u, v, depth)
     ref_loss, du, dv = D.reference_loss_and_grad(u, v, problem.X, problem.y, depth)
     assert loss == pytest.approx(ref_loss, rel=1e-13)
-    np.testing.assert_allclose(grad, np.r_[du, dv], rtol=1e-12,
-                               atol=1e-13 * np.abs(np.r_[du, dv]).max())
+    np.testing.assert_allclose(
+        grad, np.r_[du, dv], rtol=1e-12, atol=1e-13 * np.abs(np.r_[du, dv]).max()
+    )
     w = D.coef(np.r_[u, v], depth)
     scale = 2.0 / problem.n_observed
-    np.testing.assert_allclose(resid, scale * (problem.X @ w - problem.y), rtol=1e-12,
-                               atol=1e-14)
+    np.testing.assert_allclose(resid, scale * (problem.X @ w - problem.y), rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
@@ -62,8 +63,9 @@ def test_float32_matches_reference(problem, depth):
     loss, grad, _ = evaluate(problem, u32, v32, depth, np.float32)
     assert grad.dtype == np.float32
     # the reference at the float32 data and parameters, in float64
-    ref_loss, du, dv = D.reference_loss_and_grad(u32, v32, problem.X.astype(np.float32),
-                                                 problem.y.astype(np.float32), depth)
+    ref_loss, du, dv = D.reference_loss_and_grad(
+        u32, v32, problem.X.astype(np.float32), problem.y.astype(np.float32), depth
+    )
     want = np.r_[du, dv]
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     np.testing.assert_allclose(grad, want, rtol=0, atol=2e-5 * np.abs(want).max())
@@ -103,8 +105,7 @@ def numpy_run(problem, theta, depth, code, hyper, n_steps):
     state = {0: None, 1: (0, 0.0), 2: (0, np.zeros_like(theta), np.zeros_like(theta))}[code]
     losses = []
     for _ in range(n_steps):
-        loss, du, dv = D.reference_loss_and_grad(theta[:d], theta[d:], problem.X, problem.y,
-                                                 depth)
+        loss, du, dv = D.reference_loss_and_grad(theta[:d], theta[d:], problem.X, problem.y, depth)
         losses.append(loss)
         g = np.r_[du, dv]
         if code == 0:
@@ -121,10 +122,26 @@ def kernel_run(kern, problem, theta, depth, code, hyper, n_steps, nblk=1, parall
     _, nblk, obs, work, resid = K.prepare(problem, lay, theta.dtype, parallel)
     theta = theta.copy()
     grad = np.zeros_like(theta)
-    opt = (code, np.asarray(hyper, dtype=np.float64), np.zeros(2 * theta.size, theta.dtype),
-           np.zeros(3))
-    done, status, loss = kern.run(theta, grad, work, np.asarray(lay.dims, np.int64),
-                                  lay.offsets, obs, resid, opt, n_steps, 0.0, np.inf, nblk)
+    opt = (
+        code,
+        np.asarray(hyper, dtype=np.float64),
+        np.zeros(2 * theta.size, theta.dtype),
+        np.zeros(3),
+    )
+    done, status, loss = kern.run(
+        theta,
+        grad,
+        work,
+        np.asarray(lay.dims, np.int64),
+        lay.offsets,
+        obs,
+        resid,
+        opt,
+        n_steps,
+        0.0,
+        np.inf,
+        nblk,
+    )
     return theta, done, status, loss
 
 
@@ -140,7 +157,8 @@ HYPERS = {
 def test_run_matches_numpy_loop(problem, name, depth):
     code, hyper = HYPERS[name]
     theta0 = D.DiagonalLayout(problem.n_features, depth).pack(
-        D.initialize(D.DiagonalLayout(problem.n_features, depth), 0.5))
+        D.initialize(D.DiagonalLayout(problem.n_features, depth), 0.5)
+    )
     want, losses = numpy_run(problem, theta0.copy(), depth, code, hyper, 6)
     got, done, status, loss = kernel_run(K.SERIAL, problem, theta0, depth, code, hyper, 6)
     assert (done, status) == (6, cpu.RUNNING)
@@ -193,11 +211,22 @@ def test_batched_trials_match_serial_runs_bit_for_bit(problem):
     active = np.ones(B, dtype=np.bool_)
     status = np.full(B, -1, dtype=np.int64)
     dims = np.asarray(lay.dims, np.int64)
-    K.run_batch((thetas, grads, works, rowlosses), dims, lay.offsets, obs,
-                (codes, hypers, ostates, scalars), n_steps, 0.0, caps, active, status)
+    K.run_batch(
+        (thetas, grads, works, rowlosses),
+        dims,
+        lay.offsets,
+        obs,
+        (codes, hypers, ostates, scalars),
+        n_steps,
+        0.0,
+        caps,
+        active,
+        status,
+    )
     for b, s in enumerate(scales):
-        got, done, st, _ = kernel_run(K.SERIAL, problem, lay.pack(D.initialize(lay, s)),
-                                      depth, code, hyper, n_steps)
+        got, done, st, _ = kernel_run(
+            K.SERIAL, problem, lay.pack(D.initialize(lay, s)), depth, code, hyper, n_steps
+        )
         assert status[b] == st == cpu.RUNNING
         np.testing.assert_array_equal(thetas[b], got)
     assert not np.array_equal(thetas[0], thetas[1])
@@ -215,9 +244,21 @@ def test_flow_reaches_the_interpolant_of_least_potential(depth, alpha):
     fs = np.zeros(F.FLOW_STATE_SIZE)
     fs[F.H], fs[F.RTOL], fs[F.ATOL], fs[F.METHOD] = 1e-3, 1e-10, 1e-13, F.DOPRI5
     flow = (theta.copy(), np.zeros((7, theta.size)), fs)
-    steps, status, loss = kern.run_flow(theta, np.zeros_like(theta), work,
-                                        np.asarray(lay.dims, np.int64), lay.offsets, obs,
-                                        resid, flow, 1e6, 100000, 1e-16, np.inf, nblk)
+    steps, status, loss = kern.run_flow(
+        theta,
+        np.zeros_like(theta),
+        work,
+        np.asarray(lay.dims, np.int64),
+        lay.offsets,
+        obs,
+        resid,
+        flow,
+        1e6,
+        100000,
+        1e-16,
+        np.inf,
+        nblk,
+    )
     assert status == cpu.CONVERGED and loss <= 1e-16
     w = D.coef(theta, depth)
     np.testing.assert_allclose(prob.X @ w, prob.y, atol=1e-7)
@@ -287,15 +328,18 @@ def test_layout_and_initialize():
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("X, y, match", [
-    (np.ones((3, 4)), np.ones(2), "3 rows .* y has 2"),
-    (np.ones(4), np.ones(4), "two-dimensional"),
-    (np.ones((3, 4)), np.ones((3, 1)), "one-dimensional"),
-    (np.ones((0, 4)), np.ones(0), "at least one sample"),
-    (np.ones((3, 0)), np.ones(3), "at least one sample and one feature"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2), r"X must be finite; X\[0, 1\] is nan"),
-    (np.eye(2), np.array([1.0, np.inf]), r"y must be finite; y\[1\] is inf"),
-])
+@pytest.mark.parametrize(
+    "X, y, match",
+    [
+        (np.ones((3, 4)), np.ones(2), "3 rows .* y has 2"),
+        (np.ones(4), np.ones(4), "two-dimensional"),
+        (np.ones((3, 4)), np.ones((3, 1)), "one-dimensional"),
+        (np.ones((0, 4)), np.ones(0), "at least one sample"),
+        (np.ones((3, 0)), np.ones(3), "at least one sample and one feature"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2), r"X must be finite; X\[0, 1\] is nan"),
+        (np.eye(2), np.array([1.0, np.inf]), r"y must be finite; y\[1\] is inf"),
+    ],
+)
 def test_bad_problems_raise_clearly(X, y, match):
     with pytest.raises(ValueError, match=match):
         D.sparse_regression(X, y)
@@ -312,12 +356,15 @@ def test_bad_types_and_ground_truth():
         D.SparseRegressionProblem(np.asfortranarray(np.ones((3, 2))), np.ones(3))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sparsity=11), r"sparsity must be an integer in \[0, n_features = 10\]"),
-    (dict(sparsity=-1), r"sparsity must be an integer in \[0, n_features = 10\]"),
-    (dict(sparsity=2.5), "sparsity must be an integer"),
-    (dict(sparsity=2, noise=-1.0), "noise must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sparsity=11), r"sparsity must be an integer in \[0, n_features = 10\]"),
+        (dict(sparsity=-1), r"sparsity must be an integer in \[0, n_features = 10\]"),
+        (dict(sparsity=2.5), "sparsity must be an integer"),
+        (dict(sparsity=2, noise=-1.0), "noise must be"),
+    ],
+)
 def test_bad_synthetic_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         D.synthetic_sparse_regression(5, 10, **kwargs)

@@ -43,8 +43,7 @@ def test_measure_against_numpy(small):
     lay = D.layout(small.shape, depth)
     theta = rng.uniform(0.1, 1.0, lay.size)
     grad = rng.standard_normal(lay.size)
-    rec = D.measure(lay.unpack(theta), lay.unpack(grad), 0.25, 7, 0.5, 9, small,
-                    init_scale=alpha)
+    rec = D.measure(lay.unpack(theta), lay.unpack(grad), 0.25, 7, 0.5, 9, small, init_scale=alpha)
     u, v = theta[:30], theta[30:]
     w = u**3 - v**3
     truth = small.ground_truth
@@ -52,8 +51,9 @@ def test_measure_against_numpy(small):
     assert rec["train_loss"] == 0.25 and np.isnan(rec["val_error"])
     assert rec["l1"] == pytest.approx(np.abs(w).sum(), rel=1e-14)
     assert rec["l2"] == pytest.approx(np.sqrt((w**2).sum()), rel=1e-14)
-    assert rec["test_error"] == pytest.approx(((w - truth) ** 2).sum() / (truth**2).sum(),
-                                              rel=1e-13)
+    assert rec["test_error"] == pytest.approx(
+        ((w - truth) ** 2).sum() / (truth**2).sum(), rel=1e-13
+    )
     assert rec["grad_norm"] == pytest.approx(np.linalg.norm(grad), rel=1e-14)
     assert rec["param_norm"] == pytest.approx(np.linalg.norm(theta), rel=1e-14)
     big = np.abs(w).max()
@@ -64,8 +64,7 @@ def test_measure_against_numpy(small):
 def test_measure_potential_depth2_is_woodworths_q(small):
     lay = D.layout(small.shape, 2)
     theta = np.random.default_rng(1).uniform(0.0, 0.8, lay.size)
-    rec = D.measure(lay.unpack(theta), lay.unpack(theta), 1.0, 0, 0.0, 0, small,
-                    init_scale=0.3)
+    rec = D.measure(lay.unpack(theta), lay.unpack(theta), 1.0, 0, 0.0, 0, small, init_scale=0.3)
     w = theta[:30] ** 2 - theta[30:] ** 2
     assert rec["potential"] == pytest.approx(0.09 * _q(w / 0.09).sum(), rel=1e-10)
 
@@ -82,8 +81,7 @@ def test_held_out_error_and_measure_on_samples(small):
     assert test.held_out_error(w) == pytest.approx(want, rel=1e-14)
     rec = D.measure(params, params, 1.0, 0, 0.0, 0, train, test, init_scale=0.5)
     assert rec["test_error"] == pytest.approx(want, rel=1e-14)
-    assert np.isnan(D.measure(params, params, 1.0, 0, 0.0, 0, train,
-                              init_scale=0.5)["test_error"])
+    assert np.isnan(D.measure(params, params, 1.0, 0, 0.0, 0, train, init_scale=0.5)["test_error"])
     with pytest.raises(ValueError, match="offsets"):
         test.held_out_error(params, offsets=object())
     with pytest.raises(ValueError, match="features"):
@@ -106,16 +104,19 @@ def test_result_coef_matrix_predict(small):
         res.predict(np.zeros((2, 29)))
 
 
-@pytest.mark.parametrize("kwargs, err, match", [
-    ({"widths": [3]}, ValueError, "hidden widths"),
-    ({"validation": 0.1}, ValueError, "validation"),
-    ({"offsets": "biases"}, ValueError, "offsets"),
-    ({"init": "identity"}, ValueError, "constant"),
-    ({"init": [np.ones(30), np.ones(30)]}, TypeError, "init"),
-    ({"init_scale": 0.0}, ValueError, "init_scale"),
-    ({"init_scale": -1.0}, ValueError, "init_scale"),
-    ({"depth": 0}, ValueError, "depth"),
-])
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"widths": [3]}, ValueError, "hidden widths"),
+        ({"validation": 0.1}, ValueError, "validation"),
+        ({"offsets": "biases"}, ValueError, "offsets"),
+        ({"init": "identity"}, ValueError, "constant"),
+        ({"init": [np.ones(30), np.ones(30)]}, TypeError, "init"),
+        ({"init_scale": 0.0}, ValueError, "init_scale"),
+        ({"init_scale": -1.0}, ValueError, "init_scale"),
+        ({"depth": 0}, ValueError, "depth"),
+    ],
+)
 def test_check_fit_refuses(small, kwargs, err, match):
     args = {"depth": 2, "init": "constant", "init_scale": 0.1, **kwargs}
     with pytest.raises(err, match=match):
@@ -123,8 +124,17 @@ def test_check_fit_refuses(small, kwargs, err, match):
 
 
 def test_check_fit_accepts_defaults(small):
-    D.check_fit(small, {"depth": 3, "init": "gaussian", "init_scale": 1e-3,
-                        "validation": "auto", "offsets": "auto", "widths": None})
+    D.check_fit(
+        small,
+        {
+            "depth": 3,
+            "init": "gaussian",
+            "init_scale": 1e-3,
+            "validation": "auto",
+            "offsets": "auto",
+            "widths": None,
+        },
+    )
     D.check_fit(small, {"depth": 2, "init": "constant", "init_scale": 2.0})
 
 
@@ -147,16 +157,26 @@ def _same(a, b):
         np.testing.assert_array_equal(da[name], db[name], err_msg=name)
 
 
-@pytest.mark.parametrize("optimizer, lr", [("gd", 0.02), ("grouprmsprop", 1e-2),
-                                           ("adam", 1e-2)])
+@pytest.mark.parametrize("optimizer, lr", [("gd", 0.02), ("grouprmsprop", 1e-2), ("adam", 1e-2)])
 def test_fit_matches_numpy_loop_and_records(noisy, optimizer, lr):
     depth, alpha, steps = 3, 0.7, 40
-    res = fastdmf.fit(noisy, depth=depth, init_scale=alpha, optimizer=optimizer, lr=lr,
-                      max_steps=steps, record=10, tol=0, seed=0, progress=False)
+    res = fastdmf.fit(
+        noisy,
+        depth=depth,
+        init_scale=alpha,
+        optimizer=optimizer,
+        lr=lr,
+        max_steps=steps,
+        record=10,
+        tol=0,
+        seed=0,
+        progress=False,
+    )
     assert isinstance(res, D.DiagonalResult) and res.depth == depth
     spec = get_optimizer(optimizer)
-    theta, losses = numpy_run(noisy, np.full(28, alpha), depth, spec.code,
-                              spec.hyper(lr, {}), steps)
+    theta, losses = numpy_run(
+        noisy, np.full(28, alpha), depth, spec.code, spec.hyper(lr, {}), steps
+    )
     got = np.r_[res.factors[0], res.factors[1]]
     np.testing.assert_allclose(got, theta, rtol=1e-12, atol=1e-14)
     w = theta[:14] ** 3 - theta[14:] ** 3
@@ -170,28 +190,56 @@ def test_fit_matches_numpy_loop_and_records(noisy, optimizer, lr):
     for name in ("l1", "l2", "potential", "test_error"):
         assert getattr(traj, name)[-1] == pytest.approx(ref[name], rel=1e-10), name
     assert traj.support[-1] == ref["support"]
-    assert traj.grad_norm[-1] == pytest.approx(np.linalg.norm(np.r_[final[1], final[2]]),
-                                               rel=1e-10)
+    assert traj.grad_norm[-1] == pytest.approx(np.linalg.norm(np.r_[final[1], final[2]]), rel=1e-10)
     np.testing.assert_allclose(res.predict(noisy.X), noisy.X @ w, rtol=1e-10, atol=1e-13)
     assert traj.l1[0] == 0.0 and traj.potential[0] == 0.0  # w(0) = 0
 
 
 def test_fit_records_the_error_on_held_out_samples(noisy):
     train, test = fastdmf.sparse_regression(noisy.X, noisy.y).split(0.3, seed=1)
-    res = fastdmf.fit(train, depth=2, init_scale=0.5, optimizer="gd", lr=0.02,
-                      max_steps=30, record=10, tol=0, test=test, seed=0, progress=False)
+    res = fastdmf.fit(
+        train,
+        depth=2,
+        init_scale=0.5,
+        optimizer="gd",
+        lr=0.02,
+        max_steps=30,
+        record=10,
+        tol=0,
+        test=test,
+        seed=0,
+        progress=False,
+    )
     assert res.trajectory.test_error[-1] == pytest.approx(
-        np.mean((test.X @ res.coef - test.y) ** 2), rel=1e-12)
+        np.mean((test.X @ res.coef - test.y) ** 2), rel=1e-12
+    )
     assert np.all(np.isnan(res.trajectory.val_error))
-    none = fastdmf.fit(train, depth=2, init_scale=0.5, optimizer="gd", lr=0.02,
-                       max_steps=30, record=10, tol=0, seed=0, progress=False)
+    none = fastdmf.fit(
+        train,
+        depth=2,
+        init_scale=0.5,
+        optimizer="gd",
+        lr=0.02,
+        max_steps=30,
+        record=10,
+        tol=0,
+        seed=0,
+        progress=False,
+    )
     assert np.all(np.isnan(none.trajectory.test_error))
     np.testing.assert_array_equal(none.coef, res.coef)  # held-out samples do not steer
 
 
-FLOW = {"optimizer": "flow", "max_time": 1e12, "tol": 1e-14, "max_steps": 1_000_000,
-        "record": None, "optimizer_options": {"rtol": 1e-10, "atol": 1e-14},
-        "progress": False, "seed": 0}
+FLOW = {
+    "optimizer": "flow",
+    "max_time": 1e12,
+    "tol": 1e-14,
+    "max_steps": 1_000_000,
+    "record": None,
+    "optimizer_options": {"rtol": 1e-10, "atol": 1e-14},
+    "progress": False,
+    "seed": 0,
+}
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
@@ -204,8 +252,7 @@ def test_flow_limit_is_the_diagonal_limit(depth, alpha):
     assert res.train_loss <= 1e-13
     limit = fastdmf.theory.diagonal_limit(p, alpha, depth).settings["coef"]
     assert np.linalg.norm(res.coef - limit) <= 1e-4 * np.linalg.norm(limit)
-    assert res.trajectory.potential[-1] == pytest.approx(potential(limit, alpha, depth),
-                                                         rel=1e-4)
+    assert res.trajectory.potential[-1] == pytest.approx(potential(limit, alpha, depth), rel=1e-4)
 
 
 @pytest.mark.parametrize("depth, alpha", [(2, 1e-12), (3, 1e-3), (4, 1e-3)])
@@ -240,7 +287,8 @@ def test_fit_batch_equals_serial_fits_bit_for_bit(noisy):
         _same(got, fastdmf.fit(noisy, seed=seed, init_scale=scale, progress=False, **kw))
     # each trial's potential is Q at its own alpha
     assert batch[0].trajectory.potential[-1] == pytest.approx(
-        potential(batch[0].coef, 0.3, 3), rel=1e-12)
+        potential(batch[0].coef, 0.3, 3), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
@@ -249,16 +297,35 @@ def test_fit_batch_flow_equals_serial_flow_fits_bit_for_bit(noisy, tmp_path, met
     tolerance) equals its serial flow fit bit for bit, and so do its checkpoints resumed
     together by resume_batch."""
     kw = dict(depth=3, optimizer=method, max_steps=100_000, record=2.0, tol=0)
-    scales, rates, times, rtols = [0.3, 0.6, 1.0], [1e-2, 1e-3, 1e-2], [12.0, 8.0, 5.0], \
-        [1e-6, 1e-5, 1e-7]
+    scales, rates, times, rtols = (
+        [0.3, 0.6, 1.0],
+        [1e-2, 1e-3, 1e-2],
+        [12.0, 8.0, 5.0],
+        [1e-6, 1e-5, 1e-7],
+    )
     paths = [tmp_path / f"t{b}.ckpt" for b in range(3)]
-    batch = fastdmf.fit_batch(noisy, seeds=[0, 1, 2], init_scale=scales, lr=rates,
-                              max_time=times, optimizer_options={"rtol": rtols},
-                              checkpoint=paths, **kw)
+    batch = fastdmf.fit_batch(
+        noisy,
+        seeds=[0, 1, 2],
+        init_scale=scales,
+        lr=rates,
+        max_time=times,
+        optimizer_options={"rtol": rtols},
+        checkpoint=paths,
+        **kw,
+    )
     for b, got in enumerate(batch):
         assert isinstance(got, D.DiagonalResult)
-        ref = fastdmf.fit(noisy, seed=b, init_scale=scales[b], lr=rates[b], max_time=times[b],
-                          optimizer_options={"rtol": rtols[b]}, progress=False, **kw)
+        ref = fastdmf.fit(
+            noisy,
+            seed=b,
+            init_scale=scales[b],
+            lr=rates[b],
+            max_time=times[b],
+            optimizer_options={"rtol": rtols[b]},
+            progress=False,
+            **kw,
+        )
         assert ref.settings["kernels"] != got.settings["kernels"]  # serial vs batched
         _same(got, ref)
         assert got.trajectory.time[-1] == times[b] and got.status == "max_time"
@@ -269,12 +336,29 @@ def test_fit_batch_flow_equals_serial_flow_fits_bit_for_bit(noisy, tmp_path, met
 @pytest.mark.parametrize("optimizer", ["adam", "flow"])
 def test_checkpoint_resume_is_bit_identical(noisy, tmp_path, optimizer):
     if optimizer == "flow":
-        kw = dict(depth=2, init_scale=0.3, optimizer="flow", lr=1e-2, max_time=40.0,
-                  record=2.0, max_steps=100_000, tol=0, seed=0)
+        kw = dict(
+            depth=2,
+            init_scale=0.3,
+            optimizer="flow",
+            lr=1e-2,
+            max_time=40.0,
+            record=2.0,
+            max_steps=100_000,
+            tol=0,
+            seed=0,
+        )
         every, stop = 1, 10.0
     else:
-        kw = dict(depth=3, init_scale=0.5, optimizer="adam", lr=1e-2, max_steps=300,
-                  record=50, tol=0, seed=0)
+        kw = dict(
+            depth=3,
+            init_scale=0.5,
+            optimizer="adam",
+            lr=1e-2,
+            max_steps=300,
+            record=50,
+            tol=0,
+            seed=0,
+        )
         every, stop = 50, 150
 
     def cb(record):
@@ -284,24 +368,28 @@ def test_checkpoint_resume_is_bit_identical(noisy, tmp_path, optimizer):
     ref = fastdmf.fit(noisy, progress=False, **kw)
     path = tmp_path / "fit.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        fastdmf.fit(noisy, checkpoint=path, checkpoint_every=every, callback=cb,
-                    progress=False, **kw)
+        fastdmf.fit(
+            noisy, checkpoint=path, checkpoint_every=every, callback=cb, progress=False, **kw
+        )
     res = fastdmf.resume(path, progress=False)
     assert isinstance(res, D.DiagonalResult)
     _same(ref, res)
     assert "l1" in res.trajectory.as_dict()
 
 
-@pytest.mark.parametrize("kwargs, err, match", [
-    ({"init_scale": 0.0}, ValueError, "init_scale"),
-    ({"init_scale": -0.1}, ValueError, "init_scale"),
-    ({"widths": [4]}, ValueError, "hidden widths"),
-    ({"validation": 0.2}, TypeError, "validation="),
-    ({"offsets": "biases"}, TypeError, "offsets="),
-    ({"init": "orthogonal"}, ValueError, "constant"),
-    ({"depth": 0}, ValueError, "depth"),
-    ({"backend": "cuda"}, ValueError, "CPU"),
-])
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"init_scale": 0.0}, ValueError, "init_scale"),
+        ({"init_scale": -0.1}, ValueError, "init_scale"),
+        ({"widths": [4]}, ValueError, "hidden widths"),
+        ({"validation": 0.2}, TypeError, "validation="),
+        ({"offsets": "biases"}, TypeError, "offsets="),
+        ({"init": "orthogonal"}, ValueError, "constant"),
+        ({"depth": 0}, ValueError, "depth"),
+        ({"backend": "cuda"}, ValueError, "CPU"),
+    ],
+)
 def test_fit_refuses_bad_arguments(noisy, kwargs, err, match):
     args = {"depth": 2, "max_steps": 5, "progress": False, **kwargs}
     with pytest.raises(err, match=match):
@@ -319,14 +407,21 @@ def test_fit_refuses_test_data_of_another_kind(noisy):
 
 def test_sweep_over_depth_and_alpha_records_the_kinds_values(noisy, tmp_path):
     kw = dict(optimizer="gd", lr=0.02, max_steps=30, record=10, tol=0)
-    table = fastdmf.sweep({"depth": [2, 3], "init_scale": [0.3, 1.0]}, out=tmp_path / "sw",
-                          problem=noisy, workers=1, progress=False, **kw)
+    table = fastdmf.sweep(
+        {"depth": [2, 3], "init_scale": [0.3, 1.0]},
+        out=tmp_path / "sw",
+        problem=noisy,
+        workers=1,
+        progress=False,
+        **kw,
+    )
     cols = table.columns()
     assert len(cols["l1"]) == 4
     for k in range(4):
         depth, alpha = int(cols["depth"][k]), float(cols["init_scale"][k])
-        ref = fastdmf.fit(noisy, depth=depth, init_scale=alpha, seed=int(cols["seed"][k]),
-                          progress=False, **kw)
+        ref = fastdmf.fit(
+            noisy, depth=depth, init_scale=alpha, seed=int(cols["seed"][k]), progress=False, **kw
+        )
         for name in ("train_loss", "test_error", "l1", "l2", "potential"):
             assert cols[name][k] == getattr(ref.trajectory, name)[-1], name
 
@@ -367,8 +462,11 @@ def test_reproduce_diagonal_quick(tmp_path):
     assert at(3, 0.1)["l1"] < at(2, 0.1)["l1"]
     rec = read_csv(tmp_path / "recovery.csv")
     n_max = max(cfg["rec_samples"])
-    assert all(r["recovered"] == 1 for r in rec
-               if r["method"] == "basis_pursuit" and r["n_samples"] == n_max)
+    assert all(
+        r["recovered"] == 1
+        for r in rec
+        if r["method"] == "basis_pursuit" and r["n_samples"] == n_max
+    )
     assert all(r["recovered"] == 0 for r in rec if r["method"] == "min_l2")
     text = (tmp_path / "diagonal.md").read_text()
     assert "## Depth 3" in text and "Recovery rate" in text

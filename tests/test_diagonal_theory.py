@@ -61,12 +61,14 @@ def small_instance(seed=7, n=5, d=12):
 
 # --- the link h_D, its integral H_D, its inverse, and q_D --------------------------------
 
+
 @pytest.mark.parametrize("depth", [*DEPTHS, 5.5])
 def test_link_functions_match_their_definitions(depth):
     z = np.linspace(-0.95, 0.95, 21) if depth > 2 else np.linspace(-8, 8, 21)
     np.testing.assert_allclose(link(z, depth), naive_link(z, depth), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(link_potential(z, depth), naive_link_potential(z, depth),
-                               rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(
+        link_potential(z, depth), naive_link_potential(z, depth), rtol=1e-11, atol=1e-14
+    )
     h = 1e-6
     fd_link = (naive_link(z + h, depth) - naive_link(z - h, depth)) / (2 * h)
     np.testing.assert_allclose(link_derivative(z, depth), fd_link, rtol=1e-7)
@@ -94,9 +96,12 @@ def test_unit_potential_is_the_numerical_legendre_transform(depth):
     lo, hi = (-12.0, 12.0) if depth == 2 else (-1 + 1e-9, 1 - 1e-9)
     expected = []
     for x in xs:
-        res = minimize_scalar(lambda z, x=x: naive_link_potential(z, depth) - x * z,
-                              bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-13, "maxiter": 2000})
+        res = minimize_scalar(
+            lambda z, x=x: naive_link_potential(z, depth) - x * z,
+            bounds=(lo, hi),
+            method="bounded",
+            options={"xatol": 1e-13, "maxiter": 2000},
+        )
         expected.append(-res.fun)
     np.testing.assert_allclose(unit_potential(xs, depth), expected, rtol=1e-9, atol=1e-14)
 
@@ -117,11 +122,11 @@ def test_potential_is_quadratic_for_large_alpha(depth):
     w = np.random.default_rng(2).standard_normal(10)
     p = 1.0 if depth == 2 else depth / (depth - 2)
     alpha = 1e3
-    assert potential(w, alpha, depth) == pytest.approx(w @ w / (4 * p * alpha**depth),
-                                                       rel=1e-8)
+    assert potential(w, alpha, depth) == pytest.approx(w @ w / (4 * p * alpha**depth), rel=1e-8)
 
 
 # --- the limit ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize("alpha", [1e-2, 0.1, 1.0, 3.0])
@@ -133,13 +138,17 @@ def test_limit_satisfies_kkt_and_beats_feasible_competitors(depth, alpha):
     assert result.status == "converged"
     assert np.linalg.norm(X @ w - y) <= 1e-10 * np.linalg.norm(y)
     # stationarity from the multiplier, with the naive link: w = alpha^D h_D(X^T mu)
-    np.testing.assert_allclose(w, alpha**depth * naive_link(X.T @ cert["multiplier"], depth),
-                               rtol=1e-9, atol=1e-12 * np.abs(w).max())
+    np.testing.assert_allclose(
+        w,
+        alpha**depth * naive_link(X.T @ cert["multiplier"], depth),
+        rtol=1e-9,
+        atol=1e-12 * np.abs(w).max(),
+    )
     assert cert["kkt_residual"] < 1e-9
     np.testing.assert_allclose(result.matrix().ravel(), w)
     # every other interpolant has a larger Q_D (strict convexity): w + null-space directions
     _, _, vt = np.linalg.svd(X)
-    null = vt[X.shape[0]:].T
+    null = vt[X.shape[0] :].T
     q_best = potential(w, alpha, depth)
     assert cert["potential"] == pytest.approx(q_best, rel=1e-12)
     rng = np.random.default_rng(3)
@@ -168,8 +177,9 @@ def test_large_alpha_approaches_the_minimum_l2_interpolant(depth):
         assert np.linalg.norm(w - w_l2) <= rtol * np.linalg.norm(w_l2)
 
 
-@pytest.mark.parametrize(("depth", "alpha"), [(2, 1e-20), (2, 1e-60), (2, 1e70), (3, 1e-6),
-                                            (3, 1e40), (5, 3e-3)])
+@pytest.mark.parametrize(
+    ("depth", "alpha"), [(2, 1e-20), (2, 1e-60), (2, 1e70), (3, 1e-6), (3, 1e40), (5, 3e-3)]
+)
 def test_limit_at_extreme_scales(depth, alpha):
     """Far outside the flow's reach: still an interpolant of the KKT form, and the scaling
     law (c y, c^(1/D) alpha) -> c w holds."""
@@ -194,6 +204,7 @@ def test_limit_handles_dependent_samples_and_zero_targets():
 
 # --- the gradient flow itself, integrated independently ---------------------------------
 
+
 def integrate_flow(X, y, alpha, depth, t_end):
     """Gradient flow on (u, v) for L = (1/n)||X (u^D - v^D) - y||^2, from u = v = alpha,
     by Radau with the exact Jacobian."""
@@ -210,15 +221,28 @@ def integrate_flow(X, y, alpha, depth, t_end):
         u, v = s[:d], s[d:]
         g = gram @ (u**D - v**D) - xty
         du, dv = D * u ** (D - 1), D * v ** (D - 1)
-        return np.block([
-            [-np.diag(D * (D - 1) * u ** (D - 2) * g) - du[:, None] * gram * du,
-             du[:, None] * gram * dv],
-            [dv[:, None] * gram * du,
-             np.diag(D * (D - 1) * v ** (D - 2) * g) - dv[:, None] * gram * dv],
-        ])
+        return np.block(
+            [
+                [
+                    -np.diag(D * (D - 1) * u ** (D - 2) * g) - du[:, None] * gram * du,
+                    du[:, None] * gram * dv,
+                ],
+                [
+                    dv[:, None] * gram * du,
+                    np.diag(D * (D - 1) * v ** (D - 2) * g) - dv[:, None] * gram * dv,
+                ],
+            ]
+        )
 
-    sol = solve_ivp(rhs, (0.0, t_end), np.full(2 * d, alpha), method="Radau", jac=jac,
-                    rtol=1e-9, atol=1e-14 * alpha)
+    sol = solve_ivp(
+        rhs,
+        (0.0, t_end),
+        np.full(2 * d, alpha),
+        method="Radau",
+        jac=jac,
+        rtol=1e-9,
+        atol=1e-14 * alpha,
+    )
     assert sol.success, sol.message
     u, v = sol.y[:d, -1], sol.y[d:, -1]
     return u**D - v**D
@@ -239,6 +263,7 @@ def test_gradient_flow_converges_to_the_limit(depth, alpha):
 
 
 # --- basis pursuit and the minimum-l2 interpolant ---------------------------------------
+
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_basis_pursuit_certificate(sparse):
@@ -292,17 +317,18 @@ def test_problem_objects_and_test_error():
     result = basis_pursuit(Problem(X, y, truth))
     assert result.trajectory.test_error[-1] < 1e-20
     assert result.trajectory.train_loss[-1] == pytest.approx(
-        np.mean((X @ result.settings["coef"] - y) ** 2), abs=1e-30)
+        np.mean((X @ result.settings["coef"] - y) ** 2), abs=1e-30
+    )
 
 
 # --- bad input ---------------------------------------------------------------------------
+
 
 def test_clear_errors():
     X, y = small_instance()
     rng = np.random.default_rng(0)
     tall_X, noisy_y = rng.standard_normal((30, 10)), rng.standard_normal(30)
-    for solver in (basis_pursuit, min_norm_interpolant,
-                   lambda p: diagonal_limit(p, 0.1, 3)):
+    for solver in (basis_pursuit, min_norm_interpolant, lambda p: diagonal_limit(p, 0.1, 3)):
         with pytest.raises(ValueError, match="outside the range of X"):
             solver((tall_X, noisy_y))
         with pytest.raises(ValueError, match="rows .* but y has"):

@@ -7,12 +7,26 @@ import importlib
 import pytest
 
 MODULES = [
-    "fastdmf", "fastdmf.api", "fastdmf.batch", "fastdmf.checkpoint", "fastdmf.config",
-    "fastdmf.objective", "fastdmf.problem", "fastdmf.theory", "fastdmf.sklearn",
-    "fastdmf.diagonal", "fastdmf.diagonal_theory", "fastdmf.baselines.basis_pursuit",
-    "fastdmf.baselines.frobenius", "fastdmf.baselines.nuclear", "fastdmf.baselines.schatten",
-    "fastdmf.baselines.softimpute", "fastdmf.experiments.dynamics",
-    "fastdmf.experiments.paper", "fastdmf.experiments.sweep", "fastdmf.experiments.sweep_table",
+    "fastdmf",
+    "fastdmf.api",
+    "fastdmf.batch",
+    "fastdmf.checkpoint",
+    "fastdmf.config",
+    "fastdmf.objective",
+    "fastdmf.problem",
+    "fastdmf.theory",
+    "fastdmf.sklearn",
+    "fastdmf.diagonal",
+    "fastdmf.diagonal_theory",
+    "fastdmf.baselines.basis_pursuit",
+    "fastdmf.baselines.frobenius",
+    "fastdmf.baselines.nuclear",
+    "fastdmf.baselines.schatten",
+    "fastdmf.baselines.softimpute",
+    "fastdmf.experiments.dynamics",
+    "fastdmf.experiments.paper",
+    "fastdmf.experiments.sweep",
+    "fastdmf.experiments.sweep_table",
 ]
 
 
@@ -33,7 +47,9 @@ def test_every_module_with_examples_is_listed():
     root = pathlib.Path(fastdmf.__file__).parent
     found = {
         ".".join(("fastdmf", *path.relative_to(root).with_suffix("").parts)).removesuffix(
-            ".__init__")
-        for path in root.rglob("*.py") if ">>>" in path.read_text()
+            ".__init__"
+        )
+        for path in root.rglob("*.py")
+        if ">>>" in path.read_text()
     }
     assert found == set(MODULES)

@@ -23,8 +23,9 @@ def test_step_grid_is_the_arange_it_stands_for(every, top):
         assert (value in grid) == (value in set(ref.tolist()))
 
 
-@pytest.mark.parametrize("dt, top", [(0.25, 1.0), (0.1, 1.0), (0.3, 1.0), (1.0, 0.0),
-                                     (0.1, 0.3), (0.7, 10.0)])
+@pytest.mark.parametrize(
+    "dt, top", [(0.25, 1.0), (0.1, 1.0), (0.3, 1.0), (1.0, 0.0), (0.1, 0.3), (0.7, 10.0)]
+)
 def test_time_grid_holds_the_multiples_up_to_max_time(dt, top):
     ref = np.unique(np.concatenate([[0.0], np.arange(0.0, top * (1 + 1e-12), dt)]))
     ref = ref[ref <= top]  # what the schedule was as an array: always 0, then i dt <= top
@@ -35,8 +36,7 @@ def test_a_huge_budget_keeps_no_list_of_record_steps():
     grid = record_schedule(1000, 10**13)
     assert isinstance(grid, Grid) and len(grid) == 10**10 + 1 and grid[-1] == 10**13
     assert len(time_schedule(1e-3, 1e12)) == 10**15 + 1
-    res = fastdmf.fit(P, depth=2, lr=1e-2, max_steps=10**13, record=1000, seed=0,
-                      progress=False)
+    res = fastdmf.fit(P, depth=2, lr=1e-2, max_steps=10**13, record=1000, seed=0, progress=False)
     assert res.status == "converged" and res.n_steps < 10**4
     assert len(res.trajectory) == res.n_steps // 1000 + 2  # the grid points and the last step
 
@@ -57,26 +57,30 @@ def test_float32_records_are_computed_in_float64():
 def test_fit_batch_reads_widths_from_initial_factors():
     init = [0.1 * np.ones((3, 15)), 0.1 * np.ones((20, 3))]
     (batch,) = fastdmf.fit_batch(P, depth=2, seeds=[0], init=init, lr=1e-2, max_steps=20)
-    alone = fastdmf.fit(P, depth=2, init=init, lr=1e-2, max_steps=20, progress=False,
-                        parallel=False)
+    alone = fastdmf.fit(
+        P, depth=2, init=init, lr=1e-2, max_steps=20, progress=False, parallel=False
+    )
     assert batch.factors[0].shape == (3, 15)
     for a, b in zip(batch.factors, alone.factors, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kw, error, words", [
-    ({"top_k": -1}, ValueError, "top_k"),
-    ({"top_k": 0}, ValueError, "top_k"),
-    ({"top_k": 2.5}, ValueError, "top_k"),
-    ({"tol": -1.0}, ValueError, "tol"),
-    ({"tol": float("nan")}, ValueError, "tol"),
-    ({"tol": "1e-6"}, TypeError, "tol"),
-    ({"lr": "1e-3"}, TypeError, "lr"),
-    ({"init_scale": [1e-3, "x"]}, TypeError, "init_scale"),
-    ({"seeds": []}, ValueError, "seeds"),
-    ({"dtype": "float16"}, ValueError, "dtype"),
-    ({"max_steps": True}, ValueError, "max_steps"),
-])
+@pytest.mark.parametrize(
+    "kw, error, words",
+    [
+        ({"top_k": -1}, ValueError, "top_k"),
+        ({"top_k": 0}, ValueError, "top_k"),
+        ({"top_k": 2.5}, ValueError, "top_k"),
+        ({"tol": -1.0}, ValueError, "tol"),
+        ({"tol": float("nan")}, ValueError, "tol"),
+        ({"tol": "1e-6"}, TypeError, "tol"),
+        ({"lr": "1e-3"}, TypeError, "lr"),
+        ({"init_scale": [1e-3, "x"]}, TypeError, "init_scale"),
+        ({"seeds": []}, ValueError, "seeds"),
+        ({"dtype": "float16"}, ValueError, "dtype"),
+        ({"max_steps": True}, ValueError, "max_steps"),
+    ],
+)
 def test_fit_batch_checks_its_arguments_as_fit_does(kw, error, words):
     args = {"depth": 2, "seeds": [0, 1], "max_steps": 5, **kw}
     with pytest.raises(error, match=words):
@@ -107,8 +111,15 @@ def test_flow_with_no_time_ends_at_max_time():
 
 
 def test_settings_are_json_with_numpy_arguments():
-    res = fastdmf.fit(P, depth=3, widths=[np.int64(3), np.int64(4)], seed=np.int64(2),
-                      max_steps=3, record=range(0, 3), progress=False)
+    res = fastdmf.fit(
+        P,
+        depth=3,
+        widths=[np.int64(3), np.int64(4)],
+        seed=np.int64(2),
+        max_steps=3,
+        record=range(0, 3),
+        progress=False,
+    )
     back = json.loads(json.dumps(res.settings))
     assert back["arguments"]["widths"] == [3, 4] and back["arguments"]["record"] == [0, 1, 2]
     assert back["seed"] == 2
@@ -117,23 +128,40 @@ def test_settings_are_json_with_numpy_arguments():
 def test_divergence_warning_points_at_the_callers_line():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = fastdmf.fit(P, depth=2, lr=1e3, optimizer="gd", max_steps=200, record=10,
-                          init_scale=1.0, progress=False)
-        (batch,) = fastdmf.fit_batch(P, depth=2, lr=1e3, optimizer="gd", seeds=[0],
-                                     max_steps=200, record=10, init_scale=1.0)
+        res = fastdmf.fit(
+            P,
+            depth=2,
+            lr=1e3,
+            optimizer="gd",
+            max_steps=200,
+            record=10,
+            init_scale=1.0,
+            progress=False,
+        )
+        (batch,) = fastdmf.fit_batch(
+            P, depth=2, lr=1e3, optimizer="gd", seeds=[0], max_steps=200, record=10, init_scale=1.0
+        )
     assert res.status == batch.status == "diverged"
     diverged = [w for w in caught if "diverged" in str(w.message)]
     assert len(diverged) == 2 and all(w.filename == __file__ for w in diverged)
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda: fastdmf.fit(P, depth=2, record=2.0), TypeError, "integer"),
-    (lambda: fastdmf.fit(P, depth=2, optimizer_options={"alpha": "0.9"}), TypeError, "alpha"),
-    (lambda: fastdmf.fit(P, depth=2, shape=(3, 3)), ValueError, "shape"),
-    (lambda: fastdmf.fit(P, depth=2, optimizer="flow", max_time="1"), ValueError, "max_time"),
-    (lambda: fastdmf.completion(np.array([2**63 + 3], np.uint64), np.array([0]),
-                                np.array([1.0]), shape=(3, 3)), ValueError, "out of range"),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: fastdmf.fit(P, depth=2, record=2.0), TypeError, "integer"),
+        (lambda: fastdmf.fit(P, depth=2, optimizer_options={"alpha": "0.9"}), TypeError, "alpha"),
+        (lambda: fastdmf.fit(P, depth=2, shape=(3, 3)), ValueError, "shape"),
+        (lambda: fastdmf.fit(P, depth=2, optimizer="flow", max_time="1"), ValueError, "max_time"),
+        (
+            lambda: fastdmf.completion(
+                np.array([2**63 + 3], np.uint64), np.array([0]), np.array([1.0]), shape=(3, 3)
+            ),
+            ValueError,
+            "out of range",
+        ),
+    ],
+)
 def test_plausible_mistakes_get_clear_errors(call, error, words):
     with pytest.raises(error, match=words):
         call()

@@ -31,15 +31,33 @@ import fastdmf  # noqa: E402
 from fastdmf.experiments import paper  # noqa: E402
 from fastdmf.experiments.dynamics import half_rise_steps  # noqa: E402
 
-TINY = paper.Grid(kinds=("completion",), n_observed=(150,), methods=("depth1", "depth2",
-                  "depth3"), size=20, rank=2, init_scales=(1e-2, 1e-3), lrs=(1e-2,),
-                  seeds=(0, 1), max_steps=400)
+TINY = paper.Grid(
+    kinds=("completion",),
+    n_observed=(150,),
+    methods=("depth1", "depth2", "depth3"),
+    size=20,
+    rank=2,
+    init_scales=(1e-2, 1e-3),
+    lrs=(1e-2,),
+    seeds=(0, 1),
+    max_steps=400,
+)
 
 
 def _direct(problem, grid, depth, trial):
-    return fastdmf.fit(problem, depth, seed=trial["seed"], init_scale=trial["init_scale"],
-                       lr=trial["lr"], init=grid.init, optimizer=grid.optimizer, tol=grid.tol,
-                       max_steps=grid.max_steps, record=None, parallel=False)
+    return fastdmf.fit(
+        problem,
+        depth,
+        seed=trial["seed"],
+        init_scale=trial["init_scale"],
+        lr=trial["lr"],
+        init=grid.init,
+        optimizer=grid.optimizer,
+        tol=grid.tol,
+        max_steps=grid.max_steps,
+        record=None,
+        parallel=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +82,21 @@ def test_reproduce_table_rows_are_the_direct_fits(tiny_table):
         w = direct.matrix()
         truth = problem.ground_truth
         assert row["recon_error"] == pytest.approx(
-            np.sum((w - truth) ** 2) / np.sum(truth**2), rel=1e-10)
+            np.sum((w - truth) ** 2) / np.sum(truth**2), rel=1e-10
+        )
         assert row["nuclear_norm"] == pytest.approx(
-            np.linalg.svd(w, compute_uv=False).sum(), rel=1e-10)
+            np.linalg.svd(w, compute_uv=False).sum(), rel=1e-10
+        )
 
 
 def test_reproduce_table_summary_is_mean_and_std_over_seeds(tiny_table):
     out, res = tiny_table
     for s in res["summary"]:
-        vals = [r["recon_error"] for r in res["runs"]
-                if (r["method"], r["init_scale"], r["lr"]) == (s["method"], s["init_scale"],
-                                                               s["lr"])]
+        vals = [
+            r["recon_error"]
+            for r in res["runs"]
+            if (r["method"], r["init_scale"], r["lr"]) == (s["method"], s["init_scale"], s["lr"])
+        ]
         assert len(vals) == s["n_seeds"] == 2
         assert s["recon_error_mean"] == pytest.approx(np.mean(vals), rel=1e-12)
         assert s["recon_error_std"] == pytest.approx(np.std(vals), rel=1e-12, abs=1e-300)
@@ -84,8 +106,9 @@ def test_reproduce_table_summary_is_mean_and_std_over_seeds(tiny_table):
     assert "**Pending**: sensing was not run" in md
     assert "nuclear: pending" in md
     # the side-by-side cell shows the setting with the smallest mean error
-    best = min((s for s in res["summary"] if s["method"] == "depth2"),
-               key=lambda s: s["recon_error_mean"])
+    best = min(
+        (s for s in res["summary"] if s["method"] == "depth2"), key=lambda s: s["recon_error_mean"]
+    )
     assert f"| depth2 | {best['recon_error_mean']:.3g} ± " in md
     # read back from CSV: same rows
     again = paper._report.read_csv(out / "runs.csv")
@@ -95,8 +118,23 @@ def test_reproduce_table_summary_is_mean_and_std_over_seeds(tiny_table):
 def test_reproduce_table_cli_from_runs(tiny_table, tmp_path):
     out, res = tiny_table
     dest = tmp_path / "again"
-    assert main(["reproduce", "table", "--runs", str(out / "runs.csv"), "--kinds", "completion",
-                 "--methods", "depth2,depth3", "--out", str(dest)]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "table",
+                "--runs",
+                str(out / "runs.csv"),
+                "--kinds",
+                "completion",
+                "--methods",
+                "depth2,depth3",
+                "--out",
+                str(dest),
+            ]
+        )
+        == 0
+    )
     with open(dest / "table.csv") as fh:
         got = list(csv.DictReader(fh))
     want = [s for s in res["summary"] if s["method"] in ("depth2", "depth3")]
@@ -105,8 +143,7 @@ def test_reproduce_table_cli_from_runs(tiny_table, tmp_path):
 
 def test_reproduce_init_scale_files(tiny_table, tmp_path):
     out, res = tiny_table
-    got = paper.reproduce_init_scale(tmp_path, grid=TINY, runs=out / "runs.csv",
-                                     progress=False)
+    got = paper.reproduce_init_scale(tmp_path, grid=TINY, runs=out / "runs.csv", progress=False)
     assert sorted({s["init_scale"] for s in got["summary"]}) == [1e-3, 1e-2]
     assert "| depth3 | 0.01 | 0.01 | 2 |" in (tmp_path / "init_scale.md").read_text()
     assert (tmp_path / "init_scale_completion_150.png").stat().st_size > 1000
@@ -128,16 +165,28 @@ def test_half_rise_steps_interpolates():
 
 
 def test_reproduce_dynamics_records_are_the_direct_fit(tmp_path):
-    cfg = dict(size=20, rank=2, n_observed=150, init_scale=1e-2, lr=0.5, max_steps=300,
-               record=50, top_k=4)
+    cfg = dict(
+        size=20, rank=2, n_observed=150, init_scale=1e-2, lr=0.5, max_steps=300, record=50, top_k=4
+    )
     res = paper.reproduce_dynamics(tmp_path, depths=(2,), config=cfg, progress=False)
     problem = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
-    direct = fastdmf.fit(problem, 2, init="identity", init_scale=1e-2, optimizer="gd", lr=0.5,
-                         max_steps=300, tol=0, record=50, top_k=4, seed=0)
-    np.testing.assert_array_equal(res[2]["singular_values"],
-                                  direct.trajectory.singular_values)
-    assert res[2]["half_rise"] == half_rise_steps(direct.trajectory.step,
-                                                  direct.trajectory.singular_values)
+    direct = fastdmf.fit(
+        problem,
+        2,
+        init="identity",
+        init_scale=1e-2,
+        optimizer="gd",
+        lr=0.5,
+        max_steps=300,
+        tol=0,
+        record=50,
+        top_k=4,
+        seed=0,
+    )
+    np.testing.assert_array_equal(res[2]["singular_values"], direct.trajectory.singular_values)
+    assert res[2]["half_rise"] == half_rise_steps(
+        direct.trajectory.step, direct.trajectory.singular_values
+    )
     assert (tmp_path / "stagger.csv").exists() and (tmp_path / "dynamics.md").exists()
     assert (tmp_path / "dynamics.png").stat().st_size > 1000
 
@@ -152,8 +201,7 @@ def test_razin_cohen_unobserved_entry_grows_while_rank_falls(tmp_path):
     first, last = rows[0], rows[-1]
     assert last["train_loss"] <= 1e-3
     assert abs(last["unobserved"]) > 10
-    assert abs(last["unobserved"]) == pytest.approx(np.sqrt(1 / (3 * last["train_loss"])),
-                                                    rel=0.05)
+    assert abs(last["unobserved"]) == pytest.approx(np.sqrt(1 / (3 * last["train_loss"])), rel=0.05)
     assert last["frobenius"] > 10 and last["nuclear"] >= last["frobenius"]
     assert last["sigma_min"] < first["sigma_min"]
     assert last["sigma_ratio"] < 1e-8 < first["sigma_ratio"]
@@ -181,10 +229,20 @@ def test_matrix_metrics_agree_with_the_trajectory(tiny_table):
     assert exact["effective_rank"] == pytest.approx(1.0)
 
 
-TINY_FLOW = paper.Grid(kinds=("completion",), n_observed=(150,), methods=("depth2", "depth3"),
-                       size=20, rank=2, init_scales=(1e-2, 1e-3), lrs=(1e-3,), seeds=(0, 1),
-                       optimizer="flow", max_time=1e6, max_steps=50_000,
-                       optimizer_options={"rtol": 1e-5})
+TINY_FLOW = paper.Grid(
+    kinds=("completion",),
+    n_observed=(150,),
+    methods=("depth2", "depth3"),
+    size=20,
+    rank=2,
+    init_scales=(1e-2, 1e-3),
+    lrs=(1e-3,),
+    seeds=(0, 1),
+    optimizer="flow",
+    max_time=1e6,
+    max_steps=50_000,
+    optimizer_options={"rtol": 1e-5},
+)
 
 
 def test_reproduce_table_by_the_flow_rows_are_the_direct_flow_fits(tmp_path):
@@ -194,10 +252,20 @@ def test_reproduce_table_by_the_flow_rows_are_the_direct_flow_fits(tmp_path):
     problem = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
     assert len(res["runs"]) == 2 * 2 * 2
     for row in res["runs"]:
-        direct = fastdmf.fit(problem, int(row["method"][-1]), seed=row["seed"],
-                             init_scale=row["init_scale"], lr=row["lr"], optimizer="flow",
-                             max_time=1e6, max_steps=50_000, optimizer_options={"rtol": 1e-5},
-                             record=None, parallel=False, progress=False)
+        direct = fastdmf.fit(
+            problem,
+            int(row["method"][-1]),
+            seed=row["seed"],
+            init_scale=row["init_scale"],
+            lr=row["lr"],
+            optimizer="flow",
+            max_time=1e6,
+            max_steps=50_000,
+            optimizer_options={"rtol": 1e-5},
+            record=None,
+            parallel=False,
+            progress=False,
+        )
         assert row["status"] == direct.status == "converged"
         assert row["steps"] == direct.n_steps and row["evals"] == direct.trajectory.n_evals[-1]
         assert row["evals"] > row["steps"]  # RKC: several evaluations per step
@@ -209,10 +277,41 @@ def test_reproduce_table_by_the_flow_rows_are_the_direct_flow_fits(tmp_path):
 def test_reproduce_cli_takes_the_optimizer(tmp_path, capsys):
     out = tmp_path / "t"
     runs = tmp_path / "runs.csv"
-    paper._report.write_csv(runs, paper.reproduce_table(tmp_path / "src", grid=TINY_FLOW,
-                                                        progress=False)["runs"])
-    assert main(["reproduce", "table", "--runs", str(runs), "--kinds", "completion",
-                 "--methods", "depth2,depth3", "--optimizer", "flow", "--out", str(out)]) == 0
-    assert main(["reproduce", "table", "--optimizer", "sgd9", "--kinds", "completion",
-                 "--out", str(out)]) == 2
+    paper._report.write_csv(
+        runs, paper.reproduce_table(tmp_path / "src", grid=TINY_FLOW, progress=False)["runs"]
+    )
+    assert (
+        main(
+            [
+                "reproduce",
+                "table",
+                "--runs",
+                str(runs),
+                "--kinds",
+                "completion",
+                "--methods",
+                "depth2,depth3",
+                "--optimizer",
+                "flow",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "reproduce",
+                "table",
+                "--optimizer",
+                "sgd9",
+                "--kinds",
+                "completion",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "unknown optimizer 'sgd9'" in capsys.readouterr().err

@@ -36,18 +36,32 @@ def test_compiled_loop_matches_reference_optimizer(square, name):
     """Ten steps of the compiled loop equal ten reference steps (loss and gradient from the
     NumPy oracle, update from reference.<name>_step)."""
     lr = {"gd": 0.05, "grouprmsprop": 1e-2, "adam": 1e-2}[name]
-    res = fastdmf.fit(square, depth=3, optimizer=name, lr=lr, max_steps=10, tol=0,
-                      init="gaussian", init_scale=1.0, seed=4, record=None)
+    res = fastdmf.fit(
+        square,
+        depth=3,
+        optimizer=name,
+        lr=lr,
+        max_steps=10,
+        tol=0,
+        init="gaussian",
+        init_scale=1.0,
+        seed=4,
+        record=None,
+    )
     layout = fastdmf.factors.FactorLayout.build(square.shape, 3)
     factors = fastdmf.factors.initialize(layout, "gaussian", 1.0, np.random.default_rng(4))
     theta = layout.pack(factors)
-    state = {"gd": None, "grouprmsprop": (0, 0.0),
-             "adam": (0, np.zeros_like(theta), np.zeros_like(theta))}[name]
+    state = {
+        "gd": None,
+        "grouprmsprop": (0, 0.0),
+        "adam": (0, np.zeros_like(theta), np.zeros_like(theta)),
+    }[name]
     step_fn = getattr(reference, f"{name}_step")
     time = 0.0
     for _ in range(10):
-        _, grads = reference.loss_and_grad(layout.unpack(theta), square.rows, square.cols,
-                                           square.values)
+        _, grads = reference.loss_and_grad(
+            layout.unpack(theta), square.rows, square.cols, square.values
+        )
         g = layout.pack(grads)
         new, state = step_fn(theta, g, state, lr)
         if name == "grouprmsprop":
@@ -76,16 +90,25 @@ def test_tol_zero_stops_only_at_an_exact_zero_loss():
     Depth 1, GD with lr = |Omega| / 2 from W = 0 lands on the observed values in one step
     (W - lr (2 / |Omega|) (W - Y) = Y exactly); lr = |Omega| / 4 only halves the residual."""
     p = fastdmf.completion([0, 0, 1, 1], [0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0], shape=(2, 2))
-    kw = dict(depth=1, init=[np.zeros((2, 2))], optimizer="gd", tol=0, max_steps=10, record=1,
-              validation=None, offsets=None)
+    kw = dict(
+        depth=1,
+        init=[np.zeros((2, 2))],
+        optimizer="gd",
+        tol=0,
+        max_steps=10,
+        record=1,
+        validation=None,
+        offsets=None,
+    )
     exact = fastdmf.fit(p, lr=2.0, **kw)
     assert exact.status == "converged" and exact.n_steps == 1
     np.testing.assert_array_equal(exact.factors[0], [[1.0, 2.0], [3.0, 4.0]])
     np.testing.assert_array_equal(exact.trajectory.train_loss, [7.5, 0.0])  # mean of y^2
     halving = fastdmf.fit(p, lr=1.0, **kw)
     assert halving.status == "max_steps" and halving.n_steps == 10
-    np.testing.assert_allclose(halving.trajectory.train_loss, 7.5 * 0.25 ** np.arange(11),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        halving.trajectory.train_loss, 7.5 * 0.25 ** np.arange(11), rtol=1e-14
+    )
 
 
 def test_tol_zero_runs_all_steps(square):
@@ -107,8 +130,16 @@ def test_callback_stops(square):
 
 def test_divergence_detected_and_last_good_state_kept(square):
     with pytest.warns(RuntimeWarning, match="smaller learning rate"):
-        res = fastdmf.fit(square, depth=3, optimizer="gd", lr=50.0, init_scale=1.0,
-                          max_steps=500, record=1, seed=0)
+        res = fastdmf.fit(
+            square,
+            depth=3,
+            optimizer="gd",
+            lr=50.0,
+            init_scale=1.0,
+            max_steps=500,
+            record=1,
+            seed=0,
+        )
     assert res.status == "diverged"
     traj = res.trajectory
     assert np.all(np.isfinite(traj.train_loss))
@@ -168,8 +199,11 @@ def test_float32_tracks_float64(square):
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        ({"optimizer": "sgd"}, ValueError,
-         r"valid names: \['adam', 'flow', 'flow_dopri5', 'gd', 'grouprmsprop'\]"),
+        (
+            {"optimizer": "sgd"},
+            ValueError,
+            r"valid names: \['adam', 'flow', 'flow_dopri5', 'gd', 'grouprmsprop'\]",
+        ),
         ({"init": "zeros"}, ValueError, "valid names"),
         ({"optimizer_options": {"beta": 1}}, TypeError, "has no option"),
         ({"lr": -1.0}, ValueError, "lr must be"),
@@ -227,8 +261,7 @@ def test_no_warnings_on_a_normal_fit(square):
 
 def test_nan_at_a_record_keeps_earlier_records(square):
     with pytest.warns(RuntimeWarning, match="diverged"):
-        res = fastdmf.fit(square, depth=2, optimizer="gd", lr=1e300, record=1, max_steps=5,
-                          seed=0)
+        res = fastdmf.fit(square, depth=2, optimizer="gd", lr=1e300, record=1, max_steps=5, seed=0)
     assert res.status == "diverged" and res.n_steps == 0
     np.testing.assert_array_equal(res.trajectory.step, [0])
     assert "diverged" in repr(res)

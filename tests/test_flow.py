@@ -14,11 +14,20 @@ def test_flow_is_the_small_step_limit_of_gd(square, method):
     """GD with step h is forward Euler: its error is O(h), so the Richardson extrapolation
     2 GD(h) - GD(2h) is O(h^2) from the flow. The integrated flow must match it."""
     T, h = 20.0, 1e-3
-    gd = [fastdmf.fit(square, optimizer="gd", lr=lr, max_steps=round(T / lr), record=None,
-                      **FLOW) for lr in (h, 2 * h)]
+    gd = [
+        fastdmf.fit(square, optimizer="gd", lr=lr, max_steps=round(T / lr), record=None, **FLOW)
+        for lr in (h, 2 * h)
+    ]
     extrap = 2 * gd[0].matrix() - gd[1].matrix()
-    flow = fastdmf.fit(square, optimizer=method, lr=1e-3, max_time=T, record=None,
-                       optimizer_options={"rtol": 1e-9, "atol": 1e-12}, **FLOW)
+    flow = fastdmf.fit(
+        square,
+        optimizer=method,
+        lr=1e-3,
+        max_time=T,
+        record=None,
+        optimizer_options={"rtol": 1e-9, "atol": 1e-12},
+        **FLOW,
+    )
     assert flow.status == "max_time"
     assert flow.trajectory.time[-1] == T
     rel = np.linalg.norm(flow.matrix() - extrap) / np.linalg.norm(extrap)
@@ -29,9 +38,9 @@ def test_flow_is_the_small_step_limit_of_gd(square, method):
 
 
 def test_records_land_on_the_requested_times(square):
-    res = fastdmf.fit(square, optimizer="flow_dopri5", lr=1e-3, max_time=8.0,
-                      record=[0.5, 2.0, 3.0],
-                      **FLOW)
+    res = fastdmf.fit(
+        square, optimizer="flow_dopri5", lr=1e-3, max_time=8.0, record=[0.5, 2.0, 3.0], **FLOW
+    )
     np.testing.assert_array_equal(res.trajectory.time, [0.0, 0.5, 2.0, 3.0, 8.0])
     steps, evals = res.trajectory.step, res.trajectory.n_evals
     assert np.all(np.diff(steps) > 0) and np.all(np.diff(evals) >= 6)
@@ -41,12 +50,26 @@ def test_records_land_on_the_requested_times(square):
 
 @pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
 def test_tolerance_controls_the_error(square, method):
-    ref = fastdmf.fit(square, optimizer="flow_dopri5", lr=1e-3, max_time=10.0, record=None,
-                      optimizer_options={"rtol": 1e-11, "atol": 1e-14}, **FLOW)
+    ref = fastdmf.fit(
+        square,
+        optimizer="flow_dopri5",
+        lr=1e-3,
+        max_time=10.0,
+        record=None,
+        optimizer_options={"rtol": 1e-11, "atol": 1e-14},
+        **FLOW,
+    )
     errs, evals = [], []
     for rtol in (1e-4, 1e-7):
-        res = fastdmf.fit(square, optimizer=method, lr=1e-3, max_time=10.0, record=None,
-                          optimizer_options={"rtol": rtol, "atol": rtol * 1e-3}, **FLOW)
+        res = fastdmf.fit(
+            square,
+            optimizer=method,
+            lr=1e-3,
+            max_time=10.0,
+            record=None,
+            optimizer_options={"rtol": rtol, "atol": rtol * 1e-3},
+            **FLOW,
+        )
         errs.append(np.linalg.norm(res.matrix() - ref.matrix()) / np.linalg.norm(ref.matrix()))
         evals.append(res.trajectory.n_evals[-1])
     # local error control: the global error at rtol 1e-7 stays within a small multiple
@@ -55,11 +78,30 @@ def test_tolerance_controls_the_error(square, method):
 
 
 def test_flow_converges_to_tol_and_counts_budget(square):
-    res = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=1e6, record=None, depth=2,
-                      init_scale=0.5, seed=0, tol=1e-8)
+    res = fastdmf.fit(
+        square,
+        optimizer="flow",
+        lr=1e-3,
+        max_time=1e6,
+        record=None,
+        depth=2,
+        init_scale=0.5,
+        seed=0,
+        tol=1e-8,
+    )
     assert res.status == "converged" and res.train_loss <= 1e-8
-    short = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=1e6, record=None,
-                        depth=2, init_scale=0.5, seed=0, tol=1e-8, max_steps=61)
+    short = fastdmf.fit(
+        square,
+        optimizer="flow",
+        lr=1e-3,
+        max_time=1e6,
+        record=None,
+        depth=2,
+        init_scale=0.5,
+        seed=0,
+        tol=1e-8,
+        max_steps=61,
+    )
     assert short.status == "max_steps" and short.trajectory.n_evals[-1] <= 61
 
 
@@ -94,8 +136,7 @@ def test_time_schedules():
 def test_rkc_records_and_spectral_radius(square):
     """RKC lands on the record times too, and its stiffness estimate is the Hessian's largest
     eigenvalue (checked against a dense finite-difference Hessian)."""
-    res = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=8.0, record=[0.5, 2.0],
-                      **FLOW)
+    res = fastdmf.fit(square, optimizer="flow", lr=1e-3, max_time=8.0, record=[0.5, 2.0], **FLOW)
     np.testing.assert_array_equal(res.trajectory.time, [0.0, 0.5, 2.0, 8.0])
 
     from fastdmf.engine import Engine
@@ -110,8 +151,9 @@ def test_rkc_records_and_spectral_radius(square):
     y, ks, fs = eng.flow
     eng.evaluate()
     ks[0] = -eng.grad
-    rho = eng.kernels.spectral_radius(eng.theta, eng.grad, eng.work, eng.dims, eng.offs,
-                                      eng.obs, eng.rowloss, eng.flow, eng.nblk)
+    rho = eng.kernels.spectral_radius(
+        eng.theta, eng.grad, eng.work, eng.dims, eng.offs, eng.obs, eng.rowloss, eng.flow, eng.nblk
+    )
     size, h = theta.size, 1e-6
     hess = np.empty((size, size))
     for i in range(size):
@@ -136,8 +178,9 @@ def test_rkc_beats_dopri5_at_the_stiff_end(paper):
     dp = fastdmf.fit(paper, optimizer="flow_dopri5", **kw)
     assert rkc.status == dp.status == "converged"
     assert rkc.trajectory.n_evals[-1] < 0.6 * dp.trajectory.n_evals[-1]
-    np.testing.assert_allclose(rkc.trajectory.singular_values[-1][:5],
-                               dp.trajectory.singular_values[-1][:5], rtol=1e-4)
+    np.testing.assert_allclose(
+        rkc.trajectory.singular_values[-1][:5], dp.trajectory.singular_values[-1][:5], rtol=1e-4
+    )
 
 
 def test_time_schedule_takes_a_tuple_of_times():
@@ -161,8 +204,9 @@ def test_flow_stops_when_a_step_no_longer_fits_the_budget(square, monkeypatch):
         return real(self, t_end, min(max_evals, 40), tol, loss_cap)
 
     monkeypatch.setattr(FlowEngine, "run_flow", run_flow)
-    res = fastdmf.fit(square, depth=2, optimizer="flow", max_time=1e6, max_steps=1000,
-                      record=None, seed=0)
+    res = fastdmf.fit(
+        square, depth=2, optimizer="flow", max_time=1e6, max_steps=1000, record=None, seed=0
+    )
     assert res.status == "max_steps"
     assert 30 <= res.trajectory.n_evals[-1] <= 40 and len(calls) <= 4
 
@@ -172,8 +216,16 @@ def test_flow_stops_when_a_step_no_longer_fits_the_budget(square, monkeypatch):
 def test_evaluations_never_exceed_the_budget(method, budget):
     """max_steps caps gradient evaluations, the stiffness estimates of RKC included."""
     p = fastdmf.synthetic_completion((8, 7), 2, 30, seed=0)
-    res = fastdmf.fit(p, depth=3, optimizer=method, max_time=1e4, init_scale=0.1,
-                      max_steps=budget, seed=0, progress=False)
+    res = fastdmf.fit(
+        p,
+        depth=3,
+        optimizer=method,
+        max_time=1e4,
+        init_scale=0.1,
+        max_steps=budget,
+        seed=0,
+        progress=False,
+    )
     assert res.status == "max_steps" and res.trajectory.n_evals[-1] <= budget
 
 
@@ -193,7 +245,15 @@ def test_float32_flow_follows_the_float64_flow(method):
 
 def test_flow_divergence_advice_names_the_tolerances(square):
     with pytest.warns(RuntimeWarning, match=r"smaller tolerances than optimizer_options rtol"):
-        res = fastdmf.fit(square, depth=2, optimizer="flow_dopri5", max_time=1e4, lr=10.0,
-                          init_scale=0.5, optimizer_options={"rtol": 1e6, "atol": 1e6},
-                          seed=0, progress=False)
+        res = fastdmf.fit(
+            square,
+            depth=2,
+            optimizer="flow_dopri5",
+            max_time=1e4,
+            lr=10.0,
+            init_scale=0.5,
+            optimizer_options={"rtol": 1e6, "atol": 1e6},
+            seed=0,
+            progress=False,
+        )
     assert res.status == "diverged"

@@ -27,11 +27,13 @@ def test_loss_and_grad_match_reference(request, which, depth, widths, parallel):
     factors = random_factors(dims_for(problem, depth, widths), rng)
     eng = engine_for(problem, factors, parallel=parallel)
     loss = eng.evaluate()
-    ref_loss, ref_grads = reference.loss_and_grad(factors, problem.rows, problem.cols,
-                                                  problem.values)
+    ref_loss, ref_grads = reference.loss_and_grad(
+        factors, problem.rows, problem.cols, problem.values
+    )
     assert loss == pytest.approx(ref_loss, rel=1e-13)
-    assert loss == pytest.approx(reference.loss(factors, problem.rows, problem.cols,
-                                                problem.values), rel=1e-13)
+    assert loss == pytest.approx(
+        reference.loss(factors, problem.rows, problem.cols, problem.values), rel=1e-13
+    )
     for got, want in zip(eng.grads(), ref_grads):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14 * np.abs(want).max())
 
@@ -66,7 +68,7 @@ def test_gradients_match_central_differences(tall, depth, widths):
             minus = [f.copy() for f in factors]
             plus[j][a, b] += h
             minus[j][a, b] -= h
-            fd = (fastdmf.loss_and_grad(plus, tall)[0] - fastdmf.loss_and_grad(minus, tall)[0])
+            fd = fastdmf.loss_and_grad(plus, tall)[0] - fastdmf.loss_and_grad(minus, tall)[0]
             fd /= 2 * h
             errors.append(abs(fd - grads[j][a, b]) / max(1e-3, np.abs(grads[j]).max()))
     assert max(errors) < 1e-6
@@ -127,7 +129,8 @@ def test_import_without_a_writable_cache_folder_warns_and_runs(same_fastdmf):
         t, d1, d2 = flow._chebyshev(3, 1.0)   # compiled, uncached
         print(t[3], d1[3])
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         **same_fastdmf)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, **same_fastdmf
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1.0", "9.0"]  # T_3(1) = 1, T_3'(1) = 9

@@ -82,8 +82,9 @@ def test_prepare_matches_the_loss(problems):
         kernels, nblk, obs, work, rowloss = kind.prepare(problem, layout, np.float64, False)
         grad = np.zeros_like(theta)
         dims = np.asarray(layout.dims, dtype=np.int64)
-        loss = kernels.loss_and_grad(theta, grad, work, dims, layout.offsets, obs, rowloss,
-                                     2.0 / problem.n_observed, nblk)
+        loss = kernels.loss_and_grad(
+            theta, grad, work, dims, layout.offsets, obs, rowloss, 2.0 / problem.n_observed, nblk
+        )
         w = end_to_end(factors)
         if kind is _kinds.COMPLETION:
             want = np.mean((w[problem.rows, problem.cols] - problem.values) ** 2)
@@ -102,10 +103,23 @@ def test_plan_resolves_fits_arguments(problems):
     from fastdmf.trajectory import Grid
 
     comp, _ = problems
-    p = plan(_kinds.COMPLETION, comp.shape, depth=3, widths=[4, 2], init="gaussian",
-             init_scale=1e-2, optimizer="adam", lr=0.05,
-             optimizer_options={"beta1": 0.5}, max_steps=250, tol=1e-7, record=100,
-             top_k=2, dtype=np.float32, parallel=False)
+    p = plan(
+        _kinds.COMPLETION,
+        comp.shape,
+        depth=3,
+        widths=[4, 2],
+        init="gaussian",
+        init_scale=1e-2,
+        optimizer="adam",
+        lr=0.05,
+        optimizer_options={"beta1": 0.5},
+        max_steps=250,
+        tol=1e-7,
+        record=100,
+        top_k=2,
+        dtype=np.float32,
+        parallel=False,
+    )
     assert p.kind is _kinds.COMPLETION and p.shape == (6, 5) and p.depth == 3
     assert p.layout.dims == (5, 4, 2, 6)
     assert p.dtype == "float32" and p.np_dtype is np.float32
@@ -113,8 +127,16 @@ def test_plan_resolves_fits_arguments(problems):
     np.testing.assert_array_equal(p.hyper, [0.05, 0.5, 0.999, 1e-8])
     assert list(p.schedule) == list(range(0, 251, 100)) and p.end == p.budget == 250
     assert (p.tol, p.top_k, p.seed) == (1e-7, 2, None)
-    flow = plan(_kinds.COMPLETION, comp.shape, depth=2, optimizer="flow", lr=1e-3,
-                max_steps=50, max_time=2.0, record=0.5)
+    flow = plan(
+        _kinds.COMPLETION,
+        comp.shape,
+        depth=2,
+        optimizer="flow",
+        lr=1e-3,
+        max_steps=50,
+        max_time=2.0,
+        record=0.5,
+    )
     assert flow.is_flow and flow.end == 2.0 and flow.budget == 50
     assert isinstance(flow.schedule, Grid) and list(flow.schedule) == [0.0, 0.5, 1.0, 1.5, 2.0]
     with pytest.raises(ValueError, match="max_time"):
@@ -154,10 +176,12 @@ def test_measure_receives_each_trials_plan(problems, monkeypatch):
 
     spying = dataclasses.replace(_kinds.COMPLETION, measure=spy)
     monkeypatch.setattr(_kinds, "KINDS", (spying, _kinds.SENSING))
-    fastdmf.fit_batch(comp, depth=2, seeds=[3, 4], init_scale=[0.1, 0.2], lr=[0.01, 0.02],
-                      max_steps=4, record=2)
-    assert sorted(set(seen)) == [(3, 0.1, 0.01, s) for s in (0, 2, 4)] + \
-        [(4, 0.2, 0.02, s) for s in (0, 2, 4)]
+    fastdmf.fit_batch(
+        comp, depth=2, seeds=[3, 4], init_scale=[0.1, 0.2], lr=[0.01, 0.02], max_steps=4, record=2
+    )
+    assert sorted(set(seen)) == [(3, 0.1, 0.01, s) for s in (0, 2, 4)] + [
+        (4, 0.2, 0.02, s) for s in (0, 2, 4)
+    ]
     seen.clear()
     fastdmf.fit(comp, depth=2, seed=5, init_scale=0.3, lr=0.03, max_steps=2, record=None)
     assert seen == [(5, 0.3, 0.03, 0), (5, 0.3, 0.03, 2)]
@@ -191,8 +215,9 @@ def test_engine_state_round_trip(problems):
 
     comp, _ = problems
     layout = _kinds.COMPLETION.layout(comp.shape, 2, [3])
-    theta = layout.pack(_kinds.COMPLETION.initialize(layout, "gaussian", 0.5,
-                                                     np.random.default_rng(0)))
+    theta = layout.pack(
+        _kinds.COMPLETION.initialize(layout, "gaussian", 0.5, np.random.default_rng(0))
+    )
     for name in ("adam", "flow"):
         spec = fastdmf.optim.get_optimizer(name)
         a = Engine(comp, layout, theta.copy(), spec, spec.hyper(1e-2, {}))
@@ -241,7 +266,7 @@ def test_no_import_cycles():
                 base = node.module or ""
                 if node.level:
                     parts = package.split(".")
-                    parts = parts[:len(parts) - node.level + 1]
+                    parts = parts[: len(parts) - node.level + 1]
                     base = ".".join(parts + ([node.module] if node.module else []))
                 for alias in node.names:
                     target = f"{base}.{alias.name}"
@@ -278,8 +303,9 @@ def test_trajectory_with_a_kinds_own_fields(tmp_path):
     assert set(traj.as_dict()) == set(fields) | {"w"}
     with pytest.raises(AttributeError):
         traj.singular_values  # noqa: B018  (not a field of this trajectory)
-    back = Trajectory.from_arrays(traj.to_arrays(), 2, None, {"n": 3}, scalars=fields,
-                                  matrices=("w",))
+    back = Trajectory.from_arrays(
+        traj.to_arrays(), 2, None, {"n": 3}, scalars=fields, matrices=("w",)
+    )
     np.testing.assert_array_equal(back.train_loss, [2.0, 1.0])
     traj.save(tmp_path / "t.npz")
     loaded = load_trajectory(tmp_path / "t.npz")
@@ -291,8 +317,9 @@ def test_held_out_and_init_checks_go_through_the_kind(problems, monkeypatch):
     """fit's test= and init= checks ask the kind: its check_held_out and param_count."""
     comp, sens = problems
     with pytest.raises(ValueError, match=r"test= has shape \(4, 3\), the fitted problem"):
-        fastdmf.fit(comp, depth=2, test=fastdmf.synthetic_completion((4, 3), 1, 5, seed=0),
-                    max_steps=1)
+        fastdmf.fit(
+            comp, depth=2, test=fastdmf.synthetic_completion((4, 3), 1, 5, seed=0), max_steps=1
+        )
     with pytest.raises(TypeError, match="held-out measurements"):
         fastdmf.fit(comp, depth=2, test=sens, max_steps=1)
     calls = []
@@ -300,8 +327,9 @@ def test_held_out_and_init_checks_go_through_the_kind(problems, monkeypatch):
     def lenient(test, problem, what):
         calls.append((test.shape, problem.shape, what))
 
-    kind = dataclasses.replace(_kinds.COMPLETION, check_held_out=lenient,
-                               param_count=lambda depth: depth + 1)
+    kind = dataclasses.replace(
+        _kinds.COMPLETION, check_held_out=lenient, param_count=lambda depth: depth + 1
+    )
     monkeypatch.setattr(_kinds, "KINDS", (kind, _kinds.SENSING))
     other = fastdmf.synthetic_completion((4, 3), 1, 5, seed=0)
     assert fastdmf.api.as_test(other, comp) is other

@@ -33,8 +33,9 @@ def test_loss_and_grad_equal_the_building_block(square, depth):
     for got, want in zip(obj.unpack(grad), ref_grads):
         assert _rel(got, want) <= 1e-13
     # and the plain NumPy oracle
-    oracle_loss, oracle_grads = reference.loss_and_grad(factors, square.rows, square.cols,
-                                                        square.values)
+    oracle_loss, oracle_grads = reference.loss_and_grad(
+        factors, square.rows, square.cols, square.values
+    )
     assert loss == pytest.approx(oracle_loss, rel=1e-12)
     for got, want in zip(obj.unpack(grad), oracle_grads):
         assert _rel(got, want) <= 1e-12
@@ -113,14 +114,22 @@ def test_float32_objective(square):
 
 
 def test_result_reads_like_the_fit(square):
-    fit = fastdmf.fit(square, depth=3, optimizer="gd", lr=0.05, init_scale=0.5, max_steps=40,
-                      record=None, seed=2)
+    fit = fastdmf.fit(
+        square, depth=3, optimizer="gd", lr=0.05, init_scale=0.5, max_steps=40, record=None, seed=2
+    )
     obj = fastdmf.Objective(square, 3)
     res = obj.result(obj.pack(fit.factors), n_steps=fit.n_steps, status=fit.status)
     assert isinstance(res, fastdmf.FitResult) and res.n_steps == fit.n_steps
     got, want = res.trajectory.last(), fit.trajectory.last()
-    for name in ("train_loss", "test_error", "nuclear_norm", "effective_rank", "schatten",
-                 "grad_norm", "param_norm"):
+    for name in (
+        "train_loss",
+        "test_error",
+        "nuclear_norm",
+        "effective_rank",
+        "schatten",
+        "grad_norm",
+        "param_norm",
+    ):
         assert got[name] == pytest.approx(want[name], rel=1e-12, abs=1e-300), name
     np.testing.assert_allclose(got["singular_values"], want["singular_values"], rtol=1e-12)
     np.testing.assert_allclose(got["balancedness"], want["balancedness"], rtol=1e-12)
@@ -129,8 +138,12 @@ def test_result_reads_like_the_fit(square):
 
 
 def test_result_with_held_out_entries_and_history(tall):
-    train, test = tall, fastdmf.completion(np.array([0, 3, 16]), np.array([1, 8, 0]),
-                                           np.array([0.5, -1.0, 2.0]), shape=(17, 9))
+    train, test = (
+        tall,
+        fastdmf.completion(
+            np.array([0, 3, 16]), np.array([1, 8, 0]), np.array([0.5, -1.0, 2.0]), shape=(17, 9)
+        ),
+    )
     obj = fastdmf.Objective(train, 2, widths=3)
     xs = [obj.x0(init_scale=1.0, seed=s) for s in range(3)]
     res = obj.result(xs[-1], test=test, history=xs[:-1], top_k=2)
@@ -149,9 +162,14 @@ def test_scipy_lbfgsb_end_to_end():
     problem = fastdmf.synthetic_completion(shape=(20, 20), rank=2, n_observed=200, seed=0)
     obj = fastdmf.Objective(problem, depth=2)
     seen = []
-    res = scipy.optimize.minimize(obj, obj.x0(init_scale=1e-2), jac=True, method="L-BFGS-B",
-                                  callback=lambda xk: seen.append(xk.copy()),
-                                  options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-12})
+    res = scipy.optimize.minimize(
+        obj,
+        obj.x0(init_scale=1e-2),
+        jac=True,
+        method="L-BFGS-B",
+        callback=lambda xk: seen.append(xk.copy()),
+        options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-12},
+    )
     out = obj.result(res.x, n_steps=res.nit, history=seen[:-1])
     assert out.train_loss == pytest.approx(res.fun, rel=1e-12)
     assert out.train_loss < 1e-8
@@ -181,17 +199,20 @@ def guarded(square):
     return obj, good
 
 
-@pytest.mark.parametrize("make, error, match", [
-    (lambda x: x[:-1], ValueError, "flat vector of 72"),
-    (lambda x: np.concatenate([x, x]), ValueError, "flat vector of 72"),
-    (lambda x: x.reshape(8, 9), ValueError, r"shape \(8, 9\)"),
-    (lambda x: x.astype(np.int64), TypeError, "float64 or float32"),
-    (lambda x: x.astype(np.complex128), TypeError, "float64 or float32"),
-    (lambda x: x.astype(np.float16), TypeError, "float64 or float32"),
-    (lambda x: np.where(np.arange(x.size) == 5, np.nan, x), ValueError, r"x\[5\] = nan"),
-    (lambda x: np.where(np.arange(x.size) == 0, np.inf, x), ValueError, "non-finite"),
-    (lambda x: "abc", TypeError, "flat NumPy vector"),
-])
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda x: x[:-1], ValueError, "flat vector of 72"),
+        (lambda x: np.concatenate([x, x]), ValueError, "flat vector of 72"),
+        (lambda x: x.reshape(8, 9), ValueError, r"shape \(8, 9\)"),
+        (lambda x: x.astype(np.int64), TypeError, "float64 or float32"),
+        (lambda x: x.astype(np.complex128), TypeError, "float64 or float32"),
+        (lambda x: x.astype(np.float16), TypeError, "float64 or float32"),
+        (lambda x: np.where(np.arange(x.size) == 5, np.nan, x), ValueError, r"x\[5\] = nan"),
+        (lambda x: np.where(np.arange(x.size) == 0, np.inf, x), ValueError, "non-finite"),
+        (lambda x: "abc", TypeError, "flat NumPy vector"),
+    ],
+)
 def test_bad_vectors_are_refused_before_any_kernel(guarded, make, error, match):
     obj, good = guarded
     with pytest.raises(error, match=match):
@@ -252,8 +273,9 @@ def test_torch_gradients_equal_dense_autograd(tall):
     layer = FactorizationLoss(obj, init_scale=1.0, seed=5)
     layer().backward()
     assert _rel(layer.theta.grad.numpy(), obj.grad(x)) <= 1e-13
-    np.testing.assert_allclose(layer.matrix().detach().numpy(), end_to_end(obj.unpack(x)),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        layer.matrix().detach().numpy(), end_to_end(obj.unpack(x)), rtol=1e-13
+    )
 
 
 def test_torch_zero_copy_and_bad_tensors(tall):
@@ -267,8 +289,11 @@ def test_torch_zero_copy_and_bad_tensors(tall):
     obj.loss_and_grad = lambda x, out=None: (seen.append(x), original(x))[1]
     ObjectiveFunction.apply(theta, obj)
     assert np.shares_memory(seen[0], theta.detach().numpy())
-    for bad, match in ((theta.detach()[:-1], "flat vector"), (theta.detach().reshape(1, -1),
-                       "flat vector"), (theta.detach().int(), "float64 or float32")):
+    for bad, match in (
+        (theta.detach()[:-1], "flat vector"),
+        (theta.detach().reshape(1, -1), "flat vector"),
+        (theta.detach().int(), "float64 or float32"),
+    ):
         with pytest.raises((ValueError, TypeError), match=match):
             objective_loss(bad, obj)
     assert len(seen) == 1

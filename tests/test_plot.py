@@ -47,8 +47,7 @@ def test_trajectory_plot_draws_the_recorded_singular_values(square):
     sv = traj.singular_values
     # singular values of the product, computed here from the final factors
     w = res.factors[2] @ res.factors[1] @ res.factors[0]
-    np.testing.assert_allclose(sv[-1][:4], np.linalg.svd(w, compute_uv=False)[:4],
-                               rtol=1e-10)
+    np.testing.assert_allclose(sv[-1][:4], np.linalg.svd(w, compute_uv=False)[:4], rtol=1e-10)
     ax = traj.plot(k=4)
     try:
         assert len(ax.lines) == 4
@@ -62,8 +61,15 @@ def test_trajectory_plot_draws_the_recorded_singular_values(square):
 
 
 def test_trajectory_plot_on_a_given_axis_against_flow_time(square):
-    res = fastdmf.fit(square, depth=2, optimizer="flow", max_time=2.0, record=[0.5, 1.0, 2.0],
-                      seed=0, init_scale=0.3)
+    res = fastdmf.fit(
+        square,
+        depth=2,
+        optimizer="flow",
+        max_time=2.0,
+        record=[0.5, 1.0, 2.0],
+        seed=0,
+        init_scale=0.3,
+    )
     traj = res.trajectory
     n_sv = traj.singular_values.shape[1]
     fig, axes = plt.subplots(1, 2)
@@ -81,8 +87,9 @@ def test_trajectory_plot_on_a_given_axis_against_flow_time(square):
 
 
 def test_dynamics_figure_draws_each_depths_singular_values(tmp_path, saved):
-    cfg = dict(size=12, rank=2, n_observed=60, init_scale=1e-2, lr=0.5, max_steps=60,
-               record=20, top_k=3)
+    cfg = dict(
+        size=12, rank=2, n_observed=60, init_scale=1e-2, lr=0.5, max_steps=60, record=20, top_k=3
+    )
     res = dynamics.reproduce_dynamics(tmp_path, depths=(1, 2), config=cfg, progress=False)
     assert (tmp_path / "dynamics.png").stat().st_size > 1000
     (fig,) = saved
@@ -107,9 +114,11 @@ def test_razin_cohen_figure_draws_the_table(tmp_path, saved):
     def col(key, f=float):
         return [f(r[key]) for r in rows]
 
-    for ax, want in ((loss_ax, [col("train_loss")]),
-                     (norm_ax, [col("unobserved", abs), col("frobenius"), col("nuclear")]),
-                     (rank_ax, [col("sigma_min"), col("sigma_ratio")])):
+    for ax, want in (
+        (loss_ax, [col("train_loss")]),
+        (norm_ax, [col("unobserved", abs), col("frobenius"), col("nuclear")]),
+        (rank_ax, [col("sigma_min"), col("sigma_ratio")]),
+    ):
         assert len(ax.lines) == len(want)
         for line, ys in zip(ax.lines, want, strict=True):
             x, y = _data(line)
@@ -129,13 +138,22 @@ def test_without_matplotlib_the_experiments_write_their_tables_only(tmp_path, mo
 
 def test_init_scale_figure_draws_means_and_std_bars(tmp_path, saved):
     def summary(method, scale, lr, k):
-        return {"method": method, "init_scale": scale, "lr": lr, "n_seeds": 2,
-                **{f"{m}_mean": (j + 1) * k for j, m in enumerate(paper_tables._METRICS)},
-                **{f"{m}_std": 0.1 * k for m in paper_tables._METRICS}}
+        return {
+            "method": method,
+            "init_scale": scale,
+            "lr": lr,
+            "n_seeds": 2,
+            **{f"{m}_mean": (j + 1) * k for j, m in enumerate(paper_tables._METRICS)},
+            **{f"{m}_std": 0.1 * k for m in paper_tables._METRICS},
+        }
 
-    cell = [summary("depth2", 1e-3, 1e-2, 1.0), summary("depth2", 1e-2, 1e-2, 2.0),
-            summary("depth3", 1e-2, 1e-2, 3.0), summary("depth3", 1e-3, 1e-2, 4.0),
-            summary("nuclear", None, None, 5.0)]
+    cell = [
+        summary("depth2", 1e-3, 1e-2, 1.0),
+        summary("depth2", 1e-2, 1e-2, 2.0),
+        summary("depth3", 1e-2, 1e-2, 3.0),
+        summary("depth3", 1e-3, 1e-2, 4.0),
+        summary("nuclear", None, None, 5.0),
+    ]
     paper_tables.init_scale_figure(str(tmp_path), "completion", 60, cell)
     assert (tmp_path / "init_scale_completion_60.png").stat().st_size > 1000
     (fig,) = saved
@@ -149,9 +167,11 @@ def test_init_scale_figure_draws_means_and_std_bars(tmp_path, saved):
             np.testing.assert_array_equal(x, [1e-3, 1e-2])
             np.testing.assert_allclose(y, [(j + 1) * k for k in ks], rtol=1e-15)
             segs = container.lines[2][0].get_segments()
-            np.testing.assert_allclose([s[:, 1] for s in segs],
-                                       [[(j + 1) * k - 0.1 * k, (j + 1) * k + 0.1 * k]
-                                        for k in ks], rtol=1e-12)
+            np.testing.assert_allclose(
+                [s[:, 1] for s in segs],
+                [[(j + 1) * k - 0.1 * k, (j + 1) * k + 0.1 * k] for k in ks],
+                rtol=1e-12,
+            )
         # the nuclear-norm minimiser: one horizontal line at its value
         (hline,) = [ln for ln in ax.lines if ln.get_label() == "nuclear norm min."]
         np.testing.assert_array_equal(hline.get_ydata(), [(j + 1) * 5.0] * 2)
@@ -163,8 +183,16 @@ def test_theory_figure_draws_the_flow_and_the_distances(tmp_path, saved):
     rng = np.random.default_rng(0)
     times = np.array([0.0, 1.0, 2.0])
     e2e_w = [rng.standard_normal((7, 7)) for _ in times]
-    rows = [{"time": t, "sigma_1": 1.0, "factorized_vs_e2e": 1e-9 * (k + 1),
-             "gd_vs_e2e": 1e-3 * (k + 1), "sv_rate_gap": 0.0} for k, t in enumerate(times)]
+    rows = [
+        {
+            "time": t,
+            "sigma_1": 1.0,
+            "factorized_vs_e2e": 1e-9 * (k + 1),
+            "gd_vs_e2e": 1e-3 * (k + 1),
+            "sv_rate_gap": 0.0,
+        }
+        for k, t in enumerate(times)
+    ]
     cfg = dict(size=7, rank=2, n_observed=20, depth=3, init_scale=1e-2, gd_lr=1e-3)
     flow = types.SimpleNamespace(trajectory=types.SimpleNamespace(n_evals=[42]))
     theory_experiment._write(str(tmp_path), rows, cfg, flow, 17, times, e2e_w)
@@ -175,8 +203,9 @@ def test_theory_figure_draws_the_flow_and_the_distances(tmp_path, saved):
     for i, line in enumerate(sv_ax.lines):
         x, y = _data(line)
         np.testing.assert_array_equal(x, times)
-        np.testing.assert_allclose(y, [np.linalg.svd(w, compute_uv=False)[i] for w in e2e_w],
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            y, [np.linalg.svd(w, compute_uv=False)[i] for w in e2e_w], rtol=1e-12
+        )
     factorized, gd = dist_ax.lines  # t = 0 is left out: both distances are 0 there
     np.testing.assert_array_equal(_data(factorized)[0], [1.0, 2.0])
     np.testing.assert_array_equal(_data(factorized)[1], [r["factorized_vs_e2e"] for r in rows[1:]])

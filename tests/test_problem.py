@@ -45,8 +45,7 @@ def test_sparse_stored_zero_is_observed():
 
 
 def test_masked_entries_are_missing():
-    m = np.ma.masked_array([[1.0, -999.0, np.inf], [np.nan, 0.0, 3.0]],
-                           mask=[[0, 1, 1], [0, 0, 0]])
+    m = np.ma.masked_array([[1.0, -999.0, np.inf], [np.nan, 0.0, 3.0]], mask=[[0, 1, 1], [0, 0, 0]])
     p = fastdmf.completion(m)
     np.testing.assert_array_equal(p.rows, [0, 1, 1])
     np.testing.assert_array_equal(p.cols, [0, 1, 2])
@@ -65,8 +64,7 @@ def test_dia_zeros_are_not_observations():
     assert p.n_observed == 2
     np.testing.assert_array_equal(p.rows, [0, 2])
     np.testing.assert_array_equal(p.values, [1.0, 3.0])
-    kept = fastdmf.completion(sp.coo_array(([1.0, 0.0, 3.0], ([0, 1, 2], [0, 1, 2])),
-                                           shape=(3, 3)))
+    kept = fastdmf.completion(sp.coo_array(([1.0, 0.0, 3.0], ([0, 1, 2], [0, 1, 2])), shape=(3, 3)))
     np.testing.assert_array_equal(kept.values, [1.0, 0.0, 3.0])
     # BSR stores whole blocks: their zeros are observed
     bsr = sp.bsr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]]), blocksize=(2, 2))
@@ -116,8 +114,12 @@ def test_triplets_need_shape():
 
 
 def _hand(shape=(3, 4), rows=(0, 1, 2, 2), cols=(0, 3, 0, 1), vals=(-2.0, 0.0, 4.0, 1.5)):
-    return (shape, np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64),
-            np.array(vals, dtype=np.float64))
+    return (
+        shape,
+        np.array(rows, dtype=np.int64),
+        np.array(cols, dtype=np.int64),
+        np.array(vals, dtype=np.float64),
+    )
 
 
 def test_hand_built_valid_problem_equals_completions():
@@ -165,12 +167,18 @@ def test_hand_built_problem_gives_the_numpy_loss(depth):
         (_hand(shape=[3, 4]), ValueError, r"shape must be a tuple"),
         (_hand(shape=(3.0, 4)), ValueError, r"shape must be a tuple"),
         (_hand(rows=(), cols=(), vals=()), ValueError, r"no observed entries"),
-        ((((3, 4), np.array([0, 1, 2, 2], dtype=np.int32)) + _hand()[2:]), TypeError,
-         r"rows must be a numpy array of int64, got dtype int32"),
+        (
+            (((3, 4), np.array([0, 1, 2, 2], dtype=np.int32)) + _hand()[2:]),
+            TypeError,
+            r"rows must be a numpy array of int64, got dtype int32",
+        ),
         ((((3, 4), [0, 1, 2, 2]) + _hand()[2:]), TypeError, r"rows must be a numpy array"),
         (_hand()[:3] + (np.array([1, 2, 3, 4]),), TypeError, r"values .* float64"),
-        (_hand()[:1] + (np.zeros((4, 1), dtype=np.int64),) + _hand()[2:], ValueError,
-         r"rows must be one-dimensional"),
+        (
+            _hand()[:1] + (np.zeros((4, 1), dtype=np.int64),) + _hand()[2:],
+            ValueError,
+            r"rows must be one-dimensional",
+        ),
     ],
 )
 def test_hand_built_problem_is_checked_where_it_is_made(args, err, match):
@@ -254,10 +262,11 @@ def test_from_ratings_maps_ids_to_rows_and_columns():
     assert p.shape == (3, 3)
     np.testing.assert_array_equal(p.meta["user_ids"], [7, 42, 99])
     np.testing.assert_array_equal(p.meta["item_ids"], ["a", "b", "c"])
-    got = {(p.meta["user_ids"][i], p.meta["item_ids"][j]): v
-           for i, j, v in zip(p.rows, p.cols, p.values)}
-    assert got == {(42, "b"): 4.0, (7, "a"): 3.0, (42, "c"): 5.0, (99, "a"): 1.0,
-                   (7, "c"): 2.5}
+    got = {
+        (p.meta["user_ids"][i], p.meta["item_ids"][j]): v
+        for i, j, v in zip(p.rows, p.cols, p.values)
+    }
+    assert got == {(42, "b"): 4.0, (7, "a"): 3.0, (42, "c"): 5.0, (99, "a"): 1.0, (7, "c"): 2.5}
     with pytest.raises(ValueError, match="duplicate"):
         fastdmf.from_ratings([1, 1], [2, 2], [3.0, 4.0])
     with pytest.raises(ValueError, match="same length"):
@@ -269,8 +278,10 @@ def test_from_ratings_keeps_ids_as_they_are():
     p = fastdmf.from_ratings([1, "1", 1], [5, 5, 6], [1.0, 2.0, 3.0])
     assert p.shape == (2, 2) and p.meta["user_ids"].tolist() == [1, "1"]
     assert [type(x) for x in p.meta["user_ids"]] == [int, str]
-    got = {(p.meta["user_ids"][i], p.meta["item_ids"][j]): v
-           for i, j, v in zip(p.rows.tolist(), p.cols.tolist(), p.values.tolist())}
+    got = {
+        (p.meta["user_ids"][i], p.meta["item_ids"][j]): v
+        for i, j, v in zip(p.rows.tolist(), p.cols.tolist(), p.values.tolist())
+    }
     assert got == {(1, 5): 1.0, ("1", 5): 2.0, (1, 6): 3.0}
     q = fastdmf.from_ratings([3, "b", 1.5, "a"], ["x"] * 4, [1.0, 2.0, 3.0, 4.0])
     assert q.meta["user_ids"].tolist() == [3, "b", 1.5, "a"]
@@ -290,22 +301,39 @@ def test_from_ratings_keeps_ids_as_they_are():
 @pytest.mark.parametrize(
     "args, exc, match",
     [
-        (([], [], []), ValueError,
-         r"^no ratings: a completion problem needs at least one$"),
-        ((["a", "b"], [1, 2], [1.0]), ValueError,
-         r"^users, items and ratings must have the same length; got 2, 2 and 1$"),
-        (([1, 2, 3], [1, 2], [1.0, 2.0, 3.0]), ValueError,
-         r"^users, items and ratings must have the same length; got 3, 2 and 3$"),
-        ((np.zeros((2, 2)), [1, 2], [1.0, 2.0]), ValueError,
-         r"^users must be one-dimensional, got shape \(2, 2\)$"),
-        (([1, 2], [[1], [2]], [1.0, 2.0]), ValueError,
-         r"^items must be one-dimensional, got nested sequences$"),
+        (([], [], []), ValueError, r"^no ratings: a completion problem needs at least one$"),
+        (
+            (["a", "b"], [1, 2], [1.0]),
+            ValueError,
+            r"^users, items and ratings must have the same length; got 2, 2 and 1$",
+        ),
+        (
+            ([1, 2, 3], [1, 2], [1.0, 2.0, 3.0]),
+            ValueError,
+            r"^users, items and ratings must have the same length; got 3, 2 and 3$",
+        ),
+        (
+            (np.zeros((2, 2)), [1, 2], [1.0, 2.0]),
+            ValueError,
+            r"^users must be one-dimensional, got shape \(2, 2\)$",
+        ),
+        (
+            ([1, 2], [[1], [2]], [1.0, 2.0]),
+            ValueError,
+            r"^items must be one-dimensional, got nested sequences$",
+        ),
         (([np.nan, 1.0], [1, 2], [1.0, 2.0]), ValueError, r"^users holds a NaN id"),
         ((["a", float("nan")], [1, 2], [1.0, 2.0]), ValueError, r"^users holds a NaN id"),
-        (([1, 2], [{1}, {2}], [1.0, 2.0]), TypeError,
-         r"^items holds an id that cannot be hashed; use numbers, strings or tuples$"),
-        ((["ann", "bob", "ann"], [10, 10, 10], [1.0, 2.0, 3.0]), ValueError,
-         r"^1 duplicate \(user, item\) pair\(s\), first \(user 'ann', item 10\); each pair"),
+        (
+            ([1, 2], [{1}, {2}], [1.0, 2.0]),
+            TypeError,
+            r"^items holds an id that cannot be hashed; use numbers, strings or tuples$",
+        ),
+        (
+            (["ann", "bob", "ann"], [10, 10, 10], [1.0, 2.0, 3.0]),
+            ValueError,
+            r"^1 duplicate \(user, item\) pair\(s\), first \(user 'ann', item 10\); each pair",
+        ),
         (([1, 2], [1, 2], [1.0, np.inf]), ValueError, r"^ratings holds 1 NaN or infinite"),
         (([1, 2], [1, 2], ["a", "b"]), TypeError, r"^ratings must be real numbers"),
     ],
@@ -388,9 +416,13 @@ def test_measure_checks_the_shape():
         ((np.zeros(5), np.zeros(5)), {}, ValueError, "must be \\(p, m, n\\)"),
         ((np.zeros((3, 2, 2)), np.zeros(3)), {"shape": (2, 3)}, ValueError, "disagrees"),
         ((np.array([[["a"]]]), np.zeros(1)), {}, TypeError, "real numbers"),
-        ((sp.csr_matrix(np.eye(4)), np.ones(4)), {"shape": (2, 2)}, TypeError,
-         r"A is a scipy.sparse CSR matrix; sensing takes dense operators only .*"
-         r"pass A.toarray\(\)"),
+        (
+            (sp.csr_matrix(np.eye(4)), np.ones(4)),
+            {"shape": (2, 2)},
+            TypeError,
+            r"A is a scipy.sparse CSR matrix; sensing takes dense operators only .*"
+            r"pass A.toarray\(\)",
+        ),
     ],
 )
 def test_sensing_rejects_bad_input(args, kwargs, exc, match):

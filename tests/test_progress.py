@@ -39,8 +39,7 @@ def test_status_line_without_tqdm(square, monkeypatch):
     fastdmf.fit(square, depth=2, max_steps=300, record=100, seed=0)
     assert terminal.getvalue() == ""  # auto mode shows only the bar
     res = fastdmf.fit(square, depth=2, max_steps=300, record=100, seed=0, progress=True)
-    assert f"step 300/300  train loss {res.trajectory.train_loss[-1]:.3e}" in \
-        terminal.getvalue()
+    assert f"step 300/300  train loss {res.trajectory.train_loss[-1]:.3e}" in terminal.getvalue()
 
 
 def test_silenced_and_not_a_terminal(square, monkeypatch):
@@ -54,12 +53,24 @@ def test_silenced_and_not_a_terminal(square, monkeypatch):
 
 def test_checkpoints_and_sweep_tasks_are_logged(square, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="fastdmf")
-    fastdmf.fit(square, depth=2, max_steps=100, record=50, seed=0,
-                checkpoint=tmp_path / "c.ckpt", checkpoint_every=50)
+    fastdmf.fit(
+        square,
+        depth=2,
+        max_steps=100,
+        record=50,
+        seed=0,
+        checkpoint=tmp_path / "c.ckpt",
+        checkpoint_every=50,
+    )
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checkpoint")]
     assert [m.split(" at step ")[1] for m in steps] == ["0", "50", "100 (final, max_steps)"]
     caplog.clear()
-    fastdmf.sweep({"depth": [1]}, out=tmp_path / "s", workers=1, max_steps=5,
-                  problem=dict(shape=(6, 6), rank=1, n_observed=20))
+    fastdmf.sweep(
+        {"depth": [1]},
+        out=tmp_path / "s",
+        workers=1,
+        max_steps=5,
+        problem=dict(shape=(6, 6), rank=1, n_observed=20),
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert "sweep task 0 submitted" in messages and "sweep task 0 finished" in messages

@@ -31,8 +31,9 @@ def problems_and_factors(draw):
 def test_kernels_equal_reference(case):
     problem, factors = case
     loss, grads = fastdmf.loss_and_grad(factors, problem)
-    ref_loss, ref_grads = reference.loss_and_grad(factors, problem.rows, problem.cols,
-                                                  problem.values)
+    ref_loss, ref_grads = reference.loss_and_grad(
+        factors, problem.rows, problem.cols, problem.values
+    )
     assert np.isclose(loss, ref_loss, rtol=1e-12, atol=1e-300)
     for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * (1 + np.abs(want).max()))

@@ -12,8 +12,12 @@ def noisy_table(m=60, n=25, rank=2, noise=0.3, missing=0.3, seed=0):
     """A rank-``rank`` table with offsets (a mean, row and column effects) and noise, and
     the same table with ``missing`` of its entries NaN."""
     rng = np.random.default_rng(seed)
-    clean = (rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n)) + 4.0
-             + rng.standard_normal((m, 1)) + 2.0 * rng.standard_normal((1, n)))
+    clean = (
+        rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
+        + 4.0
+        + rng.standard_normal((m, 1))
+        + 2.0 * rng.standard_normal((1, n))
+    )
     noisy = clean + noise * rng.standard_normal((m, n))
     table = noisy.copy()
     table[rng.random((m, n)) < missing] = np.nan
@@ -75,16 +79,16 @@ def test_validation_entries_overlapping_training_entries_are_refused(problem):
 def test_validation_entries_outside_the_shape_are_refused(problem):
     m, n = problem.shape
     with pytest.raises(ValueError, match="rows"):
-        fastdmf.fit(problem, validation=(np.array([m]), np.array([0]), np.array([1.0])),
-                    max_steps=1)
+        fastdmf.fit(
+            problem, validation=(np.array([m]), np.array([0]), np.array([1.0])), max_steps=1
+        )
 
 
 def test_validation_entries_of_a_row_with_nothing_to_train_are_refused():
     rows, cols = np.array([0, 0, 1]), np.array([0, 1, 0])
     p = fastdmf.completion(rows, cols, np.ones(3), shape=(3, 2))
     with pytest.raises(ValueError, match="nothing to train on.*row 2"):
-        fastdmf.fit(p, validation=(np.array([2]), np.array([1]), np.array([1.0])),
-                    max_steps=1)
+        fastdmf.fit(p, validation=(np.array([2]), np.array([1]), np.array([1.0])), max_steps=1)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
@@ -140,9 +144,10 @@ def test_biases_are_a_stationary_point_by_finite_differences(problem):
             down[i] -= h
             args_up = {"row": off.row, "col": off.col, vec: up}
             args_down = {"row": off.row, "col": off.col, vec: down}
-            fd = (ridge_objective(problem, off.mean, args_up["row"], args_up["col"], lam)
-                  - ridge_objective(problem, off.mean, args_down["row"], args_down["col"],
-                                    lam)) / (2 * h)
+            fd = (
+                ridge_objective(problem, off.mean, args_up["row"], args_up["col"], lam)
+                - ridge_objective(problem, off.mean, args_down["row"], args_down["col"], lam)
+            ) / (2 * h)
             # the analytic gradient at any point, checked against the same differences
             r = problem.values - off.mean - off.row[problem.rows] - off.col[problem.cols]
             idx = problem.rows if vec == "row" else problem.cols
@@ -206,9 +211,8 @@ def test_early_stopping_returns_exactly_the_best_record(problem):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(traj.val_error, plain.trajectory.test_error)
     # and run on past the stop: patience records, none better than the best
-    on = fastdmf.fit(train, validation=None, test=val,
-                     max_steps=res.n_steps + 10 * 5, **kw)
-    after = on.trajectory.test_error[len(traj):]
+    on = fastdmf.fit(train, validation=None, test=val, max_steps=res.n_steps + 10 * 5, **kw)
+    after = on.trajectory.test_error[len(traj) :]
     assert len(after) == 5 and np.all(after > traj.val_error[-1] * (1 - 1e-4))
     # the validation error is the MSE of the returned model on the validation entries
     pred = fastdmf.factors.predict_entries(res.factors, val.rows, val.cols)
@@ -257,10 +261,12 @@ def test_early_stopped_fit_resumes_bit_for_bit(problem, tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["gd", "adam", "flow"])
 def test_early_stopping_with_every_optimiser(problem, optimizer):
-    kw = {"flow": dict(max_time=2000.0, record=5.0), "gd": dict(lr=0.3),
-          "adam": dict(lr=1e-2)}[optimizer]
-    res = fastdmf.fit(problem, optimizer=optimizer, seed=0, progress=False, patience=5,
-                      max_steps=20_000, **kw)
+    kw = {"flow": dict(max_time=2000.0, record=5.0), "gd": dict(lr=0.3), "adam": dict(lr=1e-2)}[
+        optimizer
+    ]
+    res = fastdmf.fit(
+        problem, optimizer=optimizer, seed=0, progress=False, patience=5, max_steps=20_000, **kw
+    )
     traj = res.trajectory
     assert res.status in ("early_stopped", "no_improvement", "max_steps", "max_time")
     assert np.argmin(traj.val_error) == len(traj) - 1
@@ -287,8 +293,17 @@ def test_real_data_defaults_and_explicit_arguments_win(problem):
     assert args["validation"] == 0.1 and args["offsets"] == "auto"
     assert res.settings["offsets"]["kind"] == "biases"  # one unit: no column scales
     assert res.settings["validation_entries"] == round(0.1 * problem.n_observed)
-    res = fastdmf.fit(problem, 3, lr=1e-3, validation=None, offsets=None, seed=0,
-                      max_steps=5, record=1000, progress=False)
+    res = fastdmf.fit(
+        problem,
+        3,
+        lr=1e-3,
+        validation=None,
+        offsets=None,
+        seed=0,
+        max_steps=5,
+        record=1000,
+        progress=False,
+    )
     args = res.settings["arguments"]
     assert (args["depth"], args["lr"], args["record"]) == (3, 1e-3, 1000)
     assert res.offsets is None and "validation_entries" not in res.settings
@@ -308,8 +323,7 @@ def test_defaults_beat_column_means_on_a_noisy_table():
 
 def test_fit_batch_trials_equal_their_serial_fits_with_validation(problem):
     kw = dict(max_steps=3000, progress=False)
-    results = fastdmf.fit_batch(problem, seeds=[0, 1], init_scale=[1e-3, 1e-2],
-                                max_steps=3000)
+    results = fastdmf.fit_batch(problem, seeds=[0, 1], init_scale=[1e-3, 1e-2], max_steps=3000)
     for res, seed, scale in zip(results, [0, 1], [1e-3, 1e-2], strict=True):
         one = fastdmf.fit(problem, seed=seed, init_scale=scale, parallel=False, **kw)
         assert res.status == one.status and res.n_steps == one.n_steps
@@ -345,8 +359,9 @@ def test_column_scale_against_its_formula():
     dof, logv = np.array(dof, float), np.array(logv)
     typical = np.sum(dof * logv) / np.sum(dof)
     k = fastdmf.offsets.SCALE_PRIOR
-    np.testing.assert_allclose(got, np.exp(0.5 * (dof * logv + k * typical) / (dof + k)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        got, np.exp(0.5 * (dof * logv + k * typical) / (dof + k)), rtol=1e-12
+    )
 
 
 def test_scaled_offsets_predict_in_the_data_units():
@@ -358,11 +373,10 @@ def test_scaled_offsets_predict_in_the_data_units():
     # the residual problem is y / s_j - offsets; the model maps back
     resid = off.remove(p)
     s = off.scale[p.cols]
-    np.testing.assert_allclose(resid.values,
-                               p.values / s - off.mean - off.row[p.rows] - off.col[p.cols],
-                               rtol=1e-13)
-    np.testing.assert_allclose(off.predict(resid.values, p.rows, p.cols), p.values,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        resid.values, p.values / s - off.mean - off.row[p.rows] - off.col[p.cols], rtol=1e-13
+    )
+    np.testing.assert_allclose(off.predict(resid.values, p.rows, p.cols), p.values, rtol=1e-12)
     # the biases are the ridge solution on the standardised values (each column minus its
     # mean, over its scale); the column means go into the column offsets
     off = fit_offsets(p, "scaled", lam=3.0)
@@ -399,10 +413,12 @@ def test_refit_trains_on_every_entry_for_the_scaled_length(problem, tmp_path):
     assert info["ratio"] == pytest.approx(ratio, rel=1e-12)
     assert res.n_steps == round(chosen.n_steps * ratio)
     # the second fit: every entry, offsets refitted at the chosen ridge, no validation
-    again = fastdmf.fit(problem, validation=None,
-                        offsets=fit_offsets(problem, chosen.offsets.kind,
-                                            lam=chosen.offsets.lam),
-                        **{**kw, "max_steps": res.n_steps})
+    again = fastdmf.fit(
+        problem,
+        validation=None,
+        offsets=fit_offsets(problem, chosen.offsets.kind, lam=chosen.offsets.lam),
+        **{**kw, "max_steps": res.n_steps},
+    )
     for a, b in zip(res.factors, again.factors, strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="refit"):

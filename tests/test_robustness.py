@@ -29,38 +29,46 @@ not_numbers = st.one_of(st.text(max_size=4), st.none(), st.lists(st.integers(), 
 not_numbers_nor_none = st.one_of(st.text(max_size=4), st.lists(st.integers(), max_size=2))
 BAD_ARGS = {
     "depth": st.one_of(st.integers(max_value=0), st.floats(), not_numbers_nor_none),
-    "lr": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF),
-                    not_numbers_nor_none),
-    "init_scale": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF),
-                            not_numbers),
+    "lr": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF), not_numbers_nor_none),
+    "init_scale": st.one_of(st.floats(max_value=0.0), st.just(NAN), st.just(INF), not_numbers),
     "max_steps": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),
     "tol": st.one_of(st.floats(max_value=-1e-300), st.just(NAN), st.just(INF), not_numbers),
-    "widths": st.one_of(st.lists(st.integers(max_value=0), min_size=2, max_size=2),
-                        st.lists(st.integers(1, 4), min_size=3, max_size=5)),
+    "widths": st.one_of(
+        st.lists(st.integers(max_value=0), min_size=2, max_size=2),
+        st.lists(st.integers(1, 4), min_size=3, max_size=5),
+    ),
     "optimizer": st.text(max_size=6).filter(lambda s: s not in fastdmf.OPTIMIZERS),
-    "init": st.one_of(st.text(max_size=6).filter(lambda s: s not in fastdmf.INITS),
-                      st.integers()),
-    "record": st.one_of(st.integers(max_value=0), st.text(max_size=3).filter(
-        lambda s: s != "log"), st.lists(st.integers(max_value=-1), min_size=1, max_size=3)),
+    "init": st.one_of(st.text(max_size=6).filter(lambda s: s not in fastdmf.INITS), st.integers()),
+    "record": st.one_of(
+        st.integers(max_value=0),
+        st.text(max_size=3).filter(lambda s: s != "log"),
+        st.lists(st.integers(max_value=-1), min_size=1, max_size=3),
+    ),
     "dtype": st.text(max_size=8).filter(lambda s: not _names_a_float_dtype(s)),
     "seed": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3)),
     "top_k": st.integers(max_value=0),
-    "optimizer_options": st.one_of(st.integers(), st.dictionaries(
-        st.sampled_from(["beta", "momentum", "alpha"]), st.floats(min_value=1.0), min_size=1)),
+    "optimizer_options": st.one_of(
+        st.integers(),
+        st.dictionaries(
+            st.sampled_from(["beta", "momentum", "alpha"]), st.floats(min_value=1.0), min_size=1
+        ),
+    ),
 }
 WORDS = {"widths": "width", "record": "record", "init": "init", "optimizer": "optimizer"}
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(sorted(BAD_ARGS)).flatmap(
-    lambda name: st.tuples(st.just(name), BAD_ARGS[name])))
+@given(
+    st.sampled_from(sorted(BAD_ARGS)).flatmap(lambda name: st.tuples(st.just(name), BAD_ARGS[name]))
+)
 def test_bad_fit_arguments_raise_clear_errors(case):
     name, value = case
     with pytest.raises((ValueError, TypeError)) as info:
         fastdmf.fit(GOOD, depth=3, max_steps=2, **{name: value})
     message = str(info.value)
-    assert WORDS.get(name, name) in message or (name == "optimizer_options" and "option"
-                                                in message), message
+    assert WORDS.get(name, name) in message or (
+        name == "optimizer_options" and "option" in message
+    ), message
 
 
 @st.composite
@@ -71,14 +79,14 @@ def bad_matrices(draw):
     kind = draw(st.sampled_from(["inf", "all_nan", "ndim", "dtype", "empty"]))
     if kind == "inf":
         x[draw(st.integers(0, m - 1)), draw(st.integers(0, n - 1))] = draw(
-            st.sampled_from([INF, -INF]))
+            st.sampled_from([INF, -INF])
+        )
     elif kind == "all_nan":
         x[:] = NAN
     elif kind == "ndim":
         x = x.reshape(-1) if draw(st.booleans()) else x[None]
     elif kind == "dtype":
-        x = draw(st.sampled_from([x.astype(complex), x > 0, x.astype(str),
-                                  x.astype(object)]))
+        x = draw(st.sampled_from([x.astype(complex), x > 0, x.astype(str), x.astype(object)]))
     else:
         x = x[:0]
     return kind, x
@@ -92,8 +100,9 @@ def bad_triplets(draw):
     rows, cols = np.divmod(flat, n)
     values = np.array(draw(st.lists(st.floats(-5, 5), min_size=k, max_size=k)))
     shape = (m, n)
-    kind = draw(st.sampled_from(["negative", "range", "nan", "length", "duplicate",
-                                 "fraction", "shape"]))
+    kind = draw(
+        st.sampled_from(["negative", "range", "nan", "length", "duplicate", "fraction", "shape"])
+    )
     i = draw(st.integers(0, k - 1))
     if kind == "negative":
         rows[i] = -draw(st.integers(1, 10))

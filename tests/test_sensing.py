@@ -24,8 +24,10 @@ CASES = [
 @pytest.fixture(scope="module")
 def problems():
     """Gaussian sensing problems per shape, more measurements than unknowns not required."""
-    return {shape: fastdmf.synthetic_sensing(shape, 2, 17, seed=sum(shape))
-            for shape in {c[0] for c in CASES}}
+    return {
+        shape: fastdmf.synthetic_sensing(shape, 2, 17, seed=sum(shape))
+        for shape in {c[0] for c in CASES}
+    }
 
 
 def factors_for(problem, depth, widths, seed):
@@ -42,8 +44,7 @@ def test_loss_and_grad_match_reference(problems, shape, depth, widths, parallel)
     loss = eng.evaluate()
     ref_loss, ref_grads = reference.sensing_loss_and_grad(factors, problem.A, problem.y)
     assert loss == pytest.approx(ref_loss, rel=1e-13)
-    assert loss == pytest.approx(reference.sensing_loss(factors, problem.A, problem.y),
-                                 rel=1e-13)
+    assert loss == pytest.approx(reference.sensing_loss(factors, problem.A, problem.y), rel=1e-13)
     for got, want in zip(eng.grads(), ref_grads):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13 * np.abs(want).max())
 
@@ -95,15 +96,24 @@ def test_parallel_identical_for_any_thread_count(problems):
 
 OPTIMIZERS = [
     ("gd", 0.05, {}, reference.gd_step, lambda n: None),
-    ("grouprmsprop", 1e-2, {"alpha": 0.99, "eps": 1e-4}, reference.grouprmsprop_step,
-     lambda n: (0, 0.0)),
-    ("adam", 1e-2, {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}, reference.adam_step,
-     lambda n: (0, np.zeros(n), np.zeros(n))),
+    (
+        "grouprmsprop",
+        1e-2,
+        {"alpha": 0.99, "eps": 1e-4},
+        reference.grouprmsprop_step,
+        lambda n: (0, 0.0),
+    ),
+    (
+        "adam",
+        1e-2,
+        {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+        reference.adam_step,
+        lambda n: (0, np.zeros(n), np.zeros(n)),
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, lr, opts, step, state0", OPTIMIZERS, ids=[o[0] for o in
-                                                                          OPTIMIZERS])
+@pytest.mark.parametrize("name, lr, opts, step, state0", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
 @pytest.mark.parametrize("depth", [1, 3])
 def test_run_matches_reference_steps(problems, name, lr, opts, step, state0, depth):
     """Ten steps of the compiled loop against the reference loss, gradient and update."""
@@ -150,9 +160,18 @@ def test_depth1_flow_matches_closed_form(problems, method, atol):
     lam_safe = np.where(lam > 1e-12, lam, 1.0)
     coef = np.where(lam > 1e-12, np.expm1(-lam * t) / lam_safe, -t)
     want = w0.ravel() + vec @ (coef * (vec.T @ (hess @ w0.ravel() - b)))
-    res = fastdmf.fit(problem, depth=1, init=[w0], optimizer=method, max_time=t, lr=1e-3,
-                      optimizer_options={"rtol": 1e-10, "atol": 1e-12}, tol=0, record=None,
-                      max_steps=100_000)
+    res = fastdmf.fit(
+        problem,
+        depth=1,
+        init=[w0],
+        optimizer=method,
+        max_time=t,
+        lr=1e-3,
+        optimizer_options={"rtol": 1e-10, "atol": 1e-12},
+        tol=0,
+        record=None,
+        max_steps=100_000,
+    )
     assert res.status == "max_time"
     np.testing.assert_allclose(res.factors[0].ravel(), want, rtol=0, atol=atol)
 
@@ -161,16 +180,27 @@ def test_small_init_depth3_recovers():
     """20 x 20 rank 2 from 160 measurements (below m n = 400): depth 3 from a small init
     finds W* with GroupRMSprop (reconstruction error < 1e-3), depth 1 stays far from it."""
     problem = fastdmf.synthetic_sensing((20, 20), 2, 160, seed=1)
-    deep = fastdmf.fit(problem, depth=3, init_scale=1e-3, lr=1e-2, max_steps=20_000,
-                       tol=1e-8, record=5000, seed=0)
+    deep = fastdmf.fit(
+        problem, depth=3, init_scale=1e-3, lr=1e-2, max_steps=20_000, tol=1e-8, record=5000, seed=0
+    )
     w = deep.matrix()
     err = np.sum((w - problem.ground_truth) ** 2) / np.sum(problem.ground_truth**2)
     assert err < 1e-3
     assert deep.trajectory.test_error[-1] == pytest.approx(err, rel=1e-6)
-    assert deep.train_loss == pytest.approx(reference.sensing_loss(deep.factors, problem.A,
-                                                                   problem.y), rel=1e-9)
-    shallow = fastdmf.fit(problem, depth=1, init_scale=1e-3, optimizer="adam", lr=1e-2,
-                          max_steps=3000, tol=1e-8, record=None, seed=0)
+    assert deep.train_loss == pytest.approx(
+        reference.sensing_loss(deep.factors, problem.A, problem.y), rel=1e-9
+    )
+    shallow = fastdmf.fit(
+        problem,
+        depth=1,
+        init_scale=1e-3,
+        optimizer="adam",
+        lr=1e-2,
+        max_steps=3000,
+        tol=1e-8,
+        record=None,
+        seed=0,
+    )
     assert shallow.trajectory.test_error[-1] > 0.5
 
 
@@ -180,11 +210,13 @@ def test_test_error_is_held_out_measurement_mse():
     truth = fastdmf.synthetic_sensing((6, 5), 1, 40, seed=2)
     problem = fastdmf.sensing(truth.A, truth.y)  # no ground truth
     train, test = problem.split(0.25, seed=0)
-    res = fastdmf.fit(train, depth=2, test=test, optimizer="adam", lr=1e-2, max_steps=200,
-                      record=100, seed=0)
+    res = fastdmf.fit(
+        train, depth=2, test=test, optimizer="adam", lr=1e-2, max_steps=200, record=100, seed=0
+    )
     w = res.matrix()
     assert res.trajectory.test_error[-1] == pytest.approx(
-        np.mean((np.einsum("kij,ij->k", test.A, w) - test.y) ** 2), rel=1e-10)
+        np.mean((np.einsum("kij,ij->k", test.A, w) - test.y) ** 2), rel=1e-10
+    )
     rows, cols = np.array([0, 5, 3]), np.array([4, 0, 2])
     np.testing.assert_allclose(res.predict(rows, cols), w[rows, cols], rtol=1e-12)
 
@@ -200,11 +232,11 @@ def test_float64_operator_is_not_copied(problems):
 @pytest.mark.slow
 def test_fit_batch_equals_serial_fits(problems):
     problem = problems[(5, 8)]
-    results = fastdmf.fit_batch(problem, depth=3, seeds=[0, 1], lr=1e-2, max_steps=120,
-                                record=50)
+    results = fastdmf.fit_batch(problem, depth=3, seeds=[0, 1], lr=1e-2, max_steps=120, record=50)
     for seed, res in zip([0, 1], results):
-        one = fastdmf.fit(problem, depth=3, seed=seed, lr=1e-2, max_steps=120, record=50,
-                          parallel=False)
+        one = fastdmf.fit(
+            problem, depth=3, seed=seed, lr=1e-2, max_steps=120, record=50, parallel=False
+        )
         for a, b in zip(res.factors, one.factors):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(res.trajectory.train_loss, one.trajectory.train_loss)

@@ -48,8 +48,15 @@ def test_fills_with_the_fitted_factorization():
     # the oracle: fastdmf.fit on the standardised observed entries
     rows, cols = np.nonzero(obs)
     z = (Xm[obs] - mean[cols]) / std[cols]
-    ref = fastdmf.fit((rows, cols, z), shape=Xm.shape, depth=3, max_steps=20_000,
-                      seed=imp.result_.settings["seed"], progress=False, **PLAIN)
+    ref = fastdmf.fit(
+        (rows, cols, z),
+        shape=Xm.shape,
+        depth=3,
+        max_steps=20_000,
+        seed=imp.result_.settings["seed"],
+        progress=False,
+        **PLAIN,
+    )
     want = ref.matrix() * std + mean
     np.testing.assert_allclose(filled[~obs], want[~obs], rtol=1e-10, atol=1e-10)
     assert imp.status_ == ref.status == "converged" and imp.n_steps_ == ref.n_steps
@@ -75,8 +82,9 @@ def test_new_rows_are_projected_on_the_learned_columns():
     keep = ~np.isnan(new_missing[0])
     for r in range(4):
         u, *_ = np.linalg.lstsq(comp[:, keep].T, centred[r, keep], rcond=1e-3)
-        np.testing.assert_allclose(out[r, ~keep], (u @ comp * imp.scale_ + imp.mean_)[~keep],
-                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            out[r, ~keep], (u @ comp * imp.scale_ + imp.mean_)[~keep], rtol=1e-9, atol=1e-9
+        )
     # a row with nothing observed: each column's mean (0 in standardised units)
     np.testing.assert_allclose(imp.transform(np.full((1, 20), np.nan))[0], imp.mean_)
 
@@ -130,8 +138,9 @@ def test_errors_and_lazy_import(same_fastdmf):
     import sys
 
     code = "import sys, fastdmf; print('sklearn' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, **same_fastdmf)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, **same_fastdmf
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -156,12 +165,13 @@ def test_feature_names_out_and_pandas_output():
     assert not hasattr(imp_np, "feature_names_in_")
     assert list(imp_np.get_feature_names_out()) == [f"x{i}" for i in range(5)]
     # inside a ColumnTransformer with pandas output
-    ct = ColumnTransformer([("imp", DMFImputer(depth=2, max_steps=300, random_state=0),
-                             cols[:3])], remainder="passthrough")
+    ct = ColumnTransformer(
+        [("imp", DMFImputer(depth=2, max_steps=300, random_state=0), cols[:3])],
+        remainder="passthrough",
+    )
     res = ct.set_output(transform="pandas").fit_transform(df)
     assert isinstance(res, pd.DataFrame)
-    assert list(res.columns) == ["imp__c0", "imp__c1", "imp__c2", "remainder__c3",
-                                 "remainder__c4"]
+    assert list(res.columns) == ["imp__c0", "imp__c1", "imp__c2", "remainder__c3", "remainder__c4"]
     assert not res[["imp__c0", "imp__c1", "imp__c2"]].isna().any().any()
 
 
@@ -178,13 +188,15 @@ def test_rows_with_nothing_observed_get_the_column_offsets(depth):
     obs = ~np.isnan(Xm)
     keep = np.setdiff1d(np.arange(len(Xm)), [5, 11])
     full = imp.result_.matrix() * imp.scale_ + imp.mean_
-    np.testing.assert_allclose(filled[keep][~obs[keep]], full[keep][~obs[keep]], rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        filled[keep][~obs[keep]], full[keep][~obs[keep]], rtol=1e-12, atol=1e-12
+    )
     np.testing.assert_array_equal(filled[obs], Xm[obs])
     np.testing.assert_array_equal(imp.transform(Xm), filled)
     # an all-NaN row in a later transform gets the same, not the leftovers of a training row
-    np.testing.assert_allclose(imp.transform(np.full((2, 20), np.nan)),
-                               np.tile(col_fill, (2, 1)), rtol=1e-12)
+    np.testing.assert_allclose(
+        imp.transform(np.full((2, 20), np.nan)), np.tile(col_fill, (2, 1)), rtol=1e-12
+    )
     np.testing.assert_array_equal(imp.transform(Xm[[11, 0]]), filled[[11, 0]])
 
 
@@ -208,10 +220,13 @@ def test_without_scikit_learn_the_imputer_says_what_to_install(same_fastdmf):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['sklearn'] = None\n"
-            "import fastdmf\n"
-            "try:\n    fastdmf.DMFImputer\n"
-            "except ImportError as exc:\n    print(exc)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, **same_fastdmf)
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "import fastdmf\n"
+        "try:\n    fastdmf.DMFImputer\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, **same_fastdmf
+    )
     assert 'pip install "fastdmf[sklearn]"' in out.stdout

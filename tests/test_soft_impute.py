@@ -91,8 +91,15 @@ def test_validation_choice_reproduces_the_split(noisy):
     """The held-out RMSE of each lam on the path equals a fresh fit on
     ``problem.split(validation, seed)``'s training part, scored on its test part; the final
     lam is the best one scaled by |Omega| / |Omega_train|, and the seed fixes all of it."""
-    kw = dict(validation=0.2, seed=7, n_lambdas=6, lam_ratio=1e-2, patience=None, tol=1e-11,
-              max_iter=20000)
+    kw = dict(
+        validation=0.2,
+        seed=7,
+        n_lambdas=6,
+        lam_ratio=1e-2,
+        patience=None,
+        tol=1e-11,
+        max_iter=20000,
+    )
     res = soft_impute(noisy, **kw)
     train, val = noisy.split(0.2, seed=7)
     path, rmse = res.settings["validation_path"], res.settings["validation_rmse"]
@@ -121,16 +128,19 @@ def test_patience_stops_the_path_after_the_best():
     assert done < 15 and np.argmin(rmse[:done]) == done - 3
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"lam": -1.0}, "lam must be a positive number"),
-    ({"lam": np.nan}, "lam must be a positive number"),
-    ({"validation": 1.0}, "validation must be a fraction"),
-    ({"n_lambdas": 0}, "n_lambdas must be a positive integer"),
-    ({"lam_ratio": 2.0}, "lam_ratio must be a number in"),
-    ({"patience": 0}, "patience must be a positive integer"),
-    ({"tol": 0.0}, "tol must be a number in"),
-    ({"max_iter": 0}, "max_iter must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lam": -1.0}, "lam must be a positive number"),
+        ({"lam": np.nan}, "lam must be a positive number"),
+        ({"validation": 1.0}, "validation must be a fraction"),
+        ({"n_lambdas": 0}, "n_lambdas must be a positive integer"),
+        ({"lam_ratio": 2.0}, "lam_ratio must be a number in"),
+        ({"patience": 0}, "patience must be a positive integer"),
+        ({"tol": 0.0}, "tol must be a number in"),
+        ({"max_iter": 0}, "max_iter must be a positive integer"),
+    ],
+)
 def test_bad_arguments(noisy, kwargs, match):
     with pytest.raises(ValueError, match=match):
         soft_impute(noisy, **kwargs)

@@ -21,9 +21,12 @@ METRICS = ("status", "steps", "train_loss", "test_error", "nuclear_norm", "effec
 
 def serial_fit(row):
     """The fit a table row stands for, run here with the row's own settings and seed."""
-    problem = fastdmf.synthetic_completion(shape=tuple(row["shape"]), rank=row["rank"],
-                                           n_observed=row["n_observed"],
-                                           seed=row["problem_seed"])
+    problem = fastdmf.synthetic_completion(
+        shape=tuple(row["shape"]),
+        rank=row["rank"],
+        n_observed=row["n_observed"],
+        seed=row["problem_seed"],
+    )
     kw = {k: row[k] for k in ("depth", "init_scale") if k in row}
     return fastdmf.fit(problem, seed=row["seed"], parallel=False, **FIT, **kw)
 
@@ -35,12 +38,16 @@ def assert_rows_equal_serial_fits(table, n):
         for got, want in zip(table.factors(k), ref.factors, strict=True):
             np.testing.assert_array_equal(got, want)
         traj = ref.trajectory
-        want = dict(status=ref.status, steps=ref.n_steps, train_loss=traj.train_loss[-1],
-                    test_error=traj.test_error[-1], nuclear_norm=traj.nuclear_norm[-1],
-                    effective_rank=traj.effective_rank[-1])
+        want = dict(
+            status=ref.status,
+            steps=ref.n_steps,
+            train_loss=traj.train_loss[-1],
+            test_error=traj.test_error[-1],
+            nuclear_norm=traj.nuclear_norm[-1],
+            effective_rank=traj.effective_rank[-1],
+        )
         assert {m: row[m] for m in METRICS} == want
-        np.testing.assert_array_equal(table.trajectory(k).singular_values,
-                                      traj.singular_values)
+        np.testing.assert_array_equal(table.trajectory(k).singular_values, traj.singular_values)
 
 
 def test_grid_points_and_seeds():
@@ -69,15 +76,18 @@ def test_pool_sweep_equals_serial_fits(pool_table):
 
 def test_dask_cluster_gives_the_same_results(pool_table, tmp_path):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        table = fastdmf.sweep(GRID, out=tmp_path, problem=SPEC, executor=client,
-                              fits_per_task=2, **FIT)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        table = fastdmf.sweep(
+            GRID, out=tmp_path, problem=SPEC, executor=client, fits_per_task=2, **FIT
+        )
     assert len(table) == 8
     for k, (a, b) in enumerate(zip(table, pool_table, strict=True)):
-        assert a["seed"] == b["seed"] and {m: a[m] for m in METRICS} == {
-            m: b[m] for m in METRICS}
+        assert a["seed"] == b["seed"] and {m: a[m] for m in METRICS} == {m: b[m] for m in METRICS}
         for wa, wb in zip(table.factors(k), pool_table.factors(k), strict=True):
             np.testing.assert_array_equal(wa, wb)
 
@@ -102,9 +112,12 @@ def test_killed_worker_then_rerun_completes_without_loss_or_repeats(tmp_path, mo
 
 
 def test_batched_tasks_equal_single_fits():
-    fits = [(i, p, sweep_mod.point_seed(0, i)) for i, p in
-            enumerate(sweep_mod.grid_points({"depth": 2, "init_scale": [1e-2, 1e-3],
-                                             "repeat": 2}))]
+    fits = [
+        (i, p, sweep_mod.point_seed(0, i))
+        for i, p in enumerate(
+            sweep_mod.grid_points({"depth": 2, "init_scale": [1e-2, 1e-3], "repeat": 2})
+        )
+    ]
     spec = {**SPEC, "shape": list(SPEC["shape"])}
     one = sweep_mod.run_task((0, fits, spec, FIT, False, True))
     together = sweep_mod.run_task((0, fits, spec, FIT, True, True))
@@ -136,10 +149,11 @@ def test_cli_sweep_from_toml(tmp_path, capsys):
 
     config = tmp_path / "sweep.toml"
     config.write_text(
-        'base_seed = 0\n'
-        '[problem]\nshape = [20, 20]\nrank = 2\nn_observed = 150\nseed = 4\n'
-        '[grid]\ndepth = [1, 2]\nrepeat = 1\n'
-        '[fit]\nlr = 1e-2\nmax_steps = 300\nrecord = 100\ntol = 1e-8\n')
+        "base_seed = 0\n"
+        "[problem]\nshape = [20, 20]\nrank = 2\nn_observed = 150\nseed = 4\n"
+        "[grid]\ndepth = [1, 2]\nrepeat = 1\n"
+        "[fit]\nlr = 1e-2\nmax_steps = 300\nrecord = 100\ntol = 1e-8\n"
+    )
     assert main(["sweep", str(config), "--out", str(tmp_path / "out"), "--workers", "1"]) == 0
     text = capsys.readouterr().out
     table = fastdmf.load_sweep(tmp_path / "out")
@@ -151,13 +165,16 @@ def test_cli_sweep_from_toml(tmp_path, capsys):
 
 def test_grid_axes_are_lists_of_values():
     points = sweep_mod.grid_points({"widths": [None, [4, 3]], "record": [("log", 5), 50]})
-    assert points == [{"widths": None, "record": ["log", 5]}, {"widths": None, "record": 50},
-                      {"widths": [4, 3], "record": ["log", 5]},
-                      {"widths": [4, 3], "record": 50}]
-    assert sweep_mod.grid_points({"widths": [2, [4, 3]]}) == [{"widths": 2},
-                                                              {"widths": [4, 3]}]
+    assert points == [
+        {"widths": None, "record": ["log", 5]},
+        {"widths": None, "record": 50},
+        {"widths": [4, 3], "record": ["log", 5]},
+        {"widths": [4, 3], "record": 50},
+    ]
+    assert sweep_mod.grid_points({"widths": [2, [4, 3]]}) == [{"widths": 2}, {"widths": [4, 3]}]
     assert sweep_mod.grid_points({"shape": [20, 30], "record": ("log", 5)}) == [
-        {"shape": [20, 30], "record": ["log", 5]}]
+        {"shape": [20, 30], "record": ["log", 5]}
+    ]
 
 
 def test_sweep_of_record_schedules_and_widths(tmp_path):
@@ -171,8 +188,9 @@ def test_sweep_of_record_schedules_and_widths(tmp_path):
     problem = fastdmf.synthetic_completion(**{k: v for k, v in SPEC.items() if k != "kind"})
     for k, row in enumerate(table):
         record = tuple(row["record"]) if isinstance(row["record"], list) else row["record"]
-        ref = fastdmf.fit(problem, seed=row["seed"], parallel=False, record=record,
-                          widths=row["widths"], **fit)
+        ref = fastdmf.fit(
+            problem, seed=row["seed"], parallel=False, record=record, widths=row["widths"], **fit
+        )
         np.testing.assert_array_equal(table.trajectory(k).step, ref.trajectory.step)
         assert [w.shape for w in table.factors(k)] == [w.shape for w in ref.factors]
         for got, want in zip(table.factors(k), ref.factors, strict=True):
@@ -182,19 +200,26 @@ def test_sweep_of_record_schedules_and_widths(tmp_path):
 def test_rerun_with_the_axes_in_another_order_is_refused(tmp_path):
     fit = dict(lr=1e-2, max_steps=20, record=None)
     with cf.ThreadPoolExecutor(1) as ex:
-        first = fastdmf.sweep({"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC,
-                              executor=ex, **fit)
+        first = fastdmf.sweep(
+            {"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC, executor=ex, **fit
+        )
         os.remove(tmp_path / "tasks" / "task-000001.npz")  # as if interrupted
         with pytest.raises(ValueError, match=r"axes in the order \['depth', 'repeat'\]"):
-            fastdmf.sweep({"repeat": 2, "depth": [1, 2]}, out=tmp_path, problem=SPEC,
-                          executor=ex, **fit)
+            fastdmf.sweep(
+                {"repeat": 2, "depth": [1, 2]}, out=tmp_path, problem=SPEC, executor=ex, **fit
+            )
         assert sorted(os.listdir(tmp_path / "tasks")) == [
-            "task-000000.npz", "task-000002.npz", "task-000003.npz"]  # nothing run
-        again = fastdmf.sweep({"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC,
-                              executor=ex, **fit)
+            "task-000000.npz",
+            "task-000002.npz",
+            "task-000003.npz",
+        ]  # nothing run
+        again = fastdmf.sweep(
+            {"depth": [1, 2], "repeat": 2}, out=tmp_path, problem=SPEC, executor=ex, **fit
+        )
     assert again.complete
     assert [(r["depth"], r["repeat"], r["seed"]) for r in again] == [
-        (r["depth"], r["repeat"], r["seed"]) for r in first]
+        (r["depth"], r["repeat"], r["seed"]) for r in first
+    ]
 
 
 def test_task_files_of_another_sweep_are_refused(tmp_path):
@@ -205,11 +230,15 @@ def test_task_files_of_another_sweep_are_refused(tmp_path):
         fastdmf.sweep({"depth": [3, 4]}, out=b, problem=SPEC, executor=ex, **fit)
         # a task file of sweep b among sweep a's: refused by a rerun and by load_sweep
         os.replace(b / "tasks" / "task-000001.npz", a / "tasks" / "task-000001.npz")
-        for call in (lambda: fastdmf.sweep({"depth": [1, 2]}, out=a, problem=SPEC,
-                                           executor=ex, **fit),
-                     lambda: fastdmf.load_sweep(a)):
-            with pytest.raises(ValueError, match=r"task-000001\.npz is not a result of the "
-                                                 r"sweep.*another sweep identity"):
+        for call in (
+            lambda: fastdmf.sweep({"depth": [1, 2]}, out=a, problem=SPEC, executor=ex, **fit),
+            lambda: fastdmf.load_sweep(a),
+        ):
+            with pytest.raises(
+                ValueError,
+                match=r"task-000001\.npz is not a result of the "
+                r"sweep.*another sweep identity",
+            ):
                 call()
         # tasks without sweep.json: a new sweep there is refused, the files are kept
         os.remove(b / "sweep.json")
@@ -238,22 +267,53 @@ def test_a_sweep_json_that_is_not_a_sweeps_settings_is_refused(tmp_path, text):
     assert os.listdir(tmp_path) == ["sweep.json"]
 
 
-@pytest.mark.parametrize("grid, kw, error, match", [
-    ({"lr": [1e-2, "fast"]}, {}, TypeError,
-     r"grid points with \{'lr': 'fast'\}: lr must be a real number, got 'fast'"),
-    ({"depth": [1, 2]}, {"optimizer": "sgd"}, ValueError,
-     r"settings of the grid points with \{'depth': 1\}: unknown optimizer 'sgd'"),
-    ({"depth": [2, 3], "widths": [[4]]}, {}, ValueError,
-     r"\{'depth': 3, 'widths': \[4\]\}: depth 3 needs 2 hidden width"),
-    ({"repeat": 2}, {"optimizer": "flow"}, ValueError,
-     r"settings of the fits: optimizer='flow' integrates up to a flow time"),
-    ({"shape": [[20, 20], [15, 15]]}, {"widths": 2, "depth": 2, "record": ["log", 0]},
-     ValueError, r"\{'shape': \[20, 20\]\}: record=\('log', 0\)"),
-    ({"init": ["gaussian", "gauss"]}, {}, ValueError,
-     r"\{'init': 'gauss'\}: unknown init 'gauss'"),
-    ({"depth": [2]}, {"optimizer": "flow", "max_time": 1.0, "backend": "cuda"}, ValueError,
-     r"the flow optimisers .* run on the CPU only"),
-])
+@pytest.mark.parametrize(
+    "grid, kw, error, match",
+    [
+        (
+            {"lr": [1e-2, "fast"]},
+            {},
+            TypeError,
+            r"grid points with \{'lr': 'fast'\}: lr must be a real number, got 'fast'",
+        ),
+        (
+            {"depth": [1, 2]},
+            {"optimizer": "sgd"},
+            ValueError,
+            r"settings of the grid points with \{'depth': 1\}: unknown optimizer 'sgd'",
+        ),
+        (
+            {"depth": [2, 3], "widths": [[4]]},
+            {},
+            ValueError,
+            r"\{'depth': 3, 'widths': \[4\]\}: depth 3 needs 2 hidden width",
+        ),
+        (
+            {"repeat": 2},
+            {"optimizer": "flow"},
+            ValueError,
+            r"settings of the fits: optimizer='flow' integrates up to a flow time",
+        ),
+        (
+            {"shape": [[20, 20], [15, 15]]},
+            {"widths": 2, "depth": 2, "record": ["log", 0]},
+            ValueError,
+            r"\{'shape': \[20, 20\]\}: record=\('log', 0\)",
+        ),
+        (
+            {"init": ["gaussian", "gauss"]},
+            {},
+            ValueError,
+            r"\{'init': 'gauss'\}: unknown init 'gauss'",
+        ),
+        (
+            {"depth": [2]},
+            {"optimizer": "flow", "max_time": 1.0, "backend": "cuda"},
+            ValueError,
+            r"the flow optimisers .* run on the CPU only",
+        ),
+    ],
+)
 def test_bad_fit_settings_fail_before_anything_is_written(tmp_path, grid, kw, error, match):
     with pytest.raises(error, match=match):
         fastdmf.sweep(grid, out=tmp_path, problem=SPEC, max_steps=5, workers=1, **kw)
@@ -264,8 +324,10 @@ def test_a_typo_in_the_toml_fit_table_can_be_fixed_and_rerun(tmp_path):
     from fastdmf.experiments.sweep_cli import run_config
 
     config = tmp_path / "sweep.toml"
-    text = ('[problem]\nshape = [20, 20]\nrank = 2\nn_observed = 150\nseed = 4\n'
-            '[grid]\ndepth = [1, 2]\n[fit]\nlr = {lr}\nmax_steps = 20\nrecord = ["log", 5]\n')
+    text = (
+        "[problem]\nshape = [20, 20]\nrank = 2\nn_observed = 150\nseed = 4\n"
+        '[grid]\ndepth = [1, 2]\n[fit]\nlr = {lr}\nmax_steps = 20\nrecord = ["log", 5]\n'
+    )
     config.write_text(text.format(lr='"fast"'))
     with pytest.raises(TypeError, match="lr must be a real number, got 'fast'"):
         run_config(config, out=tmp_path / "out", workers=1)
@@ -279,6 +341,7 @@ def test_a_typo_in_the_toml_fit_table_can_be_fixed_and_rerun(tmp_path):
 def test_a_bad_problem_at_any_grid_point_fails_before_anything_is_written(tmp_path):
     grid = {"n_observed": [30, 500], "repeat": 2}  # 500 > 20 x 20 entries
     with pytest.raises(ValueError, match=r"problem of the grid points with \{'n_observed': 500\}"):
-        fastdmf.sweep(grid, out=tmp_path, problem=dict(shape=(20, 20), rank=2), max_steps=5,
-                      workers=1)
+        fastdmf.sweep(
+            grid, out=tmp_path, problem=dict(shape=(20, 20), rank=2), max_steps=5, workers=1
+        )
     assert os.listdir(tmp_path) == []

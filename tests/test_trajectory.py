@@ -28,8 +28,18 @@ def test_record_schedules():
 def test_fields_match_reference(tall):
     # the plain fit on every entry (no validation split, no offsets) that the reference
     # computes
-    res = fastdmf.fit(tall, depth=3, widths=[4, 6], max_steps=40, record=20, seed=0,
-                      lr=1e-2, init_scale=0.5, validation=None, offsets=None)
+    res = fastdmf.fit(
+        tall,
+        depth=3,
+        widths=[4, 6],
+        max_steps=40,
+        record=20,
+        seed=0,
+        lr=1e-2,
+        init_scale=0.5,
+        validation=None,
+        offsets=None,
+    )
     traj = res.trajectory
     assert len(traj) == 3
     factors = res.factors
@@ -46,11 +56,14 @@ def test_fields_match_reference(tall):
     gnorm = np.sqrt(sum(np.sum(g**2) for g in grads))
     assert traj.grad_norm[-1] == pytest.approx(gnorm, rel=1e-10)
     assert traj.param_norm[-1] == pytest.approx(
-        np.sqrt(sum(np.sum(w**2) for w in factors)), rel=1e-12)
+        np.sqrt(sum(np.sum(w**2) for w in factors)), rel=1e-12
+    )
     w1, w2, w3 = factors  # ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F, written out
-    np.testing.assert_allclose(traj.balancedness[-1],
-                               [np.linalg.norm(w2.T @ w2 - w1 @ w1.T),
-                                np.linalg.norm(w3.T @ w3 - w2 @ w2.T)], rtol=1e-10)
+    np.testing.assert_allclose(
+        traj.balancedness[-1],
+        [np.linalg.norm(w2.T @ w2 - w1 @ w1.T), np.linalg.norm(w3.T @ w3 - w2 @ w2.T)],
+        rtol=1e-10,
+    )
     assert traj.balancedness.shape == (3, 2)
     assert np.all(np.isnan(traj.test_error))  # no ground truth, no held-out entries
     assert np.all(np.diff(traj.time) > 0)
@@ -84,8 +97,11 @@ def test_top_k_and_factored_singular_values():
     """Width 3 < min(m, n): singular values come from QR of the two sides, equal to the SVD
     of the dense product."""
     rng = np.random.default_rng(0)
-    factors = [rng.standard_normal((3, 40)), rng.standard_normal((5, 3)),
-               rng.standard_normal((30, 5))]
+    factors = [
+        rng.standard_normal((3, 40)),
+        rng.standard_normal((5, 3)),
+        rng.standard_normal((30, 5)),
+    ]
     dense = np.linalg.svd(end_to_end(factors), compute_uv=False)[:3]
     np.testing.assert_allclose(singular_values(factors), dense, rtol=1e-10)
     p = fastdmf.synthetic_completion(shape=(30, 40), rank=2, n_observed=300, seed=0)
@@ -109,8 +125,10 @@ def test_rows_appended_after_reading_keep_every_record(square, depth):
     """Reading a field freezes the rows into arrays; rows appended afterwards (a resumed or
     continued record) join them, for zero-width fields (depth-1 balancedness) too."""
     res = fastdmf.fit(square, depth=depth, max_steps=30, record=10, seed=0, progress=False)
-    rows = [{name: getattr(res.trajectory, name)[i] for name in SCALARS + MATRICES}
-            for i in range(len(res.trajectory))]
+    rows = [
+        {name: getattr(res.trajectory, name)[i] for name in SCALARS + MATRICES}
+        for i in range(len(res.trajectory))
+    ]
     whole = Trajectory(depth)
     for row in rows + rows[1:]:
         whole.append(row)
@@ -133,8 +151,11 @@ def test_plot_without_matplotlib_says_what_to_install(square, monkeypatch):
     res = fastdmf.fit(square, depth=2, max_steps=20, record=5, seed=0)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"Trajectory.plot needs matplotlib: pip install "
-                                          r"'fastdmf\[plot\]'"):
+    with pytest.raises(
+        ImportError,
+        match=r"Trajectory.plot needs matplotlib: pip install "
+        r"'fastdmf\[plot\]'",
+    ):
         res.trajectory.plot()
 
 
@@ -142,9 +163,11 @@ def test_plot_without_matplotlib_says_what_to_install(square, monkeypatch):
 def test_gaussian_init_scale_convention(shape, depth):
     """E||W(0)||_F^2 = init_scale^2 m: averaged over seeds, within 15%."""
     layout = FactorLayout.build(shape, depth)
-    norms = [np.linalg.norm(end_to_end(initialize(layout, "gaussian", 1e-2,
-                                                  np.random.default_rng(s)))) ** 2
-             for s in range(40)]
+    norms = [
+        np.linalg.norm(end_to_end(initialize(layout, "gaussian", 1e-2, np.random.default_rng(s))))
+        ** 2
+        for s in range(40)
+    ]
     assert np.mean(norms) == pytest.approx(1e-4 * shape[0], rel=0.15)
 
 
@@ -177,8 +200,9 @@ def test_factored_reconstruction_error_equals_dense(dims):
 def test_large_synthetic_problem_keeps_no_dense_truth():
     """200 x 300 forced factored, and 20000 x 20000 by size: no m x n array anywhere, and the
     recorded error equals the dense one where that can be formed."""
-    small = fastdmf.synthetic_completion(shape=(200, 300), rank=3, n_observed=5000, seed=2,
-                                         dense_truth=False)
+    small = fastdmf.synthetic_completion(
+        shape=(200, 300), rank=3, n_observed=5000, seed=2, dense_truth=False
+    )
     assert small.ground_truth is None
     u, v = small.truth_factors
     np.testing.assert_allclose(small.values, (u @ v.T)[small.rows, small.cols], rtol=1e-12)
@@ -187,8 +211,7 @@ def test_large_synthetic_problem_keeps_no_dense_truth():
     dense = np.sum((res.matrix() - u @ v.T) ** 2) / np.sum((u @ v.T) ** 2)
     assert res.trajectory.test_error[-1] == pytest.approx(dense, rel=1e-9)
 
-    big = fastdmf.synthetic_completion(shape=(20_000, 20_000), rank=2, n_observed=40_000,
-                                       seed=0)
+    big = fastdmf.synthetic_completion(shape=(20_000, 20_000), rank=2, n_observed=40_000, seed=0)
     assert big.ground_truth is None and "with ground truth" in repr(big)
     res = fastdmf.fit(big, depth=3, widths=4, max_steps=5, record=None, seed=0, lr=1e-2)
     assert 0.5 < res.trajectory.test_error[-1] <= 1.0 + 1e-9

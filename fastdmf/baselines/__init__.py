@@ -30,9 +30,14 @@ from .nuclear import nuclear_norm
 from .schatten import schatten_p
 from .softimpute import soft_impute
 
-BASELINES = {"nuclear_norm": nuclear_norm, "min_frobenius": min_frobenius,
-             "schatten_p": schatten_p, "soft_impute": soft_impute,
-             "basis_pursuit": basis_pursuit, "min_norm_interpolant": min_norm_interpolant}
+BASELINES = {
+    "nuclear_norm": nuclear_norm,
+    "min_frobenius": min_frobenius,
+    "schatten_p": schatten_p,
+    "soft_impute": soft_impute,
+    "basis_pursuit": basis_pursuit,
+    "min_norm_interpolant": min_norm_interpolant,
+}
 
 
 def get_baseline(name: str):
@@ -40,10 +45,16 @@ def get_baseline(name: str):
     try:
         return BASELINES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}"
-        ) from None
+        raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}") from None
 
 
-__all__ = ["nuclear_norm", "min_frobenius", "schatten_p", "soft_impute", "basis_pursuit",
-           "min_norm_interpolant", "BASELINES", "get_baseline"]
+__all__ = [
+    "nuclear_norm",
+    "min_frobenius",
+    "schatten_p",
+    "soft_impute",
+    "basis_pursuit",
+    "min_norm_interpolant",
+    "BASELINES",
+    "get_baseline",
+]

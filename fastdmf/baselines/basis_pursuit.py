@@ -88,12 +88,17 @@ def basis_pursuit(problem, *, tol: float = 1e-9, polish: bool = True):
     n, d = X.shape
     RowSpace.of(X).reduced_targets(y)  # a clear error before the LP reports "infeasible"
     res = linprog(
-        np.ones(2 * d), A_eq=np.hstack([X, -X]), b_eq=y, bounds=(0, None), method="highs",
+        np.ones(2 * d),
+        A_eq=np.hstack([X, -X]),
+        b_eq=y,
+        bounds=(0, None),
+        method="highs",
         options={"primal_feasibility_tolerance": tol, "dual_feasibility_tolerance": tol},
     )
     if res.status == 2:
-        raise ValueError("no w interpolates the data (the LP is infeasible): y is outside "
-                         "the range of X")
+        raise ValueError(
+            "no w interpolates the data (the LP is infeasible): y is outside the range of X"
+        )
     if res.status not in (0, 1):
         raise RuntimeError(f"HiGHS failed on the basis-pursuit LP: {res.message}")
     w = res.x[:d] - res.x[d:]
@@ -103,21 +108,33 @@ def basis_pursuit(problem, *, tol: float = 1e-9, polish: bool = True):
         refined = _polish(X, y, w, lam)
         if refined is not None:
             cand = certificate(X, y, *refined, polished=True)
-            if (cand["dual_violation"] <= max(cert["dual_violation"], tol)
-                    and cand["residual"] <= max(cert["residual"], tol)
-                    and cand["gap"] <= max(cert["gap"], tol)):
+            if (
+                cand["dual_violation"] <= max(cert["dual_violation"], tol)
+                and cand["residual"] <= max(cert["residual"], tol)
+                and cand["gap"] <= max(cert["gap"], tol)
+            ):
                 w, lam, cert = refined[0], refined[1], cand
-    ok = (cert["residual"] <= 100 * tol and cert["gap"] <= 100 * tol
-          and cert["dual_violation"] <= 100 * tol)
+    ok = (
+        cert["residual"] <= 100 * tol
+        and cert["gap"] <= 100 * tol
+        and cert["dual_violation"] <= 100 * tol
+    )
     if not ok:
         warnings.warn(
             f"basis_pursuit: the certificate misses tol={tol:g} (residual "
             f"{cert['residual']:.2e}, gap {cert['gap']:.2e}, dual violation "
             f"{cert['dual_violation']:.2e}); HiGHS said: {res.message}",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
+            stacklevel=2,
         )
-    settings = {"solver": "basis_pursuit", "method": "linprog-highs", "tol": tol,
-                "polish": bool(polish), "iterations": int(res.nit), "certificate": cert}
+    settings = {
+        "solver": "basis_pursuit",
+        "method": "linprog-highs",
+        "tol": tol,
+        "polish": bool(polish),
+        "iterations": int(res.nit),
+        "certificate": cert,
+    }
     return pack(data, w, "converged" if ok else "max_steps", settings, int(res.nit))
 
 

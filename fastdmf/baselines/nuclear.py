@@ -131,15 +131,23 @@ def nuclear_norm(
     with blas_threads(n_threads, obs.shape):
         try:
             thr = Thresholder(obs.shape, _SPARE)
-            w, sv, lam, tau, it, status = _douglas_rachford(obs, tol, int(max_iter), tau,
-                                                            int(memory), rec, thr)
+            w, sv, lam, tau, it, status = _douglas_rachford(
+                obs, tol, int(max_iter), tau, int(memory), rec, thr
+            )
         finally:
             rec.close()
         cert = certificate(obs, w, sv, lam)
-    settings = {"solver": "nuclear_norm", "method": "admm-douglas-rachford+anderson",
-                "tol": tol, "max_iter": int(max_iter), "tau": tau, "memory": int(memory),
-                "iterations": it, "svds": {"full": thr.n_full, "subspace": thr.n_fast},
-                "certificate": cert}
+    settings = {
+        "solver": "nuclear_norm",
+        "method": "admm-douglas-rachford+anderson",
+        "tol": tol,
+        "max_iter": int(max_iter),
+        "tau": tau,
+        "memory": int(memory),
+        "iterations": it,
+        "svds": {"full": thr.n_full, "subspace": thr.n_fast},
+        "certificate": cert,
+    }
     return pack(w, rec.traj, status, settings, it, problem)
 
 

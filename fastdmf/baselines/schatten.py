@@ -99,14 +99,22 @@ def schatten_p(
     else:
         with blas_threads(n_threads, obs.shape):
             try:
-                status, it, w, objective, eps_hist = _irls(obs, solve, w, p, eps, eps_min, tol,
-                                                           eps_decay, int(max_iter), rec)
+                status, it, w, objective, eps_hist = _irls(
+                    obs, solve, w, p, eps, eps_min, tol, eps_decay, int(max_iter), rec
+                )
             finally:
                 rec.close()
     rec.add(w, sl.svdvals(w, check_finite=False), it, it)
-    settings = {"solver": "schatten_p", "p": float(p), "tol": tol, "max_iter": int(max_iter),
-                "eps_decay": float(eps_decay), "iterations": it,
-                "objective": np.array(objective), "eps": np.array(eps_hist)}
+    settings = {
+        "solver": "schatten_p",
+        "p": float(p),
+        "tol": tol,
+        "max_iter": int(max_iter),
+        "eps_decay": float(eps_decay),
+        "iterations": it,
+        "objective": np.array(objective),
+        "eps": np.array(eps_hist),
+    }
     return pack(w, rec.traj, status, settings, it, problem)
 
 

@@ -121,15 +121,22 @@ def soft_impute(
     """
     kind = find_kind(problem)
     if kind is not None and kind.name == "sensing":
-        raise TypeError("soft_impute fits completion problems; for sensing measurements use "
-                        "nuclear_norm (exact constraints) instead")
+        raise TypeError(
+            "soft_impute fits completion problems; for sensing measurements use "
+            "nuclear_norm (exact constraints) instead"
+        )
     obs = Observations(problem)  # raises the baselines' TypeError for anything else
     _check(lam, validation, n_lambdas, lam_ratio, patience)
     check_common(tol, max_iter, None)
     opts = {"tol": float(tol), "max_iter": int(max_iter), "progress": progress}
-    settings = {"solver": "soft_impute", "method": "soft-impute (Mazumder et al. 2010)",
-                "tol": float(tol), "max_iter": int(max_iter), "n_lambdas": int(n_lambdas),
-                "lam_ratio": float(lam_ratio)}
+    settings = {
+        "solver": "soft_impute",
+        "method": "soft-impute (Mazumder et al. 2010)",
+        "tol": float(tol),
+        "max_iter": int(max_iter),
+        "n_lambdas": int(n_lambdas),
+        "lam_ratio": float(lam_ratio),
+    }
     with blas_threads(n_threads, obs.shape):
         if lam is None:
             train, val = problem.split(validation, seed=seed)
@@ -138,9 +145,14 @@ def soft_impute(
             best = int(np.nanargmin(rmse))
             scale = problem.n_observed / train.n_observed
             path = grid[: best + 1] * scale
-            settings.update(lam_validation=float(grid[best]), validation_path=grid,
-                            validation_rmse=rmse, validation=float(validation),
-                            seed=seed, patience=patience)
+            settings.update(
+                lam_validation=float(grid[best]),
+                validation_path=grid,
+                validation_rmse=rmse,
+                validation=float(validation),
+                seed=seed,
+                patience=patience,
+            )
         else:
             grid = _grid(obs, n_lambdas, lam_ratio)
             path = np.append(grid[grid > lam], float(lam))
@@ -155,21 +167,31 @@ def soft_impute(
 
 def _check(lam, validation, n_lambdas, lam_ratio, patience):
     """Validate the arguments that only soft_impute takes."""
-    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float, np.number))
-                            or not (np.isfinite(lam) and lam > 0)):
-        raise ValueError(f"lam must be a positive number, or None to choose it on a "
-                         f"validation split; got {lam!r}")
-    if isinstance(validation, bool) or not (isinstance(validation, (int, float, np.floating))
-                                            and 0 < validation < 1):
+    if lam is not None and (
+        isinstance(lam, bool)
+        or not isinstance(lam, (int, float, np.number))
+        or not (np.isfinite(lam) and lam > 0)
+    ):
+        raise ValueError(
+            f"lam must be a positive number, or None to choose it on a "
+            f"validation split; got {lam!r}"
+        )
+    if isinstance(validation, bool) or not (
+        isinstance(validation, (int, float, np.floating)) and 0 < validation < 1
+    ):
         raise ValueError(f"validation must be a fraction in (0, 1), e.g. 0.1; got {validation!r}")
-    if isinstance(n_lambdas, bool) or not (isinstance(n_lambdas, (int, np.integer))
-                                           and n_lambdas >= 1):
+    if isinstance(n_lambdas, bool) or not (
+        isinstance(n_lambdas, (int, np.integer)) and n_lambdas >= 1
+    ):
         raise ValueError(f"n_lambdas must be a positive integer, got {n_lambdas!r}")
-    if isinstance(lam_ratio, bool) or not (isinstance(lam_ratio, (int, float, np.floating))
-                                           and 0 < lam_ratio < 1):
+    if isinstance(lam_ratio, bool) or not (
+        isinstance(lam_ratio, (int, float, np.floating)) and 0 < lam_ratio < 1
+    ):
         raise ValueError(f"lam_ratio must be a number in (0, 1), e.g. 1e-3; got {lam_ratio!r}")
-    if patience is not None and (isinstance(patience, bool) or not (
-            isinstance(patience, (int, np.integer)) and patience >= 1)):
+    if patience is not None and (
+        isinstance(patience, bool)
+        or not (isinstance(patience, (int, np.integer)) and patience >= 1)
+    ):
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
 
 

@@ -36,13 +36,28 @@ from ._report import ensure_dir, markdown_table, mean_std, pyplot, say, write_cs
 
 __all__ = ["run", "transition", "recovery", "FULL", "QUICK", "TOL", "RECOVERED"]
 
-FULL = dict(n_samples=100, n_features=1000, sparsity=5, seeds=(0, 1, 2), depths=(2, 3, 4),
-            alphas=(1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0),
-            rec_samples=(10, 20, 30, 40, 50, 60, 80, 100), rec_alphas=(0.01, 0.1),
-            rec_seeds=(0, 1, 2))
-QUICK = dict(n_samples=20, n_features=60, sparsity=2, seeds=(0,), depths=(2, 3),
-             alphas=(1e-2, 0.1, 1.0, 10.0), rec_samples=(6, 12, 20), rec_alphas=(0.1,),
-             rec_seeds=(0, 1))
+FULL = dict(
+    n_samples=100,
+    n_features=1000,
+    sparsity=5,
+    seeds=(0, 1, 2),
+    depths=(2, 3, 4),
+    alphas=(1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0),
+    rec_samples=(10, 20, 30, 40, 50, 60, 80, 100),
+    rec_alphas=(0.01, 0.1),
+    rec_seeds=(0, 1, 2),
+)
+QUICK = dict(
+    n_samples=20,
+    n_features=60,
+    sparsity=2,
+    seeds=(0,),
+    depths=(2, 3),
+    alphas=(1e-2, 0.1, 1.0, 10.0),
+    rec_samples=(6, 12, 20),
+    rec_alphas=(0.1,),
+    rec_seeds=(0, 1),
+)
 
 #: The flow stops at this train loss (``fit(tol=...)``). Below about 1e-11 the loss of a
 #: small-alpha flow decays very slowly (the last residual directions are served by the
@@ -61,9 +76,19 @@ FLOOR = 1e-14
 def flow_limit(problem, depth, alpha):
     """``(result, seconds)``: gradient flow from ``u = v = alpha`` run to :data:`TOL`."""
     t0 = time.perf_counter()
-    res = fit(problem, depth=depth, init_scale=alpha, optimizer="flow", max_time=1e12,
-              tol=TOL, max_steps=BUDGET, record=None, optimizer_options=FLOW_OPTIONS,
-              seed=0, progress=False)
+    res = fit(
+        problem,
+        depth=depth,
+        init_scale=alpha,
+        optimizer="flow",
+        max_time=1e12,
+        tol=TOL,
+        max_steps=BUDGET,
+        record=None,
+        optimizer_options=FLOW_OPTIONS,
+        seed=0,
+        progress=False,
+    )
     return res, time.perf_counter() - t0
 
 
@@ -72,8 +97,11 @@ def _error(w, truth) -> float:
 
 
 def _norms(w, truth) -> dict:
-    return {"test_error": _error(w, truth), "l1": float(np.abs(w).sum()),
-            "l2": float(np.linalg.norm(w))}
+    return {
+        "test_error": _error(w, truth),
+        "l1": float(np.abs(w).sum()),
+        "l2": float(np.linalg.norm(w)),
+    }
 
 
 def transition(cfg, progress=False) -> list[dict]:
@@ -82,30 +110,51 @@ def transition(cfg, progress=False) -> list[dict]:
     tell = say(progress)
     rows = []
     for seed in cfg["seeds"]:
-        problem = synthetic_sparse_regression(cfg["n_samples"], cfg["n_features"],
-                                              cfg["sparsity"], seed=seed)
+        problem = synthetic_sparse_regression(
+            cfg["n_samples"], cfg["n_features"], cfg["sparsity"], seed=seed
+        )
         truth = problem.ground_truth
-        for name, solve in (("basis_pursuit", basis_pursuit),
-                            ("min_l2", min_norm_interpolant)):
+        for name, solve in (("basis_pursuit", basis_pursuit), ("min_l2", min_norm_interpolant)):
             w = solve(problem).settings["coef"]
-            rows.append({"method": name, "depth": None, "alpha": None, "seed": seed,
-                         **_norms(w, truth), "support": None, "limit_gap": None,
-                         "status": "converged", "n_evals": None, "seconds": None})
+            rows.append(
+                {
+                    "method": name,
+                    "depth": None,
+                    "alpha": None,
+                    "seed": seed,
+                    **_norms(w, truth),
+                    "support": None,
+                    "limit_gap": None,
+                    "status": "converged",
+                    "n_evals": None,
+                    "seconds": None,
+                }
+            )
         for depth in cfg["depths"]:
             for alpha in cfg["alphas"]:
                 res, secs = flow_limit(problem, depth, alpha)
                 w = res.coef
                 limit = diagonal_limit(problem, alpha, depth).settings["coef"]
                 gap = float(np.linalg.norm(w - limit) / np.linalg.norm(limit))
-                rows.append({"method": "flow", "depth": depth, "alpha": alpha, "seed": seed,
-                             **_norms(w, truth),
-                             "support": int(res.trajectory.support[-1]), "limit_gap": gap,
-                             "status": res.status,
-                             "n_evals": int(res.trajectory.n_evals[-1]),
-                             "seconds": round(secs, 3)})
-                tell(f"  seed {seed} depth {depth} alpha {alpha:g}: test error "
-                     f"{rows[-1]['test_error']:.3g}, l1 {rows[-1]['l1']:.4g}, "
-                     f"vs limit {gap:.1e} ({res.status}, {secs:.1f} s)")
+                rows.append(
+                    {
+                        "method": "flow",
+                        "depth": depth,
+                        "alpha": alpha,
+                        "seed": seed,
+                        **_norms(w, truth),
+                        "support": int(res.trajectory.support[-1]),
+                        "limit_gap": gap,
+                        "status": res.status,
+                        "n_evals": int(res.trajectory.n_evals[-1]),
+                        "seconds": round(secs, 3),
+                    }
+                )
+                tell(
+                    f"  seed {seed} depth {depth} alpha {alpha:g}: test error "
+                    f"{rows[-1]['test_error']:.3g}, l1 {rows[-1]['l1']:.4g}, "
+                    f"vs limit {gap:.1e} ({res.status}, {secs:.1f} s)"
+                )
     return rows
 
 
@@ -116,27 +165,42 @@ def recovery(cfg, progress=False) -> list[dict]:
     rows = []
     for n in cfg["rec_samples"]:
         for seed in cfg["rec_seeds"]:
-            problem = synthetic_sparse_regression(n, cfg["n_features"], cfg["sparsity"],
-                                                  seed=1000 + seed)
+            problem = synthetic_sparse_regression(
+                n, cfg["n_features"], cfg["sparsity"], seed=1000 + seed
+            )
             truth = problem.ground_truth
-            fits = [("basis_pursuit", None, None,
-                     basis_pursuit(problem).settings["coef"], None),
-                    ("min_l2", None, None, min_norm_interpolant(problem).settings["coef"],
-                     None)]
+            fits = [
+                ("basis_pursuit", None, None, basis_pursuit(problem).settings["coef"], None),
+                ("min_l2", None, None, min_norm_interpolant(problem).settings["coef"], None),
+            ]
             for alpha in cfg["rec_alphas"]:
                 for depth in cfg["depths"]:
                     res, _ = flow_limit(problem, depth, alpha)
                     fits.append(("flow", depth, alpha, res.coef, res.status))
             for method, depth, alpha, w, status in fits:
                 err = _error(w, truth)
-                rows.append({"method": method, "depth": depth, "alpha": alpha,
-                             "n_samples": n, "seed": seed, "test_error": err,
-                             "recovered": int(err <= RECOVERED), "status": status})
+                rows.append(
+                    {
+                        "method": method,
+                        "depth": depth,
+                        "alpha": alpha,
+                        "n_samples": n,
+                        "seed": seed,
+                        "test_error": err,
+                        "recovered": int(err <= RECOVERED),
+                        "status": status,
+                    }
+                )
         at_n = [r for r in rows if r["n_samples"] == n]
         labels = dict.fromkeys(_label(r) for r in at_n)
-        tell(f"  n = {n}: recovered " + ", ".join(
-            f"{lab} {sum(r['recovered'] for r in at_n if _label(r) == lab)}/"
-            f"{len(cfg['rec_seeds'])}" for lab in labels))
+        tell(
+            f"  n = {n}: recovered "
+            + ", ".join(
+                f"{lab} {sum(r['recovered'] for r in at_n if _label(r) == lab)}/"
+                f"{len(cfg['rec_seeds'])}"
+                for lab in labels
+            )
+        )
     return rows
 
 
@@ -153,9 +217,11 @@ def run(out, quick: bool = False, progress: bool = True) -> dict:
     out = ensure_dir(out)
     tell = say(progress)
     t0 = time.perf_counter()
-    tell(f"diagonal: n = {cfg['n_samples']}, d = {cfg['n_features']}, "
-         f"{cfg['sparsity']}-sparse, depths {list(cfg['depths'])}, seeds "
-         f"{list(cfg['seeds'])}")
+    tell(
+        f"diagonal: n = {cfg['n_samples']}, d = {cfg['n_features']}, "
+        f"{cfg['sparsity']}-sparse, depths {list(cfg['depths'])}, seeds "
+        f"{list(cfg['seeds'])}"
+    )
     trans = transition(cfg, progress)
     tell(f"recovery at alpha in {list(cfg['rec_alphas'])}, n in {list(cfg['rec_samples'])}")
     rec = recovery(cfg, progress)
@@ -178,10 +244,14 @@ def transition_summary(cfg, rows) -> dict:
     out = {}
     for depth in cfg["depths"]:
         for alpha in cfg["alphas"]:
-            sel = [r for r in rows if r["method"] == "flow" and r["depth"] == depth
-                   and r["alpha"] == alpha]
-            out[depth, alpha] = {k: _mean(sel, k)[0] for k in
-                                 ("test_error", "l1", "l2", "support", "limit_gap")}
+            sel = [
+                r
+                for r in rows
+                if r["method"] == "flow" and r["depth"] == depth and r["alpha"] == alpha
+            ]
+            out[depth, alpha] = {
+                k: _mean(sel, k)[0] for k in ("test_error", "l1", "l2", "support", "limit_gap")
+            }
             out[depth, alpha]["converged"] = sum(r["status"] == "converged" for r in sel)
     for name in ("basis_pursuit", "min_l2"):
         sel = [r for r in rows if r["method"] == name]
@@ -198,7 +268,7 @@ def report(cfg, trans, rec, seconds) -> list[str]:
         "",
         f"Noiseless sparse regression, n = {cfg['n_samples']} samples, d = "
         f"{cfg['n_features']} features, {cfg['sparsity']}-sparse w* (entries +-1), Gaussian "
-        f"X; gradient flow (`fit(optimizer=\"flow\")`, rtol {FLOW_OPTIONS['rtol']:g}) from "
+        f'X; gradient flow (`fit(optimizer="flow")`, rtol {FLOW_OPTIONS["rtol"]:g}) from '
         f"u = v = alpha to train loss {TOL:g}. Means over {seeds} seed(s). Test error = "
         "||w - w*||^2 / ||w*||^2; 'vs limit' = ||w - w_alpha|| / ||w_alpha|| with w_alpha "
         "= `fastdmf.theory.diagonal_limit` (the exact limit, computed independently). "
@@ -214,15 +284,29 @@ def report(cfg, trans, rec, seconds) -> list[str]:
         body = []
         for alpha in cfg["alphas"]:
             s = summ[depth, alpha]
-            body.append([f"{alpha:g}", f"{s['test_error']:.3g}", f"{s['l1']:.4g}",
-                         f"{s['l2']:.4g}", f"{s['support']:.3g}", f"{s['limit_gap']:.1e}",
-                         f"{s['converged']}/{seeds}"])
+            body.append(
+                [
+                    f"{alpha:g}",
+                    f"{s['test_error']:.3g}",
+                    f"{s['l1']:.4g}",
+                    f"{s['l2']:.4g}",
+                    f"{s['support']:.3g}",
+                    f"{s['limit_gap']:.1e}",
+                    f"{s['converged']}/{seeds}",
+                ]
+            )
         lines += ["", f"## Depth {depth}", ""]
-        lines += markdown_table(["alpha", "test error", "‖w‖₁", "‖w‖₂", "support",
-                                 "vs limit", "converged"], body)
-    lines += ["", "## Recovery rate against n", "",
-              f"Fraction of {len(cfg['rec_seeds'])} seeds (problems drawn afresh, seeds "
-              f"1000+) with test error <= {RECOVERED:g}.", ""]
+        lines += markdown_table(
+            ["alpha", "test error", "‖w‖₁", "‖w‖₂", "support", "vs limit", "converged"], body
+        )
+    lines += [
+        "",
+        "## Recovery rate against n",
+        "",
+        f"Fraction of {len(cfg['rec_seeds'])} seeds (problems drawn afresh, seeds "
+        f"1000+) with test error <= {RECOVERED:g}.",
+        "",
+    ]
     methods = _rec_methods(cfg)
     header = ["n"] + [_rec_label(m, d, a) for m, d, a in methods]
     body = []
@@ -233,8 +317,10 @@ def report(cfg, trans, rec, seconds) -> list[str]:
 
 
 def _rec_methods(cfg) -> list[tuple]:
-    return ([("flow", d, a) for a in cfg["rec_alphas"] for d in cfg["depths"]]
-            + [("basis_pursuit", None, None), ("min_l2", None, None)])
+    return [("flow", d, a) for a in cfg["rec_alphas"] for d in cfg["depths"]] + [
+        ("basis_pursuit", None, None),
+        ("min_l2", None, None),
+    ]
 
 
 def _rec_label(method, depth, alpha) -> str:
@@ -242,9 +328,18 @@ def _rec_label(method, depth, alpha) -> str:
 
 
 def _rate(rec, n, method, depth, alpha) -> float:
-    return float(np.mean([r["recovered"] for r in rec if r["n_samples"] == n
-                          and r["method"] == method and r["depth"] == depth
-                          and r["alpha"] == alpha]))
+    return float(
+        np.mean(
+            [
+                r["recovered"]
+                for r in rec
+                if r["n_samples"] == n
+                and r["method"] == method
+                and r["depth"] == depth
+                and r["alpha"] == alpha
+            ]
+        )
+    )
 
 
 def _figures(out, cfg, trans, rec) -> None:
@@ -254,13 +349,19 @@ def _figures(out, cfg, trans, rec) -> None:
     summ = transition_summary(cfg, trans)
     alphas = np.asarray(cfg["alphas"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, title in zip(axes, ("test_error", "l1", "l2"),
-                              ("test error", "‖w‖₁", "‖w‖₂"), strict=True):
+    for ax, key, title in zip(
+        axes, ("test_error", "l1", "l2"), ("test error", "‖w‖₁", "‖w‖₂"), strict=True
+    ):
         for depth in cfg["depths"]:
-            ax.plot(alphas, [max(summ[depth, a][key], FLOOR) for a in alphas], "o-",
-                    label=f"depth {depth}")
-        ax.axhline(max(summ["basis_pursuit"][key], FLOOR), color="k", ls="--", lw=1,
-                   label="basis pursuit")
+            ax.plot(
+                alphas,
+                [max(summ[depth, a][key], FLOOR) for a in alphas],
+                "o-",
+                label=f"depth {depth}",
+            )
+        ax.axhline(
+            max(summ["basis_pursuit"][key], FLOOR), color="k", ls="--", lw=1, label="basis pursuit"
+        )
         ax.axhline(summ["min_l2"][key], color="gray", ls=":", lw=1, label="min ℓ2")
         ax.set_xscale("log")
         if key == "test_error":  # exact recovery (1e-30) drawn at the floor
@@ -275,8 +376,12 @@ def _figures(out, cfg, trans, rec) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = cfg["rec_samples"]
     for key in _rec_methods(cfg):
-        ax.plot(ns, [_rate(rec, n, *key) for n in ns], "o-" if key[0] == "flow" else "--",
-                label=_rec_label(*key))
+        ax.plot(
+            ns,
+            [_rate(rec, n, *key) for n in ns],
+            "o-" if key[0] == "flow" else "--",
+            label=_rec_label(*key),
+        )
     ax.set_xlabel("samples n")
     ax.set_ylabel("recovery rate")
     ax.set_title(f"d = {cfg['n_features']}, {cfg['sparsity']}-sparse")

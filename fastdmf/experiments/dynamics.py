@@ -27,8 +27,17 @@ from . import _report
 
 __all__ = ["reproduce_dynamics", "reproduce_razin_cohen", "half_rise_steps"]
 
-QUICK_DYNAMICS = dict(size=100, rank=5, n_observed=2000, depths=(1, 2, 3), init_scale=1e-3,
-                      lr=0.01, max_steps=200_000, record=1000, top_k=10)
+QUICK_DYNAMICS = dict(
+    size=100,
+    rank=5,
+    n_observed=2000,
+    depths=(1, 2, 3),
+    init_scale=1e-3,
+    lr=0.01,
+    max_steps=200_000,
+    record=1000,
+    top_k=10,
+)
 FULL_DYNAMICS = dict(QUICK_DYNAMICS, max_steps=400_000, record=500)
 
 QUICK_RC = dict(tol=1e-3, max_steps=2_000_000, std=8e-3, lr=3e-3, seed=0, records=50)
@@ -64,8 +73,14 @@ def half_rise_steps(steps, values, k: int = 5) -> list[float]:
     return out
 
 
-def reproduce_dynamics(out="fastdmf-dynamics", full: bool = False, depths=None, seed: int = 0,
-                       config: dict | None = None, progress: bool = True) -> dict:
+def reproduce_dynamics(
+    out="fastdmf-dynamics",
+    full: bool = False,
+    depths=None,
+    seed: int = 0,
+    config: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Figure 3: top-10 singular values of W against the step, plain GD (lr 0.01) from an
     identity init (scale 1e-3), depths 1, 2, 3, on the paper's completion problem (100 x 100,
     rank 5, 2000 observed entries).
@@ -92,34 +107,63 @@ def reproduce_dynamics(out="fastdmf-dynamics", full: bool = False, depths=None, 
     depths = tuple(depths or cfg["depths"])
     say = _report.say(progress)
     # the paper's completion problem (experiments.paper.make_problem("completion", ...))
-    problem = synthetic_completion(shape=(cfg["size"], cfg["size"]), rank=cfg["rank"],
-                                   n_observed=cfg["n_observed"], seed=seed)
-    say(f"dynamics: {problem}, plain GD lr {cfg['lr']:g}, identity init {cfg['init_scale']:g}, "
-        f"{cfg['max_steps']:,} steps")
+    problem = synthetic_completion(
+        shape=(cfg["size"], cfg["size"]), rank=cfg["rank"], n_observed=cfg["n_observed"], seed=seed
+    )
+    say(
+        f"dynamics: {problem}, plain GD lr {cfg['lr']:g}, identity init {cfg['init_scale']:g}, "
+        f"{cfg['max_steps']:,} steps"
+    )
     results, rows, table = {}, [], []
     for depth in depths:
         t0 = time.perf_counter()
-        res = fit(problem, depth, init="identity", init_scale=cfg["init_scale"],
-                  optimizer="gd", lr=cfg["lr"], max_steps=cfg["max_steps"], tol=0,
-                  record=cfg["record"], top_k=cfg["top_k"], seed=seed)
+        res = fit(
+            problem,
+            depth,
+            init="identity",
+            init_scale=cfg["init_scale"],
+            optimizer="gd",
+            lr=cfg["lr"],
+            max_steps=cfg["max_steps"],
+            tol=0,
+            record=cfg["record"],
+            top_k=cfg["top_k"],
+            seed=seed,
+        )
         traj = res.trajectory
         half = half_rise_steps(traj.step, traj.singular_values, 5)
-        say(f"  depth {depth}: {res.n_steps:,} steps in {time.perf_counter() - t0:.1f} s, "
+        say(
+            f"  depth {depth}: {res.n_steps:,} steps in {time.perf_counter() - t0:.1f} s, "
             f"train loss {res.train_loss:.2e}, half-rise steps "
-            + ", ".join(f"{h:,.0f}" for h in half))
-        results[depth] = {"step": traj.step, "train_loss": traj.train_loss,
-                          "singular_values": traj.singular_values, "half_rise": half,
-                          "status": res.status}
+            + ", ".join(f"{h:,.0f}" for h in half)
+        )
+        results[depth] = {
+            "step": traj.step,
+            "train_loss": traj.train_loss,
+            "singular_values": traj.singular_values,
+            "half_rise": half,
+            "status": res.status,
+        }
         for k in range(len(traj)):
-            rows.append({"depth": depth, "step": int(traj.step[k]),
-                         "train_loss": float(traj.train_loss[k]),
-                         **{f"sigma_{i + 1}": float(s)
-                            for i, s in enumerate(traj.singular_values[k])}})
+            rows.append(
+                {
+                    "depth": depth,
+                    "step": int(traj.step[k]),
+                    "train_loss": float(traj.train_loss[k]),
+                    **{f"sigma_{i + 1}": float(s) for i, s in enumerate(traj.singular_values[k])},
+                }
+            )
         final = traj.singular_values[-1]
-        table.append({"depth": depth, "train_loss": res.train_loss,
-                      **{f"half_rise_{i + 1}": h for i, h in enumerate(half)},
-                      "sigma_6_over_sigma_5": float(final[5] / final[4]) if final.size > 5
-                      else float("nan")})
+        table.append(
+            {
+                "depth": depth,
+                "train_loss": res.train_loss,
+                **{f"half_rise_{i + 1}": h for i, h in enumerate(half)},
+                "sigma_6_over_sigma_5": float(final[5] / final[4])
+                if final.size > 5
+                else float("nan"),
+            }
+        )
     out = _report.ensure_dir(out)
     _report.write_csv(os.path.join(out, "dynamics.csv"), rows)
     _report.write_csv(os.path.join(out, "stagger.csv"), table)
@@ -130,18 +174,30 @@ def reproduce_dynamics(out="fastdmf-dynamics", full: bool = False, depths=None, 
 
 
 def _dynamics_md(problem, cfg, table):
-    lines = ["# Singular values of W against the step (Figure 3)", "",
-             f"{problem}; plain GD lr {cfg['lr']:g}, identity init of scale "
-             f"{cfg['init_scale']:g}, {cfg['max_steps']:,} steps, a record every "
-             f"{cfg['record']:,}.", "",
-             "Step at which each of the top five singular values first reaches half its final "
-             "value (interpolated between records); sigma_6 / sigma_5 at the end shows how far "
-             "the rest stay below.", ""]
-    body = [[t["depth"], f"{t['train_loss']:.2e}",
-             *(f"{t.get(f'half_rise_{i}', float('nan')):,.0f}" for i in range(1, 6)),
-             f"{t['sigma_6_over_sigma_5']:.2e}"] for t in table]
+    lines = [
+        "# Singular values of W against the step (Figure 3)",
+        "",
+        f"{problem}; plain GD lr {cfg['lr']:g}, identity init of scale "
+        f"{cfg['init_scale']:g}, {cfg['max_steps']:,} steps, a record every "
+        f"{cfg['record']:,}.",
+        "",
+        "Step at which each of the top five singular values first reaches half its final "
+        "value (interpolated between records); sigma_6 / sigma_5 at the end shows how far "
+        "the rest stay below.",
+        "",
+    ]
+    body = [
+        [
+            t["depth"],
+            f"{t['train_loss']:.2e}",
+            *(f"{t.get(f'half_rise_{i}', float('nan')):,.0f}" for i in range(1, 6)),
+            f"{t['sigma_6_over_sigma_5']:.2e}",
+        ]
+        for t in table
+    ]
     return lines + _report.markdown_table(
-        ["depth", "final loss", *(f"sigma_{i}" for i in range(1, 6)), "sigma_6/sigma_5"], body)
+        ["depth", "final loss", *(f"sigma_{i}" for i in range(1, 6)), "sigma_6/sigma_5"], body
+    )
 
 
 def _dynamics_figure(out, results):
@@ -157,8 +213,9 @@ def _dynamics_figure(out, results):
     plt.close(fig)
 
 
-def reproduce_razin_cohen(out="fastdmf-razin-cohen", full: bool = False,
-                          config: dict | None = None, progress: bool = True) -> list[dict]:
+def reproduce_razin_cohen(
+    out="fastdmf-razin-cohen", full: bool = False, config: dict | None = None, progress: bool = True
+) -> list[dict]:
     """Razin & Cohen (2020): complete [[?, 1], [1, 0]] with a depth-3 factorization.
 
     Each 2 x 2 factor starts i.i.d. N(0, 0.008^2); plain GD with lr 3e-3 runs until the train
@@ -183,42 +240,87 @@ def reproduce_razin_cohen(out="fastdmf-razin-cohen", full: bool = False,
     problem = completion([0, 1, 1], [1, 0, 1], [1.0, 1.0, 0.0], shape=(2, 2))
     rng = np.random.default_rng(cfg["seed"])
     init = [rng.normal(0.0, cfg["std"], size=(2, 2)) for _ in range(3)]
-    say(f"razin-cohen: [[?, 1], [1, 0]], depth 3, init N(0, {cfg['std']:g}^2), GD lr "
-        f"{cfg['lr']:g}, until loss {cfg['tol']:g}")
+    say(
+        f"razin-cohen: [[?, 1], [1, 0]], depth 3, init N(0, {cfg['std']:g}^2), GD lr "
+        f"{cfg['lr']:g}, until loss {cfg['tol']:g}"
+    )
     mats = {0: end_to_end(init)}
 
     def keep(record):
         mats[int(record["step"])] = end_to_end(record["factors"])
 
     t0 = time.perf_counter()
-    res = fit(problem, 3, init=init, optimizer="gd", lr=cfg["lr"], tol=cfg["tol"],
-              max_steps=cfg["max_steps"], record=("log", cfg["records"]), callback=keep,
-              seed=cfg["seed"], validation=None, offsets=None)  # the paper's plain fit
+    res = fit(
+        problem,
+        3,
+        init=init,
+        optimizer="gd",
+        lr=cfg["lr"],
+        tol=cfg["tol"],
+        max_steps=cfg["max_steps"],
+        record=("log", cfg["records"]),
+        callback=keep,
+        seed=cfg["seed"],
+        validation=None,
+        offsets=None,
+    )  # the paper's plain fit
     mats[res.n_steps] = res.matrix()
     traj = res.trajectory
     rows = []
     for k in range(len(traj)):
         w = mats[int(traj.step[k])]
         sv = np.linalg.svd(w, compute_uv=False)
-        rows.append({"step": int(traj.step[k]), "train_loss": float(traj.train_loss[k]),
-                     "unobserved": float(w[0, 0]), "frobenius": float(np.linalg.norm(w)),
-                     "nuclear": float(sv.sum()), "sigma_min": float(sv[-1]),
-                     "sigma_ratio": float(sv[-1] / sv[0])})
+        rows.append(
+            {
+                "step": int(traj.step[k]),
+                "train_loss": float(traj.train_loss[k]),
+                "unobserved": float(w[0, 0]),
+                "frobenius": float(np.linalg.norm(w)),
+                "nuclear": float(sv.sum()),
+                "sigma_min": float(sv[-1]),
+                "sigma_ratio": float(sv[-1] / sv[0]),
+            }
+        )
     last = rows[-1]
-    say(f"  {res.n_steps:,} steps in {time.perf_counter() - t0:.1f} s ({res.status}): "
-        f"W[0,0] = {last['unobserved']:.2f}, sigma_min = {last['sigma_min']:.2e}")
+    say(
+        f"  {res.n_steps:,} steps in {time.perf_counter() - t0:.1f} s ({res.status}): "
+        f"W[0,0] = {last['unobserved']:.2f}, sigma_min = {last['sigma_min']:.2e}"
+    )
     out = _report.ensure_dir(out)
     _report.write_csv(os.path.join(out, "razin_cohen.csv"), rows)
-    lines = ["# Razin & Cohen (2020): completing [[?, 1], [1, 0]] at depth 3", "",
-             f"Init N(0, {cfg['std']:g}^2) per factor entry (seed {cfg['seed']}), plain GD lr "
-             f"{cfg['lr']:g}, stop at train loss {cfg['tol']:g}: {res.status} after "
-             f"{res.n_steps:,} steps. Published: |W[0,0]| about 60-70 at loss 1e-4 while the "
-             "distance to rank 1 goes to 0.", ""]
-    body = [[f"{r['step']:,}", f"{r['train_loss']:.3e}", f"{r['unobserved']:.4g}",
-             f"{r['frobenius']:.4g}", f"{r['nuclear']:.4g}", f"{r['sigma_min']:.3e}",
-             f"{r['sigma_ratio']:.3e}"] for r in rows]
-    lines += _report.markdown_table(["step", "train loss", "W[0,0] (unobserved)", "Frobenius",
-                                     "nuclear", "sigma_min", "sigma_min/sigma_max"], body)
+    lines = [
+        "# Razin & Cohen (2020): completing [[?, 1], [1, 0]] at depth 3",
+        "",
+        f"Init N(0, {cfg['std']:g}^2) per factor entry (seed {cfg['seed']}), plain GD lr "
+        f"{cfg['lr']:g}, stop at train loss {cfg['tol']:g}: {res.status} after "
+        f"{res.n_steps:,} steps. Published: |W[0,0]| about 60-70 at loss 1e-4 while the "
+        "distance to rank 1 goes to 0.",
+        "",
+    ]
+    body = [
+        [
+            f"{r['step']:,}",
+            f"{r['train_loss']:.3e}",
+            f"{r['unobserved']:.4g}",
+            f"{r['frobenius']:.4g}",
+            f"{r['nuclear']:.4g}",
+            f"{r['sigma_min']:.3e}",
+            f"{r['sigma_ratio']:.3e}",
+        ]
+        for r in rows
+    ]
+    lines += _report.markdown_table(
+        [
+            "step",
+            "train loss",
+            "W[0,0] (unobserved)",
+            "Frobenius",
+            "nuclear",
+            "sigma_min",
+            "sigma_min/sigma_max",
+        ],
+        body,
+    )
     _report.write_md(os.path.join(out, "razin_cohen.md"), lines)
     _rc_figure(out, rows)
     return rows

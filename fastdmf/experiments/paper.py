@@ -63,6 +63,7 @@ __all__ = [
     "reproduce_razin_cohen",
 ]
 
+
 @dataclass(frozen=True)
 class Grid:
     """The settings of one experiment: problems x methods x trials.
@@ -108,11 +109,16 @@ class Grid:
 
     def trials(self, kind: str) -> list[dict]:
         sensing = kind == "sensing"
-        scales = self.sensing_init_scales if sensing and self.sensing_init_scales \
-            else self.init_scales
+        scales = (
+            self.sensing_init_scales if sensing and self.sensing_init_scales else self.init_scales
+        )
         seeds = self.sensing_seeds if sensing and self.sensing_seeds else self.seeds
-        return [{"seed": int(s), "init_scale": float(a), "lr": float(r)}
-                for a in scales for r in self.lrs for s in seeds]
+        return [
+            {"seed": int(s), "init_scale": float(a), "lr": float(r)}
+            for a in scales
+            for r in self.lrs
+            for s in seeds
+        ]
 
 
 # Quick sensing stand-in: a sensing step streams the whole p x (m n) operator (16 ms at
@@ -124,9 +130,12 @@ QUICK_SENSING = {"size": 50, "rank": 2, "n_observed": {2000: 400, 5000: 1000}}
 # quick: one init scale and learning rate, two seeds (one for sensing, at the stand-in size);
 # full: the paper's grid at the paper's sizes
 QUICK = Grid(sensing_seeds=(0,), sensing_problem=QUICK_SENSING)
-FULL = Grid(init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
-            sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
-            lrs=(1e-3, 3e-4), seeds=(0, 1, 2))
+FULL = Grid(
+    init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
+    sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
+    lrs=(1e-3, 3e-4),
+    seeds=(0, 1, 2),
+)
 
 
 def make_problem(kind: str, n_observed: int, size: int = 100, rank: int = 5, seed: int = 0):
@@ -139,11 +148,11 @@ def make_problem(kind: str, n_observed: int, size: int = 100, rank: int = 5, see
     CompletionProblem(20x20, 150 observed, with ground truth)
     """
     if kind == "completion":
-        return synthetic_completion(shape=(size, size), rank=rank, n_observed=n_observed,
-                                    seed=seed)
+        return synthetic_completion(shape=(size, size), rank=rank, n_observed=n_observed, seed=seed)
     if kind == "sensing":
-        return synthetic_sensing(shape=(size, size), rank=rank, n_measurements=n_observed,
-                                 seed=seed)
+        return synthetic_sensing(
+            shape=(size, size), rank=rank, n_measurements=n_observed, seed=seed
+        )
     raise ValueError(f"unknown problem kind {kind!r}; choose from {list(KINDS)}")
 
 
@@ -186,20 +195,32 @@ def depth_method(depth: int):
     """The method "depth-N factorization": ``method(problem, trials, grid) -> rows``."""
 
     def run(problem, trials, grid):
-        common = dict(init=grid.init, optimizer=grid.optimizer, tol=grid.tol,
-                      max_steps=grid.max_steps, record=None,
-                      optimizer_options=grid.optimizer_options)
+        common = dict(
+            init=grid.init,
+            optimizer=grid.optimizer,
+            tol=grid.tol,
+            max_steps=grid.max_steps,
+            record=None,
+            optimizer_options=grid.optimizer_options,
+        )
         if grid.is_flow:
             common["max_time"] = grid.max_time
         t0, c0 = time.perf_counter(), time.process_time()
         from ..batch import fit_batch  # completion and sensing, all trials together
 
-        results = fit_batch(problem, depth, seeds=[t["seed"] for t in trials],
-                            init_scale=[t["init_scale"] for t in trials],
-                            lr=[t["lr"] for t in trials], **common)
+        results = fit_batch(
+            problem,
+            depth,
+            seeds=[t["seed"] for t in trials],
+            init_scale=[t["init_scale"] for t in trials],
+            lr=[t["lr"] for t in trials],
+            **common,
+        )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return [{**t, **_fit_row(r), "wall_s": wall / len(trials), "cpu_s": cpu / len(trials)}
-                for t, r in zip(trials, results, strict=True)]
+        return [
+            {**t, **_fit_row(r), "wall_s": wall / len(trials), "cpu_s": cpu / len(trials)}
+            for t, r in zip(trials, results, strict=True)
+        ]
 
     run.__name__ = f"depth{depth}"
     return run
@@ -214,10 +235,19 @@ def nuclear_method(problem, trials, grid):
     t0, c0 = time.perf_counter(), time.process_time()
     result = nuclear_norm(problem)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return [{"seed": None, "init_scale": None, "lr": None, "status": result.status,
-             "steps": int(result.n_steps), "evals": int(result.n_steps),  # solver iterations
-             **matrix_metrics(result.matrix(), problem),
-             "wall_s": wall, "cpu_s": cpu}]
+    return [
+        {
+            "seed": None,
+            "init_scale": None,
+            "lr": None,
+            "status": result.status,
+            "steps": int(result.n_steps),
+            "evals": int(result.n_steps),  # solver iterations
+            **matrix_metrics(result.matrix(), problem),
+            "wall_s": wall,
+            "cpu_s": cpu,
+        }
+    ]
 
 
 METHODS = {"nuclear": nuclear_method, **{f"depth{n}": depth_method(n) for n in (1, 2, 3, 4)}}
@@ -238,9 +268,11 @@ def _check_available(grid):
         except ModuleNotFoundError as exc:
             if exc.name != "fastdmf.baselines":
                 raise
-            raise ImportError("the nuclear-norm baseline (fastdmf.baselines) is not in this "
-                              "build; leave it out with --methods depth1,depth2,depth3,depth4 "
-                              "(methods= in Python)") from None
+            raise ImportError(
+                "the nuclear-norm baseline (fastdmf.baselines) is not in this "
+                "build; leave it out with --methods depth1,depth2,depth3,depth4 "
+                "(methods= in Python)"
+            ) from None
     if "sensing" in grid.kinds and any(m != "nuclear" for m in grid.methods):
         from ..api import fit
 
@@ -248,9 +280,11 @@ def _check_available(grid):
         try:
             fit(tiny, 1, max_steps=1, record=None, seed=0)
         except (TypeError, ValueError) as exc:
-            raise ImportError("fastdmf.fit does not take sensing problems in this build "
-                              f"({exc}); leave them out with --kinds completion (kinds= in "
-                              "Python)") from None
+            raise ImportError(
+                "fastdmf.fit does not take sensing problems in this build "
+                f"({exc}); leave them out with --kinds completion (kinds= in "
+                "Python)"
+            ) from None
 
 
 def run_grid(grid: Grid, progress: bool = True, save=None) -> list[dict]:
@@ -276,17 +310,30 @@ def run_grid(grid: Grid, progress: bool = True, save=None) -> list[dict]:
                 say(f"  {kind} {n_obs} obs, {name}: {len(trials)} trial(s) ...")
                 t0 = time.perf_counter()
                 got = METHODS[name](problem, trials, grid)
-                say(f"    {time.perf_counter() - t0:.1f} s, reconstruction error "
+                say(
+                    f"    {time.perf_counter() - t0:.1f} s, reconstruction error "
                     + ", ".join(f"{r['recon_error']:.3g}" for r in got[:8])
-                    + (" ..." if len(got) > 8 else ""))
-                rows += [{"kind": kind, "size": size, "rank": rank, "n_observed": n_obs,
-                          "measurements": count, "method": name, **r} for r in got]
+                    + (" ..." if len(got) > 8 else "")
+                )
+                rows += [
+                    {
+                        "kind": kind,
+                        "size": size,
+                        "rank": rank,
+                        "n_observed": n_obs,
+                        "measurements": count,
+                        "method": name,
+                        **r,
+                    }
+                    for r in got
+                ]
                 if save is not None:
                     _report.write_csv(save, rows)
     return rows
 
 
 # ------------------------------------------------------------------------------ aggregation
+
 
 def _rows_from(runs, grid):
     """Trial rows of an earlier run (a list or the path of its runs.csv) limited to the
@@ -295,12 +342,15 @@ def _rows_from(runs, grid):
     needed = ("kind", "method", "n_observed")
     lacking = sorted({c for r in rows for c in needed if c not in r})
     if lacking:
-        raise ValueError(f"runs= rows lack the column(s) {lacking}: give the runs.csv that "
-                         "fastdmf reproduce table / init-scale wrote")
+        raise ValueError(
+            f"runs= rows lack the column(s) {lacking}: give the runs.csv that "
+            "fastdmf reproduce table / init-scale wrote"
+        )
     keep = [r for r in rows if r["kind"] in grid.kinds and r["method"] in grid.methods]
     if not keep:
-        raise ValueError(f"runs= holds no rows of kinds {list(grid.kinds)} and methods "
-                         f"{list(grid.methods)}")
+        raise ValueError(
+            f"runs= holds no rows of kinds {list(grid.kinds)} and methods {list(grid.methods)}"
+        )
     return keep, replace(grid, n_observed=tuple(sorted({r["n_observed"] for r in keep})))
 
 
@@ -308,8 +358,10 @@ def _run_or_load(name, grid, full, out, runs, progress):
     """Run ``grid`` (or read the trial rows of an earlier run, ``runs``) into ``out``:
     ``(grid, rows, summary, wall_s or None, out, say)``, with ``out/runs.csv`` written."""
     say = _report.say(progress)
-    say(f"{name}: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
-        f"{','.join(grid.methods)}")
+    say(
+        f"{name}: {'full' if full else 'quick'} grid, kinds {','.join(grid.kinds)}, methods "
+        f"{','.join(grid.methods)}"
+    )
     t0 = time.perf_counter()
     out = _report.ensure_dir(out)
     if runs is None:
@@ -335,9 +387,16 @@ def _prepare(base, full_base, full, kinds, methods, grid, optimizer=None):
     return grid
 
 
-def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods=None,
-                    grid: Grid | None = None, runs=None, progress: bool = True,
-                    optimizer: str | None = None) -> dict:
+def reproduce_table(
+    out="fastdmf-table",
+    full: bool = False,
+    kinds=None,
+    methods=None,
+    grid: Grid | None = None,
+    runs=None,
+    progress: bool = True,
+    optimizer: str | None = None,
+) -> dict:
     """The paper's table: reconstruction error, nuclear norm and effective rank of depth-1..4
     factorizations and of nuclear-norm minimisation, for completion and sensing from 2000
     and 5000 observations, beside the published numbers.
@@ -376,17 +435,23 @@ def reproduce_table(out="fastdmf-table", full: bool = False, kinds=None, methods
     ['depth2']
     """
     grid = _prepare(QUICK, FULL, full, kinds, methods, grid, optimizer)
-    grid, rows, summary, wall, out, say = _run_or_load("table", grid, full, out, runs,
-                                                       progress)
+    grid, rows, summary, wall, out, say = _run_or_load("table", grid, full, out, runs, progress)
     _report.write_csv(os.path.join(out, "table.csv"), summary)
     _report.write_md(os.path.join(out, "table.md"), table_md(grid, summary, wall))
     say(f"  tables in {out}" + (f" ({wall:.1f} s)" if wall is not None else ""))
     return {"runs": rows, "summary": summary, "wall_s": wall}
 
 
-def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=None,
-                         methods=None, grid: Grid | None = None, runs=None,
-                         progress: bool = True, optimizer: str | None = None) -> dict:
+def reproduce_init_scale(
+    out="fastdmf-init-scale",
+    full: bool = False,
+    kinds=None,
+    methods=None,
+    grid: Grid | None = None,
+    runs=None,
+    progress: bool = True,
+    optimizer: str | None = None,
+) -> dict:
     """Figure 2 of the paper: reconstruction error, nuclear norm and effective rank against
     the init scale, one line per depth (and lr), the nuclear-norm minimiser's values as
     horizontal lines. With smaller init the factorizations' nuclear norm rises above the
@@ -406,11 +471,16 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
     [0.001, 0.01]
     """
     grid = _prepare(QUICK_INIT_SCALE, FULL_INIT_SCALE, full, kinds, methods, grid, optimizer)
-    grid, rows, summary, wall, out, say = _run_or_load("init-scale", grid, full, out, runs,
-                                                       progress)
+    grid, rows, summary, wall, out, say = _run_or_load(
+        "init-scale", grid, full, out, runs, progress
+    )
     _report.write_csv(os.path.join(out, "init_scale.csv"), summary)
-    lines = ["# Reconstruction error, nuclear norm and effective rank against init scale", "",
-             *grid_lines(grid, wall), ""]
+    lines = [
+        "# Reconstruction error, nuclear norm and effective rank against init scale",
+        "",
+        *grid_lines(grid, wall),
+        "",
+    ]
     for kind in grid.kinds:
         for n_obs in grid.n_observed:
             cell = [s for s in summary if (s["kind"], s["n_observed"]) == (kind, n_obs)]
@@ -425,8 +495,12 @@ def reproduce_init_scale(out="fastdmf-init-scale", full: bool = False, kinds=Non
 
 
 FULL_INIT_SCALE = replace(FULL, methods=("nuclear", "depth2", "depth3", "depth4"))
-QUICK_INIT_SCALE = Grid(n_observed=(2000,), methods=("nuclear", "depth2", "depth3", "depth4"),
-                        lrs=(1e-3,),
-                        init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
-                        sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7), seeds=(0,),
-                        sensing_problem=QUICK_SENSING)
+QUICK_INIT_SCALE = Grid(
+    n_observed=(2000,),
+    methods=("nuclear", "depth2", "depth3", "depth4"),
+    lrs=(1e-3,),
+    init_scales=(1e-3, 1e-4, 1e-5, 1e-6),
+    sensing_init_scales=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
+    seeds=(0,),
+    sensing_problem=QUICK_SENSING,
+)

@@ -16,10 +16,18 @@ KINDS = ("completion", "sensing")
 # DESIGN.md section 3 (the paper's section 5 and appendix): completion, 100 x 100, rank 5.
 # 5000 observations: every method recovers W* (no single number published).
 PUBLISHED = {
-    ("completion", 2000): {"nuclear": 1.06e-1, "depth1": 8.19e-1, "depth2": 5.92e-2,
-                           "depth3": 2.58e-5},
-    ("completion", 5000): {"nuclear": "recovers", "depth2": "recovers", "depth3": "recovers",
-                           "depth4": "recovers"},
+    ("completion", 2000): {
+        "nuclear": 1.06e-1,
+        "depth1": 8.19e-1,
+        "depth2": 5.92e-2,
+        "depth3": 2.58e-5,
+    },
+    ("completion", 5000): {
+        "nuclear": "recovers",
+        "depth2": "recovers",
+        "depth3": "recovers",
+        "depth4": "recovers",
+    },
 }
 
 
@@ -50,14 +58,19 @@ def summarize(rows: list[dict]) -> list[dict]:
 def _metric_cells(s):
     """Mean ± std cells of the metrics (the nuclear norm to 5 digits: its changes with the
     init scale are small against its size)."""
-    return [_report.fmt_mean_std(s[f"{m}_mean"], s[f"{m}_std"], s["n_seeds"],
-                                 5 if m == "nuclear_norm" else 3) for m in _METRICS]
+    return [
+        _report.fmt_mean_std(
+            s[f"{m}_mean"], s[f"{m}_std"], s["n_seeds"], 5 if m == "nuclear_norm" else 3
+        )
+        for m in _METRICS
+    ]
 
 
 def _best(summary, kind, n_obs, method):
     """The (init, lr) group with the smallest mean reconstruction error for one cell."""
-    cands = [s for s in summary if (s["kind"], s["n_observed"], s["method"]) ==
-             (kind, n_obs, method)]
+    cands = [
+        s for s in summary if (s["kind"], s["n_observed"], s["method"]) == (kind, n_obs, method)
+    ]
     return min(cands, key=lambda s: s["recon_error_mean"]) if cands else None
 
 
@@ -74,27 +87,42 @@ def _published(kind, n_obs, method):
 
 def grid_lines(grid, wall):
     if wall is None:
-        return ["Rows read from an earlier run (runs=); the settings of each trial are in "
-                "runs.csv."]
+        return [
+            "Rows read from an earlier run (runs=); the settings of each trial are in runs.csv."
+        ]
     g = asdict(grid)
     sub = grid.sensing_problem if "sensing" in grid.kinds else None
     return [
         f"Problems: {g['size']}x{g['size']}, rank {g['rank']}, problem seed "
         f"{g['problem_seed']}; kinds {', '.join(grid.kinds)}; observations "
         f"{', '.join(map(str, grid.n_observed))}.",
-        *([f"Sensing runs on a {sub['size']}x{sub['size']} rank-{sub['rank']} stand-in with "
-           + ", ".join(f"{v} measurements in the {k} column" for k, v in
-                       sub["n_observed"].items())
-           + " (the paper's ratio of measurements to degrees of freedom; `--full` runs the "
-           "paper's 100x100 problems)."] if sub else []),
+        *(
+            [
+                f"Sensing runs on a {sub['size']}x{sub['size']} rank-{sub['rank']} stand-in with "
+                + ", ".join(
+                    f"{v} measurements in the {k} column" for k, v in sub["n_observed"].items()
+                )
+                + " (the paper's ratio of measurements to degrees of freedom; `--full` runs the "
+                "paper's 100x100 problems)."
+            ]
+            if sub
+            else []
+        ),
         f"Factorizations: {grid.init} init, scales {', '.join(f'{a:g}' for a in grid.init_scales)}"
-        + (f" (sensing: {', '.join(f'{a:g}' for a in grid.sensing_init_scales)})"
-           if grid.sensing_init_scales and "sensing" in grid.kinds else "")
+        + (
+            f" (sensing: {', '.join(f'{a:g}' for a in grid.sensing_init_scales)})"
+            if grid.sensing_init_scales and "sensing" in grid.kinds
+            else ""
+        )
         + f"; {grid.optimizer} lr {', '.join(f'{r:g}' for r in grid.lrs)}; seeds "
         f"{', '.join(map(str, grid.seeds))}"
-        + (f" (sensing: {', '.join(map(str, grid.sensing_seeds))})"
-           if grid.sensing_seeds and "sensing" in grid.kinds else "")
-        + " (vary the initialisation); " + _stop_rule(grid),
+        + (
+            f" (sensing: {', '.join(map(str, grid.sensing_seeds))})"
+            if grid.sensing_seeds and "sensing" in grid.kinds
+            else ""
+        )
+        + " (vary the initialisation); "
+        + _stop_rule(grid),
         f"Wall time of the fits: {wall:.1f} s.",
     ]
 
@@ -102,11 +130,13 @@ def grid_lines(grid, wall):
 def _stop_rule(grid) -> str:
     if grid.is_flow:
         rtol = (grid.optimizer_options or {}).get("rtol")
-        return (f"the gradient flow itself ({grid.optimizer}"
-                + (f", rtol {rtol:g}" if rtol is not None else ", default tolerances")
-                + "; lr is the first trial step), integrated until train loss "
-                f"{grid.tol:g}, flow time {grid.max_time:g} or {grid.max_steps:,} gradient "
-                "evaluations.")
+        return (
+            f"the gradient flow itself ({grid.optimizer}"
+            + (f", rtol {rtol:g}" if rtol is not None else ", default tolerances")
+            + "; lr is the first trial step), integrated until train loss "
+            f"{grid.tol:g}, flow time {grid.max_time:g} or {grid.max_steps:,} gradient "
+            "evaluations."
+        )
     return f"stop at train loss {grid.tol:g} or {grid.max_steps:,} steps."
 
 
@@ -123,12 +153,16 @@ def pending_lines(grid):
 
 
 def table_md(grid, summary, wall):
-    lines = ["# Deep matrix factorization against nuclear-norm minimisation", "",
-             *grid_lines(grid, wall), "",
-             "Reconstruction error ||W - W*||_F^2 / ||W*||_F^2 at the end of each fit, mean ± "
-             "std over seeds; for each cell the (init scale, lr) with the smallest mean error "
-             "(all settings in the second table). Published: DESIGN.md section 3 (the paper's "
-             "section 5)."]
+    lines = [
+        "# Deep matrix factorization against nuclear-norm minimisation",
+        "",
+        *grid_lines(grid, wall),
+        "",
+        "Reconstruction error ||W - W*||_F^2 / ||W*||_F^2 at the end of each fit, mean ± "
+        "std over seeds; for each cell the (init scale, lr) with the smallest mean error "
+        "(all settings in the second table). Published: DESIGN.md section 3 (the paper's "
+        "section 5).",
+    ]
     for kind in KINDS:
         lines += ["", f"## {kind}", ""]
         if kind not in grid.kinds:
@@ -145,20 +179,46 @@ def table_md(grid, summary, wall):
                 if best is None:
                     row += ["pending (not run)", "", _published(kind, n_obs, name)]
                     continue
-                row += [_report.fmt_mean_std(best["recon_error_mean"], best["recon_error_std"],
-                                             best["n_seeds"]),
-                        _setting(best), _published(kind, n_obs, name)]
+                row += [
+                    _report.fmt_mean_std(
+                        best["recon_error_mean"], best["recon_error_std"], best["n_seeds"]
+                    ),
+                    _setting(best),
+                    _published(kind, n_obs, name),
+                ]
             body.append(row)
         lines += _report.markdown_table(header, body)
     lines += ["", "## Every setting", ""]
-    body = [[s["kind"], s["n_observed"], s["method"],
-             "" if s["init_scale"] is None else f"{s['init_scale']:g}",
-             "" if s["lr"] is None else f"{s['lr']:g}",
-             f"{s['converged']}/{s['n_seeds']}", f"{s['steps_mean']:,.0f}",
-             f"{s['evals_mean']:,.0f}", *_metric_cells(s)] for s in summary]
+    body = [
+        [
+            s["kind"],
+            s["n_observed"],
+            s["method"],
+            "" if s["init_scale"] is None else f"{s['init_scale']:g}",
+            "" if s["lr"] is None else f"{s['lr']:g}",
+            f"{s['converged']}/{s['n_seeds']}",
+            f"{s['steps_mean']:,.0f}",
+            f"{s['evals_mean']:,.0f}",
+            *_metric_cells(s),
+        ]
+        for s in summary
+    ]
     lines += _report.markdown_table(
-        ["kind", "obs", "method", "init", "lr", "converged", "steps", "evals",
-         "recon. error", "nuclear norm", "eff. rank"], body)
+        [
+            "kind",
+            "obs",
+            "method",
+            "init",
+            "lr",
+            "converged",
+            "steps",
+            "evals",
+            "recon. error",
+            "nuclear norm",
+            "eff. rank",
+        ],
+        body,
+    )
     pending = pending_lines(grid)
     if pending:
         lines += ["", "## Pending", "", *pending]
@@ -169,9 +229,15 @@ def init_scale_table(cell):
     header = ["method", "init", "lr", "seeds", "recon. error", "nuclear norm", "eff. rank"]
     body = []
     for s in sorted(cell, key=lambda s: (s["method"], -(s["init_scale"] or 0), s["lr"] or 0)):
-        body.append([s["method"], "-" if s["init_scale"] is None else f"{s['init_scale']:g}",
-                     "-" if s["lr"] is None else f"{s['lr']:g}", s["n_seeds"],
-                     *_metric_cells(s)])
+        body.append(
+            [
+                s["method"],
+                "-" if s["init_scale"] is None else f"{s['init_scale']:g}",
+                "-" if s["lr"] is None else f"{s['lr']:g}",
+                s["n_seeds"],
+                *_metric_cells(s),
+            ]
+        )
     return _report.markdown_table(header, body)
 
 
@@ -180,14 +246,18 @@ def init_scale_figure(out, kind, n_obs, cell):
     if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    titles = {"recon_error": "reconstruction error", "nuclear_norm": "nuclear norm",
-              "effective_rank": "effective rank"}
+    titles = {
+        "recon_error": "reconstruction error",
+        "nuclear_norm": "nuclear norm",
+        "effective_rank": "effective rank",
+    }
     styles = ["-", "--", ":", "-."]
     lrs = sorted({s["lr"] for s in cell if s["lr"] is not None}, reverse=True)
     for ax, metric in zip(axes, _METRICS, strict=True):
         for name in METHOD_NAMES:
-            pts = sorted((s for s in cell if s["method"] == name), key=lambda s: s["init_scale"]
-                         or 0)
+            pts = sorted(
+                (s for s in cell if s["method"] == name), key=lambda s: s["init_scale"] or 0
+            )
             if not pts:
                 continue
             if name == "nuclear":
@@ -195,10 +265,15 @@ def init_scale_figure(out, kind, n_obs, cell):
                 continue
             for k, lr in enumerate(lrs):
                 sel = [s for s in pts if s["lr"] == lr]
-                ax.errorbar([s["init_scale"] for s in sel], [s[f"{metric}_mean"] for s in sel],
-                            yerr=[s[f"{metric}_std"] for s in sel], marker="o",
-                            ls=styles[k % len(styles)], color=f"C{int(name[-1])}",
-                            label=f"{name}, lr {lr:g}")
+                ax.errorbar(
+                    [s["init_scale"] for s in sel],
+                    [s[f"{metric}_mean"] for s in sel],
+                    yerr=[s[f"{metric}_std"] for s in sel],
+                    marker="o",
+                    ls=styles[k % len(styles)],
+                    color=f"C{int(name[-1])}",
+                    label=f"{name}, lr {lr:g}",
+                )
         ax.set_xscale("log")
         if metric == "recon_error":
             ax.set_yscale("log")

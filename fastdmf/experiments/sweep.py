@@ -48,8 +48,15 @@ log = logging.getLogger("fastdmf")
 PROBLEM_KINDS = {kind.name: kind.sweep_spec for kind in KINDS if kind.sweep_spec is not None}
 PROBLEM_AXES = ("kind", "shape", "rank", "n_observed", "problem_seed")
 BATCH_VARYING = ("seed", "init_scale", "lr")  # what fit_batch lets differ between trials
-NOT_IN_SWEEPS = ("observed", "shape", "checkpoint", "checkpoint_every", "progress", "seed",
-                 "n_threads")
+NOT_IN_SWEEPS = (
+    "observed",
+    "shape",
+    "checkpoint",
+    "checkpoint_every",
+    "progress",
+    "seed",
+    "n_threads",
+)
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -73,9 +80,11 @@ def grid_points(grid: dict) -> list[dict]:
             if values < 1:
                 raise ValueError(f"grid repeat={values}: give a positive number of repetitions")
             values = list(range(int(values)))
-        elif not _is_sequence(values) or (
-                key == "shape" and not any(_is_sequence(v) for v in values)) or (
-                key == "record" and isinstance(values, tuple) and values[:1] == ("log",)):
+        elif (
+            not _is_sequence(values)
+            or (key == "shape" and not any(_is_sequence(v) for v in values))
+            or (key == "record" and isinstance(values, tuple) and values[:1] == ("log",))
+        ):
             values = [values]
         values = [_plain(v) for v in values]  # lists of values stay lists: never np.asarray
         if not values:
@@ -203,8 +212,10 @@ def _run_tasks(tasks, out, executor, workers, progress, digest):
     if own:
         workers = workers or os.cpu_count() or 1
         executor = cf.ProcessPoolExecutor(
-            max_workers=min(workers, len(tasks)), initializer=init_worker,
-            mp_context=multiprocessing.get_context("spawn"))
+            max_workers=min(workers, len(tasks)),
+            initializer=init_worker,
+            mp_context=multiprocessing.get_context("spawn"),
+        )
     elif hasattr(executor, "get_executor"):  # a dask.distributed Client
         executor = executor.get_executor()
     failed = []
@@ -236,7 +247,8 @@ def _run_tasks(tasks, out, executor, workers, progress, digest):
         raise RuntimeError(
             f"{len(failed)} of {len(tasks)} sweep task(s) failed (first: task {t}: {exc!r}); "
             f"the finished ones are saved in {out!r}: run the same sweep again to run the "
-            "rest") from exc
+            "rest"
+        ) from exc
 
 
 def init_worker() -> None:
@@ -266,14 +278,20 @@ def run_task(payload) -> dict:
 def _groups(fits, spec, fit_kwargs, batch):
     """Consecutive fits that fit_batch can run together (same problem, settings other than
     seed, init_scale and lr); singletons otherwise."""
-    if not batch or {"callback", "test", "max_time"} & set(fit_kwargs) or fit_kwargs.get(
-            "parallel"):
+    if (
+        not batch
+        or {"callback", "test", "max_time"} & set(fit_kwargs)
+        or fit_kwargs.get("parallel")
+    ):
         return [[f] for f in fits]
     groups, keys = [], []
     for f in fits:
         point = f[1]
-        key = json.dumps({k: v for k, v in point.items() if k not in BATCH_VARYING + ("repeat",)},
-                         sort_keys=True, default=json_default)
+        key = json.dumps(
+            {k: v for k, v in point.items() if k not in BATCH_VARYING + ("repeat",)},
+            sort_keys=True,
+            default=json_default,
+        )
         if keys and keys[-1] == key:
             groups[-1].append(f)
         else:
@@ -293,11 +311,12 @@ def _run_group(group, spec, fit_kwargs, batch):
     if len(group) > 1 and get_optimizer(settings.get("optimizer", "grouprmsprop")).batched:
         start = _time.perf_counter()
         results = fit_batch(
-            problem, seeds=[s for _, _, s in group],
-            init_scale=[p.get("init_scale", settings.get("init_scale", 1e-3))
-                        for _, p, _ in group],
+            problem,
+            seeds=[s for _, _, s in group],
+            init_scale=[p.get("init_scale", settings.get("init_scale", 1e-3)) for _, p, _ in group],
             lr=[p.get("lr", settings.get("lr", 1e-3)) for _, p, _ in group],
-            **{k: v for k, v in settings.items() if k not in ("init_scale", "lr", "parallel")})
+            **{k: v for k, v in settings.items() if k not in ("init_scale", "lr", "parallel")},
+        )
         wall = (_time.perf_counter() - start) / len(group)
         return [(f, r, wall) for f, r in zip(group, results, strict=True)]
     out = []
@@ -312,8 +331,7 @@ def _run_group(group, spec, fit_kwargs, batch):
     return out
 
 
-_NOT_SUMMARIES = ("step", "time", "n_evals", "val_error", "schatten", "grad_norm",
-                  "param_norm")
+_NOT_SUMMARIES = ("step", "time", "n_evals", "val_error", "schatten", "grad_norm", "param_norm")
 
 
 def _row(t, i, point, seed, spec, res, wall) -> dict:
@@ -321,15 +339,19 @@ def _row(t, i, point, seed, spec, res, wall) -> dict:
     row = {"index": i, "task": t}
     if isinstance(spec, dict):
         resolved = _resolved_spec(spec, point)
-        row.update({k: resolved[k] for k in resolved if k != "seed"},
-                   problem_seed=resolved["seed"])
+        row.update({k: resolved[k] for k in resolved if k != "seed"}, problem_seed=resolved["seed"])
     row.update(point)
     row.update(seed=seed, status=res.status, steps=res.n_steps)
     # the final record's summary values: train_loss, test_error, then the kind's own
     # (nuclear_norm, effective_rank for the matrix kinds; l1, l2, support, potential for a
     # diagonal network)
-    row.update({name: float(getattr(traj, name)[-1]) for name in traj.scalars
-                if name not in _NOT_SUMMARIES})
+    row.update(
+        {
+            name: float(getattr(traj, name)[-1])
+            for name in traj.scalars
+            if name not in _NOT_SUMMARIES
+        }
+    )
     row["wall_time"] = wall
     return json.loads(json.dumps(row, default=json_default))
 
@@ -365,15 +387,19 @@ def _problem_spec(problem, grid):
     if find_kind(problem) is not None:  # a problem object
         axes = [k for k in grid if k in PROBLEM_AXES]
         if axes:
-            raise ValueError(f"grid axes {axes} vary the problem; with problem= given as a "
-                             "problem object, pass a spec dict instead")
+            raise ValueError(
+                f"grid axes {axes} vary the problem; with problem= given as a "
+                "problem object, pass a spec dict instead"
+            )
         return problem
     if problem is None:
         problem = {}
     if not isinstance(problem, dict):
-        raise TypeError("problem= takes a spec dict (e.g. dict(kind='completion', "
-                        "shape=(100, 100), rank=5, n_observed=2000, seed=0)), a "
-                        f"CompletionProblem or None; got {type(problem).__name__}")
+        raise TypeError(
+            "problem= takes a spec dict (e.g. dict(kind='completion', "
+            "shape=(100, 100), rank=5, n_observed=2000, seed=0)), a "
+            f"CompletionProblem or None; got {type(problem).__name__}"
+        )
     kind = problem.get("kind", "completion")
     kinds = {grid["kind"]} if isinstance(grid.get("kind"), str) else set(grid.get("kind", []))
     for k in kinds | {kind}:
@@ -382,8 +408,10 @@ def _problem_spec(problem, grid):
     _, defaults = PROBLEM_KINDS[kind]
     unknown = set(problem) - set(defaults) - {"kind"}
     if unknown:
-        raise ValueError(f"problem spec has unknown key(s) {sorted(unknown)}; a "
-                         f"{kind!r} spec takes {sorted(defaults)}")
+        raise ValueError(
+            f"problem spec has unknown key(s) {sorted(unknown)}; a "
+            f"{kind!r} spec takes {sorted(defaults)}"
+        )
     spec = {"kind": kind, **defaults, **problem}
     spec["shape"] = [int(s) for s in spec["shape"]]
     # build a problem for every setting of the problem axes but the seed now, so that a bad
@@ -404,12 +432,17 @@ def _check_fit_kwargs(fit_kwargs, grid):
 
     allowed = set(inspect.signature(fit).parameters) - set(NOT_IN_SWEEPS)
     for where, keys in (("keyword", fit_kwargs), ("grid axis", grid)):
-        bad = [k for k in keys if k not in allowed and not (where == "grid axis" and (
-            k in PROBLEM_AXES or k == "repeat"))]
+        bad = [
+            k
+            for k in keys
+            if k not in allowed
+            and not (where == "grid axis" and (k in PROBLEM_AXES or k == "repeat"))
+        ]
         if bad:
             raise TypeError(
                 f"sweep() {where}(s) {bad} unknown or not sweepable; fit settings: "
-                f"{sorted(allowed)}, problem axes: {list(PROBLEM_AXES)}, and 'repeat'")
+                f"{sorted(allowed)}, problem axes: {list(PROBLEM_AXES)}, and 'repeat'"
+            )
     both = set(fit_kwargs) & set(grid)
     if both:
         raise TypeError(f"{sorted(both)} given both as a grid axis and as a keyword")
@@ -428,10 +461,14 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
     from ..api import fit
     from ..engine import resolve_backend
 
-    defaults = {k: p.default for k, p in inspect.signature(fit).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    axes = {k: v for k, v in grid.items()
-            if k == "shape" or (k not in PROBLEM_AXES and k != "repeat")}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(fit).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    axes = {
+        k: v for k, v in grid.items() if k == "shape" or (k not in PROBLEM_AXES and k != "repeat")
+    }
     for point in grid_points(axes) if axes else [{}]:
         kw = {**defaults, **_fit_settings(fit_kwargs, point)}
         if isinstance(spec, dict):
@@ -442,10 +479,29 @@ def _check_fit_settings(grid, spec, fit_kwargs) -> None:
         # the defaults that depend on the observations (a spec dict is a synthetic problem)
         kw = resolve_defaults(kw, not isinstance(spec, dict) and is_real_data(spec), shape)
         try:
-            the = plan(kind, shape, **{k: kw[k] for k in (
-                "depth", "widths", "init", "init_scale", "optimizer", "lr",
-                "optimizer_options", "max_steps", "max_time", "tol", "record", "top_k",
-                "dtype", "parallel")})
+            the = plan(
+                kind,
+                shape,
+                **{
+                    k: kw[k]
+                    for k in (
+                        "depth",
+                        "widths",
+                        "init",
+                        "init_scale",
+                        "optimizer",
+                        "lr",
+                        "optimizer_options",
+                        "max_steps",
+                        "max_time",
+                        "tol",
+                        "record",
+                        "top_k",
+                        "dtype",
+                        "parallel",
+                    )
+                },
+            )
             if isinstance(the.init, str):  # the scheme's checks, on 1 x 1 factors
                 tiny = kind.layout((1, 1), kw["depth"], [1] * (kw["depth"] - 1))
                 kind.initialize(tiny, the.init, kw["init_scale"], np.random.default_rng(0))
@@ -466,8 +522,12 @@ def _refused(exc, what, point):
 
 def _fit_settings(fit_kwargs, point) -> dict:
     """The keywords of ``fit`` for a grid point: the sweep's and the point's fit settings."""
-    return {**fit_kwargs, **{k: _fit_value(k, v) for k, v in point.items()
-                             if k not in PROBLEM_AXES and k != "repeat"}}
+    return {
+        **fit_kwargs,
+        **{
+            k: _fit_value(k, v) for k, v in point.items() if k not in PROBLEM_AXES and k != "repeat"
+        },
+    }
 
 
 def _fit_value(key, value):
@@ -485,4 +545,3 @@ def _plain(v):
     if isinstance(v, (list, tuple, np.ndarray)):
         return [_plain(x) for x in v]
     return v
-

@@ -27,14 +27,17 @@ def run_config(path, out=None, workers=None, scheduler=None, progress=None):
         try:
             import tomli as tomllib
         except ImportError:
-            raise ImportError("reading TOML on Python 3.10 needs tomli: pip install tomli") \
-                from None
+            raise ImportError(
+                "reading TOML on Python 3.10 needs tomli: pip install tomli"
+            ) from None
     with open(path, "rb") as f:
         cfg = tomllib.load(f)
     unknown = set(cfg) - set(CONFIG_KEYS) - {"grid", "problem", "fit"}
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; top-level keys are "
-                         f"{list(CONFIG_KEYS)} and the tables [grid], [problem], [fit]")
+        raise ValueError(
+            f"{path}: unknown key(s) {sorted(unknown)}; top-level keys are "
+            f"{list(CONFIG_KEYS)} and the tables [grid], [problem], [fit]"
+        )
     if "grid" not in cfg:
         raise ValueError(f"{path}: a sweep needs a [grid] table of axes")
     out = out or cfg.get("out")
@@ -48,13 +51,20 @@ def run_config(path, out=None, workers=None, scheduler=None, progress=None):
         try:
             from distributed import Client
         except ImportError:
-            raise ImportError("--scheduler needs dask.distributed: "
-                              "pip install 'fastdmf[distributed]'") from None
+            raise ImportError(
+                "--scheduler needs dask.distributed: pip install 'fastdmf[distributed]'"
+            ) from None
         client = Client(scheduler)
         kwargs["executor"] = client
     try:
-        return sweep(cfg["grid"], out=out, problem=cfg.get("problem"), progress=progress,
-                     **kwargs, **cfg.get("fit", {}))
+        return sweep(
+            cfg["grid"],
+            out=out,
+            problem=cfg.get("problem"),
+            progress=progress,
+            **kwargs,
+            **cfg.get("fit", {}),
+        )
     finally:
         if client is not None:
             client.close()
@@ -69,11 +79,18 @@ def summary(table) -> str:
     head = [*axes, "fits", "converged", "test_error", "eff_rank", "steps"]
     lines = ["  ".join(f"{h:>12}" for h in head)]
     for key, rows in groups.items():
-        med = {m: float(np.median([r[m] for r in rows]))
-               for m in ("test_error", "effective_rank", "steps")}
+        med = {
+            m: float(np.median([r[m] for r in rows]))
+            for m in ("test_error", "effective_rank", "steps")
+        }
         conv = sum(r["status"] == "converged" for r in rows)
-        cells = [*(k[:12] for k in key), str(len(rows)), str(conv),
-                 f"{med['test_error']:.3e}", f"{med['effective_rank']:.2f}",
-                 f"{med['steps']:.0f}"]
+        cells = [
+            *(k[:12] for k in key),
+            str(len(rows)),
+            str(conv),
+            f"{med['test_error']:.3e}",
+            f"{med['effective_rank']:.2f}",
+            f"{med['steps']:.0f}",
+        ]
         lines.append("  ".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)

@@ -45,17 +45,24 @@ def make_config(grid, spec, fit_kwargs, base_seed, fits_per_task, n_points, batc
     if not (isinstance(base_seed, (int, np.integer)) and base_seed >= 0):
         raise TypeError(f"base_seed must be a non-negative int, got {base_seed!r}")
     if fits_per_task is not None and not (
-            isinstance(fits_per_task, (int, np.integer)) and fits_per_task >= 1):
+        isinstance(fits_per_task, (int, np.integer)) and fits_per_task >= 1
+    ):
         raise ValueError(f"fits_per_task must be a positive int, got {fits_per_task!r}")
     if isinstance(spec, dict):
         problem = spec
     else:
         problem = {"object": repr(spec), "sha256": arrays_digest(problem_to_arrays(spec, "p")[0])}
     fit_kwargs = {k: _describe(v) if callable(v) else v for k, v in fit_kwargs.items()}
-    config = {"format": FORMAT, "grid": grid, "problem": problem, "fit": fit_kwargs,
-              "base_seed": int(base_seed), "n_points": n_points,
-              "fits_per_task": None if fits_per_task is None else int(fits_per_task),
-              "batch": bool(batch)}
+    config = {
+        "format": FORMAT,
+        "grid": grid,
+        "problem": problem,
+        "fit": fit_kwargs,
+        "base_seed": int(base_seed),
+        "n_points": n_points,
+        "fits_per_task": None if fits_per_task is None else int(fits_per_task),
+        "batch": bool(batch),
+    }
     return json.loads(json.dumps(config, default=json_default))
 
 
@@ -71,15 +78,20 @@ def read_config(out) -> dict:
         raise ValueError(
             f"{path} does not hold a sweep's settings (a JSON object with a 'grid'): "
             f"{config if isinstance(config, Exception) else type(config).__name__}; move it "
-            "away, or choose another out= folder")
+            "away, or choose another out= folder"
+        )
     return config
 
 
 def config_digest(config: dict) -> str:
     """A sweep's identity, kept in each of its task files: the SHA-256 of its settings as
     canonical JSON, the grid's axis order (which numbers the points) included."""
-    text = json.dumps({"axes": list(config["grid"]), "config": config}, sort_keys=True,
-                      separators=(",", ":"), default=json_default)
+    text = json.dumps(
+        {"axes": list(config["grid"]), "config": config},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=json_default,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -91,8 +103,10 @@ def read_task_meta(file) -> dict:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         meta = exc
     if not (isinstance(meta, dict) and isinstance(meta.get("rows"), list)):
-        raise ValueError(f"{file} is not a sweep task file ({meta!r}); move it away or "
-                         "delete it (running the sweep again then runs its task again)")
+        raise ValueError(
+            f"{file} is not a sweep task file ({meta!r}); move it away or "
+            "delete it (running the sweep again then runs its task again)"
+        )
     return meta
 
 
@@ -104,7 +118,8 @@ def check_task(file, meta, digest, out) -> None:
             f"{'no sweep identity' if 'sweep' not in meta else 'another sweep identity'} "
             f"(this sweep's is {digest[:12]}...), so another sweep, or a fastdmf that did not "
             "mark task files, wrote it; move it away or delete it (running the sweep again "
-            "then runs its task again), or choose another out= folder")
+            "then runs its task again), or choose another out= folder"
+        )
 
 
 def settle_config(out, config) -> int:
@@ -119,20 +134,23 @@ def settle_config(out, config) -> int:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise ValueError(
                 f"{out!r} holds another sweep (differs in {diff}); choose another out= "
-                "folder, or delete this one to start over")
+                "folder, or delete this one to start over"
+            )
         if list(old["grid"]) != list(config["grid"]):  # dict equality ignores the order
             raise ValueError(
                 f"{out!r} holds a sweep with the grid axes in the order {list(old['grid'])}, "
                 f"not {list(config['grid'])}: grid points, and with them tasks and seeds, are "
                 "numbered in axis order; give the axes in the same order, or choose another "
-                "out= folder")
+                "out= folder"
+            )
         return int(config["fits_per_task"])
     tasks = os.path.join(out, TASK_DIR)
     if os.path.isdir(tasks) and os.listdir(tasks):
         raise ValueError(
             f"{tasks!r} holds files but {out!r} has no {CONFIG_NAME}: they may be another "
             "sweep's results; choose another out= folder, or move them away to start this "
-            "sweep there")
+            "sweep there"
+        )
     if config["fits_per_task"] is None:
         config["fits_per_task"] = 1
     os.makedirs(tasks, exist_ok=True)

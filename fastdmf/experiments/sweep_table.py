@@ -45,8 +45,10 @@ class SweepTable:
         return iter(self.rows)
 
     def __repr__(self) -> str:
-        return (f"SweepTable({len(self)} of {self.config.get('n_points')} fits, "
-                f"columns {list(self.columns())})")
+        return (
+            f"SweepTable({len(self)} of {self.config.get('n_points')} fits, "
+            f"columns {list(self.columns())})"
+        )
 
     @property
     def complete(self) -> bool:
@@ -85,8 +87,10 @@ class SweepTable:
         """The final factors ``[W_1, ..., W_N]`` of row ``k`` (None if not saved)."""
         path, prefix = self._factor_files[k]
         with np.load(path, allow_pickle=False) as data:
-            names = sorted((f for f in data.files if f.startswith(prefix + "W")),
-                           key=lambda f: int(f[len(prefix) + 1:]))
+            names = sorted(
+                (f for f in data.files if f.startswith(prefix + "W")),
+                key=lambda f: int(f[len(prefix) + 1 :]),
+            )
             return [data[f] for f in names] or None
 
 
@@ -110,15 +114,18 @@ def load_sweep(path) -> SweepTable:
     for file, meta in owned_tasks(path, digest):
         with np.load(file, allow_pickle=False) as data:
             for k, row in enumerate(meta["rows"]):
-                arrays = {name[len(f"f{k}_traj_"):]: data[name] for name in data.files
-                          if name.startswith(f"f{k}_traj_")}
-                traj = Trajectory(row.get("depth", depth_default), None,
-                                  {"sweep_index": row["index"]})
+                arrays = {
+                    name[len(f"f{k}_traj_") :]: data[name]
+                    for name in data.files
+                    if name.startswith(f"f{k}_traj_")
+                }
+                traj = Trajectory(
+                    row.get("depth", depth_default), None, {"sweep_index": row["index"]}
+                )
                 traj._arrays = arrays
                 found.append((row["index"], row, traj, (file, f"f{k}_")))
     found.sort(key=lambda item: item[0])
     indices = [item[0] for item in found]
     if len(set(indices)) != len(indices):  # pragma: no cover - tasks never overlap
         raise ValueError(f"{path!r}: a grid point appears in two task files")
-    return SweepTable([f[1] for f in found], [f[2] for f in found], [f[3] for f in found],
-                      config)
+    return SweepTable([f[1] for f in found], [f[2] for f in found], [f[3] for f in found], config)

@@ -25,10 +25,19 @@ from ..api import fit
 from ..factors import FactorLayout, end_to_end, initialize
 from ..problem import synthetic_completion
 
-QUICK = dict(size=20, rank=2, n_observed=160, depth=3, init_scale=1e-2, t_max=300.0,
-             n_records=25, gd_lr=5e-3)
-FULL = dict(size=100, rank=5, n_observed=2000, depth=3, init_scale=1e-2, t_max=2000.0,
-            n_records=40, gd_lr=2e-2)
+QUICK = dict(
+    size=20, rank=2, n_observed=160, depth=3, init_scale=1e-2, t_max=300.0, n_records=25, gd_lr=5e-3
+)
+FULL = dict(
+    size=100,
+    rank=5,
+    n_observed=2000,
+    depth=3,
+    init_scale=1e-2,
+    t_max=2000.0,
+    n_records=40,
+    gd_lr=2e-2,
+)
 
 
 def run(out_dir: str, full: bool = False, seed: int = 0, progress: bool = True) -> list[dict]:
@@ -37,40 +46,62 @@ def run(out_dir: str, full: bool = False, seed: int = 0, progress: bool = True) 
     cfg = FULL if full else QUICK
     say = print if progress else (lambda *a, **k: None)
     m = n = cfg["size"]
-    problem = synthetic_completion(shape=(m, n), rank=cfg["rank"],
-                                   n_observed=cfg["n_observed"], seed=seed)
+    problem = synthetic_completion(
+        shape=(m, n), rank=cfg["rank"], n_observed=cfg["n_observed"], seed=seed
+    )
     depth = cfg["depth"]
     layout = FactorLayout.build((m, n), depth)
     init = initialize(layout, "balanced", cfg["init_scale"], np.random.default_rng(seed))
     times = np.linspace(0.0, cfg["t_max"], cfg["n_records"] + 1)
-    say(f"theory: {m}x{n} rank {cfg['rank']}, {cfg['n_observed']} observed, depth {depth}, "
-        f"balanced init {cfg['init_scale']:g}, t in [0, {cfg['t_max']:g}]")
+    say(
+        f"theory: {m}x{n} rank {cfg['rank']}, {cfg['n_observed']} observed, depth {depth}, "
+        f"balanced init {cfg['init_scale']:g}, t in [0, {cfg['t_max']:g}]"
+    )
     dt = 1e-4 * cfg["t_max"]
     probe = np.unique(np.concatenate([times, times[1:] - dt, times + dt, [2 * dt]]))
     say("  factorized flow (Dormand-Prince, rtol 1e-10) ...")
-    flow, flow_w = _run_collect(problem, depth, init, probe, optimizer="flow_dopri5", lr=1e-3,
-                                max_time=probe[-1], record=probe, tol=0,
-                                optimizer_options={"rtol": 1e-10, "atol": 1e-14})
+    flow, flow_w = _run_collect(
+        problem,
+        depth,
+        init,
+        probe,
+        optimizer="flow_dopri5",
+        lr=1e-3,
+        max_time=probe[-1],
+        record=probe,
+        tol=0,
+        optimizer_options={"rtol": 1e-10, "atol": 1e-14},
+    )
     say("  end-to-end flow (DOP853, rtol 1e-10) ...")
-    e2e_w, nfev = theory.integrate_end_to_end(problem, end_to_end(init), depth, times,
-                                              rtol=1e-10, atol=1e-14)
+    e2e_w, nfev = theory.integrate_end_to_end(
+        problem, end_to_end(init), depth, times, rtol=1e-10, atol=1e-14
+    )
     say(f"  gradient descent, step {cfg['gd_lr']:g} ...")
     steps = np.round(times / cfg["gd_lr"]).astype(np.int64)
-    _, gd_w = _run_collect(problem, depth, init, steps, optimizer="gd", lr=cfg["gd_lr"],
-                           max_steps=int(steps[-1]), record=steps, tol=0)
+    _, gd_w = _run_collect(
+        problem,
+        depth,
+        init,
+        steps,
+        optimizer="gd",
+        lr=cfg["gd_lr"],
+        max_steps=int(steps[-1]),
+        record=steps,
+        tol=0,
+    )
     rates_gap = [_rate_gap(problem, depth, flow_w, probe, t, dt) for t in times]
     rows = []
     for k, t in enumerate(times):
         ref = np.linalg.norm(e2e_w[k])
-        rows.append({
-            "time": float(t),
-            "sigma_1": float(np.linalg.svd(e2e_w[k], compute_uv=False)[0]),
-            "factorized_vs_e2e": float(
-                np.linalg.norm(flow_w[_at(probe, t)] - e2e_w[k]) / ref
-            ),
-            "gd_vs_e2e": float(np.linalg.norm(gd_w[k] - e2e_w[k]) / ref),
-            "sv_rate_gap": rates_gap[k],
-        })
+        rows.append(
+            {
+                "time": float(t),
+                "sigma_1": float(np.linalg.svd(e2e_w[k], compute_uv=False)[0]),
+                "factorized_vs_e2e": float(np.linalg.norm(flow_w[_at(probe, t)] - e2e_w[k]) / ref),
+                "gd_vs_e2e": float(np.linalg.norm(gd_w[k] - e2e_w[k]) / ref),
+                "sv_rate_gap": rates_gap[k],
+            }
+        )
     _write(out_dir, rows, cfg, flow, nfev, times, e2e_w)
     worst = max(r["factorized_vs_e2e"] for r in rows)
     say(f"  max ||W_factorized - W_e2e|| / ||W_e2e|| = {worst:.2e}; tables in {out_dir}")
@@ -98,8 +129,11 @@ def _rate_gap(problem, depth, mats, probe, t, dt):
     """Largest gap between predicted and measured d sigma/dt at time t (central differences
     of the factorized flow's singular values at t -+ dt; one-sided at t = 0), relative to the
     largest predicted rate, over singular values above 1% of the largest."""
-    idx = [_at(probe, t - dt), _at(probe, t), _at(probe, t + dt)] if t > 0 else \
-        [_at(probe, 0.0), _at(probe, dt), _at(probe, 2 * dt)]
+    idx = (
+        [_at(probe, t - dt), _at(probe, t), _at(probe, t + dt)]
+        if t > 0
+        else [_at(probe, 0.0), _at(probe, dt), _at(probe, 2 * dt)]
+    )
     svs = np.array([np.linalg.svd(mats[i], compute_uv=False) for i in idx])
     measured = theory.measured_singular_value_rates(probe[idx], svs)[1 if t > 0 else 0]
     w = mats[idx[1] if t > 0 else idx[0]]
@@ -126,8 +160,11 @@ def _write(out_dir, rows, cfg, flow, nfev, times, e2e_w):
         "| t | sigma_1 | factorized vs e2e | GD vs e2e | sv-rate gap |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['time']:.4g} | {r['sigma_1']:.4g} | {r['factorized_vs_e2e']:.2e} | "
-              f"{r['gd_vs_e2e']:.2e} | {r['sv_rate_gap']:.2e} |" for r in rows]
+    lines += [
+        f"| {r['time']:.4g} | {r['sigma_1']:.4g} | {r['factorized_vs_e2e']:.2e} | "
+        f"{r['gd_vs_e2e']:.2e} | {r['sv_rate_gap']:.2e} |"
+        for r in rows
+    ]
     with open(os.path.join(out_dir, "theory.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     try:

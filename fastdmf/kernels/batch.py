@@ -31,8 +31,18 @@ def run_batch(bufs, dims, offs, obs, opts, n_steps, tol, caps, active, status):
     for b in prange(thetas.shape[0]):
         if active[b]:
             status[b] = _serial_run(
-                thetas[b], grads[b], works[b], dims, offs, obs, rowlosses[b],
-                (codes[b], hypers[b], ostates[b], scalars[b]), n_steps, tol, caps[b], 1,
+                thetas[b],
+                grads[b],
+                works[b],
+                dims,
+                offs,
+                obs,
+                rowlosses[b],
+                (codes[b], hypers[b], ostates[b], scalars[b]),
+                n_steps,
+                tol,
+                caps[b],
+                1,
             )[1]
 
 

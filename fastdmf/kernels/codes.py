@@ -25,5 +25,15 @@ GD, GROUPRMSPROP, ADAM = 0, 1, 2
 NO_STEP = -1
 OPTIMIZER_CODES = {"gd": GD, "grouprmsprop": GROUPRMSPROP, "adam": ADAM}
 
-__all__ = ["RUNNING", "CONVERGED", "DIVERGED", "IDLE", "GO_ON", "GD", "GROUPRMSPROP", "ADAM",
-           "NO_STEP", "OPTIMIZER_CODES"]
+__all__ = [
+    "RUNNING",
+    "CONVERGED",
+    "DIVERGED",
+    "IDLE",
+    "GO_ON",
+    "GD",
+    "GROUPRMSPROP",
+    "ADAM",
+    "NO_STEP",
+    "OPTIMIZER_CODES",
+]

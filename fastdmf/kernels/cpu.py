@@ -88,7 +88,8 @@ def _axpy8(dest, w, q0, q1, q2, q3, q4, q5, q6, q7):
     w0, w1, w2, w3, w4, w5, w6, w7 = w
     for t in range(dest.shape[0]):
         dest[t] += ((w0 * q0[t] + w1 * q1[t]) + (w2 * q2[t] + w3 * q3[t])) + (
-            (w4 * q4[t] + w5 * q5[t]) + (w6 * q6[t] + w7 * q7[t]))
+            (w4 * q4[t] + w5 * q5[t]) + (w6 * q6[t] + w7 * q7[t])
+        )
 
 
 @_inline
@@ -122,8 +123,18 @@ def _seg_resid_accum(s, dest, table, idx, vals, lo, hi, scale, g):
         dots = _dot8(s, q0, q1, q2, q3, q4, q5, q6, q7)
         for u in range(8):
             loss += _resid(dots[u], vals, p + u, scale, g)
-        _axpy8(dest, (g[p], g[p + 1], g[p + 2], g[p + 3], g[p + 4], g[p + 5], g[p + 6],
-                      g[p + 7]), q0, q1, q2, q3, q4, q5, q6, q7)
+        _axpy8(
+            dest,
+            (g[p], g[p + 1], g[p + 2], g[p + 3], g[p + 4], g[p + 5], g[p + 6], g[p + 7]),
+            q0,
+            q1,
+            q2,
+            q3,
+            q4,
+            q5,
+            q6,
+            q7,
+        )
         p += 8
     if p + 4 <= hi:
         q0, q1, q2, q3 = table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]]
@@ -160,14 +171,31 @@ def _seg_accum(dest, table, idx, w, lo, hi):
     dest[:] = 0
     p = lo
     while p + 8 <= hi:
-        _axpy8(dest, (w[p], w[p + 1], w[p + 2], w[p + 3], w[p + 4], w[p + 5], w[p + 6],
-                      w[p + 7]),
-               table[idx[p]], table[idx[p + 1]], table[idx[p + 2]], table[idx[p + 3]],
-               table[idx[p + 4]], table[idx[p + 5]], table[idx[p + 6]], table[idx[p + 7]])
+        _axpy8(
+            dest,
+            (w[p], w[p + 1], w[p + 2], w[p + 3], w[p + 4], w[p + 5], w[p + 6], w[p + 7]),
+            table[idx[p]],
+            table[idx[p + 1]],
+            table[idx[p + 2]],
+            table[idx[p + 3]],
+            table[idx[p + 4]],
+            table[idx[p + 5]],
+            table[idx[p + 6]],
+            table[idx[p + 7]],
+        )
         p += 8
     if p + 4 <= hi:
-        _axpy4(dest, w[p], w[p + 1], w[p + 2], w[p + 3], table[idx[p]], table[idx[p + 1]],
-               table[idx[p + 2]], table[idx[p + 3]])
+        _axpy4(
+            dest,
+            w[p],
+            w[p + 1],
+            w[p + 2],
+            w[p + 3],
+            table[idx[p]],
+            table[idx[p + 1]],
+            table[idx[p + 2]],
+            table[idx[p + 3]],
+        )
         p += 4
     while p < hi:
         ra = table[idx[p]]
@@ -357,6 +385,7 @@ def depth1(theta, grad, obs, rowloss, scale, block):
         rowloss[i] = acc
     return blocked_sum(rowloss, False, block) / vals.shape[0]
 
+
 def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, block):
     """Residuals, loss and H_2 = G W_1^T; iteration i owns row i of every output."""
     N = dims.shape[0] - 1
@@ -366,8 +395,9 @@ def row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, block):
     s2 = _suffix(theta, work, dims, offs, lay, 2)
     h2 = _hblock(grad, work, dims, offs, lay, 2)
     for i in prange(dims[N]):
-        rowloss[i] = _seg_resid_accum(s2[i], h2[i], q1, cols, vals, rowptr[i], rowptr[i + 1],
-                                      scale, g)
+        rowloss[i] = _seg_resid_accum(
+            s2[i], h2[i], q1, cols, vals, rowptr[i], rowptr[i + 1], scale, g
+        )
     return blocked_sum(rowloss, False, block) / vals.shape[0]
 
 
@@ -397,19 +427,31 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk, bloc
     lay = work_layout(dims, obs[0].shape[0], nblk)
     for j in range(N - 1, 1, -1):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), w,
-                 _suffix(theta, work, dims, offs, lay, j), nblk)
+        dense_ab(
+            _suffix(theta, work, dims, offs, lay, j + 1),
+            w,
+            _suffix(theta, work, dims, offs, lay, j),
+            nblk,
+        )
     loss = row_pass(theta, grad, work, dims, offs, lay, obs, rowloss, scale, blk)
     col_pass(theta, grad, work, dims, offs, lay, obs)
     for j in range(2, N):
         w = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        dense_ab(_hblock(grad, work, dims, offs, lay, j), w.T,
-                 _hblock(grad, work, dims, offs, lay, j + 1), nblk)
+        dense_ab(
+            _hblock(grad, work, dims, offs, lay, j),
+            w.T,
+            _hblock(grad, work, dims, offs, lay, j + 1),
+            nblk,
+        )
     part = work[lay[2 * N + 3] : lay[2 * N + 4]]
     for j in range(2, N):
-        dense_atb(_suffix(theta, work, dims, offs, lay, j + 1),
-                  _hblock(grad, work, dims, offs, lay, j),
-                  _blk(grad, offs[j - 1], dims[j], dims[j - 1]), part, nblk)
+        dense_atb(
+            _suffix(theta, work, dims, offs, lay, j + 1),
+            _hblock(grad, work, dims, offs, lay, j),
+            _blk(grad, offs[j - 1], dims[j], dims[j - 1]),
+            part,
+            nblk,
+        )
     return loss
 
 
@@ -430,13 +472,15 @@ def update(theta, grad, code, hyper, ostate, sc, block=_BLOCK):
         _update_range(theta, grad, code, hyper, ostate, step, t, 0, size)
     else:
         for k in prange(nb):
-            _update_range(theta, grad, code, hyper, ostate, step, t, k * blk,
-                          min((k + 1) * blk, size))
+            _update_range(
+                theta, grad, code, hyper, ostate, step, t, k * blk, min((k + 1) * blk, size)
+            )
     sc[2] += step
 
 
-def run(theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk,
-        block=_BLOCK):
+def run(
+    theta, grad, work, dims, offs, obs, rowloss, opt, n_steps, tol, loss_cap, nblk, block=_BLOCK
+):
     """Up to ``n_steps`` optimiser steps in one compiled call (``block``: as in
     ``loss_and_grad`` and ``update``).
 

@@ -56,8 +56,14 @@ SQNORM_PER_BLOCK = 16384
 SPLIT_K = 2048
 # Under the simulator (every thread a Python thread): tiny blocks and partitions, so that
 # small test problems run every multi-block path in bounded time.
-SIMULATOR_LAUNCH = {"tile": 2, "threads": 8, "split_k": 4, "resid_block": 8, "sq_block": 64,
-                    "update_threads": 8}
+SIMULATOR_LAUNCH = {
+    "tile": 2,
+    "threads": 8,
+    "split_k": 4,
+    "resid_block": 8,
+    "sq_block": 64,
+    "update_threads": 8,
+}
 # CUDA's limit on a grid's y and z sizes: the trial axis runs along y (z in the products,
 # times the number of splits), so it bounds the trials of one DeviceBatch.
 GRID_YZ = 65535
@@ -531,11 +537,35 @@ class DeviceBatch:
         ksplit = self.ksplit if (ta and K > self.split_k) else 1
         grid = (-(-N // (2 * T)), -(-M // (2 * T)), self.B * ksplit)
         dest = c if ksplit == 1 else (self.work, self.part_off)
-        self._go(f"matmul op{ta}{tb}", k.matmul[grid, (T, T)], a[0], a[1], ta, b[0], b[1], tb,
-                 dest[0], dest[1], M, N, K, ksplit, self.status)
+        self._go(
+            f"matmul op{ta}{tb}",
+            k.matmul[grid, (T, T)],
+            a[0],
+            a[1],
+            ta,
+            b[0],
+            b[1],
+            tb,
+            dest[0],
+            dest[1],
+            M,
+            N,
+            K,
+            ksplit,
+            self.status,
+        )
         if ksplit > 1:
-            self._go("sum_splits", k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads],
-                     self.work, self.part_off, c[0], c[1], M * N, ksplit, self.status)
+            self._go(
+                "sum_splits",
+                k.sum_splits[(_blocks(M * N, k.threads), self.B), k.threads],
+                self.work,
+                self.part_off,
+                c[0],
+                c[1],
+                M * N,
+                ksplit,
+                self.status,
+            )
 
     def _go(self, name, launcher, *args):
         """Launch; with ``self.timings`` set (a dict), synchronise around the launch and add
@@ -557,18 +587,34 @@ class DeviceBatch:
         k, N, d, B, TPB = self.k, self.depth, self.dims, self.B, self.k.threads
         m, n = self.m, self.n
         if N == 1:
-            self._go("fill", k.fill[(_blocks(self.P, TPB), B), TPB], self.grad, self.P, 0.0,
-                     self.status)
+            self._go(
+                "fill", k.fill[(_blocks(self.P, TPB), B), TPB], self.grad, self.P, 0.0, self.status
+            )
             s2, s2off, d1 = self.theta, 0, 0  # d1 = 0: the depth-1 residuals
         else:
             for j in range(N - 1, 1, -1):  # S_j = S_{j+1} W_j
-                self._matmul(self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j), m,
-                             d[j - 1], d[j])
+                self._matmul(
+                    self._suffix(j + 1), 0, self._factor(j), 0, self._suffix(j), m, d[j - 1], d[j]
+                )
             s2, s2off = self._suffix(2)
             d1 = d[1]
-        self._go("residuals", k.residuals[(self.nres, B), TPB], s2, s2off, self.theta,
-                 self.grad, d1, m, self.rows, self.cols, self.vals, self.g, self.losspart,
-                 self.scale, self.status)
+        self._go(
+            "residuals",
+            k.residuals[(self.nres, B), TPB],
+            s2,
+            s2off,
+            self.theta,
+            self.grad,
+            d1,
+            m,
+            self.rows,
+            self.cols,
+            self.vals,
+            self.g,
+            self.losspart,
+            self.scale,
+            self.status,
+        )
         self._check()
         if N == 1:
             return
@@ -576,7 +622,15 @@ class DeviceBatch:
         self._go(
             "row_pass",
             k.row_pass[(_blocks(m * d[1], TPB), B), TPB],
-            self.g, self.theta, d[1], self.cols, self.rowptr, h2, h2off, m, self.status
+            self.g,
+            self.theta,
+            d[1],
+            self.cols,
+            self.rowptr,
+            h2,
+            h2off,
+            m,
+            self.status,
         )
         self._go(
             "col_pass",

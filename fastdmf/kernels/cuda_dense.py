@@ -87,8 +87,9 @@ class _Cublas:
 
     def __init__(self, cublas, handle, dtype):
         self.cublas, self.handle = cublas, handle
-        self.gemm = cublas.dgemmStridedBatched if dtype == np.float64 \
-            else cublas.sgemmStridedBatched
+        self.gemm = (
+            cublas.dgemmStridedBatched if dtype == np.float64 else cublas.sgemmStridedBatched
+        )
         self.one, self.zero = np.ones(1, dtype), np.zeros(1, dtype)
         self.item = dtype.itemsize
 
@@ -98,15 +99,35 @@ class _Cublas:
     def __call__(self, a, ta, b, tb, c, M, N, K, batch):
         op_n, op_t = self.cublas.CUBLAS_OP_N, self.cublas.CUBLAS_OP_T
         (A, aoff), (Bm, boff), (C, coff) = a, b, c
-        self.gemm(self.handle, op_t if tb else op_n, op_t if ta else op_n, N, M, K,
-                  self.one.ctypes.data, self._ptr(Bm, boff), K if tb else N, Bm.shape[1],
-                  self._ptr(A, aoff), M if ta else K, A.shape[1], self.zero.ctypes.data,
-                  self._ptr(C, coff), N, C.shape[1], batch)
+        self.gemm(
+            self.handle,
+            op_t if tb else op_n,
+            op_t if ta else op_n,
+            N,
+            M,
+            K,
+            self.one.ctypes.data,
+            self._ptr(Bm, boff),
+            K if tb else N,
+            Bm.shape[1],
+            self._ptr(A, aoff),
+            M if ta else K,
+            A.shape[1],
+            self.zero.ctypes.data,
+            self._ptr(C, coff),
+            N,
+            C.shape[1],
+            batch,
+        )
 
 
 @cache
-def dense_kernels(dtype="float64", resid_threads=THREADS, resid_block=RESID_PER_BLOCK,
-                  update_threads=UPDATE_THREADS):
+def dense_kernels(
+    dtype="float64",
+    resid_threads=THREADS,
+    resid_block=RESID_PER_BLOCK,
+    update_threads=UPDATE_THREADS,
+):
     """The residual and fused update kernels for ``dtype``; ``resid_threads`` and
     ``update_threads`` threads per block (powers of two), ``resid_block`` entries per block
     of the loss reduction."""
@@ -204,8 +225,7 @@ def dense_kernels(dtype="float64", resid_threads=THREADS, resid_block=RESID_PER_
             ostate[b, size + e] = ftype(vel)
             theta[b, e] = ftype(f64(theta[b, e]) - lr * (mom / c1) / (math.sqrt(vel / c2) + eps))
 
-    return SimpleNamespace(residuals=residuals, update=update, update_threads=UT,
-                           resid_threads=RT)
+    return SimpleNamespace(residuals=residuals, update=update, update_threads=UT, resid_threads=RT)
 
 
 class DensePath:
@@ -234,24 +254,55 @@ class DensePath:
     def evaluate(self):
         db, N, d, m, n = self.db, self.db.depth, self.db.dims, self.db.m, self.db.n
         for j in range(N - 1, 1, -1):  # S_j = S_{j+1} W_j
-            self._gemm("gemm S", db._suffix(j + 1), 0, db._factor(j), 0, db._suffix(j), m,
-                       d[j - 1], d[j])
+            self._gemm(
+                "gemm S", db._suffix(j + 1), 0, db._factor(j), 0, db._suffix(j), m, d[j - 1], d[j]
+            )
         s2, q1, wd, gd = db._suffix(2), (db.theta, 0), (self.wd, 0), (self.gd, 0)
         self._gemm("gemm W", s2, 0, q1, 1, wd, m, n, d[1])  # W = S_2 W_1 (Q_1 = W_1^T)
-        db._go("dense residuals", self.k.residuals[(db.nres, db.B), self.k.resid_threads],
-               self.wd, self.gd, n, db.rows, db.cols, db.vals, db.losspart, db.scale,
-               db.status)
+        db._go(
+            "dense residuals",
+            self.k.residuals[(db.nres, db.B), self.k.resid_threads],
+            self.wd,
+            self.gd,
+            n,
+            db.rows,
+            db.cols,
+            db.vals,
+            db.losspart,
+            db.scale,
+            db.status,
+        )
         db._check()
         self._gemm("gemm H", gd, 0, q1, 0, db._hblock(2), m, d[1], n)  # H_2 = G Q_1
         self._gemm("gemm dW1", gd, 1, s2, 0, (db.grad, 0), n, d[1], m)  # dW_1^T = G^T S_2
         for j in range(2, N):  # H_{j+1} = H_j W_j^T
-            self._gemm("gemm H", db._hblock(j), 0, db._factor(j), 1, db._hblock(j + 1), m,
-                       d[j], d[j - 1])
+            self._gemm(
+                "gemm H", db._hblock(j), 0, db._factor(j), 1, db._hblock(j + 1), m, d[j], d[j - 1]
+            )
         for j in range(2, N):  # dW_j = S_{j+1}^T H_j
-            self._gemm("gemm dW", db._suffix(j + 1), 1, db._hblock(j), 0,
-                       (db.grad, int(db.offs[j - 1])), d[j], d[j - 1], m)
+            self._gemm(
+                "gemm dW",
+                db._suffix(j + 1),
+                1,
+                db._hblock(j),
+                0,
+                (db.grad, int(db.offs[j - 1])),
+                d[j],
+                d[j - 1],
+                m,
+            )
 
     def update(self):
         db = self.db
-        db._go("fused update", self.k.update[db.B, self.k.update_threads], db.theta, db.grad,
-               db.ostate, db.codes, db.hyper, db.scalars, db.P, db.status)
+        db._go(
+            "fused update",
+            self.k.update[db.B, self.k.update_threads],
+            db.theta,
+            db.grad,
+            db.ostate,
+            db.codes,
+            db.hyper,
+            db.scalars,
+            db.P,
+            db.status,
+        )

@@ -43,9 +43,7 @@ _A = np.array(
         [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
     ]
 )
-_E = np.array(
-    [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]
-)
+_E = np.array([71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40])
 
 # Indices into the flow state vector ``fs``.
 T, H, EVALS, ACCEPTED, REJECTED, LOSS, FSAL, RTOL, ATOL, METHOD, RHO, RHO_AGE = range(12)
@@ -97,8 +95,9 @@ def _conclude(flow, theta, grad, h, t_end, err, stage_loss, expo, lo, hi, safety
     return accepted
 
 
-def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals, tol,
-             loss_cap, nblk):
+def run_flow(
+    theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals, tol, loss_cap, nblk
+):
     """Integrate the flow from ``fs[T]`` up to ``t_end`` (landing on it exactly).
 
     ``flow = (y, ks, fs)``: the state y (the parameters at time fs[T]), the seven stage
@@ -123,8 +122,9 @@ def run_flow(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals
             ks[0, i] = -grad[i]
         fs[FSAL] = 1.0
     if fs[METHOD] == RKC2:
-        return run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
-                       tol, loss_cap, nblk)
+        return run_rkc(
+            theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals, tol, loss_cap, nblk
+        )
     start = fs[ACCEPTED]
     while True:
         code = _stop_code(fs, tol, loss_cap, t_end)
@@ -214,8 +214,9 @@ def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk, max
     return fs[RHO]
 
 
-def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals, tol,
-            loss_cap, nblk):
+def run_rkc(
+    theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals, tol, loss_cap, nblk
+):
     """The flow by RKC, the damped second-order Runge-Kutta-Chebyshev method of Sommeijer,
     Shampine & Verwer (1998), for stiff problems with a real spectrum, as gradient flows are
     (the Jacobian is minus the Hessian). With s stages its stability interval is about
@@ -240,8 +241,7 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
             if room < 1:
                 theta[:] = y
                 return int(fs[ACCEPTED] - start), RUNNING, fs[LOSS]
-            spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk,
-                            min(30, room))
+            spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk, min(30, room))
         rho = fs[RHO]
         h = min(fs[H], t_end - fs[T])
         s = 1 + int(np.sqrt(1.0 + 1.54 * h * rho))
@@ -276,13 +276,27 @@ def run_rkc(theta, grad, work, dims, offs, obs, rowloss, flow, t_end, max_evals,
             mut = 2.0 * b[j] * w1 / b[j - 1]
             gam = -(1.0 - b[j - 1] * tc[j - 1]) * mut
             for i in range(size):
-                ks[5, i] = ((1.0 - mu - nu) * y[i] + mu * ks[2, i] + nu * ks[1, i]
-                            - mut * h * grad[i] + gam * h * ks[0, i])
+                ks[5, i] = (
+                    (1.0 - mu - nu) * y[i]
+                    + mu * ks[2, i]
+                    + nu * ks[1, i]
+                    - mut * h * grad[i]
+                    + gam * h * ks[0, i]
+                )
                 ks[1, i] = ks[2, i]
                 ks[2, i] = ks[5, i]
         theta[:] = ks[2]
-        stage_loss = loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale,  # noqa: F821
-                                   nblk)
+        stage_loss = loss_and_grad(  # noqa: F821
+            theta,
+            grad,
+            work,
+            dims,
+            offs,
+            obs,
+            rowloss,
+            scale,
+            nblk,
+        )
         fs[EVALS] += 1
         err = 0.0
         if np.isfinite(stage_loss):

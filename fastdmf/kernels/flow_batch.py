@@ -23,8 +23,7 @@ _serial_run_flow = SERIAL.run_flow
 
 
 @numba.njit(parallel=True)
-def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, active,
-                   status):
+def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, active, status):
     """Integrate every active trial b (``active[b]``) up to flow time ``t_ends[b]`` or until
     it stops (see ``fastdmf.kernels.flow.run_flow``): ``bufs = (thetas, grads, works,
     rowlosses)`` and ``flows = (ys, kss, fss)`` stacked with a leading trial axis. Writes
@@ -35,8 +34,19 @@ def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, a
     for b in prange(thetas.shape[0]):
         if active[b]:
             status[b] = _serial_run_flow(
-                thetas[b], grads[b], works[b], dims, offs, obs, rowlosses[b],
-                (ys[b], kss[b], fss[b]), t_ends[b], max_evals, tol, caps[b], 1,
+                thetas[b],
+                grads[b],
+                works[b],
+                dims,
+                offs,
+                obs,
+                rowlosses[b],
+                (ys[b], kss[b], fss[b]),
+                t_ends[b],
+                max_evals,
+                tol,
+                caps[b],
+                1,
             )[1]
 
 

@@ -136,8 +136,12 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=
     else:
         for j in range(N - 1, 1, -1):
             wj = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-            dense_ab(_suffix(theta, work, dims, offs, lay, j + 1), wj,
-                         _suffix(theta, work, dims, offs, lay, j), nblk)
+            dense_ab(
+                _suffix(theta, work, dims, offs, lay, j + 1),
+                wj,
+                _suffix(theta, work, dims, offs, lay, j),
+                nblk,
+            )
         dense_ab(_suffix(theta, work, dims, offs, lay, 2), q1.T, w, nblk)
     if nblk == 1:
         loss = fused_pass(amat, wvec, y, resid, gvec, scale) / resid.shape[0]
@@ -158,12 +162,20 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=
     dense_ab(gm, q1, _hblock(grad, work, dims, offs, lay, 2), nblk)
     for j in range(2, N):
         wj = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-        dense_ab(_hblock(grad, work, dims, offs, lay, j), wj.T,
-                     _hblock(grad, work, dims, offs, lay, j + 1), nblk)
+        dense_ab(
+            _hblock(grad, work, dims, offs, lay, j),
+            wj.T,
+            _hblock(grad, work, dims, offs, lay, j + 1),
+            nblk,
+        )
     for j in range(2, N):
-        dense_atb(_suffix(theta, work, dims, offs, lay, j + 1),
-                      _hblock(grad, work, dims, offs, lay, j),
-                      _blk(grad, offs[j - 1], dims[j], dims[j - 1]), part, nblk)
+        dense_atb(
+            _suffix(theta, work, dims, offs, lay, j + 1),
+            _hblock(grad, work, dims, offs, lay, j),
+            _blk(grad, offs[j - 1], dims[j], dims[j - 1]),
+            part,
+            nblk,
+        )
     return loss
 
 

@@ -86,21 +86,22 @@ class OptimizerSpec:
         if not (np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         for key, val in opts.items():
-            if isinstance(val, bool) or not isinstance(val, (int, float, np.integer,
-                                                             np.floating)):
+            if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
                 raise TypeError(f"optimizer option {key} must be a real number, got {val!r}")
             hi = 1.0 if key in self.rates else np.inf
             if key in self.positive and not (0 < val < hi):
-                why = (" (it is added to a root that is 0 for a zero gradient, so 0 would "
-                       "divide 0 by 0)" if key == "eps" else "")
+                why = (
+                    " (it is added to a root that is 0 for a zero gradient, so 0 would "
+                    "divide 0 by 0)"
+                    if key == "eps"
+                    else ""
+                )
                 raise ValueError(
                     f"optimizer option {key} must be > 0{why}, got {val!r}; the default is "
                     f"{self.defaults[key]!r}"
                 )
             if not (0 <= val < hi):
-                raise ValueError(
-                    f"optimizer option {key} must lie in [0, {hi:g}), got {val!r}"
-                )
+                raise ValueError(f"optimizer option {key} must lie in [0, {hi:g}), got {val!r}")
         vals = [float(lr)] + [float(opts[k]) if k else 0.0 for k in self.slots]
         return np.array(vals, dtype=np.float64)
 
@@ -119,9 +120,7 @@ def get_optimizer(name: str) -> OptimizerSpec:
     try:
         return OPTIMIZERS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown optimizer {name!r}; valid names: {sorted(OPTIMIZERS)}"
-        ) from None
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {sorted(OPTIMIZERS)}") from None
 
 
 register_optimizer(OptimizerSpec("gd", OPTIMIZER_CODES["gd"], {}, (None, None, None), 0))
@@ -137,14 +136,34 @@ register_optimizer(
     )
 )
 register_optimizer(
-    OptimizerSpec("flow", NO_STEP, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"), 0,
-                  positive=("rtol", "atol"), kind="flow", flow_method=flow.RKC2,
-                  batched=False, cuda=False, evals_per_step=2)
+    OptimizerSpec(
+        "flow",
+        NO_STEP,
+        {"rtol": 1e-6, "atol": 1e-9},
+        ("rtol", None, "atol"),
+        0,
+        positive=("rtol", "atol"),
+        kind="flow",
+        flow_method=flow.RKC2,
+        batched=False,
+        cuda=False,
+        evals_per_step=2,
+    )
 )
 register_optimizer(
-    OptimizerSpec("flow_dopri5", NO_STEP, {"rtol": 1e-6, "atol": 1e-9}, ("rtol", None, "atol"),
-                  0, positive=("rtol", "atol"), kind="flow", flow_method=flow.DOPRI5,
-                  batched=False, cuda=False, evals_per_step=6)
+    OptimizerSpec(
+        "flow_dopri5",
+        NO_STEP,
+        {"rtol": 1e-6, "atol": 1e-9},
+        ("rtol", None, "atol"),
+        0,
+        positive=("rtol", "atol"),
+        kind="flow",
+        flow_method=flow.DOPRI5,
+        batched=False,
+        cuda=False,
+        evals_per_step=6,
+    )
 )
 register_optimizer(
     OptimizerSpec(
