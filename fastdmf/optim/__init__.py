@@ -135,36 +135,23 @@ register_optimizer(
         ("eps",),
     )
 )
-register_optimizer(
-    OptimizerSpec(
-        "flow",
-        NO_STEP,
-        {"rtol": 1e-6, "atol": 1e-9},
-        ("rtol", None, "atol"),
-        0,
-        positive=("rtol", "atol"),
-        kind="flow",
-        flow_method=flow.RKC2,
-        batched=False,
-        cuda=False,
-        evals_per_step=2,
+# The two flow integrators differ in their method and its gradient evaluations per step.
+for _name, _method, _evals in (("flow", flow.RKC2, 2), ("flow_dopri5", flow.DOPRI5, 6)):
+    register_optimizer(
+        OptimizerSpec(
+            _name,
+            NO_STEP,
+            {"rtol": 1e-6, "atol": 1e-9},
+            ("rtol", None, "atol"),
+            0,
+            positive=("rtol", "atol"),
+            kind="flow",
+            flow_method=_method,
+            batched=False,
+            cuda=False,
+            evals_per_step=_evals,
+        )
     )
-)
-register_optimizer(
-    OptimizerSpec(
-        "flow_dopri5",
-        NO_STEP,
-        {"rtol": 1e-6, "atol": 1e-9},
-        ("rtol", None, "atol"),
-        0,
-        positive=("rtol", "atol"),
-        kind="flow",
-        flow_method=flow.DOPRI5,
-        batched=False,
-        cuda=False,
-        evals_per_step=6,
-    )
-)
 register_optimizer(
     OptimizerSpec(
         "adam",
