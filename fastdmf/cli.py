@@ -188,7 +188,10 @@ def main(argv=None) -> int:
         default=None,
         help="table, init-scale: the factorizations' optimiser instead of "
         "grouprmsprop, e.g. flow (the gradient flow itself, integrated by "
-        "RKC: the same errors in far fewer gradient evaluations)",
+        "RKC: the same errors in far fewer gradient evaluations). A flow has no "
+        "learning rate, so the grid's lr axis collapses: one flow per init scale and "
+        "seed covers every lr (lr empty in runs.csv and table.csv, 'every (flow)' in "
+        "the tables); the first lr is only its first trial step",
     )
     rep.set_defaults(func=_reproduce)
     info = sub.add_parser("info", help="versions and threads")

@@ -23,6 +23,7 @@ def test_reproduce_theory_quick(tmp_path, capsys):
 # ---------------------------------------------------------------- the paper's experiments
 
 import os  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -236,7 +237,7 @@ TINY_FLOW = paper.Grid(
     size=20,
     rank=2,
     init_scales=(1e-2, 1e-3),
-    lrs=(1e-3,),
+    lrs=(1e-3, 3e-4),
     seeds=(0, 1),
     optimizer="flow",
     max_time=1e6,
@@ -247,17 +248,19 @@ TINY_FLOW = paper.Grid(
 
 def test_reproduce_table_by_the_flow_rows_are_the_direct_flow_fits(tmp_path):
     """--optimizer flow: each row is the serial flow fit of its trial, integrated to the
-    grid's tol (the flow time is only an upper bound), with its gradient evaluations."""
+    grid's tol (the flow time is only an upper bound), with its gradient evaluations; one
+    flow per (depth, init, seed) for both lrs, from the first lr as its first trial step."""
     res = paper.reproduce_table(tmp_path, grid=TINY_FLOW, progress=False)
     problem = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
-    assert len(res["runs"]) == 2 * 2 * 2
+    assert len(res["runs"]) == 2 * 2 * 2  # depths x inits x seeds: no lr axis
     for row in res["runs"]:
+        assert row["lr"] is None and row["first_step"] == 1e-3
         direct = fastdmf.fit(
             problem,
             int(row["method"][-1]),
             seed=row["seed"],
             init_scale=row["init_scale"],
-            lr=row["lr"],
+            lr=1e-3,
             optimizer="flow",
             max_time=1e6,
             max_steps=50_000,
@@ -272,6 +275,155 @@ def test_reproduce_table_by_the_flow_rows_are_the_direct_flow_fits(tmp_path):
         assert row["recon_error"] == direct.trajectory.test_error[-1]
     md = (tmp_path / "table.md").read_text()
     assert "the gradient flow itself (flow, rtol 1e-05" in md and "| evals |" in md
+    assert "one flow per init and seed covers every lr (0.001, 0.0003)" in md
+    assert "| completion | 150 | depth2 | 0.01 | every (flow) | 2/2 |" in md
+    assert ", every lr (flow) |" in md  # the best setting of each cell
+    # table.csv: one cell per (method, init), its lr empty, the mean over both seeds
+    with open(tmp_path / "table.csv") as fh:
+        cells = list(csv.DictReader(fh))
+    assert sorted((c["method"], float(c["init_scale"])) for c in cells) == [
+        ("depth2", 1e-3),
+        ("depth2", 1e-2),
+        ("depth3", 1e-3),
+        ("depth3", 1e-2),
+    ]
+    for c in cells:
+        assert c["lr"] == "" and c["n_seeds"] == "2"
+        errs = [
+            r["recon_error"]
+            for r in res["runs"]
+            if (r["method"], r["init_scale"]) == (c["method"], float(c["init_scale"]))
+        ]
+        assert float(c["recon_error_mean"]) == pytest.approx(np.mean(errs), rel=1e-12)
+    # the init-scale table and figure of the same rows: one line per depth, lr "every"
+    got = paper.reproduce_init_scale(
+        tmp_path / "init", grid=TINY_FLOW, runs=tmp_path / "runs.csv", progress=False
+    )
+    assert len(got["summary"]) == 4
+    md = (tmp_path / "init" / "init_scale.md").read_text()
+    assert "| depth3 | 0.01 | every (flow) | 2 |" in md
+
+
+def test_flow_grid_has_one_trial_per_init_and_seed():
+    """The paper's full grid: GroupRMSprop keeps every init x lr x seed; the flow, which has
+    no learning rate, one trial per init x seed (sensing: its own inits), first step lrs[0]."""
+    from itertools import product
+
+    full = paper.FULL
+    want = [
+        {"seed": s, "init_scale": a, "lr": r}
+        for a, r, s in product(full.init_scales, full.lrs, full.seeds)
+    ]
+    assert full.trials("completion") == want and len(want) == 4 * 2 * 3
+    assert not full.is_flow
+    flow = replace(full, optimizer="flow")
+    for kind, scales in (("completion", full.init_scales), ("sensing", full.sensing_init_scales)):
+        got = flow.trials(kind)
+        assert [(t["init_scale"], t["seed"]) for t in got] == list(product(scales, full.seeds))
+        assert {t["lr"] for t in got} == {None}
+        assert {t["first_step"] for t in got} == {full.lrs[0]}
+    assert len(flow.trials("completion")) == 12 and len(flow.trials("sensing")) == 15
+    assert len(replace(full, optimizer="flow_dopri5").trials("completion")) == 12
+    with pytest.raises(ValueError, match="Grid.lrs is empty"):
+        replace(flow, lrs=()).trials("completion")
+
+
+def test_collapsed_flow_grid_equals_the_first_lr_of_the_uncollapsed_one(tmp_path):
+    """The flow grid's trial of (init, seed) is the flow the grid ran before the lr axis
+    collapsed for its first lr, bit for bit: the same fit from the same first step."""
+    grid = replace(TINY_FLOW, methods=("depth2",), init_scales=(1e-2,))
+    rows = paper.run_grid(grid, progress=False)
+    problem = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
+    per_lr = fastdmf.fit_batch(
+        problem,
+        2,
+        seeds=[0, 1, 0, 1],
+        init_scale=1e-2,
+        lr=[1e-3, 1e-3, 3e-4, 3e-4],
+        optimizer="flow",
+        max_time=1e6,
+        max_steps=50_000,
+        optimizer_options={"rtol": 1e-5},
+        record=None,
+    )
+    assert [r["seed"] for r in rows] == [0, 1]
+    for row, fit in zip(rows, per_lr[:2], strict=True):
+        assert row["recon_error"] == fit.trajectory.test_error[-1]
+        assert row["evals"] == fit.trajectory.n_evals[-1]
+    # the other lr integrates the same flow: equal within the integration tolerance only
+    for row, fit in zip(rows, per_lr[2:], strict=True):
+        assert fit.trajectory.test_error[-1] == pytest.approx(row["recon_error"], rel=0.2)
+
+
+def _compare_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "flow_grid_compare.py"
+    spec = importlib.util.spec_from_file_location("flow_grid_compare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cell(obs, method, init, lr, err):
+    return {
+        "kind": "completion",
+        "n_observed": obs,
+        "method": method,
+        "init_scale": init,
+        "lr": lr,
+        "n_seeds": 3,
+        "steps_mean": 100.0,
+        "evals_mean": 10.0,
+        "recon_error_mean": err,
+    }
+
+
+def test_flow_grid_compare_joins_every_lr_to_the_flow_cell(tmp_path, capsys):
+    """benchmarks/flow_grid_compare.py: each GroupRMSprop (obs, depth, init, lr) cell beside
+    the flow cell of its (obs, depth, init); a flow table with one cell per lr (written before
+    the lr axis collapsed) reads through its first-step cells."""
+    cmp = _compare_script()
+    grm, flow, old = tmp_path / "grm.csv", tmp_path / "flow.csv", tmp_path / "old.csv"
+    grm_cells = [
+        _cell(2000, "depth2", 1e-3, 1e-3, 4.0),
+        _cell(2000, "depth2", 1e-3, 3e-4, 5.0),
+        _cell(2000, "depth3", 1e-3, 1e-3, 2.0),
+        _cell(2000, "depth3", 1e-3, 3e-4, 2.0),
+        _cell(2000, "nuclear", None, None, 1.0),
+    ]
+    paper._report.write_csv(grm, grm_cells)
+    paper._report.write_csv(
+        flow,
+        [_cell(2000, "depth2", 1e-3, None, 4.2), _cell(2000, "depth3", 1e-3, None, 1.5)],
+    )
+    paper._report.write_csv(
+        old,
+        [
+            _cell(2000, "depth2", 1e-3, 1e-3, 4.2),
+            _cell(2000, "depth2", 1e-3, 3e-4, 4.41),
+            _cell(2000, "depth3", 1e-3, 1e-3, 1.5),
+            _cell(2000, "depth3", 1e-3, 3e-4, 1.5),
+        ],
+    )
+    for path, gap in ((flow, None), (old, 0.05)):
+        cells, got_gap = cmp.read_flow(path)
+        assert got_gap == (None if gap is None else pytest.approx(gap))
+        lines = cmp.compare(cmp.read_grm(grm), cells, within=0.1)
+        assert [(k, r) for k, _, _, r, _ in lines] == [
+            ((2000, "depth2", 1e-3, 1e-3), pytest.approx(4.2 / 4.0)),
+            ((2000, "depth2", 1e-3, 3e-4), pytest.approx(4.2 / 5.0)),
+            ((2000, "depth3", 1e-3, 1e-3), pytest.approx(1.5 / 2.0)),
+            ((2000, "depth3", 1e-3, 3e-4), pytest.approx(1.5 / 2.0)),
+        ]
+        assert [ok for *_, ok in lines] == [True, False, False, False]
+        cmp.main([str(grm), str(path)])
+        out = capsys.readouterr().out
+        assert "1/4 cells within 10% of GroupRMSprop; outside: 2000 obs depth 2 init" in out
+        assert ("up to 5.0%" in out) == (gap is not None)
+    with pytest.raises(ValueError, match="no flow cell with an empty lr or lr 0.01"):
+        cmp.read_flow(old, first_step=1e-2)
 
 
 def test_reproduce_cli_takes_the_optimizer(tmp_path, capsys):

@@ -69,9 +69,11 @@ class Grid:
     """The settings of one experiment: problems x methods x trials.
 
     Every combination of ``init_scales`` x ``lrs`` x ``seeds`` is one trial of each depth
-    method on each problem (``kinds`` x ``n_observed``); ``sensing_init_scales`` and
-    ``sensing_seeds`` replace ``init_scales`` and ``seeds`` for sensing problems (the paper
-    goes down to 1e-7 there; a sensing step forms W and costs far more than a completion step).
+    method on each problem (``kinds`` x ``n_observed``); a flow grid (:attr:`is_flow`) has
+    no lr axis: one trial per init scale and seed (see :meth:`trials`).
+    ``sensing_init_scales`` and ``sensing_seeds`` replace ``init_scales`` and ``seeds`` for
+    sensing problems (the paper goes down to 1e-7 there; a sensing step forms W and costs far
+    more than a completion step).
     ``optimizer`` "flow" or "flow_dopri5" integrates the gradient flow instead (see
     :attr:`is_flow`); ``optimizer_options`` go to every fit (e.g. the flow's ``rtol``).
     ``sensing_problem`` (optional) runs sensing on a smaller stand-in problem:
@@ -104,15 +106,38 @@ class Grid:
         """Whether the factorizations integrate the gradient flow (``optimizer`` "flow" or
         "flow_dopri5"): they then run to flow time ``max_time`` (the paper's fits reach
         train loss 1e-6 near t = 1e5; ``tol`` ends them there) with at most ``max_steps``
-        gradient evaluations, and ``lrs`` is the integrator's first trial step."""
+        gradient evaluations. A flow has no learning rate, so the lr axis collapses: one
+        flow per (problem, depth, init scale, seed) stands for every lr of ``lrs``, and
+        the first of ``lrs`` is only its integrator's first trial step (:meth:`trials`)."""
         return get_optimizer(self.optimizer).is_flow
 
     def trials(self, kind: str) -> list[dict]:
+        """The trials of each depth method on a problem of ``kind``: ``{"seed",
+        "init_scale", "lr"}`` for every init scale x lr x seed, in that nesting.
+
+        A flow grid (:attr:`is_flow`) integrates the same flow for every lr from the same
+        seed and init scale (the lrs would differ only within the integration tolerance),
+        so it runs one trial per init scale x seed with ``"lr": None`` (an empty lr in
+        runs.csv and the tables: the cell covers every lr) and ``"first_step"``, the
+        first of ``lrs``, given to the integrator as its first trial step.
+        """
         sensing = kind == "sensing"
         scales = (
             self.sensing_init_scales if sensing and self.sensing_init_scales else self.init_scales
         )
         seeds = self.sensing_seeds if sensing and self.sensing_seeds else self.seeds
+        if self.is_flow:
+            if not self.lrs:
+                raise ValueError(
+                    "Grid.lrs is empty: a flow grid takes the first lr as its "
+                    "integrator's first trial step; give one, e.g. lrs=(1e-3,)"
+                )
+            step = float(self.lrs[0])
+            return [
+                {"seed": int(s), "init_scale": float(a), "lr": None, "first_step": step}
+                for a in scales
+                for s in seeds
+            ]
         return [
             {"seed": int(s), "init_scale": float(a), "lr": float(r)}
             for a in scales
@@ -213,7 +238,7 @@ def depth_method(depth: int):
             depth,
             seeds=[t["seed"] for t in trials],
             init_scale=[t["init_scale"] for t in trials],
-            lr=[t["lr"] for t in trials],
+            lr=[t["first_step"] if t["lr"] is None else t["lr"] for t in trials],
             **common,
         )
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -402,15 +427,17 @@ def reproduce_table(
     and 5000 observations, beside the published numbers.
 
     Writes ``runs.csv`` (one row per trial), ``table.csv`` (mean and std over seeds per
-    kind, observations, method, init scale and lr) and ``table.md`` into ``out``.
+    kind, observations, method, init scale and lr) and ``table.md`` into ``out``. A flow
+    grid's rows and cells have an empty lr: one flow covers every lr (:meth:`Grid.trials`).
 
     Parameters
     ----------
     out : path
         Output folder (created).
     full : bool
-        The paper's grid (:data:`FULL`: 4 init scales (5 for sensing) x 2 lrs x 3 seeds)
-        instead of :data:`QUICK` (init 1e-3, lr 1e-3, 2 seeds; 1 for sensing).
+        The paper's grid (:data:`FULL`: 4 init scales (5 for sensing) x 2 lrs x 3 seeds;
+        by the flow 4 (5) init scales x 3 seeds, every lr at once) instead of :data:`QUICK`
+        (init 1e-3, lr 1e-3, 2 seeds; 1 for sensing).
     kinds, methods : list of str, optional
         Subsets of ``("completion", "sensing")`` and of :data:`METHODS`.
     grid : Grid, optional
@@ -420,7 +447,8 @@ def reproduce_table(
     optimizer : str, optional
         The factorizations' optimiser instead of the grid's (GroupRMSprop): ``"flow"`` or
         ``"flow_dopri5"`` integrate the gradient flow itself (:attr:`Grid.is_flow`), the
-        paper's grid in a fraction of the gradient evaluations.
+        paper's grid in a fraction of the gradient evaluations, one flow per init scale and
+        seed for all lrs (a flow has no learning rate).
 
     Returns
     -------

@@ -74,8 +74,25 @@ def _best(summary, kind, n_obs, method):
     return min(cands, key=lambda s: s["recon_error_mean"]) if cands else None
 
 
+#: The lr cell of a flow's trial or table row: a flow has no learning rate, so one flow per
+#: init scale and seed stands for every lr of the grid (its row's lr is empty in the CSVs).
+FLOW_LR = "every (flow)"
+
+
+def _lr_cell(s, none=""):
+    """The lr of a row as a table shows it: the number, :data:`FLOW_LR` for a flow's row
+    (no lr, an init scale), ``none`` for the nuclear norm's (neither)."""
+    if s["lr"] is not None:
+        return f"{s['lr']:g}"
+    return none if s["init_scale"] is None else FLOW_LR
+
+
 def _setting(s):
-    return "" if s["init_scale"] is None else f"init {s['init_scale']:g}, lr {s['lr']:g}"
+    if s["init_scale"] is None:
+        return ""
+    if s["lr"] is None:
+        return f"init {s['init_scale']:g}, every lr (flow)"
+    return f"init {s['init_scale']:g}, lr {s['lr']:g}"
 
 
 def _published(kind, n_obs, method):
@@ -114,7 +131,15 @@ def grid_lines(grid, wall):
             if grid.sensing_init_scales and "sensing" in grid.kinds
             else ""
         )
-        + f"; {grid.optimizer} lr {', '.join(f'{r:g}' for r in grid.lrs)}; seeds "
+        + (
+            "; no lr: one flow per init and seed covers every lr"
+            + (f" ({', '.join(f'{r:g}' for r in grid.lrs)})" if grid.lrs else "")
+            + ", the integrator's first trial step "
+            + (f"{grid.lrs[0]:g}" if grid.lrs else "none")
+            if grid.is_flow
+            else f"; {grid.optimizer} lr {', '.join(f'{r:g}' for r in grid.lrs)}"
+        )
+        + "; seeds "
         f"{', '.join(map(str, grid.seeds))}"
         + (
             f" (sensing: {', '.join(map(str, grid.sensing_seeds))})"
@@ -133,7 +158,7 @@ def _stop_rule(grid) -> str:
         return (
             f"the gradient flow itself ({grid.optimizer}"
             + (f", rtol {rtol:g}" if rtol is not None else ", default tolerances")
-            + "; lr is the first trial step), integrated until train loss "
+            + "), integrated until train loss "
             f"{grid.tol:g}, flow time {grid.max_time:g} or {grid.max_steps:,} gradient "
             "evaluations."
         )
@@ -195,7 +220,7 @@ def table_md(grid, summary, wall):
             s["n_observed"],
             s["method"],
             "" if s["init_scale"] is None else f"{s['init_scale']:g}",
-            "" if s["lr"] is None else f"{s['lr']:g}",
+            _lr_cell(s),
             f"{s['converged']}/{s['n_seeds']}",
             f"{s['steps_mean']:,.0f}",
             f"{s['evals_mean']:,.0f}",
@@ -233,7 +258,7 @@ def init_scale_table(cell):
             [
                 s["method"],
                 "-" if s["init_scale"] is None else f"{s['init_scale']:g}",
-                "-" if s["lr"] is None else f"{s['lr']:g}",
+                _lr_cell(s, "-"),
                 s["n_seeds"],
                 *_metric_cells(s),
             ]
@@ -252,7 +277,11 @@ def init_scale_figure(out, kind, n_obs, cell):
         "effective_rank": "effective rank",
     }
     styles = ["-", "--", ":", "-."]
-    lrs = sorted({s["lr"] for s in cell if s["lr"] is not None}, reverse=True)
+    # one line per lr; a flow's rows (lr None) are one line for every lr
+    lrs = sorted(
+        {s["lr"] for s in cell if s["init_scale"] is not None},
+        key=lambda r: -np.inf if r is None else -r,
+    )
     for ax, metric in zip(axes, _METRICS, strict=True):
         for name in METHOD_NAMES:
             pts = sorted(
@@ -272,7 +301,7 @@ def init_scale_figure(out, kind, n_obs, cell):
                     marker="o",
                     ls=styles[k % len(styles)],
                     color=f"C{int(name[-1])}",
-                    label=f"{name}, lr {lr:g}",
+                    label=f"{name}, flow" if lr is None else f"{name}, lr {lr:g}",
                 )
         ax.set_xscale("log")
         if metric == "recon_error":
