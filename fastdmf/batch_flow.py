@@ -30,7 +30,7 @@ from .kernels.blas import blas_threads
 from .kernels.codes import CONVERGED, RUNNING
 from .result import FitResult
 
-__all__ = ["fit_batch_flow", "resume_batch", "checkpoint_paths", "run_batch_flow"]
+__all__ = ["fit_batch_flow", "resume_batch", "checkpoint_paths", "run_batch_flow", "launch_order"]
 
 
 def checkpoint_paths(checkpoint, n: int) -> list | None:
@@ -173,6 +173,19 @@ class FlowTrial:
         )
 
 
+def launch_order(runs, active) -> np.ndarray:
+    """The indices of the active trials (``active[b]``) in the order the compiled call
+    starts them: the smallest init scale first (the longest flow: a smaller init sits
+    longer on the plateau before the fit moves; within one batch the depth is the same),
+    ties in the caller's order. Started longest first, the trials' work queue does not end
+    with one long trial running alone on one thread while the others wait."""
+    idx = np.flatnonzero(active)
+    scales = [runs[b].plan.init_scale for b in idx]
+    if any(a is None for a in scales):
+        return idx
+    return idx[np.argsort(np.asarray(scales, dtype=np.float64), kind="stable")]
+
+
 def drive_flows(runs, stacked, fresh=True) -> list[str]:
     """Integrate every trial of ``runs`` (:class:`FlowTrial`, engines bound to the rows of
     ``stacked``) to its end; their statuses after :meth:`~fastdmf.drive.Watch.finish`,
@@ -194,7 +207,7 @@ def drive_flows(runs, stacked, fresh=True) -> list[str]:
             t_ends[b] = runs[b].target()
         with blas_threads(1):
             old = numba.get_parallel_chunksize()
-            numba.set_parallel_chunksize(1)
+            numba.set_parallel_chunksize(1)  # one task per thread (the kernel's work queue)
             try:
                 run_batch_flow(
                     plan0.kind,
@@ -207,7 +220,7 @@ def drive_flows(runs, stacked, fresh=True) -> list[str]:
                     int(plan0.budget),
                     float(plan0.tol),
                     caps,
-                    active,
+                    launch_order(runs, active),
                     status,
                 )
             finally:

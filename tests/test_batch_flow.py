@@ -2,6 +2,7 @@
 its serial flow fit bit for bit, with its own end time, tolerances and status; checkpoints of
 a batched flow resume bit for bit."""
 
+import types
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +267,79 @@ def test_a_kind_without_a_batched_flow_is_refused(square):
     data = fastdmf._plan.FitData(square)
     with pytest.raises(ValueError, match="fastdmf.fit\\(..., optimizer='flow'\\) per trial"):
         batch_flow.fit_batch_flow(data, plans, [{}])
+
+
+def test_trials_start_longest_first_and_return_in_the_callers_order(square):
+    """The compiled call starts the trials smallest init scale first (the longest flows),
+    ties in the caller's order; the results stay in the caller's order, each its own serial
+    fit (TRIALS start as 1, 0, 2)."""
+    kw = dict(depth=3, optimizer="flow", tol=1e-6, record=None, max_steps=20_000)
+    seen = []
+    real = batch_flow.launch_order
+
+    def spy(runs, active):
+        got = real(runs, active)
+        seen.append([(runs[b].plan.seed, runs[b].plan.init_scale) for b in got])
+        return got
+
+    scales = [1e-2, 1e-3, 1e-2, 1e-4, 1e-3]
+    trials = [{**TRIALS[b % 3], "seed": b, "init_scale": a} for b, a in enumerate(scales)]
+    want = sorted(range(5), key=lambda b: (scales[b], b))  # an independent stable sort
+    assert want == [3, 1, 4, 0, 2]
+    try:
+        batch_flow.launch_order = spy
+        res = batched(square, trials, n_threads=2, **kw)
+    finally:
+        batch_flow.launch_order = real
+    assert seen[0] == [(b, scales[b]) for b in want]
+    for got, trial in zip(res, trials, strict=True):
+        ref = serial(
+            square,
+            {**trial, "optimizer_options": {"atol": 1e-9, **trial["optimizer_options"]}},
+            **kw,
+        )
+        assert got.settings["arguments"]["seed"] == trial["seed"]
+        assert_same_fit(got, ref)
+    # only the active trials are started
+    active = np.array([True, False, True, True, False])
+    runs = [types.SimpleNamespace(plan=types.SimpleNamespace(init_scale=a)) for a in scales]
+    np.testing.assert_array_equal(batch_flow.launch_order(runs, active), [3, 0, 2])
+
+
+def test_the_work_queue_hands_out_every_ticket_once():
+    """fetch_add, the trials' work queue: threads drawing tickets concurrently get each of
+    0 .. n-1 exactly once, and the counter ends at n plus one failed draw per task."""
+    import numba
+
+    from fastdmf.kernels.flow_batch import fetch_add
+
+    @numba.njit(parallel=True)
+    def draw(n, taken, by, out):
+        ticket = np.empty(1, np.int64)
+        ticket[0] = 0
+        tasks = min(numba.get_num_threads(), n)
+        for w in numba.prange(tasks):
+            i = fetch_add(ticket)
+            while i < n:
+                taken[i] += 1
+                by[i] = w
+                s = 0.0
+                for j in range(50_000):  # some work, so that the tasks overlap
+                    s += np.sqrt(j + i)
+                out[i] = s
+                i = fetch_add(ticket)
+        return ticket[0], tasks
+
+    n = 2000
+    taken, by, out = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        end, tasks = draw(n, taken, by, out)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(taken, 1)
+    assert out[7] == pytest.approx(np.sqrt(np.arange(50_000) + 7.0).sum(), rel=1e-12)
+    assert end == n + tasks
+    if tasks == 2:  # both tasks drew tickets
+        assert set(np.unique(by)) == {0, 1}

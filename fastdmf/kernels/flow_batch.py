@@ -4,9 +4,15 @@ Each trial runs the serial build's ``run_flow`` (``fastdmf.kernels.cpu.SERIAL``;
 build's for ``run_batch_flow_sensing``) on its own row of stacked buffers and its own
 integrator state ``(y, ks, fs)`` (time, step size, evaluations, stage count and stiffness
 estimate of RKC, tolerances), up to its own end time. So a trial computes exactly what a
-serial flow ``fit`` of it computes, bit for bit. The loop over trials is Numba's dynamic
-schedule with chunk size 1 (set by the caller): a trial that reaches its record time early
-frees its thread for the next. Not cached: it is a parallel function.
+serial flow ``fit`` of it computes, bit for bit.
+
+The trials are a work queue: one task per thread, each taking the next trial of the
+caller's ``order`` (an atomic counter, :func:`fetch_add`) whenever it finishes one, so a
+trial that reaches its record time early frees its thread for the next, and the trials start
+in the order given (the caller puts the longest first). A ``prange`` over the trials would
+not do this: Numba's OpenMP layer splits a ``prange`` into contiguous static blocks, one per
+thread, whatever ``set_parallel_chunksize`` says, so one thread could get all the long trials.
+Not cached: it is a parallel function.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ from __future__ import annotations
 import types
 
 import numba
+import numpy as np
 from numba import prange
+from numba.core import cgutils
+from numba.core import types as nbtypes
+from numba.extending import intrinsic
 
 from . import sensing
 from .cpu import SERIAL
@@ -22,17 +32,49 @@ from .cpu import SERIAL
 _serial_run_flow = SERIAL.run_flow
 
 
+@intrinsic
+def fetch_add(typingctx, counter):
+    """``counter[0] += 1`` atomically, in compiled code; returns the value before (the next
+    ticket of a work queue that several threads draw from). ``counter``: a 1-d int64
+    array."""
+    if not (
+        isinstance(counter, nbtypes.Array) and counter.ndim == 1 and counter.dtype == nbtypes.int64
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(nbtypes.intp, 0)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [zero])
+        one = context.get_constant(nbtypes.int64, 1)
+        return builder.atomic_rmw("add", ptr, one, "seq_cst")
+
+    return nbtypes.int64(counter), codegen
+
+
 @numba.njit(parallel=True)
-def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, active, status):
-    """Integrate every active trial b (``active[b]``) up to flow time ``t_ends[b]`` or until
-    it stops (see ``fastdmf.kernels.flow.run_flow``): ``bufs = (thetas, grads, works,
-    rowlosses)`` and ``flows = (ys, kss, fss)`` stacked with a leading trial axis. Writes
-    each trial's status to ``status[b]`` (its time, evaluations and steps are in ``fss[b]``).
+def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, order, status):
+    """Integrate every trial b of ``order`` up to flow time ``t_ends[b]`` or until it stops
+    (see ``fastdmf.kernels.flow.run_flow``), starting them in that order as threads free
+    up; trials not in ``order`` are left alone. ``bufs = (thetas, grads, works,
+    rowlosses)`` and ``flows = (ys, kss, fss)`` stacked with a leading trial axis, in the
+    caller's trial order. Writes each trial's status to ``status[b]`` (its time, evaluations
+    and steps are in ``fss[b]``).
     """
     thetas, grads, works, rowlosses = bufs
     ys, kss, fss = flows
-    for b in prange(thetas.shape[0]):
-        if active[b]:
+    n = order.shape[0]
+    # the queue's counter, shared by the tasks; zeroed by a store, not np.zeros: Numba
+    # makes np.zeros a parallel loop of its own, and with it a probe of this loop read the
+    # counter back as 0 after the tasks had drawn every ticket (the atomic adds are
+    # invisible to Numba's analysis of the array's uses)
+    ticket = np.empty(1, np.int64)
+    ticket[0] = 0
+    for _ in prange(min(numba.get_num_threads(), n)):  # one task per thread
+        i = fetch_add(ticket)
+        while i < n:
+            b = order[i]
             status[b] = _serial_run_flow(
                 thetas[b],
                 grads[b],
@@ -48,6 +90,7 @@ def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, a
                 caps[b],
                 1,
             )[1]
+            i = fetch_add(ticket)
 
 
 def batch_flow_of(serial_run_flow):
