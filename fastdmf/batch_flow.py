@@ -4,7 +4,8 @@ Each trial keeps its own integrator state (time, step size, evaluations, RKC's s
 stiffness estimate, tolerances), its own plan (record times and end time ``max_time``) and
 its own :class:`~fastdmf.drive.Watch`. One compiled call (the problem kind's ``batch_flow``,
 e.g. :func:`fastdmf.kernels.flow_batch.run_batch_flow`) integrates every running trial up to
-its next record time, one trial per task; Python then records each trial, as
+its next record time, the threads taking the trials from a work queue in
+:func:`launch_order` (the longest first); Python then records each trial, as
 :func:`fastdmf.drive.drive` does for one fit. Every trial runs the serial kernels and asks
 for the same integration targets in the same order as a serial flow ``fit``, so its result
 is that fit's, bit for bit; a trial that converges, diverges, or spends its evaluation
