@@ -81,16 +81,16 @@ def fit_batch(
     writes ``p.b``; or a list of one path per seed) and ``checkpoint_every`` as in
     :func:`fastdmf.fit`, each trial writes its own checkpoint, which
     :func:`fastdmf.resume` continues bit for bit. ``backend="cuda"`` refuses the flow (it
-    runs on the CPU only).
+    runs on the CPU only). ``backend="cuda"`` advances all trials on the GPU
+    (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
+    same settings exactly (and the CPU fit within rounding).
 
     ``lockstep=True`` (sensing problems, flow optimisers; :mod:`fastdmf.lockstep`) advances
     all running trials one gradient evaluation per round and evaluates them together: the
     measurement operator, which each evaluation otherwise streams from memory twice, is
     read for all trials at once by two matrix-matrix products. Each trial then equals its
     serial flow ``fit`` within rounding (the products sum in another order; the integrator
-    is the same), not bit for bit; its settings' ``kernels`` say "lockstep (batched)". ``backend="cuda"`` advances all trials on the GPU
-    (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
-    same settings exactly (and the CPU fit within rounding).
+    is the same), not bit for bit; its settings' ``kernels`` say "lockstep (batched)".
 
     Example
     -------
