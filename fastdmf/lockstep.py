@@ -28,19 +28,26 @@ from .kernels.flow_batch import sensing_evaluate_many
 __all__ = ["run_lockstep_flow", "sensing_losses_and_grads"]
 
 
-def sensing_losses_and_grads(thetas, grads, works, dims, offs, obs, idx) -> np.ndarray:
+def sensing_losses_and_grads(thetas, grads, works, dims, offs, obs, idx, scratch=None):
     """Sensing losses of the trials ``idx`` (rows of the stacked ``thetas``; ``works`` their
     workspaces, see :func:`fastdmf.kernels.sensing.work_layout`); their gradients into the
     same rows of ``grads``. The operator products of all of them are two matrix-matrix
     products (:func:`fastdmf.kernels.flow_batch.sensing_evaluate_many`, over
-    ``config.DENSE_BLOCKS`` fixed blocks of operator rows)."""
+    ``config.DENSE_BLOCKS`` fixed blocks of operator rows). ``scratch``: a dict that keeps
+    the products' buffers from one call to the next (sized for the most trials seen)."""
     amat = obs[0]
     nt = idx.shape[0]
     mn = int(dims[-1]) * int(dims[0])
-    dtype = thetas.dtype
-    wmt = np.empty((mn, nt), dtype=dtype)
-    resid = np.empty((amat.shape[0], nt), dtype=dtype)
-    part = np.empty((config.DENSE_BLOCKS, mn, nt), dtype=dtype)
+    sizes = {"wmt": mn * nt, "resid": amat.shape[0] * nt, "part": config.DENSE_BLOCKS * mn * nt}
+    scratch = {} if scratch is None else scratch
+    buf = {}
+    for name, size in sizes.items():
+        if name not in scratch or scratch[name].size < size:
+            scratch[name] = np.empty(size, dtype=thetas.dtype)
+        buf[name] = scratch[name][:size]
+    wmt = buf["wmt"].reshape(mn, nt)
+    resid = buf["resid"].reshape(amat.shape[0], nt)
+    part = buf["part"].reshape(config.DENSE_BLOCKS, mn, nt)
     losses = np.empty(nt)
     sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid, part, losses)
     return losses
@@ -143,11 +150,11 @@ def run_lockstep_flow(
     """Integrate every active trial b up to flow time ``t_ends[b]`` or until it stops, all
     trials advancing one evaluation per round; the contract of
     :func:`fastdmf.kernels.flow_batch.run_batch_flow`. ``evaluate(thetas, grads, works,
-    dims, offs, obs, idx) -> losses`` evaluates the trials ``idx`` together (e.g.
-    :func:`sensing_losses_and_grads`)."""
+    dims, offs, obs, idx, scratch) -> losses`` evaluates the trials ``idx`` together (e.g.
+    :func:`sensing_losses_and_grads`; ``scratch`` a dict it may keep buffers in)."""
     thetas, grads, works = bufs[0], bufs[1], bufs[2]
     ys, kss, fss = flows
-    live = {}
+    live, scratch = {}, {}
     for b in np.flatnonzero(active):
         gen = _trial(
             thetas[b],
@@ -165,7 +172,7 @@ def run_lockstep_flow(
             status[b] = stop.value
     while live:
         idx = np.fromiter(live, dtype=np.int64)
-        losses = evaluate(thetas, grads, works, dims, offs, obs, idx)
+        losses = evaluate(thetas, grads, works, dims, offs, obs, idx, scratch)
         for b, loss in zip(idx, losses, strict=True):
             try:
                 live[b].send(float(loss))

@@ -30,7 +30,12 @@ def test_many_trial_evaluation_matches_the_serial_kernel(small, depth, dtype):
     grads = np.full_like(thetas, np.nan)
     works = np.zeros((4, work.size), dtype=dtype)
     idx = np.array([3, 0, 2])  # trial 1 is not evaluated: its row must stay as it was
-    losses = lockstep.sensing_losses_and_grads(thetas, grads, works, dims, offs, obs, idx)
+    scratch = {}  # buffers sized for all four trials first, then reused for three
+    every = np.arange(4)
+    lockstep.sensing_losses_and_grads(
+        thetas, np.empty_like(thetas), works, dims, offs, obs, every, scratch
+    )
+    losses = lockstep.sensing_losses_and_grads(thetas, grads, works, dims, offs, obs, idx, scratch)
     assert np.all(np.isnan(grads[1]))
     rtol = 1e-12 if dtype == "float64" else 2e-5
     for t, b in enumerate(idx):
@@ -48,7 +53,7 @@ def test_many_trial_evaluation_matches_the_serial_kernel(small, depth, dtype):
         np.testing.assert_allclose(grads[b], ref, rtol=0, atol=rtol * np.abs(ref).max())
 
 
-def _serial_evaluate(thetas, grads, works, dims, offs, obs, idx):
+def _serial_evaluate(thetas, grads, works, dims, offs, obs, idx, scratch):
     """The serial kernel, trial by trial: the evaluations of fit_batch without lockstep."""
     resid = np.empty(obs[0].shape[0], dtype=thetas.dtype)
     scale = 2.0 / obs[0].shape[0]
