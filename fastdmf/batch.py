@@ -63,6 +63,7 @@ def fit_batch(
     backend: str = "cpu",
     checkpoint=None,
     checkpoint_every=None,
+    lockstep: bool = False,
 ) -> list[FitResult]:
     """Fit one trial per seed, all together; ``init_scale`` and ``lr`` are scalars or one
     value per trial, and so is each value of ``optimizer_options`` (a list holds one per
@@ -83,6 +84,13 @@ def fit_batch(
     runs on the CPU only). ``backend="cuda"`` advances all trials on the GPU
     (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
     same settings exactly (and the CPU fit within rounding).
+
+    ``lockstep=True`` (sensing problems, flow optimisers; :mod:`fastdmf.lockstep`) advances
+    all running trials one gradient evaluation per round and evaluates them together: the
+    measurement operator, which each evaluation otherwise streams from memory twice, is
+    read for all trials at once by two matrix-matrix products. Each trial then equals its
+    serial flow ``fit`` within rounding (the products sum in another order; the integrator
+    is the same), not bit for bit; its settings' ``kernels`` say "lockstep (batched)".
 
     Example
     -------
@@ -118,6 +126,11 @@ def fit_batch(
     spec = get_optimizer(optimizer)
     if not (spec.batched or spec.is_flow):
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
+    if lockstep and not spec.is_flow:
+        raise ValueError(
+            f"lockstep=True advances gradient flows together; optimizer {optimizer!r} is "
+            "not a flow: use optimizer='flow' or 'flow_dopri5', or leave lockstep=False"
+        )
     if checkpoint is not None and not spec.is_flow:
         raise ValueError(
             "fit_batch writes checkpoints for the flow optimisers ('flow', "
@@ -213,7 +226,9 @@ def fit_batch(
             }
             for seed, scale, rate, t, opts in zip(seeds, scales, rates, times, options, strict=True)
         ]
-        return fit_batch_flow(data, plans, args, checkpoint, checkpoint_every, n_threads)
+        return fit_batch_flow(
+            data, plans, args, checkpoint, checkpoint_every, n_threads, lockstep=lockstep
+        )
     if where == "cuda":
         most = kind.cuda().max_trials(problem.shape[0], depth)
         if n > most:  # more trials than one launch holds: consecutive batches (same bits)

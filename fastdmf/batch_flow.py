@@ -29,6 +29,7 @@ from .drive import Watch
 from .engine import Engine, FlowEngine, stack
 from .kernels.blas import blas_threads
 from .kernels.codes import CONVERGED, RUNNING
+from .lockstep import run_lockstep_flow
 from .result import FitResult
 
 __all__ = ["fit_batch_flow", "resume_batch", "checkpoint_paths", "run_batch_flow", "launch_order"]
@@ -70,15 +71,21 @@ def run_batch_flow(kind, *args) -> None:
 
 
 def fit_batch_flow(
-    data, plans, args, checkpoint=None, every=None, n_threads=None
+    data, plans, args, checkpoint=None, every=None, n_threads=None, lockstep=False
 ) -> list[FitResult]:
     """``fit_batch`` for ``optimizer="flow"`` or ``"flow_dopri5"``: ``data`` the trials'
     shared :class:`~fastdmf._plan.FitData`, ``plans`` one :class:`~fastdmf._plan.Plan` per
     trial (seed, init scale, hyper-parameters, record times and end time its own), ``args``
     each trial's arguments as its settings keep them; ``checkpoint`` one path (trial b
-    writes ``p.b``) or one per trial, every ``every`` as in ``fit``."""
+    writes ``p.b``) or one per trial, every ``every`` as in ``fit``; ``lockstep`` advances
+    the trials one evaluation per round together (:mod:`fastdmf.lockstep`)."""
     problem, fitted, val = data.problem, data.offsets, data.val
     kind = plans[0].kind
+    if lockstep and kind.batch_eval is None:
+        raise ValueError(
+            f"lockstep=True evaluates the trials of a sensing problem together; a "
+            f"{kind.title} has no such evaluation: leave lockstep=False"
+        )
     if kind.batch_flow is None:
         run_batch_flow(kind)  # refuses it, saying what to do instead
     n = len(plans)
@@ -100,7 +107,8 @@ def fit_batch_flow(
     runs = []
     for b, (eng, trial) in enumerate(zip(engines, plans, strict=True)):
         trial_args = {**args[b], "checkpoint": None if paths is None else paths[b]}
-        s = settings(trial_args, trial.seed, problem, "serial (batched)")
+        mode = "lockstep (batched)" if lockstep else "serial (batched)"
+        s = settings(trial_args, trial.seed, problem, mode)
         if fitted is not None:
             s["offsets"] = fitted.describe()
         if val is not None:
@@ -110,7 +118,7 @@ def fit_batch_flow(
         saver = None if paths is None else Checkpointer(paths[b], every, trial, data, s)
         runs.append(FlowTrial(eng, watch, trial, s, saver))
     with threads(n_threads):
-        statuses = drive_flows(runs, stacked)
+        statuses = drive_flows(runs, stacked, lockstep=lockstep)
     return [r.result(status) for r, status in zip(runs, statuses, strict=True)]
 
 
@@ -187,10 +195,13 @@ def launch_order(runs, active) -> np.ndarray:
     return idx[np.argsort(np.asarray(scales, dtype=np.float64), kind="stable")]
 
 
-def drive_flows(runs, stacked, fresh=True) -> list[str]:
+def drive_flows(runs, stacked, fresh=True, lockstep=False) -> list[str]:
     """Integrate every trial of ``runs`` (:class:`FlowTrial`, engines bound to the rows of
     ``stacked``) to its end; their statuses after :meth:`~fastdmf.drive.Watch.finish`,
-    final checkpoints written. The trials share one problem, evaluation budget and tol."""
+    final checkpoints written. The trials share one problem, evaluation budget and tol;
+    ``lockstep``: one evaluation of every running trial per round
+    (:func:`fastdmf.lockstep.run_lockstep_flow`), else one compiled call of the kind's
+    batched flow."""
     if fresh:
         for r in runs:
             r.start()
@@ -206,26 +217,27 @@ def drive_flows(runs, stacked, fresh=True) -> list[str]:
             break
         for b in np.flatnonzero(active):
             t_ends[b] = runs[b].target()
+        head = (
+            bufs,
+            eng0.dims,
+            eng0.offs,
+            eng0.obs,
+            flows,
+            t_ends,
+            int(plan0.budget),
+            float(plan0.tol),
+            caps,
+        )
         with blas_threads(1):
-            old = numba.get_parallel_chunksize()
-            numba.set_parallel_chunksize(1)  # one task per thread (the kernel's work queue)
-            try:
-                run_batch_flow(
-                    plan0.kind,
-                    bufs,
-                    eng0.dims,
-                    eng0.offs,
-                    eng0.obs,
-                    flows,
-                    t_ends,
-                    int(plan0.budget),
-                    float(plan0.tol),
-                    caps,
-                    launch_order(runs, active),
-                    status,
-                )
-            finally:
-                numba.set_parallel_chunksize(old)
+            if lockstep:
+                run_lockstep_flow(plan0.kind.batch_eval, *head, active, status)
+            else:
+                old = numba.get_parallel_chunksize()
+                numba.set_parallel_chunksize(1)  # one task per thread (the kernel's work queue)
+                try:
+                    run_batch_flow(plan0.kind, *head, launch_order(runs, active), status)
+                finally:
+                    numba.set_parallel_chunksize(old)
         for b in np.flatnonzero(active):
             runs[b].settle(int(status[b]))
     statuses = [r.watch.finish(r.status) for r in runs]

@@ -230,6 +230,8 @@ def depth_method(depth: int):
         )
         if grid.is_flow:
             common["max_time"] = grid.max_time
+            # sensing: every trial's operator products in one pass per round
+            common["lockstep"] = kind_of(problem).batch_eval is not None
         t0, c0 = time.perf_counter(), time.process_time()
         from ..batch import fit_batch  # completion and sensing, all trials together
 

@@ -110,7 +110,6 @@ def run_flow(
     """
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
-    size = y.shape[0]
     rtol, atol = fs[RTOL], fs[ATOL]
     if fs[FSAL] == 0.0:
         theta[:] = y
@@ -118,8 +117,7 @@ def run_flow(
             theta, grad, work, dims, offs, obs, rowloss, scale, nblk
         )
         fs[EVALS] += 1
-        for i in range(size):
-            ks[0, i] = -grad[i]
+        negate(grad, ks[0])
         fs[FSAL] = 1.0
     if fs[METHOD] == RKC2:
         return run_rkc(
@@ -136,29 +134,14 @@ def run_flow(
         h = min(fs[H], t_end - fs[T])
         stage_loss = 0.0
         for s in range(1, 7):
-            for i in range(size):
-                acc = 0.0
-                for j in range(s):
-                    acc += _A[s, j] * ks[j, i]
-                theta[i] = y[i] + h * acc
+            dp_point(theta, y, ks, h, s)
             stage_loss = loss_and_grad(  # noqa: F821
                 theta, grad, work, dims, offs, obs, rowloss, scale, nblk
             )
             fs[EVALS] += 1
-            for i in range(size):
-                ks[s, i] = -grad[i]
+            negate(grad, ks[s])
         # theta now holds y_new (stage 7 is evaluated at the 5th-order solution)
-        err = 0.0
-        if np.isfinite(stage_loss):
-            for i in range(size):
-                est = 0.0
-                for j in range(7):
-                    est += _E[j] * ks[j, i]
-                sc = atol + rtol * max(abs(y[i]), abs(theta[i]))
-                err += (h * est / sc) ** 2
-            err = np.sqrt(err / size)
-        else:
-            err = np.inf
+        err = dp_error(y, theta, ks, h, rtol, atol, stage_loss)
         _conclude(flow, theta, grad, h, t_end, err, stage_loss, 0.2, 0.2, 5.0, 0.9)
 
 
@@ -176,42 +159,176 @@ def _chebyshev(s, w0):
     return t, d1, d2
 
 
+# The arithmetic of the integrators, one function per piece: compiled into each kernel
+# family's ``run_flow`` (inlined) and called one piece at a time by the trials of a
+# lock-step batch (``fastdmf.lockstep``), which therefore compute the same numbers.
+
+
+@numba.njit(inline="always")
+def negate(grad, out):
+    """out = -grad (the vector field at the point just evaluated)."""
+    for i in range(grad.shape[0]):
+        out[i] = -grad[i]
+
+
+@numba.njit(inline="always")
+def dp_point(theta, y, ks, h, s):
+    """Dormand-Prince stage s's point: theta = y + h sum_j a_sj k_j."""
+    for i in range(y.shape[0]):
+        acc = 0.0
+        for j in range(s):
+            acc += _A[s, j] * ks[j, i]
+        theta[i] = y[i] + h * acc
+
+
+@numba.njit(inline="always")
+def dp_error(y, theta, ks, h, rtol, atol, stage_loss):
+    """The scaled RMS of the Dormand-Prince error estimate (inf if the last stage's loss is
+    not finite)."""
+    if not np.isfinite(stage_loss):
+        return np.inf
+    size = y.shape[0]
+    err = 0.0
+    for i in range(size):
+        est = 0.0
+        for j in range(7):
+            est += _E[j] * ks[j, i]
+        sc = atol + rtol * max(abs(y[i]), abs(theta[i]))
+        err += (h * est / sc) ** 2
+    return np.sqrt(err / size)
+
+
+@numba.njit(inline="always")
+def probe_start(y, ks, itemsize):
+    """Start a stiffness estimate: the direction ks[3] (f(y), or ones, if still zero); the
+    probe's length."""
+    v = ks[3]
+    if np.sqrt(np.sum(v * v)) == 0.0:
+        for i in range(y.shape[0]):
+            v[i] = ks[0, i] if ks[0, i] != 0.0 else 1.0
+    ynorm = np.sqrt(np.sum(y * y))
+    # the probe must move theta by far more than its rounding: ~sqrt(eps) relative, or a
+    # float32 probe can leave theta, and so the gradient, unchanged
+    rel = 3.5e-4 if itemsize == 4 else 1e-7
+    return rel * max(ynorm, 1e-8)
+
+
+@numba.njit(inline="always")
+def probe_point(theta, y, v, delta):
+    """theta = y + delta v / |v|; False (theta untouched) when v is 0: the gradient did not
+    move along v, no curvature seen there."""
+    vnorm = np.sqrt(np.sum(v * v))
+    if vnorm == 0.0:
+        return False
+    for i in range(y.shape[0]):
+        theta[i] = y[i] + delta * v[i] / vnorm
+    return True
+
+
+@numba.njit(inline="always")
+def probe_update(ks, grad, delta, rho):
+    """v = J (delta v/|v|) (J = -Hessian) from the gradient at the probe; returns the new
+    estimate |v| / delta and whether it agrees with ``rho`` within 1%."""
+    v = ks[3]
+    for i in range(v.shape[0]):
+        v[i] = -grad[i] - ks[0, i]
+    new = np.sqrt(np.sum(v * v)) / delta
+    return new, abs(new - rho) <= 0.01 * new
+
+
+@numba.njit(inline="always")
+def probe_end(fs, rho):
+    """Store the estimate (with a 1.2 safety factor) and restart its age."""
+    # 0 marks "not estimated": a flat direction keeps a tiny positive estimate instead
+    fs[RHO] = max(1.2 * rho, 1e-300)
+    fs[RHO_AGE] = 0.0
+    return fs[RHO]
+
+
+@numba.njit(inline="always")
+def rkc_stages(fs, t_end):
+    """The next RKC step's stage count s and length h (capped by the largest stage count)."""
+    rho = fs[RHO]
+    h = min(fs[H], t_end - fs[T])
+    s = 1 + int(np.sqrt(1.0 + 1.54 * h * rho))
+    if s > _RKC_SMAX:
+        s = _RKC_SMAX
+        h = min(h, ((s - 1.0) ** 2 - 1.0) / (1.54 * rho))
+    return max(s, 2), h
+
+
+@numba.njit(inline="always")
+def rkc_begin(y, ks, h, s):
+    """Start an s-stage RKC step: ks[1] = Y_0 = y, ks[2] = Y_1; returns the coefficients
+    ``(b, tc, w0, w1)`` its stages use."""
+    w0 = 1.0 + _RKC_EPS / (s * s)
+    tc, d1, d2 = _chebyshev(s, w0)
+    w1 = d1[s] / d2[s]
+    b = np.empty(s + 1)
+    for j in range(2, s + 1):
+        b[j] = d2[j] / (d1[j] * d1[j])
+    b[0] = b[1] = b[2]
+    # ks rows: 0 f(y), 1 Y_{j-2}, 2 Y_{j-1}, 4 f(Y_{j-1}), 5 Y_j, 6 f(y_new)
+    mu1 = b[1] * w1
+    for i in range(y.shape[0]):
+        ks[1, i] = y[i]
+        ks[2, i] = y[i] + mu1 * h * ks[0, i]
+    return b, tc, w0, w1
+
+
+@numba.njit(inline="always")
+def rkc_stage(y, ks, grad, h, j, coef):
+    """RKC stage j from the gradient at Y_{j-1} (``grad``): ks[1], ks[2] <- Y_{j-1}, Y_j."""
+    b, tc, w0, w1 = coef
+    mu = 2.0 * b[j] * w0 / b[j - 1]
+    nu = -b[j] / b[j - 2]
+    mut = 2.0 * b[j] * w1 / b[j - 1]
+    gam = -(1.0 - b[j - 1] * tc[j - 1]) * mut
+    for i in range(y.shape[0]):
+        ks[5, i] = (
+            (1.0 - mu - nu) * y[i]
+            + mu * ks[2, i]
+            + nu * ks[1, i]
+            - mut * h * grad[i]
+            + gam * h * ks[0, i]
+        )
+        ks[1, i] = ks[2, i]
+        ks[2, i] = ks[5, i]
+
+
+@numba.njit(inline="always")
+def rkc_error(y, theta, ks, grad, h, rtol, atol, stage_loss):
+    """The scaled RMS of RKC's error estimate at y_new = theta (inf if its loss is not
+    finite)."""
+    if not np.isfinite(stage_loss):
+        return np.inf
+    size = y.shape[0]
+    err = 0.0
+    for i in range(size):
+        est = (12.0 * (y[i] - theta[i]) + 6.0 * h * (ks[0, i] - grad[i])) / 15.0
+        sc = atol + rtol * max(abs(y[i]), abs(theta[i]))
+        err += (est / sc) ** 2
+    return np.sqrt(err / size)
+
+
 def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk, max_iter=30):
     """Largest eigenvalue of the Hessian at y (the stiffness of the flow), by power
     iteration on finite differences of the gradient; the direction is kept in ks[3] for the
     next estimate. Costs one gradient evaluation per iteration (at most ``max_iter``)."""
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
-    size = y.shape[0]
-    v = ks[3]
-    if np.sqrt(np.sum(v * v)) == 0.0:
-        for i in range(size):
-            v[i] = ks[0, i] if ks[0, i] != 0.0 else 1.0
-    ynorm = np.sqrt(np.sum(y * y))
-    # the probe must move theta by far more than its rounding: ~sqrt(eps) relative, or a
-    # float32 probe can leave theta, and so the gradient, unchanged
-    rel = 3.5e-4 if theta.itemsize == 4 else 1e-7
+    delta = probe_start(y, ks, theta.itemsize)
     rho = 0.0
     for _ in range(max_iter):
-        vnorm = np.sqrt(np.sum(v * v))
-        if vnorm == 0.0:  # the gradient did not move along v: no curvature seen there
+        if not probe_point(theta, y, ks[3], delta):
             break
-        delta = rel * max(ynorm, 1e-8)
-        for i in range(size):
-            theta[i] = y[i] + delta * v[i] / vnorm
         loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk)  # noqa: F821
         fs[EVALS] += 1
-        for i in range(size):
-            v[i] = -grad[i] - ks[0, i]  # J (delta v/|v|), J = -Hessian
-        new = np.sqrt(np.sum(v * v)) / delta
-        if abs(new - rho) <= 0.01 * new:
-            rho = new
-            break
+        new, done = probe_update(ks, grad, delta, rho)
         rho = new
-    # 0 marks "not estimated": a flat direction keeps a tiny positive estimate instead
-    fs[RHO] = max(1.2 * rho, 1e-300)
-    fs[RHO_AGE] = 0.0
-    return fs[RHO]
+        if done:
+            break
+    return probe_end(fs, rho)
 
 
 def run_rkc(
@@ -227,7 +344,6 @@ def run_rkc(
     Same contract as ``run_flow``."""
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
-    size = y.shape[0]
     rtol, atol = fs[RTOL], fs[ATOL]
     start = fs[ACCEPTED]
     while True:
@@ -242,28 +358,11 @@ def run_rkc(
                 theta[:] = y
                 return int(fs[ACCEPTED] - start), RUNNING, fs[LOSS]
             spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk, min(30, room))
-        rho = fs[RHO]
-        h = min(fs[H], t_end - fs[T])
-        s = 1 + int(np.sqrt(1.0 + 1.54 * h * rho))
-        if s > _RKC_SMAX:
-            s = _RKC_SMAX
-            h = min(h, ((s - 1.0) ** 2 - 1.0) / (1.54 * rho))
-        s = max(s, 2)
+        s, h = rkc_stages(fs, t_end)
         if fs[EVALS] + s > max_evals:
             theta[:] = y
             return int(fs[ACCEPTED] - start), RUNNING, fs[LOSS]
-        w0 = 1.0 + _RKC_EPS / (s * s)
-        tc, d1, d2 = _chebyshev(s, w0)
-        w1 = d1[s] / d2[s]
-        b = np.empty(s + 1)
-        for j in range(2, s + 1):
-            b[j] = d2[j] / (d1[j] * d1[j])
-        b[0] = b[1] = b[2]
-        # ks rows: 0 f(y), 1 Y_{j-2}, 2 Y_{j-1}, 4 f(Y_{j-1}), 5 Y_j, 6 f(y_new)
-        mu1 = b[1] * w1
-        for i in range(size):
-            ks[1, i] = y[i]
-            ks[2, i] = y[i] + mu1 * h * ks[0, i]
+        coef = rkc_begin(y, ks, h, s)
         stage_loss = 0.0
         for j in range(2, s + 1):
             theta[:] = ks[2]
@@ -271,42 +370,13 @@ def run_rkc(
                 theta, grad, work, dims, offs, obs, rowloss, scale, nblk
             )
             fs[EVALS] += 1
-            mu = 2.0 * b[j] * w0 / b[j - 1]
-            nu = -b[j] / b[j - 2]
-            mut = 2.0 * b[j] * w1 / b[j - 1]
-            gam = -(1.0 - b[j - 1] * tc[j - 1]) * mut
-            for i in range(size):
-                ks[5, i] = (
-                    (1.0 - mu - nu) * y[i]
-                    + mu * ks[2, i]
-                    + nu * ks[1, i]
-                    - mut * h * grad[i]
-                    + gam * h * ks[0, i]
-                )
-                ks[1, i] = ks[2, i]
-                ks[2, i] = ks[5, i]
+            rkc_stage(y, ks, grad, h, j, coef)
         theta[:] = ks[2]
         stage_loss = loss_and_grad(  # noqa: F821
-            theta,
-            grad,
-            work,
-            dims,
-            offs,
-            obs,
-            rowloss,
-            scale,
-            nblk,
+            theta, grad, work, dims, offs, obs, rowloss, scale, nblk
         )
         fs[EVALS] += 1
-        err = 0.0
-        if np.isfinite(stage_loss):
-            for i in range(size):
-                est = (12.0 * (y[i] - theta[i]) + 6.0 * h * (ks[0, i] - grad[i])) / 15.0
-                sc = atol + rtol * max(abs(y[i]), abs(theta[i]))
-                err += (est / sc) ** 2
-            err = np.sqrt(err / size)
-        else:
-            err = np.inf
+        err = rkc_error(y, theta, ks, grad, h, rtol, atol, stage_loss)
         if _conclude(flow, theta, grad, h, t_end, err, stage_loss, 1.0 / 3.0, 0.1, 10.0, 0.8):
             fs[RHO_AGE] += 1
         else:

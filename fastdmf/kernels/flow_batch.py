@@ -102,3 +102,56 @@ def batch_flow_of(serial_run_flow):
 
 
 run_batch_flow_sensing = batch_flow_of(sensing.SERIAL.run_flow)
+
+
+_sensing_forward = sensing.SERIAL.forward
+_sensing_backward = sensing.SERIAL.backward
+
+
+@numba.njit(parallel=True)
+def sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid, part, losses):
+    """Sensing losses and gradients of the trials ``idx`` (rows of the stacked ``thetas``,
+    ``grads`` and ``works``), all at once: each trial's W (``sensing.forward``) becomes a
+    column of ``wmt`` (m n x k), the operator products are two matrix-matrix products over
+    fixed row blocks of the operator (``part.shape[0]`` blocks, one per task, whose partial
+    products of ``A^T R`` are summed in block order: the same result for any thread count),
+    then each trial's gradients (``sensing.backward``). ``resid``: p x k, ``part``:
+    blocks x m n x k; ``losses[t]`` receives trial ``idx[t]``'s loss."""
+    amat, y, lay = obs
+    n_fac = dims.shape[0] - 1
+    mn = dims[n_fac] * dims[0]
+    nt = idx.shape[0]
+    p = amat.shape[0]
+    nb = part.shape[0]
+    scale = 2.0 / p
+    w_at, g_at = lay[2 * n_fac + 1], lay[2 * n_fac + 2]
+    for t in prange(nt):
+        b = idx[t]
+        _sensing_forward(thetas[b], works[b], dims, offs, lay, 1)
+        for i in range(mn):
+            wmt[i, t] = works[b, w_at + i]
+    for k in prange(nb):
+        lo, hi = k * p // nb, (k + 1) * p // nb
+        if hi > lo:
+            np.dot(amat[lo:hi], wmt, resid[lo:hi])
+    for t in prange(nt):
+        acc = 0.0
+        for k in range(p):
+            r = resid[k, t] - y[k]
+            acc += np.float64(r) * np.float64(r)
+            resid[k, t] = scale * r
+        losses[t] = acc / p
+    for k in prange(nb):
+        lo, hi = k * p // nb, (k + 1) * p // nb
+        if hi > lo:
+            np.dot(amat[lo:hi].T, resid[lo:hi], part[k])
+        else:
+            part[k, :, :] = 0.0
+    for t in prange(nt):
+        b = idx[t]
+        for i in range(mn):
+            acc = part[0, i, t]
+            for k in range(1, nb):
+                acc += part[k, i, t]
+            works[b, g_at + i] = acc
+        _sensing_backward(thetas[b], grads[b], works[b], dims, offs, lay, 1)

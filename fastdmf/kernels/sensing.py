@@ -117,46 +117,38 @@ def fused_pass(a, wvec, y, resid, gvec, scale):
     return acc
 
 
-def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=_BLOCK):
-    """Sensing loss at ``theta``; all factor gradients written into ``grad`` (see the module
-    docstring). ``resid`` receives ``scale * r``. ``block``: the block size of the parallel
-    build's sum of squared residuals (``cpu.blocked_sum``)."""
-    amat, y, lay = obs
+def forward(theta, work, dims, offs, lay, nblk):
+    """Steps 1-2 of an evaluation: the suffixes S_j and the end-to-end W (m x n, row-major
+    at ``work[lay[2N+1]:]``) from ``theta``."""
     N = dims.shape[0] - 1
     m, n = dims[N], dims[0]
-    mn = m * n
-    wvec = work[lay[2 * N + 1] : lay[2 * N + 1] + mn]
-    gvec = work[lay[2 * N + 2] : lay[2 * N + 2] + mn]
-    w = wvec.reshape((m, n))
-    gm = gvec.reshape((m, n))
-    part = work[lay[2 * N + 3] : lay[2 * N + 4]]
+    w = work[lay[2 * N + 1] : lay[2 * N + 1] + m * n].reshape((m, n))
     q1 = _blk(theta, 0, n, dims[1])
     if N == 1:
         w[:, :] = q1.T
-    else:
-        for j in range(N - 1, 1, -1):
-            wj = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
-            dense_ab(
-                _suffix(theta, work, dims, offs, lay, j + 1),
-                wj,
-                _suffix(theta, work, dims, offs, lay, j),
-                nblk,
-            )
-        dense_ab(_suffix(theta, work, dims, offs, lay, 2), q1.T, w, nblk)
-    if nblk == 1:
-        loss = fused_pass(amat, wvec, y, resid, gvec, scale) / resid.shape[0]
-    else:
-        # the gemvs as n x 1 products, in the completion kernels' fixed row blocks
-        dense_ab(amat, wvec.reshape((mn, 1)), resid.reshape((resid.shape[0], 1)), nblk)
-        for k in range(resid.shape[0]):
-            resid[k] -= y[k]
-        loss = blocked_sum(resid, True, np.int64(block)) / resid.shape[0]
-        for k in range(resid.shape[0]):
-            resid[k] *= scale
-        dense_atb(amat, resid.reshape((resid.shape[0], 1)), gvec.reshape((mn, 1)), part, nblk)
+        return
+    for j in range(N - 1, 1, -1):
+        wj = _blk(theta, offs[j - 1], dims[j], dims[j - 1])
+        dense_ab(
+            _suffix(theta, work, dims, offs, lay, j + 1),
+            wj,
+            _suffix(theta, work, dims, offs, lay, j),
+            nblk,
+        )
+    dense_ab(_suffix(theta, work, dims, offs, lay, 2), q1.T, w, nblk)
+
+
+def backward(theta, grad, work, dims, offs, lay, nblk):
+    """Step 5 of an evaluation: every factor gradient into ``grad`` from G (m x n, at
+    ``work[lay[2N+2]:]``) and the suffixes of :func:`forward`."""
+    N = dims.shape[0] - 1
+    m, n = dims[N], dims[0]
+    gm = work[lay[2 * N + 2] : lay[2 * N + 2] + m * n].reshape((m, n))
+    part = work[lay[2 * N + 3] : lay[2 * N + 4]]
+    q1 = _blk(theta, 0, n, dims[1])
     if N == 1:
         _blk(grad, 0, n, m)[:, :] = gm.T
-        return loss
+        return
     s2 = _suffix(theta, work, dims, offs, lay, 2)
     dense_atb(gm, s2, _blk(grad, 0, n, dims[1]), part, nblk)
     dense_ab(gm, q1, _hblock(grad, work, dims, offs, lay, 2), nblk)
@@ -176,6 +168,31 @@ def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=
             part,
             nblk,
         )
+
+
+def loss_and_grad(theta, grad, work, dims, offs, obs, resid, scale, nblk, block=_BLOCK):
+    """Sensing loss at ``theta``; all factor gradients written into ``grad`` (see the module
+    docstring). ``resid`` receives ``scale * r``. ``block``: the block size of the parallel
+    build's sum of squared residuals (``cpu.blocked_sum``)."""
+    amat, y, lay = obs
+    N = dims.shape[0] - 1
+    mn = dims[N] * dims[0]
+    wvec = work[lay[2 * N + 1] : lay[2 * N + 1] + mn]
+    gvec = work[lay[2 * N + 2] : lay[2 * N + 2] + mn]
+    part = work[lay[2 * N + 3] : lay[2 * N + 4]]
+    forward(theta, work, dims, offs, lay, nblk)
+    if nblk == 1:
+        loss = fused_pass(amat, wvec, y, resid, gvec, scale) / resid.shape[0]
+    else:
+        # the gemvs as n x 1 products, in the completion kernels' fixed row blocks
+        dense_ab(amat, wvec.reshape((mn, 1)), resid.reshape((resid.shape[0], 1)), nblk)
+        for k in range(resid.shape[0]):
+            resid[k] -= y[k]
+        loss = blocked_sum(resid, True, np.int64(block)) / resid.shape[0]
+        for k in range(resid.shape[0]):
+            resid[k] *= scale
+        dense_atb(amat, resid.reshape((resid.shape[0], 1)), gvec.reshape((mn, 1)), part, nblk)
+    backward(theta, grad, work, dims, offs, lay, nblk)
     return loss
 
 
@@ -186,6 +203,8 @@ _FAMILY = (
     ("dense_ab", dense_ab, "kernel"),
     ("dense_atb", dense_atb, "kernel"),
     ("fused_pass", fused_pass, "driver"),
+    ("forward", forward, "driver"),
+    ("backward", backward, "driver"),
     ("loss_and_grad", loss_and_grad, "driver"),
     ("update", update, "kernel"),
     ("run", run, "driver"),
