@@ -7,6 +7,10 @@ estimate of RKC, tolerances), up to its own end time. So a trial computes exactl
 serial flow ``fit`` of it computes, bit for bit. The loop over trials is Numba's dynamic
 schedule with chunk size 1 (set by the caller): a trial that reaches its record time early
 frees its thread for the next. Not cached: it is a parallel function.
+
+``nblk`` is passed as an int64, the type a serial flow fit's engine passes (an int literal
+would be another signature): the serial ``run_flow`` (and sensing's ``forward`` and
+``backward``) compiled for a fit are the ones linked in, not compiled once more.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, a
                 max_evals,
                 tol,
                 caps[b],
-                1,
+                np.int64(1),
             )[1]
 
 
@@ -85,7 +89,7 @@ def sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid
     w_at, g_at = lay[2 * n_fac + 1], lay[2 * n_fac + 2]
     for t in prange(nt):
         b = idx[t]
-        _sensing_forward(thetas[b], works[b], dims, offs, lay, 1)
+        _sensing_forward(thetas[b], works[b], dims, offs, lay, np.int64(1))
         for i in range(mn):
             wmt[i, t] = works[b, w_at + i]
     for k in prange(nb):
@@ -112,4 +116,4 @@ def sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid
             for k in range(1, nb):
                 acc += part[k, i, t]
             works[b, g_at + i] = acc
-        _sensing_backward(thetas[b], grads[b], works[b], dims, offs, lay, 1)
+        _sensing_backward(thetas[b], grads[b], works[b], dims, offs, lay, np.int64(1))
