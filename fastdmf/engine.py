@@ -11,7 +11,7 @@ import numpy as np
 
 from . import config
 from ._kinds import COMPLETION, kind_of, select_kernels
-from .kernels import flow
+from .kernels import cpu, flow
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
@@ -171,6 +171,8 @@ class Engine:
         owns its iterate (:class:`fastdmf.Objective`): no copy in or out. Unchecked: both
         must be C-contiguous vectors of ``layout.size`` entries in the engine's dtype."""
         scale = 2.0 / self.obs[0].shape[0]
+        # the block size is given (its default), as ``run`` and the flow integrators give it:
+        # an omitted argument is another signature, one more compile of the evaluation
         with self._blas():
             return self.kernels.loss_and_grad(
                 theta,
@@ -182,6 +184,7 @@ class Engine:
                 self.rowloss,
                 scale,
                 self.nblk,
+                cpu._BLOCK,
             )
 
     def _blas(self):
@@ -210,6 +213,7 @@ class Engine:
                 float(tol),
                 float(loss_cap),
                 self.nblk,
+                cpu._BLOCK,
             )
         return int(done), int(status), float(loss)
 

@@ -148,7 +148,9 @@ def test_update_blocks_match_one_block(tall_completion):
     cpu.SERIAL.update(a.theta, a.grad, a.spec.code, a.hyper, a.ostate, a.scalars, BLOCK)
     cpu.PARALLEL.update(b.theta, b.grad, b.spec.code, b.hyper, b.ostate, b.scalars, BLOCK)
     _assert_same_state(a, b)
-    cpu.SERIAL.update(c.theta, c.grad, c.spec.code, c.hyper, c.ostate, c.scalars)
+    # the default block size, given as the library gives it (an omitted argument would
+    # compile update once more, for this call alone)
+    cpu.SERIAL.update(c.theta, c.grad, c.spec.code, c.hyper, c.ostate, c.scalars, cpu._BLOCK)
     np.testing.assert_allclose(a.theta, c.theta, rtol=1e-13, atol=0)
     assert a.scalars[1] == pytest.approx(np.sum(a.grad**2) * (1 - a.hyper[1]), rel=1e-13)
 

@@ -7,6 +7,8 @@ reduction blocks), so every multi-block path runs on tiny problems. With a GPU,
 """
 
 import ctypes
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -19,6 +21,49 @@ from fastdmf.kernels import cuda as kc
 from fastdmf.optim import get_optimizer
 
 pytestmark = pytest.mark.skipif(not kc.available(), reason="numba.cuda cannot run here")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quick_simulator_threads():
+    """The simulator runs each GPU thread as a Python thread and polls them, holding the GIL,
+    until all wait at a barrier; a thread woken there waits for the poller to drop the GIL,
+    once per switch interval (5 ms by default). A 10 us interval makes these tests two to
+    four times faster. The threads then interleave between barriers, as on a GPU, which
+    exposes a race in the simulator itself: ``cuda.shared.array`` looks up its call site's
+    array and creates it when missing without a lock, so two threads of a block can each
+    create one and no longer share it. The lookup is made atomic here. A real GPU is left
+    alone."""
+    if not kc.simulated():
+        yield
+        return
+    from numba.core import types
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.np import numpy_support
+
+    lock = threading.Lock()
+    unlocked = FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:  # dynamic shared memory: one buffer, no lookup
+            return unlocked(self, shape, dtype)
+        frame = sys._getframe(1)  # the kernel line that asks, as the simulator keys it
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    old = sys.getswitchinterval()
+    FakeCUDAShared.array = array
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+        FakeCUDAShared.array = unlocked
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,11 @@ stacked buffers, so a trial computes exactly what a serial ``fit`` of it compute
 parallel loop is over trials (Numba's dynamic chunk size 1, so a trial that stops early frees
 its thread for the next). Not cached: it is a parallel function. ``run_batch_sensing`` is the
 same loop over the sensing build's ``run`` (``fastdmf.kernels.sensing.SERIAL``).
+
+The serial ``run`` is called with the argument types a serial fit's engine passes (``nblk``
+and the block size as int64, not an int literal or an omitted argument), so the serial
+kernels a fit compiles (or loads from the cache) are the ones linked in here, not a second
+compile of the whole loop.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import types
 
 import numba
+import numpy as np
 from numba import prange
 
 from . import sensing
-from .cpu import SERIAL
+from .cpu import _BLOCK, SERIAL
 
 _serial_run = SERIAL.run
 
@@ -42,7 +48,8 @@ def run_batch(bufs, dims, offs, obs, opts, n_steps, tol, caps, active, status):
                 n_steps,
                 tol,
                 caps[b],
-                1,
+                np.int64(1),
+                np.int64(_BLOCK),
             )[1]
 
 

@@ -51,6 +51,9 @@ FLOW_STATE_SIZE = 12
 DOPRI5, RKC2 = 0.0, 1.0
 # RKC: damping, the largest stage count, steps between spectral-radius estimates.
 _RKC_EPS, _RKC_SMAX, _RHO_EVERY = 2.0 / 13.0, 400, 25
+# The integrators pass the build's block size (``cpu._BLOCK``, the default) to its
+# ``loss_and_grad`` as an int64, as ``run`` and the engine do: an omitted argument or an int
+# literal is another Numba signature, which would compile the whole evaluation once more.
 
 
 @numba.njit(inline="always")
@@ -110,11 +113,12 @@ def run_flow(
     """
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
+    block = np.int64(_BLOCK)  # noqa: F821  (cpu._BLOCK, bound per build; see above)
     rtol, atol = fs[RTOL], fs[ATOL]
     if fs[FSAL] == 0.0:
         theta[:] = y
         fs[LOSS] = loss_and_grad(  # noqa: F821  (bound per build by kernels.cpu._build)
-            theta, grad, work, dims, offs, obs, rowloss, scale, nblk
+            theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block
         )
         fs[EVALS] += 1
         negate(grad, ks[0])
@@ -136,7 +140,7 @@ def run_flow(
         for s in range(1, 7):
             dp_point(theta, y, ks, h, s)
             stage_loss = loss_and_grad(  # noqa: F821
-                theta, grad, work, dims, offs, obs, rowloss, scale, nblk
+                theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block
             )
             fs[EVALS] += 1
             negate(grad, ks[s])
@@ -317,12 +321,13 @@ def spectral_radius(theta, grad, work, dims, offs, obs, rowloss, flow, nblk, max
     next estimate. Costs one gradient evaluation per iteration (at most ``max_iter``)."""
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
+    block = np.int64(_BLOCK)  # noqa: F821  (cpu._BLOCK, bound per build; see above)
     delta = probe_start(y, ks, theta.itemsize)
     rho = 0.0
     for _ in range(max_iter):
         if not probe_point(theta, y, ks[3], delta):
             break
-        loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk)  # noqa: F821
+        loss_and_grad(theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block)  # noqa: F821
         fs[EVALS] += 1
         new, done = probe_update(ks, grad, delta, rho)
         rho = new
@@ -344,6 +349,7 @@ def run_rkc(
     Same contract as ``run_flow``."""
     y, ks, fs = flow
     scale = 2.0 / obs[0].shape[0]
+    block = np.int64(_BLOCK)  # noqa: F821  (cpu._BLOCK, bound per build; see above)
     rtol, atol = fs[RTOL], fs[ATOL]
     start = fs[ACCEPTED]
     while True:
@@ -367,13 +373,13 @@ def run_rkc(
         for j in range(2, s + 1):
             theta[:] = ks[2]
             stage_loss = loss_and_grad(  # noqa: F821
-                theta, grad, work, dims, offs, obs, rowloss, scale, nblk
+                theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block
             )
             fs[EVALS] += 1
             rkc_stage(y, ks, grad, h, j, coef)
         theta[:] = ks[2]
         stage_loss = loss_and_grad(  # noqa: F821
-            theta, grad, work, dims, offs, obs, rowloss, scale, nblk
+            theta, grad, work, dims, offs, obs, rowloss, scale, nblk, block
         )
         fs[EVALS] += 1
         err = rkc_error(y, theta, ks, grad, h, rtol, atol, stage_loss)

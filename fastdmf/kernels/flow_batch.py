@@ -88,7 +88,7 @@ def run_batch_flow(bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, o
                 max_evals,
                 tol,
                 caps[b],
-                1,
+                np.int64(1),
             )[1]
             i = fetch_add(ticket)
 
@@ -127,7 +127,7 @@ def sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid
     w_at, g_at = lay[2 * n_fac + 1], lay[2 * n_fac + 2]
     for t in prange(nt):
         b = idx[t]
-        _sensing_forward(thetas[b], works[b], dims, offs, lay, 1)
+        _sensing_forward(thetas[b], works[b], dims, offs, lay, np.int64(1))
         for i in range(mn):
             wmt[i, t] = works[b, w_at + i]
     for k in prange(nb):
@@ -154,4 +154,4 @@ def sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid
             for k in range(1, nb):
                 acc += part[k, i, t]
             works[b, g_at + i] = acc
-        _sensing_backward(thetas[b], grads[b], works[b], dims, offs, lay, 1)
+        _sensing_backward(thetas[b], grads[b], works[b], dims, offs, lay, np.int64(1))
