@@ -31,7 +31,7 @@ from .kernels import cpu, sensing
 from .kernels import diagonal as diagonal_kernels
 from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.flow_batch import run_batch_flow, run_batch_flow_sensing
-from .lockstep import sensing_losses_and_grads
+from .lockstep import sensing_losses_and_grads_groups
 from .problem import CompletionProblem, SensingProblem, synthetic_completion
 from .result import FitResult
 from .trajectory import Trajectory, held_out_mse, measure
@@ -92,8 +92,8 @@ class Kind:
         optimiser; the contract of :func:`fastdmf.kernels.flow_batch.run_batch_flow`); None
         when ``fit_batch`` refuses the flow for the kind.
     batch_eval : callable or None
-        Losses and gradients of a stack of trials in one call, ``(thetas, grads, dims, offs,
-        obs) -> losses`` (:func:`fastdmf.lockstep.sensing_losses_and_grads`): the
+        Losses and gradients of groups of stacked trials in one call, ``(parts, scratch) ->
+        [losses per group]`` (:func:`fastdmf.lockstep.sensing_losses_and_grads_groups`): the
         evaluation of ``fit_batch(..., lockstep=True)``; None when the kind has none.
     measure : callable ``(params, grads, loss, counts, data, plan) -> dict``
         One trajectory record. ``counts`` is ``(step, time, n_evals)``; ``data`` holds
@@ -291,7 +291,7 @@ SENSING = Kind(
     prepare=sensing.prepare,
     batch_run=run_batch_sensing,
     batch_flow=run_batch_flow_sensing,
-    batch_eval=sensing_losses_and_grads,
+    batch_eval=sensing_losses_and_grads_groups,
     measure=functools.partial(_matrix_measure, score=_sensing_score),
     score=_sensing_score,
     trajectory=_matrix_trajectory,

@@ -39,7 +39,7 @@ __all__ = ["fit_batch"]
 
 def fit_batch(
     observed,
-    depth: int | None = None,
+    depth=None,
     *,
     seeds,
     init_scale=1e-3,
@@ -85,6 +85,11 @@ def fit_batch(
     (:mod:`fastdmf.kernels.cuda`); each trial then equals ``fit(..., backend="cuda")`` of the
     same settings exactly (and the CPU fit within rounding).
 
+    With a flow optimiser ``depth`` may also be one depth per trial (``depth=[2, 3, 4]``,
+    widths ``None`` or one width for all): the trials of each depth are stacked together,
+    and with ``lockstep=True`` the trials of every depth advance in the same rounds (the
+    operator read once per round for all of them).
+
     ``lockstep=True`` (sensing problems, flow optimisers; :mod:`fastdmf.lockstep`) advances
     all running trials one gradient evaluation per round and evaluates them together: the
     measurement operator, which each evaluation otherwise streams from memory twice, is
@@ -101,6 +106,7 @@ def fit_batch(
     [200, 200, 200]
     """
     source = as_problem(observed, shape)
+    depths, depth = _depths(depth)
     auto, problem, val, patience, fitted = prepare_observations(
         source,
         {
@@ -124,6 +130,8 @@ def fit_batch(
     rates = per_trial(lr, n, "lr")
     options = per_trial_options(optimizer_options, n)
     spec = get_optimizer(optimizer)
+    if depths is not None:
+        _check_depths(depths, n, spec, widths)
     if not (spec.batched or spec.is_flow):
         raise ValueError(f"optimizer {optimizer!r} is not batched; use fastdmf.fit per trial")
     if lockstep and not spec.is_flow:
@@ -180,10 +188,17 @@ def fit_batch(
         "validation_seed": validation_seed,
         "offsets": fitted.kind if fitted is not None else None,
     }
-    kind.check_fit(
-        problem,
-        {**common, "init_scale": scales[0], "lr": rates[0], "optimizer_options": options[0]},
-    )
+    for d in sorted(set(depths or [depth])):
+        kind.check_fit(
+            problem,
+            {
+                **common,
+                "depth": d,
+                "init_scale": scales[0],
+                "lr": rates[0],
+                "optimizer_options": options[0],
+            },
+        )
     where = resolve_backend(backend, spec, problem)
     data = FitData(problem, None, val, fitted)
     if spec.is_flow:  # each trial its own end time: its own plan (fastdmf.batch_flow)
@@ -193,7 +208,7 @@ def fit_batch(
             else plan(
                 kind,
                 problem.shape,
-                depth=depth,
+                depth=depth if depths is None else depths[b],
                 widths=widths,
                 init=init,
                 init_scale=scales[b],
@@ -217,6 +232,7 @@ def fit_batch(
         args = [
             {
                 **common,
+                "depth": d,
                 "seed": seed,
                 "init_scale": scale,
                 "lr": rate,
@@ -224,7 +240,9 @@ def fit_batch(
                 "optimizer_options": opts or None,
                 "checkpoint_every": checkpoint_every,
             }
-            for seed, scale, rate, t, opts in zip(seeds, scales, rates, times, options, strict=True)
+            for d, seed, scale, rate, t, opts in zip(
+                depths or [depth] * n, seeds, scales, rates, times, options, strict=True
+            )
         ]
         return fit_batch_flow(
             data, plans, args, checkpoint, checkpoint_every, n_threads, lockstep=lockstep
@@ -377,3 +395,36 @@ def _run_cpu(st, eng0, chunk, tol, caps, active, status):
             )
         finally:
             numba.set_parallel_chunksize(old)
+
+
+def _depths(depth):
+    """``(one depth per trial or None, the first trial's depth)`` from ``fit_batch``'s
+    ``depth``: an int (or None: the default) shared by the trials, or a sequence of them."""
+    if depth is None or isinstance(depth, (int, np.integer)) or np.ndim(depth) == 0:
+        return None, depth
+    raw = list(np.asarray(depth, dtype=object).ravel()) if np.ndim(depth) == 1 else []
+    if not raw or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in raw
+    ):
+        raise TypeError(f"depth must be an int or one int per seed, got {depth!r}")
+    depths = [int(d) for d in raw]
+    return depths, depths[0]
+
+
+def _check_depths(depths, n, spec, widths) -> None:
+    """One depth per trial: as many as seeds; mixed depths only for the flow optimisers
+    (their trials are grouped by depth) and with widths that fit every depth."""
+    if len(depths) != n:
+        raise ValueError(f"depth must be an int or one depth per seed ({n}), got {len(depths)}")
+    if len(set(depths)) == 1:
+        return
+    if not spec.is_flow:
+        raise ValueError(
+            f"one depth per trial needs a flow optimiser ('flow', 'flow_dopri5'); "
+            f"{spec.name!r} runs one depth per batch: call fit_batch once per depth"
+        )
+    if widths is not None and np.ndim(widths) != 0:
+        raise ValueError(
+            "with one depth per trial, widths must be None or one width for every hidden "
+            f"layer (an int), got {widths!r}"
+        )

@@ -29,7 +29,7 @@ from .drive import Watch
 from .engine import Engine, FlowEngine, stack
 from .kernels.blas import blas_threads
 from .kernels.codes import CONVERGED, RUNNING
-from .lockstep import run_lockstep_flow
+from .lockstep import run_lockstep_groups
 from .result import FitResult
 
 __all__ = ["fit_batch_flow", "resume_batch", "checkpoint_paths", "run_batch_flow", "launch_order"]
@@ -93,7 +93,7 @@ def fit_batch_flow(
     if paths is not None:
         parse_every(every)
         paths = [check_path(p) for p in paths]
-    engines = []
+    engines, first = [], {}
     for trial in plans:
         params = kind.initialize(
             trial.layout, trial.init, trial.init_scale, np.random.default_rng(trial.seed)
@@ -102,8 +102,12 @@ def fit_batch_flow(
         engines.append(
             Engine(problem, trial.layout, theta, trial.spec, trial.hyper, parallel=False)
         )
-        engines[-1].obs = engines[0].obs  # one copy of the observations (or operator)
-    stacked = stack(engines)
+        # one copy of the observations (or operator) for the trials of one layout
+        engines[-1].obs = first.setdefault(tuple(trial.layout.dims), engines[-1]).obs
+    groups = [
+        [b for b, trial in enumerate(plans) if tuple(trial.layout.dims) == dims] for dims in first
+    ]
+    stacked = [stack([engines[b] for b in group]) for group in groups]
     runs = []
     for b, (eng, trial) in enumerate(zip(engines, plans, strict=True)):
         trial_args = {**args[b], "checkpoint": None if paths is None else paths[b]}
@@ -118,7 +122,14 @@ def fit_batch_flow(
         saver = None if paths is None else Checkpointer(paths[b], every, trial, data, s)
         runs.append(FlowTrial(eng, watch, trial, s, saver))
     with threads(n_threads):
-        statuses = drive_flows(runs, stacked, lockstep=lockstep)
+        done = drive_groups(
+            [([runs[b] for b in group], st) for group, st in zip(groups, stacked, strict=True)],
+            lockstep=lockstep,
+        )
+    statuses = [None] * n
+    for group, got in zip(groups, done, strict=True):
+        for b, status in zip(group, got, strict=True):
+            statuses[b] = status
     return [r.result(status) for r, status in zip(runs, statuses, strict=True)]
 
 
@@ -198,53 +209,68 @@ def launch_order(runs, active) -> np.ndarray:
 def drive_flows(runs, stacked, fresh=True, lockstep=False) -> list[str]:
     """Integrate every trial of ``runs`` (:class:`FlowTrial`, engines bound to the rows of
     ``stacked``) to its end; their statuses after :meth:`~fastdmf.drive.Watch.finish`,
-    final checkpoints written. The trials share one problem, evaluation budget and tol;
-    ``lockstep``: one evaluation of every running trial per round
-    (:func:`fastdmf.lockstep.run_lockstep_flow`), else one compiled call of the kind's
-    batched flow."""
+    final checkpoints written: :func:`drive_groups` of one group."""
+    return drive_groups([(runs, stacked)], fresh, lockstep)[0]
+
+
+def drive_groups(groups, fresh=True, lockstep=False) -> list[list[str]]:
+    """Integrate every trial of every group ``(runs, stacked)`` (:class:`FlowTrial`, engines
+    bound to the rows of that group's ``stacked``; the groups differ in layout, e.g. depth)
+    to its end; one list of statuses per group, after :meth:`~fastdmf.drive.Watch.finish`,
+    final checkpoints written. The trials share one problem, evaluation budget and tol.
+    Between records, ``lockstep``: one evaluation of every running trial of every group per
+    round (:func:`fastdmf.lockstep.run_lockstep_groups`), else one compiled call of the
+    kind's batched flow per group."""
+    every = [r for runs, _ in groups for r in runs]
     if fresh:
-        for r in runs:
+        for r in every:
             r.start()
-    n = len(runs)
-    caps = np.array([r.watch.cap for r in runs])
-    t_ends, status = np.zeros(n), np.zeros(n, np.int64)
-    eng0, plan0 = runs[0].engine, runs[0].plan
-    bufs = (stacked["theta"], stacked["grad"], stacked["work"], stacked["rowloss"])
-    flows = tuple(stacked[name] for name in FlowEngine.FLOW)
+    plan0 = every[0].plan
+    heads = []
+    for runs, stacked in groups:
+        n, eng0 = len(runs), runs[0].engine
+        caps = np.array([r.watch.cap for r in runs])
+        bufs = (stacked["theta"], stacked["grad"], stacked["work"], stacked["rowloss"])
+        flows = tuple(stacked[name] for name in FlowEngine.FLOW)
+        head = (bufs, eng0.dims, eng0.offs, eng0.obs, flows, np.zeros(n))
+        heads.append((*head, int(plan0.budget), float(plan0.tol), caps, np.zeros(n, np.int64)))
     while True:
-        active = np.array([r.status is None for r in runs])
-        if not active.any():
+        actives = [np.array([r.status is None for r in runs]) for runs, _ in groups]
+        if not any(active.any() for active in actives):
             break
-        for b in np.flatnonzero(active):
-            t_ends[b] = runs[b].target()
-        head = (
-            bufs,
-            eng0.dims,
-            eng0.offs,
-            eng0.obs,
-            flows,
-            t_ends,
-            int(plan0.budget),
-            float(plan0.tol),
-            caps,
-        )
+        for (runs, _), head, active in zip(groups, heads, actives, strict=True):
+            for b in np.flatnonzero(active):
+                head[5][b] = runs[b].target()
         with blas_threads(1):
             if lockstep:
-                run_lockstep_flow(plan0.kind.batch_eval, *head, active, status)
+                run_lockstep_groups(
+                    plan0.kind.batch_eval,
+                    [
+                        (*head[:9], active, head[9])
+                        for head, active in zip(heads, actives, strict=True)
+                    ],
+                )
             else:
                 old = numba.get_parallel_chunksize()
                 numba.set_parallel_chunksize(1)  # one task per thread (the kernel's work queue)
                 try:
-                    run_batch_flow(plan0.kind, *head, launch_order(runs, active), status)
+                    for (runs, _), head, active in zip(groups, heads, actives, strict=True):
+                        if active.any():
+                            order = launch_order(runs, active)
+                            run_batch_flow(plan0.kind, *head[:9], order, head[9])
                 finally:
                     numba.set_parallel_chunksize(old)
-        for b in np.flatnonzero(active):
-            runs[b].settle(int(status[b]))
-    statuses = [r.watch.finish(r.status) for r in runs]
-    for r, s in zip(runs, statuses, strict=True):
-        if r.saver is not None:
-            r.saver.finish(s)
-    return statuses
+        for (runs, _), head, active in zip(groups, heads, actives, strict=True):
+            for b in np.flatnonzero(active):
+                runs[b].settle(int(head[9][b]))
+    out = []
+    for runs, _ in groups:
+        statuses = [r.watch.finish(r.status) for r in runs]
+        for r, s in zip(runs, statuses, strict=True):
+            if r.saver is not None:
+                r.saver.finish(s)
+        out.append(statuses)
+    return out
 
 
 def resume_batch(paths, n_threads=None) -> list[FitResult]:

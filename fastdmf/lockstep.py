@@ -4,7 +4,7 @@ A sensing evaluation streams the whole p x (m n) operator from memory for two pr
 one vector each (``fastdmf.kernels.sensing``): a trial's evaluation is memory-bound, and
 trials integrated side by side (``fastdmf.kernels.flow_batch``) each stream it again. Here
 every running trial asks for its next evaluation point, and one round evaluates them all:
-the operator products become two matrix-matrix products with one column per trial
+the operator products become two matrix-matrix products with one row per trial
 (:func:`sensing_losses_and_grads`), which read the operator once for all of them.
 
 Each trial runs the same integrator as ``fastdmf.kernels.flow`` (Runge-Kutta-Chebyshev with
@@ -18,39 +18,73 @@ integration tolerance (tested against the serial flow).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from . import config
 from .kernels import flow as fk
+from .kernels import flow_batch as fb
+from .kernels.blas import blas_threads
 from .kernels.codes import GO_ON, RUNNING
-from .kernels.flow_batch import sensing_evaluate_many
 
-__all__ = ["run_lockstep_flow", "sensing_losses_and_grads"]
+__all__ = [
+    "run_lockstep_flow",
+    "run_lockstep_groups",
+    "sensing_losses_and_grads",
+    "sensing_losses_and_grads_groups",
+]
 
 
 def sensing_losses_and_grads(thetas, grads, works, dims, offs, obs, idx, scratch=None):
     """Sensing losses of the trials ``idx`` (rows of the stacked ``thetas``; ``works`` their
     workspaces, see :func:`fastdmf.kernels.sensing.work_layout`); their gradients into the
-    same rows of ``grads``. The operator products of all of them are two matrix-matrix
-    products (:func:`fastdmf.kernels.flow_batch.sensing_evaluate_many`, over
-    ``config.DENSE_BLOCKS`` fixed blocks of operator rows). ``scratch``: a dict that keeps
-    the products' buffers from one call to the next (sized for the most trials seen)."""
-    amat = obs[0]
-    nt = idx.shape[0]
+    same rows of ``grads``: :func:`sensing_losses_and_grads_groups` of one group."""
+    part = (thetas, grads, works, dims, offs, obs, idx)
+    return sensing_losses_and_grads_groups([part], scratch)[0]
+
+
+def sensing_losses_and_grads_groups(parts, scratch=None):
+    """The sensing losses and gradients of several groups of trials of one problem, each
+    group ``(thetas, grads, works, dims, offs, obs, idx)`` stacked trials of one layout
+    (e.g. one depth; ``obs`` its operator, measurements and work layout, the operator and
+    measurements the first group's for all), all evaluated together: one array of losses per
+    group. Each trial's W becomes a row of a k x m n matrix (k the trials of all groups),
+    the operator products of all of them are two matrix-matrix products, ``R = W A^T`` (k x
+    p) and ``G = R A`` (k x m n), then each trial's factor gradients
+    (:mod:`fastdmf.kernels.flow_batch`). ``scratch``: a dict that keeps the products'
+    buffers from one call to the next (sized for the most trials seen).
+
+    The two products are single BLAS calls (SciPy's OpenBLAS, which Numba calls) on as many
+    threads as Numba has (``numba.get_num_threads()``); the trials' own products run on the
+    calling thread with one BLAS thread. A product's rounding may change with the BLAS's
+    thread count and with the number of trials in the round, not from run to run."""
+    amat, y = parts[0][5][0], parts[0][5][1]
+    nt = sum(part[6].shape[0] for part in parts)
+    p = amat.shape[0]
+    dims = parts[0][3]
     mn = int(dims[-1]) * int(dims[0])
-    sizes = {"wmt": mn * nt, "resid": amat.shape[0] * nt, "part": config.DENSE_BLOCKS * mn * nt}
+    sizes = {"wt": mn * nt, "rt": p * nt, "gt": mn * nt}
     scratch = {} if scratch is None else scratch
     buf = {}
     for name, size in sizes.items():
         if name not in scratch or scratch[name].size < size:
-            scratch[name] = np.empty(size, dtype=thetas.dtype)
+            scratch[name] = np.empty(size, dtype=amat.dtype)
         buf[name] = scratch[name][:size]
-    wmt = buf["wmt"].reshape(mn, nt)
-    resid = buf["resid"].reshape(amat.shape[0], nt)
-    part = buf["part"].reshape(config.DENSE_BLOCKS, mn, nt)
+    wt = buf["wt"].reshape(nt, mn)
+    rt = buf["rt"].reshape(nt, p)
+    gt = buf["gt"].reshape(nt, mn)
     losses = np.empty(nt)
-    sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid, part, losses)
-    return losses
+    rows = np.cumsum([0] + [part[6].shape[0] for part in parts])
+    for (thetas, _, works, dims, offs, obs, idx), lo, hi in zip(
+        parts, rows[:-1], rows[1:], strict=True
+    ):
+        fb.sensing_forward_many(thetas, works, dims, offs, obs[2], idx, wt[lo:hi])
+    with blas_threads(numba.get_num_threads()):
+        fb.sensing_products_many(amat, y, wt, rt, gt, losses)
+    for (thetas, grads, works, dims, offs, obs, idx), lo, hi in zip(
+        parts, rows[:-1], rows[1:], strict=True
+    ):
+        fb.sensing_backward_many(thetas, grads, works, dims, offs, obs[2], idx, gt[lo:hi])
+    return [losses[lo:hi] for lo, hi in zip(rows[:-1], rows[1:], strict=True)]
 
 
 def _spectral_radius(theta, grad, flow, max_iter):
@@ -152,30 +186,54 @@ def run_lockstep_flow(
     :func:`fastdmf.kernels.flow_batch.run_batch_flow`. ``evaluate(thetas, grads, works,
     dims, offs, obs, idx, scratch) -> losses`` evaluates the trials ``idx`` together (e.g.
     :func:`sensing_losses_and_grads`; ``scratch`` a dict it may keep buffers in)."""
-    thetas, grads, works = bufs[0], bufs[1], bufs[2]
-    ys, kss, fss = flows
-    live, scratch = {}, {}
-    for b in np.flatnonzero(active):
-        gen = _trial(
-            thetas[b],
-            grads[b],
-            (ys[b], kss[b], fss[b]),
-            t_ends[b],
-            max_evals,
-            tol,
-            caps[b],
-        )
-        try:
-            next(gen)
-            live[b] = gen
-        except StopIteration as stop:
-            status[b] = stop.value
-    while live:
-        idx = np.fromiter(live, dtype=np.int64)
-        losses = evaluate(thetas, grads, works, dims, offs, obs, idx, scratch)
-        for b, loss in zip(idx, losses, strict=True):
+
+    def one(parts, scratch):
+        return [evaluate(*parts[0], scratch)]
+
+    head = (bufs, dims, offs, obs, flows, t_ends, max_evals, tol, caps, active, status)
+    run_lockstep_groups(one, [head])
+
+
+def run_lockstep_groups(evaluate, groups) -> None:
+    """:func:`run_lockstep_flow` for several groups of stacked trials (e.g. one group per
+    depth), all advancing in the same rounds: ``groups`` holds one ``(bufs, dims, offs, obs,
+    flows, t_ends, max_evals, tol, caps, active, status)`` per group, and ``evaluate(parts,
+    scratch) -> [losses per group]`` evaluates, each round, the running trials of every group
+    (``parts``: one ``(thetas, grads, works, dims, offs, obs, idx)`` per group; e.g.
+    :func:`sensing_losses_and_grads_groups`)."""
+    lives, scratch = [], {}
+    for bufs, _, _, _, flows, t_ends, max_evals, tol, caps, active, status in groups:
+        thetas, grads = bufs[0], bufs[1]
+        ys, kss, fss = flows
+        live = {}
+        for b in np.flatnonzero(active):
+            gen = _trial(
+                thetas[b],
+                grads[b],
+                (ys[b], kss[b], fss[b]),
+                t_ends[b],
+                max_evals,
+                tol,
+                caps[b],
+            )
             try:
-                live[b].send(float(loss))
+                next(gen)
+                live[b] = gen
             except StopIteration as stop:
                 status[b] = stop.value
-                del live[b]
+        lives.append(live)
+    while any(lives):
+        parts = [
+            (g[0][0], g[0][1], g[0][2], g[1], g[2], g[3], np.fromiter(live, dtype=np.int64))
+            for g, live in zip(groups, lives, strict=True)
+        ]
+        for (*_, idx), losses, live, g in zip(
+            parts, evaluate(parts, scratch), lives, groups, strict=True
+        ):
+            status = g[-1]
+            for b, loss in zip(idx, losses, strict=True):
+                try:
+                    live[b].send(float(loss))
+                except StopIteration as stop:
+                    status[b] = stop.value
+                    del live[b]

@@ -467,3 +467,38 @@ def test_reproduce_cli_takes_the_optimizer(tmp_path, capsys):
         == 2
     )
     assert "unknown optimizer 'sgd9'" in capsys.readouterr().err
+
+
+def test_sensing_flow_grid_runs_its_depths_in_one_lockstep_batch():
+    """A flow grid on a sensing problem fits all its depth methods in one fit_batch (one
+    depth per trial, the lock-step rounds shared); the rows are those of one batch per depth
+    within rounding, in the grid's method order. Other grids run one batch per method."""
+    grid = replace(
+        TINY_FLOW,
+        kinds=("sensing",),
+        methods=("depth3", "nuclear", "depth2"),
+        sensing_problem={"size": 6, "rank": 1, "n_observed": {150: 30}},
+        max_time=200.0,
+    )
+    sensing = paper.make_problem("sensing", 30, size=6, rank=1, seed=0)
+    completion = paper.make_problem("completion", 150, size=20, rank=2, seed=0)
+    assert paper._batches(grid, sensing) == [["depth3", "depth2"], ["nuclear"]]
+    assert paper._batches(grid, completion) == [["depth3"], ["nuclear"], ["depth2"]]
+    assert paper._batches(replace(grid, optimizer="grouprmsprop"), sensing) == [
+        ["depth3"],
+        ["nuclear"],
+        ["depth2"],
+    ]
+    rows = paper.run_grid(replace(grid, methods=("depth3", "depth2")), progress=False)
+    trials = grid.trials("sensing")
+    assert [r["method"] for r in rows] == ["depth3"] * len(trials) + ["depth2"] * len(trials)
+    for depth in (3, 2):
+        alone = paper.depth_method(depth)(sensing, trials, grid)
+        got = [r for r in rows if r["method"] == f"depth{depth}"]
+        for a, b in zip(alone, got, strict=True):
+            assert (a["seed"], a["init_scale"], a["status"]) == (
+                b["seed"],
+                b["init_scale"],
+                b["status"],
+            )
+            assert b["recon_error"] == pytest.approx(a["recon_error"], rel=1e-5, abs=1e-12)

@@ -9,7 +9,7 @@ import pytest
 import fastdmf
 from fastdmf import batch_flow, lockstep
 from fastdmf.factors import FactorLayout
-from fastdmf.kernels import sensing
+from fastdmf.kernels import flow_batch, sensing
 
 from .test_batch_flow import assert_same_fit
 
@@ -67,19 +67,24 @@ def _serial_evaluate(thetas, grads, works, dims, offs, obs, idx, scratch):
     )
 
 
+def _serial_groups(parts, scratch):
+    """The serial kernel for every group of trials (``run_lockstep_groups``' evaluation)."""
+    return [_serial_evaluate(*part, scratch) for part in parts]
+
+
 FLOW_KW = dict(depth=2, max_time=60.0, record=4.0, tol=1e-9, max_steps=6_000)
 SEEDS, SCALES = [0, 1, 2], [1e-2, 1e-3, 3e-1]
 
 
 @pytest.mark.parametrize("method", ["flow", "flow_dopri5"])
 def test_lockstep_integrators_equal_the_compiled_ones_bit_for_bit(small, method, monkeypatch):
-    def run(evaluate, *call):
-        return lockstep.run_lockstep_flow(_serial_evaluate, *call)
+    def run(evaluate, groups):
+        return lockstep.run_lockstep_groups(_serial_groups, groups)
 
     opts = {"rtol": [1e-6, 1e-4, 1e-5]}
     kw = dict(FLOW_KW, optimizer=method, seeds=SEEDS, init_scale=SCALES, optimizer_options=opts)
     compiled = fastdmf.fit_batch(small, **kw)
-    monkeypatch.setattr(batch_flow, "run_lockstep_flow", run)
+    monkeypatch.setattr(batch_flow, "run_lockstep_groups", run)
     stepped = fastdmf.fit_batch(small, **kw, lockstep=True)
     for a, b in zip(compiled, stepped, strict=True):
         assert_same_fit(a, b)
@@ -91,8 +96,8 @@ def test_lockstep_budget_and_divergence_stop_a_trial_alone(small, monkeypatch):
     """One trial's tolerance of 1e6 accepts any step (it diverges), one's 1e-11 exhausts the
     budget, one converges: each stops alone, with the compiled batch's result."""
 
-    def run(evaluate, *call):
-        return lockstep.run_lockstep_flow(_serial_evaluate, *call)
+    def run(evaluate, groups):
+        return lockstep.run_lockstep_groups(_serial_groups, groups)
 
     kw = dict(
         depth=2,
@@ -108,7 +113,7 @@ def test_lockstep_budget_and_divergence_stop_a_trial_alone(small, monkeypatch):
     )
     with pytest.warns(RuntimeWarning, match="diverged"):
         compiled = fastdmf.fit_batch(small, **kw)
-    monkeypatch.setattr(batch_flow, "run_lockstep_flow", run)
+    monkeypatch.setattr(batch_flow, "run_lockstep_groups", run)
     with pytest.warns(RuntimeWarning, match="diverged"):
         stepped = fastdmf.fit_batch(small, **kw, lockstep=True)
     assert [r.status for r in stepped] == ["converged", "diverged", "max_steps"]
@@ -148,3 +153,99 @@ def test_lockstep_argument_errors(small):
         fastdmf.fit_batch(
             square, depth=2, seeds=[0, 1], optimizer="flow", max_time=1.0, lockstep=True
         )
+
+
+def test_single_group_runner_equals_the_group_runner(small):
+    """run_lockstep_flow (one stack of trials, a one-group evaluation) is the group runner
+    with one group: fed the serial kernel, the compiled batch bit for bit."""
+    kw = dict(FLOW_KW, optimizer="flow", seeds=SEEDS, init_scale=SCALES)
+    compiled = fastdmf.fit_batch(small, **kw)
+    calls = []
+
+    def run(evaluate, groups):
+        (head,) = groups
+        calls.append(len(groups))
+        return lockstep.run_lockstep_flow(_serial_evaluate, *head)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch_flow, "run_lockstep_groups", run)
+        stepped = fastdmf.fit_batch(small, **kw, lockstep=True)
+    assert calls and set(calls) == {1}
+    for a, b in zip(compiled, stepped, strict=True):
+        assert_same_fit(a, b)
+
+
+DEPTHS = [1, 3, 2, 3, 2]
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """Per-trial depths: the flows batched per depth, the lock-step rounds shared by all."""
+    kw = dict(
+        {k: v for k, v in FLOW_KW.items() if k != "depth"},
+        optimizer="flow",
+        seeds=[0, 1, 2, 3, 4],
+        init_scale=[1e-2, 1e-2, 3e-1, 1e-3, 1e-2],
+    )
+    problem = fastdmf.synthetic_sensing((7, 6), 2, 30, seed=3)
+    each = {}
+    for d in sorted(set(DEPTHS)):
+        idx = [b for b, x in enumerate(DEPTHS) if x == d]
+        sub = {**kw, "seeds": [kw["seeds"][b] for b in idx]}
+        sub["init_scale"] = [kw["init_scale"][b] for b in idx]
+        each[d] = (idx, sub)
+    return problem, kw, each
+
+
+def test_per_trial_depths_equal_one_batch_per_depth_bit_for_bit(mixed):
+    """fit_batch(depth=[...]) with the flow: each trial is the one-depth batch's trial (the
+    serial kernels, per depth), bit for bit, in the caller's order; settings keep its depth."""
+    problem, kw, each = mixed
+    together = fastdmf.fit_batch(problem, DEPTHS, **kw)
+    for d, (idx, sub) in each.items():
+        alone = fastdmf.fit_batch(problem, d, **{**kw, **sub})
+        for b, a in zip(idx, alone, strict=True):
+            assert_same_fit(a, together[b])
+            assert together[b].settings["arguments"]["depth"] == d == len(together[b].factors)
+
+
+def test_per_trial_depths_share_the_lockstep_rounds(mixed):
+    """With lockstep=True every depth's trials are evaluated in the same rounds (one pair of
+    operator products for all): each trial equals its one-depth lock-step batch within
+    rounding (the products' sums change with the number of trials in a round)."""
+    problem, kw, each = mixed
+    sizes = []
+    products = flow_batch.sensing_products_many
+
+    def spy(amat, y, wt, *rest):
+        sizes.append(wt.shape[0])
+        return products(amat, y, wt, *rest)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flow_batch, "sensing_products_many", spy)
+        together = fastdmf.fit_batch(problem, DEPTHS, **kw, lockstep=True)
+    assert sizes[0] == len(DEPTHS)  # the first round: every trial of every depth at once
+    for d, (idx, sub) in each.items():
+        alone = fastdmf.fit_batch(problem, d, **{**kw, **sub}, lockstep=True)
+        for b, a in zip(idx, alone, strict=True):
+            got = together[b]
+            assert got.status == a.status and got.settings["kernels"] == "lockstep (batched)"
+            np.testing.assert_allclose(got.trajectory.time, a.trajectory.time, rtol=1e-12)
+            np.testing.assert_allclose(
+                got.matrix(), a.matrix(), rtol=0, atol=1e-7 * abs(a.matrix()).max()
+            )
+
+
+def test_per_trial_depth_errors(small):
+    base = dict(seeds=[0, 1], max_steps=5)
+    with pytest.raises(ValueError, match="needs a flow optimiser"):
+        fastdmf.fit_batch(small, [2, 3], **base)
+    with pytest.raises(ValueError, match=r"one depth per seed \(2\), got 3"):
+        fastdmf.fit_batch(small, [2, 3, 2], **base, optimizer="flow", max_time=1.0)
+    with pytest.raises(TypeError, match="one int per seed"):
+        fastdmf.fit_batch(small, [2, 2.5], **base, optimizer="flow", max_time=1.0)
+    with pytest.raises(ValueError, match="widths must be None or one width"):
+        fastdmf.fit_batch(small, [2, 3], **base, widths=[4], optimizer="flow", max_time=1.0)
+    # one depth given as a list is that depth, for every optimiser
+    one = fastdmf.fit_batch(small, [2, 2], **base)
+    assert [len(r.factors) for r in one] == [2, 2]

@@ -220,37 +220,63 @@ def depth_method(depth: int):
     """The method "depth-N factorization": ``method(problem, trials, grid) -> rows``."""
 
     def run(problem, trials, grid):
-        common = dict(
-            init=grid.init,
-            optimizer=grid.optimizer,
-            tol=grid.tol,
-            max_steps=grid.max_steps,
-            record=None,
-            optimizer_options=grid.optimizer_options,
-        )
-        if grid.is_flow:
-            common["max_time"] = grid.max_time
-            # sensing: every trial's operator products in one pass per round
-            common["lockstep"] = kind_of(problem).batch_eval is not None
-        t0, c0 = time.perf_counter(), time.process_time()
-        from ..batch import fit_batch  # completion and sensing, all trials together
-
-        results = fit_batch(
-            problem,
-            depth,
-            seeds=[t["seed"] for t in trials],
-            init_scale=[t["init_scale"] for t in trials],
-            lr=[t["first_step"] if t["lr"] is None else t["lr"] for t in trials],
-            **common,
-        )
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return [
-            {**t, **_fit_row(r), "wall_s": wall / len(trials), "cpu_s": cpu / len(trials)}
-            for t, r in zip(trials, results, strict=True)
-        ]
+        return fit_depths(problem, trials, grid, [depth])[f"depth{depth}"]
 
     run.__name__ = f"depth{depth}"
     return run
+
+
+def fit_depths(problem, trials, grid, depths) -> dict:
+    """The trials of the depth methods ``depths`` on ``problem``, in one ``fit_batch`` (one
+    depth per trial: the flow's lock-step rounds then serve every depth at once):
+    ``{"depthN": rows}``; each row's ``wall_s`` and ``cpu_s`` are the batch's over its
+    trials."""
+    common = dict(
+        init=grid.init,
+        optimizer=grid.optimizer,
+        tol=grid.tol,
+        max_steps=grid.max_steps,
+        record=None,
+        optimizer_options=grid.optimizer_options,
+    )
+    if grid.is_flow:
+        common["max_time"] = grid.max_time
+        # sensing: every trial's operator products in one pass per round
+        common["lockstep"] = kind_of(problem).batch_eval is not None
+    every = [(d, t) for d in depths for t in trials]
+    t0, c0 = time.perf_counter(), time.process_time()
+    from ..batch import fit_batch  # completion and sensing, all trials together
+
+    results = fit_batch(
+        problem,
+        [d for d, _ in every] if len(depths) > 1 else depths[0],
+        seeds=[t["seed"] for _, t in every],
+        init_scale=[t["init_scale"] for _, t in every],
+        lr=[t["first_step"] if t["lr"] is None else t["lr"] for _, t in every],
+        **common,
+    )
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rows = {f"depth{d}": [] for d in depths}
+    for (d, t), r in zip(every, results, strict=True):
+        rows[f"depth{d}"].append(
+            {**t, **_fit_row(r), "wall_s": wall / len(every), "cpu_s": cpu / len(every)}
+        )
+    return rows
+
+
+def _batches(grid, problem) -> list[list[str]]:
+    """The grid's methods in the batches ``run_grid`` runs them: one method each, except the
+    depth methods of a flow grid on a problem with lock-step rounds (sensing), which run as
+    one batch (in the place of the first of them)."""
+    depths = [m for m in grid.methods if m.startswith("depth")]
+    joint = grid.is_flow and kind_of(problem).batch_eval is not None and len(depths) > 1
+    out = []
+    for m in grid.methods:
+        if not (joint and m in depths):
+            out.append([m])
+        elif m == depths[0]:
+            out.append(depths)
+    return out
 
 
 def nuclear_method(problem, trials, grid):
@@ -333,15 +359,19 @@ def run_grid(grid: Grid, progress: bool = True, save=None) -> list[dict]:
                 sub = grid.sensing_problem
                 size, rank, count = sub["size"], sub["rank"], sub["n_observed"][n_obs]
             problem = make_problem(kind, count, size, rank, grid.problem_seed)
-            for name in grid.methods:
-                say(f"  {kind} {n_obs} obs, {name}: {len(trials)} trial(s) ...")
+            for batch in _batches(grid, problem):
+                say(f"  {kind} {n_obs} obs, {', '.join(batch)}: {len(trials)} trial(s) each ...")
                 t0 = time.perf_counter()
-                got = METHODS[name](problem, trials, grid)
-                say(
-                    f"    {time.perf_counter() - t0:.1f} s, reconstruction error "
-                    + ", ".join(f"{r['recon_error']:.3g}" for r in got[:8])
-                    + (" ..." if len(got) > 8 else "")
-                )
+                if len(batch) == 1:
+                    got = {batch[0]: METHODS[batch[0]](problem, trials, grid)}
+                else:
+                    got = fit_depths(problem, trials, grid, [int(m[5:]) for m in batch])
+                for name in batch:
+                    say(
+                        f"    {name}: {time.perf_counter() - t0:.1f} s, reconstruction error "
+                        + ", ".join(f"{r['recon_error']:.3g}" for r in got[name][:8])
+                        + (" ..." if len(got[name]) > 8 else "")
+                    )
                 rows += [
                     {
                         "kind": kind,
@@ -352,7 +382,8 @@ def run_grid(grid: Grid, progress: bool = True, save=None) -> list[dict]:
                         "method": name,
                         **r,
                     }
-                    for r in got
+                    for name in batch
+                    for r in got[name]
                 ]
                 if save is not None:
                     _report.write_csv(save, rows)

@@ -108,50 +108,50 @@ _sensing_forward = sensing.SERIAL.forward
 _sensing_backward = sensing.SERIAL.backward
 
 
-@numba.njit(parallel=True)
-def sensing_evaluate_many(thetas, grads, works, dims, offs, obs, idx, wmt, resid, part, losses):
-    """Sensing losses and gradients of the trials ``idx`` (rows of the stacked ``thetas``,
-    ``grads`` and ``works``), all at once: each trial's W (``sensing.forward``) becomes a
-    column of ``wmt`` (m n x k), the operator products are two matrix-matrix products over
-    fixed row blocks of the operator (``part.shape[0]`` blocks, one per task, whose partial
-    products of ``A^T R`` are summed in block order: the same result for any thread count),
-    then each trial's gradients (``sensing.backward``). ``resid``: p x k, ``part``:
-    blocks x m n x k; ``losses[t]`` receives trial ``idx[t]``'s loss."""
-    amat, y, lay = obs
+@numba.njit(cache=True)
+def sensing_forward_many(thetas, works, dims, offs, lay, idx, wt):
+    """Row t of ``wt`` (k x m n) := the W of trial ``idx[t]`` (``sensing.forward`` on its row
+    of the stacked ``thetas`` and ``works``), one trial per task."""
     n_fac = dims.shape[0] - 1
     mn = dims[n_fac] * dims[0]
-    nt = idx.shape[0]
-    p = amat.shape[0]
-    nb = part.shape[0]
-    scale = 2.0 / p
-    w_at, g_at = lay[2 * n_fac + 1], lay[2 * n_fac + 2]
-    for t in prange(nt):
+    w_at = lay[2 * n_fac + 1]
+    for t in prange(idx.shape[0]):
         b = idx[t]
         _sensing_forward(thetas[b], works[b], dims, offs, lay, np.int64(1))
         for i in range(mn):
-            wmt[i, t] = works[b, w_at + i]
-    for k in prange(nb):
-        lo, hi = k * p // nb, (k + 1) * p // nb
-        if hi > lo:
-            np.dot(amat[lo:hi], wmt, resid[lo:hi])
-    for t in prange(nt):
+            wt[t, i] = works[b, w_at + i]
+
+
+@numba.njit(cache=True)
+def sensing_products_many(amat, y, wt, rt, gt, losses):
+    """The operator products of k trials at once, given their W as the rows of ``wt`` (k x
+    m n): ``rt = wt A^T`` (k x p), each row made the residual scaled by the loss's
+    derivative, ``2 (A vec(W_t) - y) / p``, with the loss ``mean((A vec(W_t) - y)^2)``
+    (summed in float64) into ``losses[t]``; then ``gt = rt A`` (k x m n), row t the
+    gradient with respect to trial t's W. Two BLAS matrix-matrix products, threaded as the
+    BLAS is."""
+    p = y.shape[0]
+    scale = 2.0 / p
+    np.dot(wt, amat.T, rt)
+    for t in range(rt.shape[0]):
         acc = 0.0
         for k in range(p):
-            r = resid[k, t] - y[k]
+            r = rt[t, k] - y[k]
             acc += np.float64(r) * np.float64(r)
-            resid[k, t] = scale * r
+            rt[t, k] = scale * r
         losses[t] = acc / p
-    for k in prange(nb):
-        lo, hi = k * p // nb, (k + 1) * p // nb
-        if hi > lo:
-            np.dot(amat[lo:hi].T, resid[lo:hi], part[k])
-        else:
-            part[k, :, :] = 0.0
-    for t in prange(nt):
+    np.dot(rt, amat, gt)
+
+
+@numba.njit(cache=True)
+def sensing_backward_many(thetas, grads, works, dims, offs, lay, idx, gt):
+    """Trial ``idx[t]``'s factor gradients (``sensing.backward``) from row t of ``gt``, the
+    gradient with respect to its W (``A^T r_t``), one trial per task."""
+    n_fac = dims.shape[0] - 1
+    mn = dims[n_fac] * dims[0]
+    g_at = lay[2 * n_fac + 2]
+    for t in prange(idx.shape[0]):
         b = idx[t]
         for i in range(mn):
-            acc = part[0, i, t]
-            for k in range(1, nb):
-                acc += part[k, i, t]
-            works[b, g_at + i] = acc
+            works[b, g_at + i] = gt[t, i]
         _sensing_backward(thetas[b], grads[b], works[b], dims, offs, lay, np.int64(1))
