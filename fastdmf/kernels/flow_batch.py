@@ -26,7 +26,7 @@ from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
-from . import sensing
+from . import CACHE, sensing
 from .cpu import SERIAL
 
 _serial_run_flow = SERIAL.run_flow
@@ -108,7 +108,7 @@ _sensing_forward = sensing.SERIAL.forward
 _sensing_backward = sensing.SERIAL.backward
 
 
-@numba.njit(cache=True)
+@numba.njit  # not cached: a cache entry would keep an old sensing.forward
 def sensing_forward_many(thetas, works, dims, offs, lay, idx, wt):
     """Row t of ``wt`` (k x m n) := the W of trial ``idx[t]`` (``sensing.forward`` on its row
     of the stacked ``thetas`` and ``works``), one trial per task."""
@@ -122,7 +122,7 @@ def sensing_forward_many(thetas, works, dims, offs, lay, idx, wt):
             wt[t, i] = works[b, w_at + i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=CACHE)
 def sensing_products_many(amat, y, wt, rt, gt, losses):
     """The operator products of k trials at once, given their W as the rows of ``wt`` (k x
     m n): ``rt = wt A^T`` (k x p), each row made the residual scaled by the loss's
@@ -143,7 +143,7 @@ def sensing_products_many(amat, y, wt, rt, gt, losses):
     np.dot(rt, amat, gt)
 
 
-@numba.njit(cache=True)
+@numba.njit  # not cached: a cache entry would keep an old sensing.backward
 def sensing_backward_many(thetas, grads, works, dims, offs, lay, idx, gt):
     """Trial ``idx[t]``'s factor gradients (``sensing.backward``) from row t of ``gt``, the
     gradient with respect to its W (``A^T r_t``), one trial per task."""
