@@ -226,43 +226,41 @@ def drive_groups(groups, fresh=True, lockstep=False) -> list[list[str]]:
         for r in every:
             r.start()
     plan0 = every[0].plan
-    heads = []
+    budget, tol = int(plan0.budget), float(plan0.tol)
+    state = []  # per group: its runs, the kernels' arguments before t_ends, t_ends, status
     for runs, stacked in groups:
-        n, eng0 = len(runs), runs[0].engine
-        caps = np.array([r.watch.cap for r in runs])
+        eng0 = runs[0].engine
         bufs = (stacked["theta"], stacked["grad"], stacked["work"], stacked["rowloss"])
         flows = tuple(stacked[name] for name in FlowEngine.FLOW)
-        head = (bufs, eng0.dims, eng0.offs, eng0.obs, flows, np.zeros(n))
-        heads.append((*head, int(plan0.budget), float(plan0.tol), caps, np.zeros(n, np.int64)))
+        caps = np.array([r.watch.cap for r in runs])
+        fixed = (bufs, eng0.dims, eng0.offs, eng0.obs, flows)
+        state.append((runs, fixed, caps, np.zeros(len(runs)), np.zeros(len(runs), np.int64)))
     while True:
         actives = [np.array([r.status is None for r in runs]) for runs, _ in groups]
         if not any(active.any() for active in actives):
             break
-        for (runs, _), head, active in zip(groups, heads, actives, strict=True):
+        calls = []
+        for (runs, fixed, caps, t_ends, status), active in zip(state, actives, strict=True):
             for b in np.flatnonzero(active):
-                head[5][b] = runs[b].target()
+                t_ends[b] = runs[b].target()
+            calls.append((runs, (*fixed, t_ends, budget, tol, caps), active, status))
         with blas_threads(1):
             if lockstep:
-                run_lockstep_groups(
-                    plan0.kind.batch_eval,
-                    [
-                        (*head[:9], active, head[9])
-                        for head, active in zip(heads, actives, strict=True)
-                    ],
-                )
+                groups_args = [(*args, active, status) for _, args, active, status in calls]
+                run_lockstep_groups(plan0.kind.batch_eval, groups_args)
             else:
                 old = numba.get_parallel_chunksize()
                 numba.set_parallel_chunksize(1)  # one task per thread (the kernel's work queue)
                 try:
-                    for (runs, _), head, active in zip(groups, heads, actives, strict=True):
+                    for runs, args, active, status in calls:
                         if active.any():
                             order = launch_order(runs, active)
-                            run_batch_flow(plan0.kind, *head[:9], order, head[9])
+                            run_batch_flow(plan0.kind, *args, order, status)
                 finally:
                     numba.set_parallel_chunksize(old)
-        for (runs, _), head, active in zip(groups, heads, actives, strict=True):
+        for runs, _, active, status in calls:
             for b in np.flatnonzero(active):
-                runs[b].settle(int(head[9][b]))
+                runs[b].settle(int(status[b]))
     out = []
     for runs, _ in groups:
         statuses = [r.watch.finish(r.status) for r in runs]

@@ -223,15 +223,14 @@ def run_lockstep_groups(evaluate, groups) -> None:
                 status[b] = stop.value
         lives.append(live)
     while any(lives):
-        parts = [
-            (g[0][0], g[0][1], g[0][2], g[1], g[2], g[3], np.fromiter(live, dtype=np.int64))
-            for g, live in zip(groups, lives, strict=True)
-        ]
-        for (*_, idx), losses, live, g in zip(
-            parts, evaluate(parts, scratch), lives, groups, strict=True
-        ):
-            status = g[-1]
-            for b, loss in zip(idx, losses, strict=True):
+        parts = []
+        for (bufs, dims, offs, obs, *_), live in zip(groups, lives, strict=True):
+            idx = np.fromiter(live, dtype=np.int64)
+            parts.append((bufs[0], bufs[1], bufs[2], dims, offs, obs, idx))
+        every = evaluate(parts, scratch)
+        for part, losses, live, group in zip(parts, every, lives, groups, strict=True):
+            status = group[-1]
+            for b, loss in zip(part[-1], losses, strict=True):
                 try:
                     live[b].send(float(loss))
                 except StopIteration as stop:

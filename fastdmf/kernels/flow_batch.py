@@ -111,11 +111,11 @@ _sensing_backward = sensing.SERIAL.backward
 @numba.njit  # not cached: a cache entry would keep an old sensing.forward
 def sensing_forward_many(thetas, works, dims, offs, lay, idx, wt):
     """Row t of ``wt`` (k x m n) := the W of trial ``idx[t]`` (``sensing.forward`` on its row
-    of the stacked ``thetas`` and ``works``), one trial per task."""
+    of the stacked ``thetas`` and ``works``), trial by trial on the calling thread."""
     n_fac = dims.shape[0] - 1
     mn = dims[n_fac] * dims[0]
     w_at = lay[2 * n_fac + 1]
-    for t in prange(idx.shape[0]):
+    for t in range(idx.shape[0]):
         b = idx[t]
         _sensing_forward(thetas[b], works[b], dims, offs, lay, np.int64(1))
         for i in range(mn):
@@ -146,11 +146,11 @@ def sensing_products_many(amat, y, wt, rt, gt, losses):
 @numba.njit  # not cached: a cache entry would keep an old sensing.backward
 def sensing_backward_many(thetas, grads, works, dims, offs, lay, idx, gt):
     """Trial ``idx[t]``'s factor gradients (``sensing.backward``) from row t of ``gt``, the
-    gradient with respect to its W (``A^T r_t``), one trial per task."""
+    gradient with respect to its W (``A^T r_t``), trial by trial on the calling thread."""
     n_fac = dims.shape[0] - 1
     mn = dims[n_fac] * dims[0]
     g_at = lay[2 * n_fac + 2]
-    for t in prange(idx.shape[0]):
+    for t in range(idx.shape[0]):
         b = idx[t]
         for i in range(mn):
             works[b, g_at + i] = gt[t, i]
