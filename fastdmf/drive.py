@@ -16,6 +16,7 @@ import numpy as np
 
 from . import config
 from ._progress import fit_progress
+from .kernels.blas import blas_threads
 from .kernels.codes import CONVERGED, DIVERGED, RUNNING
 
 __all__ = ["Watch", "drive", "run"]
@@ -55,8 +56,10 @@ class Watch:
         eng = self.engine
         loss = eng.evaluate()
         if np.isfinite(loss):
-            self.traj.append(
-                self.plan.kind.measure(
+            # one BLAS thread: no pool left spinning beside the next chunk's kernels (see
+            # fastdmf.kernels.blas)
+            with blas_threads(1):
+                rec = self.plan.kind.measure(
                     eng.factors(),
                     eng.grads(),
                     loss,
@@ -64,7 +67,7 @@ class Watch:
                     self.data,
                     self.plan,
                 )
-            )
+            self.traj.append(rec)
         return loss
 
     def settle(self, code: int, at_record: bool, tol: float):
