@@ -180,8 +180,15 @@ def timed(impl, k) -> float:
     return time.perf_counter() - t0
 
 
+# Pause before each timed call: OpenBLAS's workers busy-wait for about 0.1 s after a threaded
+# call (numpy dense, torch), and a row timed in that window shares the cores with them (the
+# parallel fastdmf kernels at 2000 x 2000 measured 3.5x slower right after a numpy matmul).
+SETTLE_S = 0.25
+
+
 def time_impls(impls, factors0, repeats, target_s):
-    """Seconds per step, ``{name: (median, best, k)}``; repeats interleaved round robin."""
+    """Seconds per step, ``{name: (median, best, k)}``; repeats interleaved round robin, each
+    timed call after a pause of ``SETTLE_S`` (see there)."""
     ks = {}
     for impl in impls:  # warm-up (compilation, first calls), then k from the best of 3
         impl.load(factors0)
@@ -193,6 +200,7 @@ def time_impls(impls, factors0, repeats, target_s):
         for impl in impls:
             impl.load(factors0)
             k = ks[impl.name]
+            time.sleep(SETTLE_S)
             samples[impl.name].append(timed(impl, k) / k)
     return {name: (float(np.median(s)), float(np.min(s)), ks[name]) for name, s in samples.items()}
 
