@@ -134,3 +134,21 @@ def test_import_without_a_writable_cache_folder_warns_and_runs(same_fastdmf):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1.0", "9.0"]  # T_3(1) = 1, T_3'(1) = 9
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_dense_abt_matches_numpy_and_stays_in_its_scratch(parallel):
+    """a @ b^T through the transposed copy, in one block and (parallel build, 100 rows) in
+    two; the copy uses the first b.size entries of the scratch and nothing after them."""
+    from fastdmf.kernels import cpu
+
+    kernels = cpu.PARALLEL if parallel else cpu.SERIAL
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((100, 7)), rng.standard_normal((5, 7))
+    for nblk in (1, 8):
+        out = np.full((100, 5), np.nan)
+        scratch = np.full(b.size + 3, -7.0)
+        kernels.dense_abt(a, b, out, scratch, np.int64(nblk))
+        np.testing.assert_allclose(out, a @ b.T, rtol=1e-13, atol=1e-13)
+        np.testing.assert_array_equal(scratch[: b.size].reshape(7, 5), b.T)
+        np.testing.assert_array_equal(scratch[b.size :], -7.0)
