@@ -27,7 +27,7 @@ import numpy as np
 from . import config, diagonal
 from .factors import FactorLayout, end_to_end
 from .factors import initialize as initialize_factors
-from .kernels import cpu, sensing
+from .kernels import aligned_zeros, cpu, sensing
 from .kernels import diagonal as diagonal_kernels
 from .kernels.batch import run_batch, run_batch_sensing
 from .kernels.flow_batch import run_batch_flow, run_batch_flow_sensing
@@ -185,7 +185,7 @@ def _prepare_completion(problem, layout, dtype, parallel=None):
     nblk = config.DENSE_BLOCKS if kernels.parallel else 1
     dims = np.asarray(layout.dims, dtype=np.int64)
     size = cpu.work_layout(dims, problem.n_observed, nblk)[-1]
-    return kernels, nblk, obs, np.zeros(size, dtype=dtype), np.zeros(problem.shape[0])
+    return kernels, nblk, obs, aligned_zeros(size, dtype), np.zeros(problem.shape[0])
 
 
 def _matrix_layout(shape, depth, widths):

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import config
 from ._kinds import COMPLETION, kind_of, select_kernels
-from .kernels import cpu, flow
+from .kernels import aligned_zeros, cpu, flow, is_aligned
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
@@ -42,7 +42,9 @@ class Engine:
         the residuals).
     layout : FactorLayout
     theta : ndarray, shape (layout.size,)
-        Initial parameters (factor 1 first, C order); its dtype is the compute dtype.
+        Initial parameters (factor 1 first, C order); its dtype is the compute dtype. Used
+        in place when it starts on a 64-byte boundary, else copied into a buffer that does
+        (see :func:`fastdmf.kernels.aligned_zeros`).
     optimizer : str or OptimizerSpec
     hyper : ndarray, shape (4,)
         ``[lr, a, b, eps]`` from :meth:`OptimizerSpec.hyper`.
@@ -66,8 +68,8 @@ class Engine:
         spec = _spec(optimizer)
         dtype = theta.dtype
         self.layout = layout
-        self.theta = theta
-        self.grad = np.zeros_like(theta)
+        self.theta = theta if is_aligned(theta) else _aligned_copy(theta)
+        self.grad = aligned_zeros(theta.shape, dtype)
         self.dims = np.asarray(layout.dims, dtype=np.int64)
         self.offs = layout.offsets
         self.kind = kind_of(problem)
@@ -76,7 +78,7 @@ class Engine:
         )
         self.spec = spec
         self.hyper = spec.hyper(1.0, {}) if hyper is None else hyper
-        self.ostate = np.zeros(spec.state_slots * theta.size, dtype=dtype)
+        self.ostate = aligned_zeros(spec.state_slots * theta.size, dtype)
         self.scalars = np.zeros(3)  # optimiser steps, running average v, time
 
     @property
@@ -233,7 +235,8 @@ class FlowEngine(Engine):
         fs = np.zeros(flow.FLOW_STATE_SIZE)
         fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
         fs[flow.METHOD] = self.spec.flow_method
-        self.flow = (theta.copy(), np.zeros((7, theta.size), dtype=theta.dtype), fs)
+        stages = aligned_zeros((7, theta.size), theta.dtype)  # rows aligned when size % 8 == 0
+        self.flow = (_aligned_copy(theta), stages, fs)
 
     def bind(self, buffers) -> None:
         buffers = dict(buffers)
@@ -330,11 +333,26 @@ def stack(engines) -> dict:
     make each engine use its row (``fit_batch``); ``codes`` holds the optimiser's code per
     trial."""
     names = engines[0].BUFFERS
-    stacked = {name: np.stack([e.buffers()[name] for e in engines]) for name in names}
+    stacked = {name: _aligned_stack([e.buffers()[name] for e in engines]) for name in names}
     for b, eng in enumerate(engines):
         eng.bind({name: stacked[name][b] for name in names})
     stacked["codes"] = np.full(len(engines), engines[0].spec.code, dtype=np.int64)
     return stacked
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    out = aligned_zeros(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def _aligned_stack(arrays) -> np.ndarray:
+    """``np.stack(arrays)`` in an aligned buffer: every row starts on a 64-byte boundary when
+    its size in bytes is a multiple of 64 (the paper's layouts are)."""
+    out = aligned_zeros((len(arrays), *arrays[0].shape), arrays[0].dtype)
+    for row, a in zip(out, arrays, strict=True):
+        row[...] = a
+    return out
 
 
 def _spec(optimizer) -> OptimizerSpec:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
-from . import _family, cpu
+from . import _family, aligned_zeros, cpu
 from . import flow as _flow
 from .cpu import _BLOCK, _blk, _hblock, _suffix, blocked_sum, dense_ab, dense_atb, run, update
 
@@ -82,7 +82,7 @@ def prepare(problem, layout, dtype, parallel=None):
     amat = np.ascontiguousarray(problem.operator, dtype=dtype)
     y = problem.y.astype(dtype)
     lay = work_layout(layout.dims, nblk)
-    work = np.zeros(int(lay[-1]), dtype=dtype)
+    work = aligned_zeros(int(lay[-1]), dtype)
     resid = np.zeros(problem.n_observed, dtype=dtype)
     return kernels, nblk, (amat, y, lay), work, resid
 
