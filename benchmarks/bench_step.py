@@ -19,7 +19,9 @@ torch dense (if ``import torch`` works)
 Before timing, every implementation takes one step from identical factors; its gradients and
 updated factors must match fastdmf's to 1e-10 relative, so all rows time the same step.
 Repeats are interleaved across implementations (round robin), so a slow phase of a shared
-machine hits every row alike. JIT compilation and first calls are excluded.
+machine hits every row alike; each timed call comes after a 0.25 s pause, so that no row runs
+beside OpenBLAS workers still spinning from the row before (``_harness.SETTLE_S``). JIT
+compilation and first calls are excluded.
 
 Reported per row: time per step (median and best over repeats), the ratio to the faster
 fastdmf kernel, FLOPs per step (fastdmf rows: the count of docs/math.md's cost model; dense
