@@ -11,7 +11,7 @@ import numpy as np
 
 from . import config
 from ._kinds import COMPLETION, kind_of, select_kernels
-from .kernels import aligned_zeros, cpu, flow, is_aligned
+from .kernels import aligned_copy, aligned_zeros, cpu, flow, is_aligned
 from .kernels.blas import blas_threads
 from .optim import OptimizerSpec, get_optimizer
 
@@ -68,7 +68,7 @@ class Engine:
         spec = _spec(optimizer)
         dtype = theta.dtype
         self.layout = layout
-        self.theta = theta if is_aligned(theta) else _aligned_copy(theta)
+        self.theta = theta if is_aligned(theta) else aligned_copy(theta)
         self.grad = aligned_zeros(theta.shape, dtype)
         self.dims = np.asarray(layout.dims, dtype=np.int64)
         self.offs = layout.offsets
@@ -236,7 +236,7 @@ class FlowEngine(Engine):
         fs[flow.H], fs[flow.RTOL], fs[flow.ATOL] = self.hyper[0], self.hyper[1], self.hyper[3]
         fs[flow.METHOD] = self.spec.flow_method
         stages = aligned_zeros((7, theta.size), theta.dtype)  # rows aligned when size % 8 == 0
-        self.flow = (_aligned_copy(theta), stages, fs)
+        self.flow = (aligned_copy(theta), stages, fs)
 
     def bind(self, buffers) -> None:
         buffers = dict(buffers)
@@ -338,12 +338,6 @@ def stack(engines) -> dict:
         eng.bind({name: stacked[name][b] for name in names})
     stacked["codes"] = np.full(len(engines), engines[0].spec.code, dtype=np.int64)
     return stacked
-
-
-def _aligned_copy(a: np.ndarray) -> np.ndarray:
-    out = aligned_zeros(a.shape, a.dtype)
-    out[...] = a
-    return out
 
 
 def _aligned_stack(arrays) -> np.ndarray:

@@ -7,6 +7,7 @@ import fastdmf
 from fastdmf import reference
 from fastdmf.engine import Engine
 from fastdmf.factors import FactorLayout
+from fastdmf.kernels import cpu
 
 from .conftest import assert_parallel_invariant, engine_for, random_factors
 
@@ -140,8 +141,6 @@ def test_import_without_a_writable_cache_folder_warns_and_runs(same_fastdmf):
 def test_dense_abt_matches_numpy_and_stays_in_its_scratch(parallel):
     """a @ b^T through the transposed copy, in one block and (parallel build, 100 rows) in
     two; the copy uses the first b.size entries of the scratch and nothing after them."""
-    from fastdmf.kernels import cpu
-
     kernels = cpu.PARALLEL if parallel else cpu.SERIAL
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((100, 7)), rng.standard_normal((5, 7))

@@ -3,8 +3,9 @@
 An SVD of a matrix a few hundred wide gains little from threads and, on a loaded machine,
 loses a lot (OpenBLAS workers spin while they wait: a 100 x 100 SVD measured 5-30 times
 slower with 2 threads on 2 busy cores than with 1). The baselines therefore run with one BLAS
-thread below ``SMALL`` columns unless told otherwise. The limit needs ``threadpoolctl``
-(installed with scikit-learn); without it the BLAS default stands.
+thread below ``SMALL`` columns unless told otherwise. The bundled OpenBLAS of SciPy and of
+NumPy are limited by :func:`fastdmf.kernels.blas.blas_threads`; ``threadpoolctl`` (installed
+with scikit-learn), where present, also limits any other BLAS it knows (MKL, BLIS).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def blas_threads(n_threads, shape):
     if limit is None:
         yield
         return
-    from ..kernels.blas import blas_threads as scipy_blas_threads
+    from ..kernels.blas import blas_threads as bundled_blas_threads
 
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - depends on the environment
-        with scipy_blas_threads(int(limit)):
+        with bundled_blas_threads(int(limit)):
             yield
         return
-    with scipy_blas_threads(int(limit)), threadpool_limits(limits=int(limit), user_api="blas"):
+    with bundled_blas_threads(int(limit)), threadpool_limits(limits=int(limit), user_api="blas"):
         yield

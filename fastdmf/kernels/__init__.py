@@ -28,6 +28,13 @@ def aligned_zeros(shape, dtype=np.float64) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` in an :func:`aligned_zeros` buffer."""
+    out = aligned_zeros(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def is_aligned(a: np.ndarray) -> bool:
     """Whether ``a``'s data start on an ``ALIGN``-byte boundary."""
     return a.ctypes.data % ALIGN == 0
